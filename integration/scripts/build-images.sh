@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# Build trenv's test images locally (no Docker, no network) and import them.
+#
+#   build-images.sh [build]               build the OCI layout tarballs
+#   build-images.sh import VERSION|SOCKET build (if needed), then import into the
+#                                         containerd at that address, namespaces
+#                                         default and k8s.io (the CRI's)
+#   build-images.sh smoke VERSION|SOCKET  ctr run the images with runc (sanity check)
+#
+# VERSION is 2 or 1.7 (the instances of containerd.sh); SOCKET a containerd
+# gRPC socket path.
+#
+# Images ($TRENV_CACHE/images/NAME.oci.tar, OCI image layout, one gzip layer):
+#   docker.io/trenv/busybox:latest  Debian's busybox-static: /bin/busybox, a
+#                                   symlink per applet, /etc/passwd+group with
+#                                   root and nobody, /tmp; Cmd ["sh"]
+#   docker.io/trenv/pause:latest    /pause, a static C program that sleeps until
+#                                   SIGTERM/SIGINT (exit 0) and reaps zombies;
+#                                   the CRI sandbox image
+# Output is deterministic (fixed mtimes, owners, order; gzip -n): the same
+# inputs give the same digests, and a re-run with unchanged inputs does nothing.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+IMAGES_DIR="$TRENV_CACHE/images"
+BUSYBOX_REF=docker.io/trenv/busybox:latest
+PAUSE_REF=docker.io/trenv/pause:latest
+NAMESPACES=(default k8s.io)
+# Bump to force a rebuild when the image recipe changes in a way the input
+# hash does not see.
+RECIPE_VERSION=1
+ARCH="$(dpkg --print-architecture)"
+EPOCH="1970-01-01T00:00:00Z"
+WORK_DIR=""
+trap '[[ -z "$WORK_DIR" ]] || rm -rf "$WORK_DIR"' EXIT
+# File modes must not depend on the caller's umask (deterministic layers).
+umask 022
+
+usage() {
+    echo "usage: $0 [build] | import VERSION|SOCKET | smoke VERSION|SOCKET" >&2
+    exit 2
+}
+
+sha256_of() { sha256sum "$1" | awk '{print $1}'; }
+
+# Deterministic tar of directory $1 (its content, as ./...) to stdout.
+det_tar() {
+    tar -C "$1" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+        --format=gnu -cf - .
+}
+
+make_busybox_rootfs() {
+    local root="$1" bb=/bin/busybox applet dir
+    [[ -x "$bb" ]] || die "$bb missing: install busybox-static (install-deps.sh)"
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,root,home,proc,sys,dev,run,var/tmp,tmp}
+    cp "$bb" "$root/bin/busybox"
+    # `busybox --list-full` names each applet with its usual directory
+    # (bin/sh, usr/bin/awk, sbin/ip, ...); make each a symlink to /bin/busybox.
+    while read -r applet; do
+        [[ -n "$applet" && "$applet" != bin/busybox ]] || continue
+        dir="$(dirname "$applet")"
+        mkdir -p "$root/$dir"
+        ln -sf /bin/busybox "$root/$applet"
+    done < <("$bb" --list-full | sort)
+    [[ -L "$root/bin/sh" ]] || die "busybox has no sh applet"
+    cat >"$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+    cat >"$root/etc/group" <<'EOF'
+root:x:0:
+nogroup:x:65534:
+EOF
+    chmod 1777 "$root/tmp" "$root/var/tmp"
+    chmod 0700 "$root/root"
+}
+
+PAUSE_C='/* trenv pause: the CRI sandbox process. Sleeps until SIGTERM or SIGINT
+ * (exit 0) and, as PID 1 of a shared PID namespace, reaps orphaned children. */
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void on_term(int sig) { (void)sig; _exit(0); }
+static void on_chld(int sig) {
+    (void)sig;
+    while (waitpid(-1, 0, WNOHANG) > 0) {}
+}
+
+int main(void) {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, 0);
+    sigaction(SIGINT, &sa, 0);
+    sa.sa_handler = on_chld;
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, 0);
+    for (;;) pause();
+}
+'
+
+make_pause_rootfs() {
+    local root="$1" src
+    mkdir -p "$root"
+    src="$(dirname "$root")/pause.c"
+    printf '%s' "$PAUSE_C" >"$src"
+    if gcc -static -Os -s -Wall -o "$root/pause" "$src" 2>"$root/../gcc.log"; then
+        return 0
+    fi
+    # Fallback without a static C toolchain: busybox sh with a trap.
+    warn "gcc -static failed ($(head -n1 "$root/../gcc.log")); using a busybox-based pause"
+    rm -f "$root/pause"
+    mkdir -p "$root/bin"
+    cp /bin/busybox "$root/bin/busybox"
+    ln -sf busybox "$root/bin/sh"
+    ln -sf busybox "$root/bin/sleep"
+    printf '#!/bin/sh\ntrap "exit 0" TERM INT\nwhile :; do sleep 3600 & wait $!; done\n' >"$root/pause"
+    chmod 0755 "$root/pause"
+}
+
+# Inputs of an image: the recipe (this script) and the files it copies.
+input_hash() {
+    local name="$1"
+    {
+        echo "recipe $RECIPE_VERSION arch $ARCH"
+        sha256sum "${BASH_SOURCE[0]}" | awk '{print $1}'
+        sha256sum /bin/busybox | awk '{print $1}'
+        if [[ "$name" == pause ]]; then gcc --version 2>/dev/null | head -n1 || true; fi
+    } | sha256sum | awk '{print $1}'
+}
+
+# build_image NAME REF: $IMAGES_DIR/NAME.oci.tar with digests in NAME.digest /
+# NAME.diffid, skipped when NAME.inputs matches.
+build_image() {
+    local name="$1" ref="$2" out="$IMAGES_DIR/$1.oci.tar" hash work layout
+    hash="$(input_hash "$name")"
+    if [[ -s "$out" && -s "$IMAGES_DIR/$name.digest" && "$(cat "$IMAGES_DIR/$name.inputs" 2>/dev/null)" == "$hash" ]]; then
+        log "$ref: up to date ($out, $(cat "$IMAGES_DIR/$name.digest"))"
+        return 0
+    fi
+    log "building $ref"
+    work="$(mktemp -d "$IMAGES_DIR/.build-$name.XXXXXX")"
+    WORK_DIR="$work" # removed by the EXIT trap if we fail
+    layout="$work/layout"
+    mkdir -p "$work/rootfs" "$layout/blobs/sha256"
+    local config_json
+    case "$name" in
+    busybox)
+        make_busybox_rootfs "$work/rootfs"
+        config_json='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"],"WorkingDir":"/"}'
+        ;;
+    pause)
+        make_pause_rootfs "$work/rootfs"
+        config_json='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":["/pause"],"WorkingDir":"/"}'
+        ;;
+    *) die "unknown image $name" ;;
+    esac
+
+    # layer: uncompressed digest = diff_id, gzip'd digest = blob
+    det_tar "$work/rootfs" >"$work/layer.tar"
+    local diff_id layer_digest layer_size
+    diff_id="sha256:$(sha256_of "$work/layer.tar")"
+    gzip -n -9 <"$work/layer.tar" >"$work/layer.tar.gz"
+    layer_digest="$(sha256_of "$work/layer.tar.gz")"
+    layer_size="$(stat -c %s "$work/layer.tar.gz")"
+    mv "$work/layer.tar.gz" "$layout/blobs/sha256/$layer_digest"
+
+    # image config
+    jq -cnS --arg arch "$ARCH" --arg created "$EPOCH" --arg diff_id "$diff_id" \
+        --arg by "integration/scripts/build-images.sh $name" --argjson config "$config_json" \
+        '{architecture: $arch, os: "linux", created: $created, config: $config,
+          rootfs: {type: "layers", diff_ids: [$diff_id]},
+          history: [{created: $created, created_by: $by}]}' >"$work/config.json"
+    local config_digest config_size
+    config_digest="$(sha256_of "$work/config.json")"
+    config_size="$(stat -c %s "$work/config.json")"
+    mv "$work/config.json" "$layout/blobs/sha256/$config_digest"
+
+    # manifest
+    jq -cnS --arg cd "sha256:$config_digest" --argjson cs "$config_size" \
+        --arg ld "sha256:$layer_digest" --argjson ls "$layer_size" \
+        '{schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
+          config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $cd, size: $cs},
+          layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $ld, size: $ls}]}' \
+        >"$work/manifest.json"
+    local manifest_digest manifest_size
+    manifest_digest="$(sha256_of "$work/manifest.json")"
+    manifest_size="$(stat -c %s "$work/manifest.json")"
+    mv "$work/manifest.json" "$layout/blobs/sha256/$manifest_digest"
+
+    # index.json: org.opencontainers.image.ref.name carries the tag (as the
+    # OCI layout spec intends); io.containerd.image.name the full reference,
+    # which `ctr images import` uses as the image name (a full reference in
+    # ref.name alone would be dropped by ctr's default name prefixing).
+    jq -cnS --arg md "sha256:$manifest_digest" --argjson ms "$manifest_size" \
+        --arg arch "$ARCH" --arg ref "$ref" --arg tag "${ref##*:}" \
+        '{schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json",
+          manifests: [{mediaType: "application/vnd.oci.image.manifest.v1+json",
+                       digest: $md, size: $ms,
+                       platform: {architecture: $arch, os: "linux"},
+                       annotations: {"io.containerd.image.name": $ref,
+                                     "org.opencontainers.image.ref.name": $tag}}]}' \
+        >"$layout/index.json"
+    printf '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
+
+    det_tar "$layout" >"$work/image.tar"
+    mv -f "$work/image.tar" "$out"
+    printf 'sha256:%s\n' "$manifest_digest" >"$IMAGES_DIR/$name.digest"
+    printf '%s\n' "$diff_id" >"$IMAGES_DIR/$name.diffid"
+    printf '%s\n' "$hash" >"$IMAGES_DIR/$name.inputs"
+    rm -rf "$work"
+    WORK_DIR=""
+    log "built $ref: $out (manifest sha256:$manifest_digest, layer $layer_size bytes)"
+}
+
+build_all() {
+    mkdir -p "$IMAGES_DIR"
+    command -v jq >/dev/null || die "jq missing: run install-deps.sh"
+    build_image busybox "$BUSYBOX_REF"
+    build_image pause "$PAUSE_REF"
+}
+
+# resolve_target VERSION|SOCKET: sets ADDRESS and CTR (the ctr of the matching
+# containerd version).
+resolve_target() {
+    local arg="$1" v server
+    case "$arg" in
+    2 | 1.7)
+        ADDRESS="/run/trenv/containerd-$arg/containerd.sock"
+        CTR="$TRENV_CACHE/containerd-$arg/usr/bin/ctr"
+        ;;
+    *)
+        ADDRESS="$arg"
+        [[ -S "$ADDRESS" ]] || die "$ADDRESS is not a socket"
+        CTR=""
+        for v in 2 1.7; do
+            [[ -x "$TRENV_CACHE/containerd-$v/usr/bin/ctr" ]] || continue
+            server="$("$TRENV_CACHE/containerd-$v/usr/bin/ctr" --address "$ADDRESS" version 2>/dev/null |
+                awk '/^Server:/ {s = 1} s && /Version:/ {print $2; exit}')" || continue
+            if [[ "$server" == 1.* ]]; then
+                CTR="$TRENV_CACHE/containerd-1.7/usr/bin/ctr"
+            else
+                CTR="$TRENV_CACHE/containerd-2/usr/bin/ctr"
+            fi
+            break
+        done
+        [[ -n "$CTR" ]] || die "no containerd answers on $ADDRESS"
+        ;;
+    esac
+    [[ -x "$CTR" ]] || die "$CTR missing: run install-deps.sh"
+    timeout 10 "$CTR" --address "$ADDRESS" version >/dev/null 2>&1 ||
+        die "containerd at $ADDRESS does not answer (start it: containerd.sh start VERSION)"
+}
+
+ctr_() { "$CTR" --address "$ADDRESS" "$@"; }
+
+# True if REF is in namespace NS with the built manifest digest and its layer
+# is unpacked for overlayfs (single layer: snapshot chain ID = diff_id).
+image_ready() {
+    local ns="$1" ref="$2" name="$3" digest diff_id
+    digest="$(cat "$IMAGES_DIR/$name.digest")"
+    diff_id="$(cat "$IMAGES_DIR/$name.diffid")"
+    ctr_ -n "$ns" images ls | awk -v r="$ref" -v d="$digest" '$1 == r && $3 == d {f = 1} END {exit !f}' || return 1
+    ctr_ -n "$ns" snapshots --snapshotter overlayfs info "$diff_id" >/dev/null 2>&1
+}
+
+import_all() {
+    local ns name ref
+    for ns in "${NAMESPACES[@]}"; do
+        for name in busybox pause; do
+            ref="$([[ $name == busybox ]] && echo "$BUSYBOX_REF" || echo "$PAUSE_REF")"
+            if image_ready "$ns" "$ref" "$name"; then
+                log "$ref already imported and unpacked in namespace $ns ($ADDRESS)"
+                continue
+            fi
+            log "importing $ref into namespace $ns ($ADDRESS)"
+            # ctr import unpacks for the default snapshotter (overlayfs) unless
+            # --no-unpack; --snapshotter makes it explicit.
+            ctr_ -n "$ns" images import --snapshotter overlayfs "$IMAGES_DIR/$name.oci.tar" >&2
+            image_ready "$ns" "$ref" "$name" || die "$ref not ready in namespace $ns after import"
+        done
+    done
+}
+
+smoke() {
+    local id out rc=0 t0
+    id="trenv-smoke-$$"
+    log "ctr run --rm $BUSYBOX_REF echo hi (runtime io.containerd.runc.v2)"
+    out="$(ctr_ -n default run --rm --runtime io.containerd.runc.v2 "$BUSYBOX_REF" "$id" echo hi)"
+    [[ "$out" == hi ]] || die "expected 'hi', got '$out'"
+    log "busybox: ok ($out)"
+    log "pause: start, SIGTERM, expect exit 0"
+    ctr_ -n default run -d --runtime io.containerd.runc.v2 "$PAUSE_REF" "$id-pause" >/dev/null
+    sleep 0.3
+    t0=$SECONDS
+    ctr_ -n default tasks kill -s SIGTERM "$id-pause"
+    # `tasks delete` needs the task stopped; poll its status
+    while ctr_ -n default tasks ls | awk -v id="$id-pause" '$1 == id && $3 == "RUNNING" {f = 1} END {exit !f}'; do
+        ((SECONDS - t0 < 10)) || { rc=1 && break; }
+        sleep 0.1
+    done
+    out="$(ctr_ -n default tasks delete "$id-pause" 2>&1 || true)"
+    ctr_ -n default containers delete "$id-pause" >/dev/null 2>&1 || true
+    ((rc == 0)) || die "pause did not exit on SIGTERM"
+    log "pause: ok (stopped on SIGTERM) $out"
+}
+
+case "${1:-build}" in
+build)
+    (($# <= 1)) || usage
+    build_all
+    ;;
+import)
+    (($# == 2)) || usage
+    build_all
+    resolve_target "$2"
+    import_all
+    ;;
+smoke)
+    (($# == 2)) || usage
+    resolve_target "$2"
+    smoke
+    ;;
+*) usage ;;
+esac

@@ -1,0 +1,310 @@
+//! A container's cgroup, seen from the shim: stats, limit updates, pids and OOM events, on
+//! cgroup v1 (and hybrid hosts, whose controllers are all on v1) and on cgroup v2.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{
+    AnyCgroupManager, CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt, FreezerState,
+};
+use libcgroups::stats::Stats;
+use oci_spec::runtime::LinuxResources;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot detect this host's cgroup setup: {0}")]
+    Setup(String),
+    #[error("opening cgroup {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("cgroup {path}: {op} failed: {reason}")]
+    Op {
+        path: PathBuf,
+        op: &'static str,
+        reason: String,
+    },
+    #[error(
+        "SystemdCgroup = true, but this host's cgroups are not managed by systemd (v1 or no \
+         systemd); set SystemdCgroup = false in the runtime options"
+    )]
+    SystemdUnavailable,
+    #[error("watching cgroup {path} for OOM events: {source}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which cgroup API this host offers for resource control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Legacy or hybrid hierarchy: all controllers are on v1.
+    V1,
+    /// Unified hierarchy.
+    V2,
+}
+
+impl Version {
+    pub fn detect() -> Result<Version, CgroupError> {
+        match libcgroups::common::get_cgroup_setup()
+            .map_err(|e| CgroupError::Setup(e.to_string()))?
+        {
+            CgroupSetup::Legacy | CgroupSetup::Hybrid => Ok(Version::V1),
+            CgroupSetup::Unified => Ok(Version::V2),
+        }
+    }
+}
+
+/// The cgroup of one container.
+pub struct Cgroup {
+    version: Version,
+    /// The path as libcontainer resolves it from the spec's cgroupsPath.
+    path: PathBuf,
+    manager: AnyCgroupManager,
+}
+
+impl Cgroup {
+    /// Opens the cgroup that libcontainer uses for a container with this `cgroupsPath`.
+    pub fn open(
+        cgroups_path: Option<&Path>,
+        id: &str,
+        systemd: bool,
+    ) -> Result<Cgroup, CgroupError> {
+        let version = Version::detect()?;
+        if systemd && (version == Version::V1 || !Path::new("/run/systemd/system").exists()) {
+            return Err(CgroupError::SystemdUnavailable);
+        }
+        let path = libcontainer::utils::get_cgroup_path(&cgroups_path.map(Path::to_path_buf), id);
+        let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
+            cgroup_path: path.clone(),
+            systemd_cgroup: systemd,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| CgroupError::Open {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Cgroup {
+            version,
+            path,
+            manager,
+        })
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn op_err(
+        &self,
+        op: &'static str,
+    ) -> impl FnOnce(libcgroups::common::AnyManagerError) -> CgroupError + '_ {
+        move |e| CgroupError::Op {
+            path: self.path.clone(),
+            op,
+            reason: e.to_string(),
+        }
+    }
+
+    pub fn stats(&self) -> Result<Stats, CgroupError> {
+        self.manager.stats().map_err(self.op_err("reading stats"))
+    }
+
+    /// Applies new resource limits (containerd's Update).
+    pub fn update(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        self.manager
+            .apply(&ControllerOpt {
+                resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(self.op_err("updating resources"))
+    }
+
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let state = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        self.manager.freeze(state).map_err(self.op_err("freezing"))
+    }
+
+    /// Every process in the cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        Ok(self
+            .manager
+            .get_all_pids()
+            .map_err(self.op_err("listing processes"))?
+            .into_iter()
+            .map(|p| p.as_raw())
+            .collect())
+    }
+
+    /// The directory holding the memory controller's files of this cgroup.
+    pub fn memory_dir(&self) -> Option<PathBuf> {
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        match self.version {
+            Version::V1 => controller_mount("memory").map(|m| m.join(rel)),
+            Version::V2 => Some(Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(rel)),
+        }
+    }
+
+    /// How many processes the kernel's OOM killer has killed in this cgroup so far.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let dir = self.memory_dir()?;
+        let file = match self.version {
+            Version::V1 => dir.join("memory.oom_control"),
+            Version::V2 => dir.join("memory.events"),
+        };
+        read_keyed(&file, "oom_kill")
+    }
+
+    /// v2 extras that libcgroups' stats do not carry: `memory.peak` and `memory.events`.
+    pub fn memory_peak(&self) -> Option<u64> {
+        let dir = self.memory_dir()?;
+        let file = match self.version {
+            Version::V1 => dir.join("memory.max_usage_in_bytes"),
+            Version::V2 => dir.join("memory.peak"),
+        };
+        fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// `memory.events` of a v2 cgroup as (key, value) pairs.
+    pub fn memory_events(&self) -> Vec<(String, u64)> {
+        if self.version != Version::V2 {
+            return Vec::new();
+        }
+        let Some(dir) = self.memory_dir() else {
+            return Vec::new();
+        };
+        fs::read_to_string(dir.join("memory.events"))
+            .map(|s| {
+                s.lines()
+                    .filter_map(|l| {
+                        let (k, v) = l.split_once(' ')?;
+                        Some((k.to_string(), v.trim().parse().ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Starts watching for OOM events.
+    pub fn watch_oom(&self) -> Result<OomWatcher, CgroupError> {
+        let dir = self.memory_dir().ok_or_else(|| CgroupError::Watch {
+            path: self.path.clone(),
+            source: std::io::Error::other("no memory controller mounted"),
+        })?;
+        let werr = |source| CgroupError::Watch {
+            path: dir.clone(),
+            source,
+        };
+        match self.version {
+            Version::V1 => {
+                let control = fs::File::open(dir.join("memory.oom_control")).map_err(werr)?;
+                let efd = nix::sys::eventfd::EventFd::from_value_and_flags(
+                    0,
+                    nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+                )
+                .map_err(|e| werr(e.into()))?;
+                let line = format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd());
+                fs::write(dir.join("cgroup.event_control"), line).map_err(werr)?;
+                Ok(OomWatcher::V1 {
+                    efd: OwnedFd::from(efd),
+                    _control: control,
+                })
+            }
+            Version::V2 => {
+                use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+                let ino = Inotify::init(InitFlags::IN_CLOEXEC).map_err(|e| werr(e.into()))?;
+                ino.add_watch(&dir.join("memory.events"), AddWatchFlags::IN_MODIFY)
+                    .map_err(|e| werr(e.into()))?;
+                Ok(OomWatcher::V2 { ino })
+            }
+        }
+    }
+}
+
+/// Blocks until the kernel reports memory pressure events on a cgroup.
+pub enum OomWatcher {
+    V1 { efd: OwnedFd, _control: fs::File },
+    V2 { ino: nix::sys::inotify::Inotify },
+}
+
+impl OomWatcher {
+    /// Waits for the next event. Returns false once the cgroup is gone.
+    pub fn wait(&self) -> bool {
+        match self {
+            OomWatcher::V1 { efd, .. } => {
+                let mut buf = [0u8; 8];
+                // SAFETY: a borrowed duplicate; the File is forgotten before it would close.
+                let mut f = unsafe { fs::File::from_raw_fd(efd.as_raw_fd()) };
+                let ok = f.read_exact(&mut buf).is_ok();
+                std::mem::forget(f);
+                // The kernel also signals the eventfd when the cgroup is removed.
+                ok
+            }
+            OomWatcher::V2 { ino } => match ino.read_events() {
+                Ok(events) => !events.iter().any(|e| {
+                    e.mask
+                        .contains(nix::sys::inotify::AddWatchFlags::IN_IGNORED)
+                }),
+                Err(_) => false,
+            },
+        }
+    }
+}
+
+fn read_keyed(file: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Mount point of a cgroup v1 controller, from /proc/self/mountinfo.
+pub fn controller_mount(controller: &str) -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut post = post.split_whitespace();
+        if post.next()? != "cgroup" {
+            return None;
+        }
+        let _source = post.next()?;
+        let opts = post.next()?;
+        if !opts.split(',').any(|o| o == controller) {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_files_are_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("memory.events");
+        fs::write(&f, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n").unwrap();
+        assert_eq!(read_keyed(&f, "oom_kill"), Some(2));
+        assert_eq!(read_keyed(&f, "missing"), None);
+    }
+
+    #[test]
+    fn detects_a_cgroup_version() {
+        // Every Linux host running the tests has cgroups of some kind.
+        assert!(Version::detect().is_ok());
+    }
+}

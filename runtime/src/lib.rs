@@ -1,0 +1,22 @@
+//! trenv's container runtime layer.
+//!
+//! Everything that touches the kernel on behalf of a container lives here:
+//!
+//! * [`zygote`]: libcontainer clones, chdirs and waits on its children, none of which is
+//!   safe inside the multi-threaded shim. The shim forks a single-threaded zygote before it
+//!   starts any thread; each container operation runs in a fresh child of the zygote.
+//! * [`sandbox`]: the operations themselves (create, start, exec, pause, resume, delete),
+//!   executed inside such a worker with libcontainer.
+//! * [`rootfs`]: mounting the rootfs that containerd hands over.
+//! * [`seccomp`]: compiling OCI seccomp profiles with seccompiler and installing them.
+//! * [`cgroup`]: stats, limits, pids and OOM events of a container's cgroup (v1 and v2).
+
+pub mod cgroup;
+pub mod error;
+mod executor;
+pub mod rootfs;
+pub mod sandbox;
+pub mod seccomp;
+pub mod zygote;
+
+pub use error::RuntimeError;

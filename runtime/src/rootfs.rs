@@ -1,0 +1,263 @@
+//! The container's root filesystem as containerd hands it over: a list of mounts (usually
+//! one overlay, or a bind mount) to stack on `bundle/rootfs`.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("mounting {kind} {source_path} on {target}: {errno}")]
+    Mount {
+        kind: String,
+        source_path: String,
+        target: PathBuf,
+        errno: nix::Error,
+    },
+    #[error("unmounting {target}: {errno}")]
+    Unmount { target: PathBuf, errno: nix::Error },
+    #[error("mount options for {target} are too long ({len} bytes) even after shortening paths")]
+    OptionsTooLong { target: PathBuf, len: usize },
+    #[error("creating the rootfs directory {target}: {source}")]
+    Dir {
+        target: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One mount of containerd's `CreateTaskRequest.rootfs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// Splits mount(8)-style options into flags and filesystem data.
+pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, Vec<String>) {
+    let mut flags = MsFlags::empty();
+    let mut propagation = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        let (set, clear, prop) = match o.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), false),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, false),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty(), false),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), false),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), false),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, false),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), false),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, false),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), false),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, false),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), false),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS, false),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), false),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), false),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty(), false),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK, false),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), false),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME, false),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), false),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME, false),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), false),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, false),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), false),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, false),
+            "private" => (MsFlags::MS_PRIVATE, MsFlags::empty(), true),
+            "rprivate" => (
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                MsFlags::empty(),
+                true,
+            ),
+            "shared" => (MsFlags::MS_SHARED, MsFlags::empty(), true),
+            "rshared" => (MsFlags::MS_SHARED | MsFlags::MS_REC, MsFlags::empty(), true),
+            "slave" => (MsFlags::MS_SLAVE, MsFlags::empty(), true),
+            "rslave" => (MsFlags::MS_SLAVE | MsFlags::MS_REC, MsFlags::empty(), true),
+            "unbindable" => (MsFlags::MS_UNBINDABLE, MsFlags::empty(), true),
+            "runbindable" => (
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+                MsFlags::empty(),
+                true,
+            ),
+            "defaults" => (MsFlags::empty(), MsFlags::empty(), false),
+            _ => {
+                data.push(o.clone());
+                continue;
+            }
+        };
+        if prop {
+            propagation |= set;
+        } else {
+            flags |= set;
+            flags &= !clear;
+        }
+    }
+    (flags, propagation, data)
+}
+
+/// Mounts every mount onto `target` in order.
+pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), RootfsError> {
+    std::fs::create_dir_all(target).map_err(|source| RootfsError::Dir {
+        target: target.to_path_buf(),
+        source,
+    })?;
+    for (i, m) in mounts.iter().enumerate() {
+        if let Err(e) = mount_one(m, target) {
+            for _ in 0..i {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn mount_one(m: &Mount, target: &Path) -> Result<(), RootfsError> {
+    let (mut flags, propagation, data) = parse_options(&m.options);
+    if m.kind == "bind" {
+        flags |= MsFlags::MS_BIND;
+    }
+    let mut data = data.join(",");
+    let page = 4096usize;
+    let mut cwd_changed = false;
+    if m.kind == "overlay" && data.len() >= page - 512 {
+        // The mount data must fit in a page: move into the directory all layer paths share
+        // and give them relative to it (safe here, this process is a single-use worker).
+        if let Some((dir, short)) = shorten_overlay(&data) {
+            if nix::unistd::chdir(Path::new(&dir)).is_ok() {
+                data = short;
+                cwd_changed = true;
+            }
+        }
+        if data.len() >= page {
+            return Err(RootfsError::OptionsTooLong {
+                target: target.to_path_buf(),
+                len: data.len(),
+            });
+        }
+    }
+    let err = |errno| RootfsError::Mount {
+        kind: m.kind.clone(),
+        source_path: m.source.clone(),
+        target: target.to_path_buf(),
+        errno,
+    };
+    let fstype = if m.kind == "bind" {
+        None
+    } else {
+        Some(m.kind.as_str())
+    };
+    let data_opt = if data.is_empty() {
+        None
+    } else {
+        Some(data.as_str())
+    };
+    let result = mount(Some(m.source.as_str()), target, fstype, flags, data_opt);
+    if cwd_changed {
+        let _ = nix::unistd::chdir("/");
+    }
+    result.map_err(err)?;
+    // A read-only bind mount needs a remount to become read-only.
+    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+        mount::<str, Path, str, str>(None, target, None, flags | MsFlags::MS_REMOUNT, None)
+            .map_err(err)?;
+    }
+    if !propagation.is_empty() {
+        mount::<str, Path, str, str>(None, target, None, propagation, None).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Rewrites overlay options with paths relative to the deepest directory all of them
+/// share. Returns that directory and the new option string.
+fn shorten_overlay(data: &str) -> Option<(String, String)> {
+    let mut paths: Vec<&str> = Vec::new();
+    for opt in data.split(',') {
+        if let Some((k, v)) = opt.split_once('=')
+            && matches!(k, "lowerdir" | "upperdir" | "workdir")
+        {
+            paths.extend(v.split(':'));
+        }
+    }
+    let first = paths.first()?;
+    let mut prefix = Path::new(first).parent()?.to_path_buf();
+    while !paths.iter().all(|p| Path::new(p).starts_with(&prefix)) {
+        prefix = prefix.parent()?.to_path_buf();
+    }
+    let prefix_s = prefix.to_str()?.trim_end_matches('/').to_string();
+    let strip = |p: &str| -> String {
+        p.strip_prefix(&prefix_s)
+            .map(|r| r.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| p.to_string())
+    };
+    let rewritten: Vec<String> = data
+        .split(',')
+        .map(|opt| match opt.split_once('=') {
+            Some((k, v)) if matches!(k, "lowerdir" | "upperdir" | "workdir") => {
+                format!(
+                    "{k}={}",
+                    v.split(':').map(strip).collect::<Vec<_>>().join(":")
+                )
+            }
+            _ => opt.to_string(),
+        })
+        .collect();
+    Some((prefix_s, rewritten.join(",")))
+}
+
+/// Unmounts everything stacked on `target`. Not mounted is not an error.
+pub fn unmount(target: &Path) -> Result<(), RootfsError> {
+    for _ in 0..16 {
+        match umount2(target, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(errno) => {
+                return Err(RootfsError::Unmount {
+                    target: target.to_path_buf(),
+                    errno,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let (flags, prop, data) =
+            parse_options(&opts(&["ro", "nosuid", "rbind", "rprivate", "index=off"]));
+        assert!(flags.contains(
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC
+        ));
+        assert_eq!(prop, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert_eq!(data, vec!["index=off".to_string()]);
+    }
+
+    #[test]
+    fn rw_clears_ro() {
+        let (flags, _, _) = parse_options(&opts(&["ro", "rw"]));
+        assert!(!flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn overlay_paths_are_shortened_to_a_common_prefix() {
+        let data = "index=off,lowerdir=/var/lib/s/snapshots/2/fs:/var/lib/s/snapshots/1/fs,upperdir=/var/lib/s/snapshots/3/fs,workdir=/var/lib/s/snapshots/3/work";
+        let (dir, short) = shorten_overlay(data).unwrap();
+        assert_eq!(dir, "/var/lib/s/snapshots");
+        assert_eq!(
+            short,
+            "index=off,lowerdir=2/fs:1/fs,upperdir=3/fs,workdir=3/work"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The zygote: a single-threaded process forked from the shim before any thread exists.
+//!
+//! libcontainer clones processes, changes the working directory of the whole process (for
+//! its notify and console sockets) and waits for its own children. Inside the shim, which
+//! runs a multi-threaded ttrpc server and reaps every child with `waitpid(-1)`, each of these
+//! is a bug waiting to happen. So every libcontainer operation runs in a *worker*: a fresh
+//! fork of the zygote that handles exactly one [`Request`] and exits.
+//!
+//! Wire protocol: the shim sends one SEQPACKET message over the control socket carrying,
+//! as `SCM_RIGHTS`, the worker's own reply socket followed by the request's file
+//! descriptors (stdio). The request itself and the reply travel as length-prefixed JSON
+//! frames over the reply socket, so their size is not limited by the control socket.
+//!
+//! A container process that a worker creates is re-parented to the shim (a child
+//! subreaper) when the worker exits, so the shim sees its exit status.
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::unistd::{ForkResult, Pid, fork};
+use serde::{Deserialize, Serialize};
+
+use crate::error::RuntimeError;
+use crate::sandbox::{self, Reply, Request};
+
+/// Most file descriptors a single request may carry (reply socket + stdio).
+const MAX_FDS: usize = 8;
+/// Upper bound for one JSON frame; requests carry paths and mount options only.
+const MAX_FRAME: u32 = 16 << 20;
+
+/// The shim's handle on its zygote.
+pub struct Zygote {
+    ctrl: Mutex<OwnedFd>,
+    pid: Pid,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireReply {
+    Ok(Reply),
+    Err(String),
+}
+
+impl Zygote {
+    /// Forks the zygote.
+    ///
+    /// # Safety
+    /// The calling process must be single-threaded: the zygote is a copy of it and must be
+    /// able to fork again safely for each request.
+    pub unsafe fn fork() -> Result<Zygote, RuntimeError> {
+        let (shim_end, zygote_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(RuntimeError::sys("creating the zygote's control socket"))?;
+        let parent = nix::unistd::getpid();
+        // SAFETY: the caller guarantees a single-threaded process.
+        match unsafe { fork() }.map_err(RuntimeError::sys("forking the runtime zygote"))? {
+            ForkResult::Parent { child } => {
+                drop(zygote_end);
+                Ok(Zygote {
+                    ctrl: Mutex::new(shim_end),
+                    pid: child,
+                })
+            }
+            ForkResult::Child => {
+                drop(shim_end);
+                zygote_main(zygote_end, parent)
+            }
+        }
+    }
+
+    /// The zygote's pid (so the shim can recognise its exit).
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Runs `req` in a new worker and waits for its reply. `fds` are passed to the worker
+    /// in order; the request refers to them by index.
+    pub fn call(&self, req: &Request, fds: &[&dyn AsFd]) -> Result<Reply, RuntimeError> {
+        if fds.len() + 1 > MAX_FDS {
+            return Err(RuntimeError::Protocol(format!(
+                "too many file descriptors for one request ({})",
+                fds.len()
+            )));
+        }
+        let (mine, theirs) =
+            UnixStream::pair().map_err(RuntimeError::io("creating a reply socket"))?;
+        let mut raw: Vec<RawFd> = vec![theirs.as_raw_fd()];
+        raw.extend(fds.iter().map(|f| f.as_fd().as_raw_fd()));
+        {
+            let ctrl = self
+                .ctrl
+                .lock()
+                .map_err(|_| RuntimeError::ZygoteGone("control socket lock poisoned".into()))?;
+            let cmsg = [ControlMessage::ScmRights(&raw)];
+            sendmsg::<()>(
+                ctrl.as_raw_fd(),
+                &[IoSlice::new(b"r")],
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(|e| RuntimeError::ZygoteGone(format!("sending a request: {e}")))?;
+        }
+        drop(theirs);
+        let mut stream = mine;
+        let body = serde_json::to_vec(req).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+        write_frame(&mut stream, &body)
+            .map_err(|e| RuntimeError::Protocol(format!("sending a request to a worker: {e}")))?;
+        let frame = read_frame(&mut stream).map_err(|e| {
+            RuntimeError::Worker(format!(
+                "the runtime worker died before it answered ({e}); see the shim log"
+            ))
+        })?;
+        match serde_json::from_slice::<WireReply>(&frame)
+            .map_err(|e| RuntimeError::Protocol(format!("bad reply from a worker: {e}")))?
+        {
+            WireReply::Ok(r) => Ok(r),
+            WireReply::Err(msg) => Err(RuntimeError::Worker(msg)),
+        }
+    }
+}
+
+fn write_frame(w: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
+    let len =
+        u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame larger than 4 GiB"))?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+fn read_frame(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len);
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes is too large"
+        )));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    Ok(body)
+}
+
+fn zygote_main(ctrl: OwnedFd, parent: Pid) -> ! {
+    // Die with the shim; a zygote must never outlive it.
+    // SAFETY: prctl with these arguments has no memory-safety preconditions.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_NAME, c"trenv-zygote".as_ptr());
+    }
+    if nix::unistd::getppid() != parent {
+        exit(0);
+    }
+    // containerd reads the shim's stdout until EOF to learn its address: the zygote must
+    // not keep that pipe (or any other of the shim's stdio) open.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for target in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
+            unsafe { libc::dup2(null.as_raw_fd(), target) };
+        }
+    }
+    // Workers are reaped automatically; each worker restores the default disposition.
+    // SAFETY: installing SIG_IGN is async-signal-safe.
+    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
+    loop {
+        let mut byte = [0u8; 1];
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let fds: Vec<OwnedFd> = match recvmsg::<()>(
+            ctrl.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: the kernel just installed these descriptors for us.
+                            fds.extend(
+                                raw.into_iter()
+                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                            );
+                        }
+                    }
+                }
+                if msg.bytes == 0 && fds.is_empty() {
+                    exit(0); // the shim closed the control socket
+                }
+                fds
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => exit(1),
+        };
+        if fds.is_empty() {
+            continue;
+        }
+        // SAFETY: the zygote is single-threaded.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                // SAFETY: restoring the default disposition is async-signal-safe.
+                let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
+                // SAFETY: see above.
+                unsafe { libc::prctl(libc::PR_SET_NAME, c"trenv-worker".as_ptr()) };
+                drop(ctrl);
+                worker_main(fds)
+            }
+            Ok(ForkResult::Parent { .. }) => drop(fds),
+            Err(_) => drop(fds), // the shim sees EOF on its reply socket
+        }
+    }
+}
+
+fn worker_main(mut fds: Vec<OwnedFd>) -> ! {
+    let reply = fds.remove(0);
+    let mut stream = UnixStream::from(reply);
+    let answer = match read_frame(&mut stream) {
+        Ok(frame) => match serde_json::from_slice::<Request>(&frame) {
+            Ok(req) => match sandbox::handle(req, fds) {
+                Ok(r) => WireReply::Ok(r),
+                Err(e) => WireReply::Err(crate::error::chain(&e)),
+            },
+            Err(e) => WireReply::Err(format!("malformed request: {e}")),
+        },
+        Err(_) => exit(1),
+    };
+    let body =
+        serde_json::to_vec(&answer).unwrap_or_else(|_| b"{\"Err\":\"unencodable reply\"}".to_vec());
+    let code = if write_frame(&mut stream, &body).is_ok() {
+        0
+    } else {
+        1
+    };
+    exit(code)
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit never returns and skips atexit handlers, which belong to the shim.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,401 @@
+//! A container served by this shim: its init process, its execs and its cgroup.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use containerd_shim::protos::api::CreateTaskRequest;
+use containerd_shim::protos::ttrpc;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use trenv_runtime::cgroup::Cgroup;
+use trenv_runtime::rootfs::Mount;
+use trenv_runtime::sandbox::{Location, Reply, Request, Stdio};
+
+use crate::errors::{internal, invalid, precondition, rt};
+use crate::io::{ChildStdio, ConsoleSocket, ProcessIo, StdioPaths};
+use crate::options::RuntimeOptions;
+use crate::process::{Process, State};
+use crate::zygote;
+
+pub struct Container {
+    pub id: String,
+    pub at: Location,
+    pub init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    pub cgroup: Option<Cgroup>,
+    mounted_rootfs: bool,
+    /// The container has a PID namespace of its own (its processes die with init).
+    own_pid_ns: bool,
+    /// OOM kills already reported to containerd.
+    pub oom_reported: Mutex<u64>,
+}
+
+/// Runs a request in a fresh zygote worker, passing the child's stdio descriptors;
+/// `make` builds the request once their positions are known.
+fn call_with_stdio(
+    make: impl FnOnce(Stdio) -> Request,
+    child: &ChildStdio,
+) -> Result<Reply, ttrpc::Error> {
+    let mut fds: Vec<&dyn std::os::fd::AsFd> = Vec::new();
+    let mut stdio = Stdio::default();
+    for (i, fd) in child.iter().enumerate() {
+        if let Some(fd) = fd {
+            let slot = Some(fds.len());
+            match i {
+                0 => stdio.stdin = slot,
+                1 => stdio.stdout = slot,
+                _ => stdio.stderr = slot,
+            }
+            fds.push(fd);
+        }
+    }
+    zygote().call(&make(stdio), &fds).map_err(rt)
+}
+
+/// Sets up stdio for a process: a console socket for a terminal, pipes otherwise.
+fn prepare_io(
+    paths: &StdioPaths,
+) -> Result<(Option<ProcessIo>, Option<ConsoleSocket>, ChildStdio), ttrpc::Error> {
+    if paths.terminal {
+        let console = ConsoleSocket::new().map_err(rt)?;
+        Ok((None, Some(console), [None, None, None]))
+    } else {
+        let (io, child) = ProcessIo::pipes(paths.clone()).map_err(rt)?;
+        Ok((Some(io), None, child))
+    }
+}
+
+fn finish_io(
+    paths: &StdioPaths,
+    io: Option<ProcessIo>,
+    console: Option<ConsoleSocket>,
+) -> Result<Option<ProcessIo>, ttrpc::Error> {
+    match console {
+        Some(c) => {
+            let master = c.receive().map_err(rt)?;
+            Ok(Some(
+                ProcessIo::terminal(paths.clone(), master).map_err(rt)?,
+            ))
+        }
+        None => Ok(io),
+    }
+}
+
+impl Container {
+    /// Creates the container (its init process waits for Start).
+    pub fn create(
+        req: &CreateTaskRequest,
+        opts: &RuntimeOptions,
+    ) -> Result<Container, ttrpc::Error> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec_path = bundle.join("config.json");
+        let spec = Spec::load(&spec_path).map_err(|e| {
+            invalid(format!(
+                "invalid OCI spec {}: {}; fix the container's configuration",
+                spec_path.display(),
+                trenv_runtime::error::chain(&e)
+            ))
+        })?;
+        let linux = spec.linux().as_ref();
+        let own_pid_ns = linux
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+            });
+        let cgroups_path = linux.and_then(|l| l.cgroups_path().clone());
+        // Opening the cgroup first catches a SystemdCgroup setting this host cannot honour
+        // before anything is created.
+        let cgroup =
+            Cgroup::open(cgroups_path.as_deref(), &req.id, opts.systemd_cgroup).map_err(rt)?;
+        let at = Location::new(&req.id, &bundle);
+        let rootfs: Vec<Mount> = req
+            .rootfs
+            .iter()
+            .map(|m| Mount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let (io, console, child) = prepare_io(&paths)?;
+        let console_socket = console.as_ref().map(|c| c.path().to_path_buf());
+        let reply = call_with_stdio(
+            |stdio| Request::Create {
+                at: at.clone(),
+                rootfs: rootfs.clone(),
+                systemd_cgroup: opts.systemd_cgroup,
+                console_socket,
+                stdio,
+            },
+            &child,
+        );
+        drop(child);
+        let pid = match reply? {
+            Reply::Pid(pid) => pid,
+            Reply::Done => return Err(internal("the runtime worker returned no pid")),
+        };
+        let init = Arc::new(Process::new("", paths.clone(), Vec::new()));
+        let container = Container {
+            id: req.id.clone(),
+            at,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            cgroup: Some(cgroup),
+            mounted_rootfs: !rootfs.is_empty(),
+            own_pid_ns,
+            oom_reported: Mutex::new(0),
+        };
+        match finish_io(&paths, io, console) {
+            Ok(io) => {
+                let mut g = container.init.lock();
+                g.pid = pid;
+                g.io = io;
+            }
+            Err(e) => {
+                let _ = container.destroy();
+                return Err(e);
+            }
+        }
+        Ok(container)
+    }
+
+    pub fn execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.execs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The init process or an exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>, ttrpc::Error> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs().get(exec_id).cloned().ok_or_else(|| {
+            crate::errors::not_found(format!("exec {exec_id} of container {}", self.id))
+        })
+    }
+
+    pub fn start_init(&self) -> Result<i32, ttrpc::Error> {
+        let state = self.init.state();
+        if state != State::Created {
+            return Err(precondition(format!(
+                "container {} cannot be started: it is {state:?}",
+                self.id
+            )));
+        }
+        zygote()
+            .call(
+                &Request::Start {
+                    at: self.at.clone(),
+                },
+                &[],
+            )
+            .map_err(rt)?;
+        let mut g = self.init.lock();
+        if g.state == State::Created {
+            g.state = State::Running;
+        }
+        Ok(g.pid)
+    }
+
+    pub fn add_exec(
+        &self,
+        exec_id: &str,
+        paths: StdioPaths,
+        spec: Vec<u8>,
+    ) -> Result<(), ttrpc::Error> {
+        let mut execs = self.execs();
+        if execs.contains_key(exec_id) {
+            return Err(crate::errors::status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {exec_id} already exists in container {}", self.id),
+            ));
+        }
+        if self.init.state() == State::Stopped {
+            return Err(precondition(format!(
+                "container {} is not running",
+                self.id
+            )));
+        }
+        execs.insert(
+            exec_id.to_string(),
+            Arc::new(Process::new(exec_id, paths, spec)),
+        );
+        Ok(())
+    }
+
+    /// Starts an exec; `register` is called with its pid while exits are held back, so
+    /// that an exit racing with the start is not lost.
+    pub fn start_exec(&self, p: &Process, register: impl FnOnce(i32)) -> Result<i32, ttrpc::Error> {
+        if p.state() != State::Created {
+            return Err(precondition(format!(
+                "exec {} was already started",
+                p.exec_id
+            )));
+        }
+        let spec = std::mem::take(&mut p.lock().spec);
+        let dir = self.at.state_root.join("execs");
+        fs::create_dir_all(&dir)
+            .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
+        let file = dir.join(format!("{}.json", sanitize(&p.exec_id)));
+        fs::write(&file, &spec)
+            .map_err(|e| internal(format!("writing {}: {e}", file.display())))?;
+        let (io, console, child) = prepare_io(&p.stdio)?;
+        let console_socket = console.as_ref().map(|c| c.path().to_path_buf());
+        let reply = call_with_stdio(
+            |stdio| Request::Exec {
+                at: self.at.clone(),
+                process: file.clone(),
+                console_socket,
+                stdio,
+            },
+            &child,
+        );
+        drop(child);
+        let _ = fs::remove_file(&file);
+        let pid = match reply? {
+            Reply::Pid(pid) => pid,
+            Reply::Done => return Err(internal("the runtime worker returned no pid")),
+        };
+        let io = finish_io(&p.stdio, io, console);
+        {
+            let mut g = p.lock();
+            g.pid = pid;
+            g.state = State::Running;
+            if let Ok(io) = io {
+                g.io = io;
+            }
+        }
+        register(pid);
+        Ok(pid)
+    }
+
+    pub fn pause(&self) -> Result<(), ttrpc::Error> {
+        if self.init.state() != State::Running {
+            return Err(precondition(format!(
+                "container {} is not running",
+                self.id
+            )));
+        }
+        zygote()
+            .call(
+                &Request::Pause {
+                    at: self.at.clone(),
+                },
+                &[],
+            )
+            .map_err(rt)?;
+        self.init.lock().state = State::Paused;
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), ttrpc::Error> {
+        if self.init.state() != State::Paused {
+            return Err(precondition(format!("container {} is not paused", self.id)));
+        }
+        zygote()
+            .call(
+                &Request::Resume {
+                    at: self.at.clone(),
+                },
+                &[],
+            )
+            .map_err(rt)?;
+        self.init.lock().state = State::Running;
+        Ok(())
+    }
+
+    /// Signals one process, or with `all` every process of the container.
+    pub fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<(), ttrpc::Error> {
+        let sig = nix::sys::signal::Signal::try_from(signal as i32)
+            .map_err(|_| invalid(format!("invalid signal {signal}")))?;
+        let p = self.process(exec_id)?;
+        if all && exec_id.is_empty() {
+            if let Some(cg) = &self.cgroup
+                && let Ok(pids) = cg.pids()
+            {
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
+            }
+            // A paused container only dies once thawed.
+            if self.init.state() == State::Paused && sig == nix::sys::signal::Signal::SIGKILL {
+                let _ = self.resume();
+            }
+            return Ok(());
+        }
+        let (pid, state) = {
+            let g = p.lock();
+            (g.pid, g.state)
+        };
+        if state == State::Stopped || pid == 0 {
+            return Err(crate::errors::not_found(format!(
+                "process {} of container {} (already finished)",
+                if exec_id.is_empty() { "init" } else { exec_id },
+                self.id
+            )));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .map_err(|e| internal(format!("sending {sig} to pid {pid}: {e}")))
+    }
+
+    /// After init exited: without a PID namespace of its own nothing else ends the
+    /// container's other processes; kill them like runc's shim does.
+    pub fn reap_leftovers(&self) {
+        if self.own_pid_ns {
+            return;
+        }
+        if let Some(cg) = &self.cgroup
+            && let Ok(pids) = cg.pids()
+        {
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Removes the container: processes, cgroup, state, rootfs mount.
+    pub fn destroy(&self) -> Result<(), ttrpc::Error> {
+        for p in std::iter::once(&self.init).chain(self.execs().values()) {
+            if let Some(io) = p.lock().io.as_mut() {
+                io.close();
+            }
+        }
+        zygote()
+            .call(
+                &Request::Delete {
+                    at: self.at.clone(),
+                    unmount_rootfs: self.mounted_rootfs,
+                },
+                &[],
+            )
+            .map_err(rt)?;
+        Ok(())
+    }
+
+    pub fn bundle(&self) -> &Path {
+        &self.at.bundle
+    }
+}
+
+/// Exec ids come from clients; keep them from naming other paths.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

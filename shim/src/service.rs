@@ -1,0 +1,548 @@
+//! The shim v2 Task service: every method containerd may call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use containerd_shim::api::*;
+use containerd_shim::monitor::{Subject, Topic, monitor_subscribe};
+use containerd_shim::protos::events::task::*;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics::*;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::{ExitSignal, Task, TtrpcContext};
+use oci_spec::runtime::LinuxResources;
+
+use crate::container::Container;
+use crate::errors::{invalid, not_found, precondition, rt, status};
+use crate::events::Events;
+use crate::io::StdioPaths;
+use crate::options;
+use crate::process::{Process, State, now};
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+/// Exits of pids not (yet) known to the service, with when they were seen.
+type Unclaimed = HashMap<i32, (i32, Instant)>;
+
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Serialises exit handling with the registration of new pids.
+    unclaimed: Mutex<Unclaimed>,
+    events: Events,
+    exit: Arc<ExitSignal>,
+}
+
+impl Inner {
+    fn containers(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn container(&self, id: &str) -> TtrpcResult<Arc<Container>> {
+        self.containers()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(format!("container {id}")))
+    }
+
+    fn unclaimed(&self) -> MutexGuard<'_, Unclaimed> {
+        self.unclaimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finds the process with this pid.
+    fn find(&self, pid: i32) -> Option<(Arc<Container>, Arc<Process>)> {
+        for c in self.containers().values() {
+            if c.init.pid() == pid && c.init.state() != State::Stopped {
+                return Some((c.clone(), c.init.clone()));
+            }
+            for p in c.execs().values() {
+                if p.pid() == pid && p.state() != State::Stopped {
+                    return Some((c.clone(), p.clone()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Publishes TaskOOM if the kernel killed something since the last report.
+    fn check_oom(&self, c: &Container) {
+        let Some(kills) = c.cgroup.as_ref().and_then(|cg| cg.oom_kills()) else {
+            return;
+        };
+        let mut reported = c.oom_reported.lock().unwrap_or_else(|e| e.into_inner());
+        if kills > *reported {
+            *reported = kills;
+            self.events.publish(
+                TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }),
+            );
+        }
+    }
+
+    /// Reports an exit: TaskOOM (if any) first, then TaskExit, then wakes Wait callers.
+    fn exited(self: &Arc<Self>, c: Arc<Container>, p: Arc<Process>, code: i32) {
+        let this = self.clone();
+        let spawned = thread::Builder::new().name("exit".into()).spawn(move || {
+            if let Some(io) = p.lock().io.as_ref().map(|io| io.waiter()) {
+                io.wait(Duration::from_millis(500));
+            }
+            let is_init = p.exec_id.is_empty();
+            if is_init {
+                c.reap_leftovers();
+            }
+            this.check_oom(&c);
+            let at = now();
+            this.events.publish(
+                TASK_EXIT_EVENT_TOPIC,
+                Box::new(TaskExit {
+                    container_id: c.id.clone(),
+                    id: if is_init {
+                        c.id.clone()
+                    } else {
+                        p.exec_id.clone()
+                    },
+                    pid: p.pid() as u32,
+                    exit_status: code as u32,
+                    exited_at: MessageField::some(at.clone()),
+                    ..Default::default()
+                }),
+            );
+            p.set_exited(code as u32, at);
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot spawn the exit handler: {e}");
+        }
+    }
+
+    fn watch_exits(self: Arc<Self>) {
+        let sub = match monitor_subscribe(Topic::Pid) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot watch process exits: {e}");
+                return;
+            }
+        };
+        thread::Builder::new()
+            .name("exits".into())
+            .spawn(move || {
+                for ev in sub.rx.iter() {
+                    let Subject::Pid(pid) = ev.subject else {
+                        continue;
+                    };
+                    let mut unclaimed = self.unclaimed();
+                    match self.find(pid) {
+                        Some((c, p)) => {
+                            drop(unclaimed);
+                            self.exited(c, p, ev.exit_code);
+                        }
+                        None => {
+                            // A worker's child we do not know yet (an exec whose start is
+                            // still returning) or one we never will: keep it for a while.
+                            unclaimed.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(60));
+                            unclaimed.insert(pid, (ev.exit_code, Instant::now()));
+                        }
+                    }
+                }
+            })
+            .expect("spawning the exit watcher");
+    }
+
+    /// Called with a freshly learnt pid: reports its exit if that already happened.
+    fn claim(self: &Arc<Self>, c: &Arc<Container>, p: &Arc<Process>, pid: i32) {
+        let code = self.unclaimed().remove(&pid);
+        if let Some((code, _)) = code {
+            self.exited(c.clone(), p.clone(), code);
+        }
+    }
+
+    fn watch_oom(self: &Arc<Self>, c: &Arc<Container>) {
+        let Some(watcher) = c.cgroup.as_ref().and_then(|cg| match cg.watch_oom() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("no OOM events for container {}: {e}", c.id);
+                None
+            }
+        }) else {
+            return;
+        };
+        let this = self.clone();
+        let c = c.clone();
+        let _ = thread::Builder::new().name("oom".into()).spawn(move || {
+            let dir = c.cgroup.as_ref().and_then(|cg| cg.memory_dir());
+            while watcher.wait() {
+                if dir.as_ref().is_some_and(|d| !d.exists()) {
+                    break;
+                }
+                this.check_oom(&c);
+            }
+        });
+    }
+}
+
+impl Service {
+    pub fn new(events: Events, exit: Arc<ExitSignal>) -> Service {
+        let inner = Arc::new(Inner {
+            containers: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(HashMap::new()),
+            events,
+            exit,
+        });
+        inner.clone().watch_exits();
+        Service { inner }
+    }
+}
+
+fn state_response(c: &Container, p: &Process) -> StateResponse {
+    let g = p.lock();
+    let mut r = StateResponse {
+        id: if p.exec_id.is_empty() {
+            c.id.clone()
+        } else {
+            p.exec_id.clone()
+        },
+        bundle: c.bundle().display().to_string(),
+        pid: g.pid as u32,
+        stdin: p.stdio.stdin.clone(),
+        stdout: p.stdio.stdout.clone(),
+        stderr: p.stdio.stderr.clone(),
+        terminal: p.stdio.terminal,
+        exec_id: p.exec_id.clone(),
+        ..Default::default()
+    };
+    r.status = g.state.status().into();
+    if let Some(exit) = &g.exit {
+        r.exit_status = exit.status;
+        r.exited_at = exit.at_field();
+    }
+    r
+}
+
+impl Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        log::info!("create {} (bundle {})", req.id, req.bundle);
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "restoring a container from a checkpoint is not supported by trenv yet",
+            ));
+        }
+        if self.inner.containers().contains_key(&req.id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        let opts = options::parse(req.options.as_ref()).map_err(invalid)?;
+        let c = Arc::new(Container::create(&req, &opts)?);
+        let pid = c.init.pid();
+        self.inner.containers().insert(req.id.clone(), c.clone());
+        self.inner.events.publish(
+            TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid: pid as u32,
+                ..Default::default()
+            }),
+        );
+        self.inner.watch_oom(&c);
+        self.inner.claim(&c, &c.init, pid);
+        Ok(CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        let c = self.inner.container(&req.id)?;
+        let pid = if req.exec_id.is_empty() {
+            let pid = c.start_init()?;
+            self.inner.events.publish(
+                TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: c.id.clone(),
+                    pid: pid as u32,
+                    ..Default::default()
+                }),
+            );
+            pid
+        } else {
+            let p = c.process(&req.exec_id)?;
+            let pid = c.start_exec(&p, |_| {})?;
+            self.inner.events.publish(
+                TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: c.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid: pid as u32,
+                    ..Default::default()
+                }),
+            );
+            self.inner.claim(&c, &p, pid);
+            pid
+        };
+        Ok(StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        let c = self.inner.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        Ok(state_response(&c, &p))
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let c = self.inner.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        let exit = p.wait();
+        Ok(WaitResponse {
+            exit_status: exit.status,
+            exited_at: exit.at_field(),
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        let c = self.inner.container(&req.id)?;
+        c.kill(&req.exec_id, req.signal, req.all)?;
+        Ok(Empty::new())
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        let c = self.inner.container(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let p = c.process(&req.exec_id)?;
+            let (state, pid, exit) = {
+                let g = p.lock();
+                (g.state, g.pid, g.exit.clone())
+            };
+            if state == State::Running {
+                return Err(precondition(format!(
+                    "exec {} is still running",
+                    req.exec_id
+                )));
+            }
+            if let Some(io) = p.lock().io.as_mut() {
+                io.close();
+            }
+            c.execs().remove(&req.exec_id);
+            let exit = exit.unwrap_or_default();
+            return Ok(DeleteResponse {
+                pid: pid as u32,
+                exit_status: exit.status,
+                exited_at: exit.at_field(),
+                ..Default::default()
+            });
+        }
+        let state = c.init.state();
+        if matches!(state, State::Running | State::Paused) {
+            return Err(precondition(format!(
+                "container {} is still running; kill it first",
+                req.id
+            )));
+        }
+        c.destroy()?;
+        self.inner.containers().remove(&req.id);
+        let g = c.init.lock();
+        let exit = g.exit.clone().unwrap_or_else(|| crate::process::Exit {
+            status: 0,
+            at: now(),
+        });
+        let pid = g.pid as u32;
+        drop(g);
+        self.inner.events.publish(
+            TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: c.id.clone(),
+                id: c.id.clone(),
+                pid,
+                exit_status: exit.status,
+                exited_at: exit.at_field(),
+                ..Default::default()
+            }),
+        );
+        Ok(DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: exit.at_field(),
+            ..Default::default()
+        })
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        let c = self.inner.container(&req.id)?;
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .ok_or_else(|| invalid("exec request without a process spec"))?;
+        serde_json::from_slice::<oci_spec::runtime::Process>(&spec)
+            .map_err(|e| invalid(format!("invalid exec process spec: {e}")))?;
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        c.add_exec(&req.exec_id, paths, spec)?;
+        self.inner.events.publish(
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: c.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        let c = self.inner.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        if let Some(io) = p.lock().io.as_ref() {
+            io.resize(req.width, req.height).map_err(rt)?;
+        }
+        Ok(Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        let c = self.inner.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        if req.stdin
+            && let Some(io) = p.lock().io.as_ref()
+        {
+            io.close_stdin();
+        }
+        Ok(Empty::new())
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        let c = self.inner.container(&req.id)?;
+        let pids = match &c.cgroup {
+            Some(cg) => cg.pids().map_err(rt)?,
+            None => vec![c.init.pid()],
+        };
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        let c = self.inner.container(&req.id)?;
+        c.pause()?;
+        self.inner.events.publish(
+            TASK_PAUSED_EVENT_TOPIC,
+            Box::new(TaskPaused {
+                container_id: c.id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        let c = self.inner.container(&req.id)?;
+        c.resume()?;
+        self.inner.events.publish(
+            TASK_RESUMED_EVENT_TOPIC,
+            Box::new(TaskResumed {
+                container_id: c.id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(Empty::new())
+    }
+
+    fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            format!(
+                "checkpointing container {} is not supported by trenv yet (it arrives with \
+                 memory templates)",
+                req.id
+            ),
+        ))
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let c = self.inner.container(&req.id)?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| invalid("update without resources"))?;
+        let resources: LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| invalid(format!("invalid resources in update: {e}")))?;
+        let cg = c
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| precondition("the container has no cgroup"))?;
+        cg.update(&resources).map_err(rt)?;
+        Ok(Empty::new())
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let c = self.inner.container(&req.id)?;
+        let cg = c
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| precondition("the container has no cgroup"))?;
+        let stats = crate::metrics::collect(cg).map_err(rt)?;
+        Ok(StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        let task_pid = self
+            .inner
+            .containers()
+            .get(&req.id)
+            .map_or(0, |c| c.init.pid());
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: task_pid as u32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        if !self.inner.containers().is_empty() {
+            return Ok(Empty::new());
+        }
+        self.inner.events.flush(Duration::from_secs(2));
+        self.inner.exit.signal();
+        Ok(Empty::new())
+    }
+}

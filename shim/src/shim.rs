@@ -1,0 +1,90 @@
+//! containerd's view of the shim binary: `start` (spawn or reuse a shim), `delete` (clean up
+//! after a dead shim) and the long-lived server.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::write_address;
+use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts, spawn};
+use oci_spec::runtime::Spec;
+use trenv_runtime::sandbox::{Location, Request};
+
+use crate::events::Events;
+use crate::service::Service;
+
+/// CRI puts every container of a pod in the same sandbox; one shim serves the whole pod.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+pub struct TrenvShim {
+    exit: Arc<ExitSignal>,
+    id: String,
+    namespace: String,
+}
+
+/// The id whose shim serves this container: its pod's sandbox id, or its own id.
+fn grouping(bundle: &Path, id: &str) -> String {
+    Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| s.annotations().clone())
+        .and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned())
+        .unwrap_or_else(|| id.to_string())
+}
+
+impl Shim for TrenvShim {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        TrenvShim {
+            exit: Arc::new(ExitSignal::default()),
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let cwd =
+            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let group = grouping(&cwd, &opts.id);
+        let (_pid, address) = spawn(opts, &group, Vec::new())?;
+        write_address(&address)?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        // containerd runs this in the bundle after the shim died: remove what is left.
+        let bundle =
+            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let at = Location::new(&self.id, &bundle);
+        let mounted = bundle.join("rootfs").exists();
+        if let Err(e) = crate::zygote().call(
+            &Request::Delete {
+                at,
+                unmount_rootfs: mounted,
+            },
+            &[],
+        ) {
+            log::warn!(
+                "cleaning up container {} in {}: {e}",
+                self.id,
+                self.namespace
+            );
+        }
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: containerd_shim::protos::protobuf::MessageField::some(crate::process::now()),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+        let events = Events::new(publisher, address, self.namespace.clone());
+        Service::new(events, self.exit.clone())
+    }
+}
