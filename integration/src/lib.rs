@@ -1,0 +1,168 @@
+//! Helpers for trenv's end-to-end tests. They drive a real containerd, whose address and
+//! `ctr` binary come from the environment that `integration/test.sh` sets up:
+//!
+//! * `CTR`: path of the `ctr` binary matching the running containerd;
+//! * `CONTAINERD_ADDRESS`: its gRPC socket;
+//! * `TRENV_CONTAINERD_VERSION`: `2` or `1.7`, for messages.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const RUNTIME: &str = "io.containerd.trenv.v1";
+pub const BUSYBOX: &str = "docker.io/trenv/busybox:latest";
+
+/// A `ctr` bound to the containerd under test.
+#[derive(Clone, Debug)]
+pub struct Ctr {
+    pub bin: PathBuf,
+    pub address: String,
+    pub namespace: String,
+}
+
+/// The output of a command, decoded.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Panics with the full output unless the command succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed: {self:#?}");
+        self
+    }
+}
+
+impl Ctr {
+    /// The containerd under test, from the environment `integration/test.sh` provides.
+    pub fn from_env() -> Ctr {
+        let bin = std::env::var("CTR").unwrap_or_else(|_| {
+            panic!(
+                "CTR is not set: run the end-to-end tests through integration/test.sh, which \
+                 starts containerd and exports CTR and CONTAINERD_ADDRESS"
+            )
+        });
+        let address = std::env::var("CONTAINERD_ADDRESS")
+            .unwrap_or_else(|_| panic!("CONTAINERD_ADDRESS is not set (see integration/test.sh)"));
+        Ctr {
+            bin: PathBuf::from(bin),
+            address,
+            namespace: "trenv-test".to_string(),
+        }
+    }
+
+    pub fn with_namespace(&self, ns: &str) -> Ctr {
+        Ctr {
+            namespace: ns.to_string(),
+            ..self.clone()
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--address")
+            .arg(&self.address)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args);
+        c
+    }
+
+    /// Runs ctr with `args` and waits for it.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running ctr")
+            .into()
+    }
+
+    /// Makes sure the test images are in this namespace (imported from the default one).
+    pub fn ensure_images(&self) {
+        if self.run(&["images", "check", &format!("name=={BUSYBOX}")]).stdout.contains(BUSYBOX) {
+            return;
+        }
+        let src = self.with_namespace("default");
+        let tar = std::env::temp_dir().join(format!("trenv-busybox-{}.tar", std::process::id()));
+        let tar_s = tar.to_str().expect("utf-8 temp path");
+        src.run(&["images", "export", tar_s, BUSYBOX]).ok();
+        self.run(&["images", "import", tar_s]).ok();
+        let _ = std::fs::remove_file(&tar);
+    }
+
+    /// Task status as `ctr task ls` shows it, if the task exists.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.run(&["task", "ls"]).stdout;
+        out.lines().skip(1).find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id)).then(|| f.nth(1).unwrap_or_default().to_string())
+        })
+    }
+
+    /// Waits until `cond` holds for the task status, at most `timeout`.
+    pub fn wait_status(&self, id: &str, want: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.task_status(id).as_deref() == Some(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Kills and removes a container, ignoring errors (test cleanup).
+    pub fn remove(&self, id: &str) {
+        let _ = self.run(&["task", "kill", "-s", "SIGKILL", id]);
+        for _ in 0..50 {
+            let r = self.run(&["task", "delete", id]);
+            if r.code == 0 || r.stderr.contains("not found") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.run(&["container", "delete", id]);
+    }
+}
+
+/// A container id unique within this test run.
+pub fn unique_id(prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Pids of running processes whose command line contains `needle`.
+pub fn pids_matching(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline"))
+                && String::from_utf8_lossy(&cmd).replace('\0', " ").contains(needle)
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
