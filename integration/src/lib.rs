@@ -5,6 +5,7 @@
 //! * `CONTAINERD_ADDRESS`: its gRPC socket;
 //! * `TRENV_CONTAINERD_VERSION`: `2` or `1.7`, for messages.
 
+pub mod cri;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -91,9 +92,24 @@ impl Ctr {
             .into()
     }
 
-    /// Makes sure the test images are in this namespace (imported from the default one).
+    /// Makes sure the test images are in this namespace (imported from the default one),
+    /// once per test binary.
     pub fn ensure_images(&self) {
-        if self.run(&["images", "check", &format!("name=={BUSYBOX}")]).stdout.contains(BUSYBOX) {
+        static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+        if done.contains(&self.namespace) {
+            return;
+        }
+        self.import_images();
+        done.push(self.namespace.clone());
+    }
+
+    fn import_images(&self) {
+        if self
+            .run(&["images", "check", &format!("name=={BUSYBOX}")])
+            .stdout
+            .contains(BUSYBOX)
+        {
             return;
         }
         let src = self.with_namespace("default");
@@ -158,7 +174,9 @@ pub fn pids_matching(needle: &str) -> Vec<i32> {
                 continue;
             };
             if let Ok(cmd) = std::fs::read(e.path().join("cmdline"))
-                && String::from_utf8_lossy(&cmd).replace('\0', " ").contains(needle)
+                && String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .contains(needle)
             {
                 out.push(pid);
             }

@@ -1,0 +1,577 @@
+//! The container lifecycle through a real containerd with `ctr`, on trenv.
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use trenv_integration::{BUSYBOX, Ctr, RUNTIME, pids_matching, unique_id};
+
+fn ctr() -> Ctr {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    c
+}
+
+/// `ctr run --rm` on trenv with extra flags before the image.
+fn run_rm(c: &Ctr, flags: &[&str], id: &str, args: &[&str]) -> trenv_integration::Run {
+    let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+    a.extend_from_slice(flags);
+    a.push(BUSYBOX);
+    a.push(id);
+    a.extend_from_slice(args);
+    c.run(&a)
+}
+
+/// Starts a detached container running `args`; removed when the guard drops.
+struct Detached<'a> {
+    ctr: &'a Ctr,
+    id: String,
+}
+
+impl<'a> Detached<'a> {
+    fn start(ctr: &'a Ctr, prefix: &str, flags: &[&str], args: &[&str]) -> Detached<'a> {
+        let id = unique_id(prefix);
+        let mut a = vec!["run", "-d", "--runtime", RUNTIME];
+        a.extend_from_slice(flags);
+        a.push(BUSYBOX);
+        a.push(&id);
+        a.extend_from_slice(args);
+        ctr.run(&a).ok();
+        assert!(
+            ctr.wait_status(&id, "RUNNING", Duration::from_secs(10)),
+            "container {id} did not reach RUNNING"
+        );
+        Detached { ctr, id }
+    }
+
+    fn init_pid(&self) -> i32 {
+        let out = self.ctr.run(&["task", "ls"]).stdout;
+        out.lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(self.id.as_str())).then(|| f.next()?.parse().ok())?
+            })
+            .expect("task listed with a pid")
+    }
+}
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        self.ctr.remove(&self.id);
+    }
+}
+
+/// Runs a command under `script` so that ctr gets a terminal for `-t`.
+fn with_tty(cmdline: &str) -> trenv_integration::Run {
+    Command::new("script")
+        .args(["-qec", cmdline, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running script(1)")
+        .into()
+}
+
+fn ctr_cmdline(c: &Ctr, args: &str) -> String {
+    format!(
+        "{} --address {} --namespace {} {args}",
+        c.bin.display(),
+        c.address,
+        c.namespace
+    )
+}
+
+#[test]
+fn echo_prints_hi() {
+    let c = ctr();
+    let r = run_rm(&c, &[], &unique_id("echo"), &["echo", "hi"]).ok();
+    assert_eq!(r.stdout.trim(), "hi");
+}
+
+#[test]
+fn exit_codes_propagate() {
+    let c = ctr();
+    let r = run_rm(&c, &[], &unique_id("exit"), &["sh", "-c", "exit 3"]);
+    assert_eq!(r.code, 3, "{r:#?}");
+}
+
+#[test]
+fn stdin_reaches_the_process() {
+    let c = ctr();
+    let id = unique_id("stdin");
+    let out = c
+        .cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX,
+            &id,
+            "sh",
+            "-c",
+            "read l; echo got:$l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(b"ping\n")?;
+            child.wait_with_output()
+        })
+        .expect("ctr run with stdin");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "got:ping",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn stdout_and_stderr_are_separate() {
+    let c = ctr();
+    let r = run_rm(
+        &c,
+        &[],
+        &unique_id("streams"),
+        &["sh", "-c", "echo out; echo err >&2"],
+    )
+    .ok();
+    assert_eq!(r.stdout.trim(), "out");
+    assert!(r.stderr.contains("err"), "{r:#?}");
+}
+
+#[test]
+fn kill_with_sigterm_and_sigkill() {
+    let c = ctr();
+    let term = Detached::start(
+        &c,
+        "term",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; while true; do sleep 0.1; done",
+        ],
+    );
+    c.run(&["task", "kill", "-s", "SIGTERM", &term.id]).ok();
+    assert!(c.wait_status(&term.id, "STOPPED", Duration::from_secs(10)));
+    let del = c.run(&["task", "delete", &term.id]);
+    assert!(
+        del.stderr.contains("143"),
+        "exit status 143 expected: {del:#?}"
+    );
+
+    let kill = Detached::start(&c, "kill", &[], &["sleep", "300"]);
+    c.run(&["task", "kill", "-s", "SIGKILL", &kill.id]).ok();
+    assert!(c.wait_status(&kill.id, "STOPPED", Duration::from_secs(10)));
+    let del = c.run(&["task", "delete", &kill.id]);
+    assert!(
+        del.stderr.contains("137"),
+        "exit status 137 expected: {del:#?}"
+    );
+}
+
+#[test]
+fn kill_all_reaches_every_process() {
+    let c = ctr();
+    let d = Detached::start(
+        &c,
+        "killall",
+        &[],
+        &["sh", "-c", "sleep 300 & sleep 301 & wait"],
+    );
+    let ps = c.run(&["task", "ps", &d.id]).ok();
+    assert!(
+        ps.stdout.lines().count() >= 4,
+        "init and two sleeps expected: {ps:#?}"
+    );
+    c.run(&["task", "kill", "--all", "-s", "SIGKILL", &d.id])
+        .ok();
+    assert!(c.wait_status(&d.id, "STOPPED", Duration::from_secs(10)));
+}
+
+#[test]
+fn exec_without_tty() {
+    let c = ctr();
+    let d = Detached::start(&c, "exec", &[], &["sleep", "300"]);
+    let r = c.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &d.id,
+        "sh",
+        "-c",
+        "echo exec-out; exit 5",
+    ]);
+    assert_eq!(r.code, 5, "{r:#?}");
+    assert_eq!(r.stdout.trim(), "exec-out");
+    // The same exec id can be used again once the first one is gone.
+    let r = c.run(&["task", "exec", "--exec-id", "e1", &d.id, "true"]);
+    assert_eq!(r.code, 0, "{r:#?}");
+}
+
+#[test]
+fn run_with_tty() {
+    let c = ctr();
+    let id = unique_id("tty");
+    let r = with_tty(&ctr_cmdline(
+        &c,
+        &format!("run --rm -t --runtime {RUNTIME} {BUSYBOX} {id} sh -c 'tty; echo tty-ok; exit 4'"),
+    ));
+    assert_eq!(r.code, 4, "{r:#?}");
+    assert!(r.stdout.contains("/dev/pts/"), "{r:#?}");
+    assert!(r.stdout.contains("tty-ok"), "{r:#?}");
+}
+
+#[test]
+fn exec_with_tty() {
+    let c = ctr();
+    let d = Detached::start(&c, "exectty", &[], &["sleep", "300"]);
+    let r = with_tty(&ctr_cmdline(
+        &c,
+        &format!(
+            "task exec -t --exec-id t1 {} sh -c 'tty; echo exectty-ok'",
+            d.id
+        ),
+    ));
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert!(r.stdout.contains("/dev/pts/"), "{r:#?}");
+    assert!(r.stdout.contains("exectty-ok"), "{r:#?}");
+}
+
+#[test]
+fn pause_and_resume() {
+    let c = ctr();
+    let d = Detached::start(&c, "pause", &[], &["sleep", "300"]);
+    c.run(&["task", "pause", &d.id]).ok();
+    assert_eq!(c.task_status(&d.id).as_deref(), Some("PAUSED"));
+    let state = fs::read_to_string(format!("/proc/{}/status", d.init_pid())).expect("proc status");
+    assert!(
+        state.contains("State:\tS") || state.contains("State:\tD"),
+        "{state}"
+    );
+    c.run(&["task", "resume", &d.id]).ok();
+    assert_eq!(c.task_status(&d.id).as_deref(), Some("RUNNING"));
+}
+
+#[test]
+fn stats_report_memory_and_cpu() {
+    let c = ctr();
+    let d = Detached::start(
+        &c,
+        "stats",
+        &["--memory-limit", "67108864"],
+        &["sleep", "300"],
+    );
+    let r = c.run(&["task", "metrics", &d.id]).ok();
+    assert!(
+        r.stdout.contains("memory.usage_in_bytes") || r.stdout.contains("memory.usage"),
+        "{r:#?}"
+    );
+    assert!(
+        r.stdout.contains("67108864"),
+        "limit from the spec expected: {r:#?}"
+    );
+    let r = c.run(&["task", "metrics", "--format", "json", &d.id]).ok();
+    assert!(
+        r.stdout.contains("cpu") || r.stdout.contains("CPU"),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn pids_lists_the_container_processes() {
+    let c = ctr();
+    let d = Detached::start(&c, "pids", &[], &["sh", "-c", "sleep 300 & wait"]);
+    let r = c.run(&["task", "ps", &d.id]).ok();
+    let pids: Vec<i32> = r
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(pids.contains(&d.init_pid()), "{r:#?}");
+    assert_eq!(pids.len(), 2, "{r:#?}");
+}
+
+#[test]
+fn seccomp_profile_denies_mkdir() {
+    let c = ctr();
+    let dir = tempfile_dir();
+    let profile = format!("{dir}/nomkdir.json");
+    fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let r = run_rm(
+        &c,
+        &["--seccomp", "--seccomp-profile", &profile],
+        &unique_id("seccomp"),
+        &["sh", "-c", "mkdir /tmp/x"],
+    );
+    assert_ne!(r.code, 0, "{r:#?}");
+    assert!(r.stderr.contains("Operation not permitted"), "{r:#?}");
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn default_seccomp_profile_loads_and_is_enforced() {
+    let c = ctr();
+    let r = run_rm(
+        &c,
+        &["--seccomp"],
+        &unique_id("defseccomp"),
+        &["sh", "-c", "grep Seccomp: /proc/self/status; mkdir /tmp/ok && echo mkdir-ok; unshare -U true; echo unshare=$?"],
+    )
+    .ok();
+    assert!(
+        r.stdout.contains("Seccomp:\t2"),
+        "filter mode expected: {r:#?}"
+    );
+    assert!(r.stdout.contains("mkdir-ok"), "{r:#?}");
+    // The default profile forbids unshare without CAP_SYS_ADMIN.
+    assert!(r.stdout.contains("unshare=1"), "{r:#?}");
+}
+
+#[test]
+fn read_only_rootfs_denies_writes() {
+    let c = ctr();
+    let r = run_rm(
+        &c,
+        &["--read-only"],
+        &unique_id("ro"),
+        &["sh", "-c", "touch /x"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("Read-only file system"), "{r:#?}");
+}
+
+#[test]
+fn capabilities_follow_the_spec() {
+    let c = ctr();
+    let r = run_rm(
+        &c,
+        &[],
+        &unique_id("caps"),
+        &["grep", "CapBnd", "/proc/self/status"],
+    )
+    .ok();
+    // containerd's default set: no CAP_SYS_ADMIN (bit 21).
+    let bnd = u64::from_str_radix(r.stdout.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(bnd & (1 << 21), 0, "{r:#?}");
+    assert_ne!(bnd, 0);
+    let r = run_rm(
+        &c,
+        &["--privileged"],
+        &unique_id("priv"),
+        &["grep", "CapBnd", "/proc/self/status"],
+    )
+    .ok();
+    let bnd = u64::from_str_radix(r.stdout.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_ne!(bnd & (1 << 21), 0, "{r:#?}");
+}
+
+#[test]
+fn user_from_the_spec() {
+    let c = ctr();
+    let r = run_rm(
+        &c,
+        &["--user", "65534:65534"],
+        &unique_id("user"),
+        &["id", "-u"],
+    )
+    .ok();
+    assert_eq!(r.stdout.trim(), "65534");
+}
+
+#[test]
+fn pod_group_shares_one_shim() {
+    let c = ctr();
+    let pod = format!("io.kubernetes.cri.sandbox-id={}", unique_id("pod"));
+    let a = Detached::start(&c, "poda", &["--annotation", &pod], &["sleep", "300"]);
+    let b = Detached::start(&c, "podb", &["--annotation", &pod], &["sleep", "300"]);
+    let ppid = |pid: i32| -> i32 {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (sa, sb) = (ppid(a.init_pid()), ppid(b.init_pid()));
+    assert_eq!(sa, sb, "both containers must be children of one shim");
+    let cmd = fs::read_to_string(format!("/proc/{sa}/cmdline")).unwrap();
+    assert!(cmd.contains("containerd-shim-trenv-v1"), "{cmd}");
+    // A container outside the pod gets its own shim.
+    let other = Detached::start(&c, "nopod", &[], &["sleep", "300"]);
+    assert_ne!(ppid(other.init_pid()), sa);
+}
+
+#[test]
+fn missing_binary_is_a_clear_error_and_leaves_nothing() {
+    let c = ctr();
+    let id = unique_id("nobin");
+    let r = run_rm(&c, &[], &id, &["/no/such/binary"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("/no/such/binary") && r.stderr.contains("not found"),
+        "{r:#?}"
+    );
+    assert_nothing_left(&c, &id);
+}
+
+#[test]
+fn malformed_spec_is_a_clear_error_and_leaves_nothing() {
+    let c = ctr();
+    let id = unique_id("badspec");
+    let spec = c.run(&["oci", "spec"]).ok().stdout;
+    let mut spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "bogus"}));
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{}/{id}", c.namespace));
+    let dir = tempfile_dir();
+    let path = format!("{dir}/config.json");
+    fs::write(&path, spec.to_string()).unwrap();
+    let r = c.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        "--config",
+        &path,
+        &id,
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("invalid OCI spec") && r.stderr.contains("bogus"),
+        "{r:#?}"
+    );
+    assert_nothing_left(&c, &id);
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unreadable_runtime_config_is_a_clear_error() {
+    let c = ctr();
+    let id = unique_id("badopt");
+    let r = run_rm(
+        &c,
+        &["--runtime-config-path", "/nonexistent/trenv.toml"],
+        &id,
+        &["true"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/nonexistent/trenv.toml"), "{r:#?}");
+    assert_nothing_left(&c, &id);
+}
+
+#[test]
+fn oom_kill_is_reported_before_exit() {
+    let c = ctr();
+    let id = unique_id("oom");
+    let mut events = c
+        .cmd(&["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = run_rm(
+        &c,
+        &["--memory-limit", "33554432"],
+        &id,
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    assert_eq!(r.code, 137, "OOM kill expected: {r:#?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let out = events.wait_with_output().expect("events output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mine: Vec<&str> = text.lines().filter(|l| l.contains(&id)).collect();
+    let oom = mine.iter().position(|l| l.contains("/tasks/oom"));
+    let exit = mine.iter().position(|l| l.contains("/tasks/exit"));
+    assert!(
+        oom.is_some() && exit.is_some(),
+        "TaskOOM and TaskExit expected: {mine:#?}"
+    );
+    assert!(oom < exit, "TaskOOM must precede TaskExit: {mine:#?}");
+}
+
+#[test]
+fn lifecycle_events_are_published() {
+    let c = ctr();
+    let id = unique_id("events");
+    let mut events = c
+        .cmd(&["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        let d = Detached::start(&c, "ev", &[], &["sleep", "300"]);
+        c.run(&["task", "pause", &d.id]).ok();
+        c.run(&["task", "resume", &d.id]).ok();
+        c.run(&["task", "exec", "--exec-id", "x1", &d.id, "true"])
+            .ok();
+        let _ = id;
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = events.kill();
+        let out = events.wait_with_output().expect("events output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for topic in [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+        ] {
+            assert!(
+                text.lines().any(|l| l.contains(topic) && l.contains(&d.id)),
+                "{topic} missing for {}:\n{text}",
+                d.id
+            );
+        }
+    }
+}
+
+/// Nothing of container `id` may remain: no container, no shim, no mount, no cgroup.
+fn assert_nothing_left(c: &Ctr, id: &str) {
+    std::thread::sleep(Duration::from_millis(300));
+    let list = c.run(&["container", "ls", "-q"]).stdout;
+    assert!(!list.lines().any(|l| l == id), "container {id} left behind");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(&format!("/{id}/")),
+        "mount of {id} left behind"
+    );
+    for ctl in ["memory", "pids", "cpu"] {
+        let p = format!("/sys/fs/cgroup/{ctl}/{}/{id}", c.namespace);
+        assert!(!std::path::Path::new(&p).exists(), "cgroup {p} left behind");
+    }
+    assert!(
+        pids_matching(&format!("-id {id} ")).is_empty(),
+        "a shim for {id} is still running"
+    );
+}
+
+fn tempfile_dir() -> String {
+    let d = std::env::temp_dir().join(unique_id("trenv-test"));
+    fs::create_dir_all(&d).unwrap();
+    d.to_string_lossy().into_owned()
+}
