@@ -83,6 +83,19 @@ impl Zygote {
         self.pid
     }
 
+    /// Stops the zygote and waits (at most `timeout`) until its parent reaped it, so that it
+    /// does not outlive the shim as a zombie of init.
+    pub fn terminate(&self, timeout: std::time::Duration) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if nix::sys::signal::kill(self.pid, None).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Runs `req` in a new worker and waits for its reply. `fds` are passed to the worker
     /// in order; the request refers to them by index.
     pub fn call(&self, req: &Request, fds: &[&dyn AsFd]) -> Result<Reply, RuntimeError> {

@@ -91,16 +91,17 @@ impl Inner {
     /// Reports an exit: TaskOOM (if any) first, then TaskExit, then wakes Wait callers.
     fn exited(self: &Arc<Self>, c: Arc<Container>, p: Arc<Process>, code: i32) {
         let this = self.clone();
+        let at = now();
         let spawned = thread::Builder::new().name("exit".into()).spawn(move || {
+            let is_init = p.exec_id.is_empty();
+            if is_init {
+                // First end what holds the container's stdio open, then drain it.
+                c.reap_leftovers();
+            }
             if let Some(io) = p.lock().io.as_ref().map(|io| io.waiter()) {
                 io.wait(Duration::from_millis(500));
             }
-            let is_init = p.exec_id.is_empty();
-            if is_init {
-                c.reap_leftovers();
-            }
             this.check_oom(&c);
-            let at = now();
             this.events.publish(
                 TASK_EXIT_EVENT_TOPIC,
                 Box::new(TaskExit {

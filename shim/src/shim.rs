@@ -71,6 +71,7 @@ impl Shim for TrenvShim {
                 self.namespace
             );
         }
+        crate::zygote().terminate(std::time::Duration::from_secs(1));
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: containerd_shim::protos::protobuf::MessageField::some(crate::process::now()),
@@ -80,6 +81,8 @@ impl Shim for TrenvShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The shim's reaper thread is still running: let it reap the zygote now.
+        crate::zygote().terminate(std::time::Duration::from_secs(1));
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
