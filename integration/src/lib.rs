@@ -3,7 +3,7 @@
 //!
 //! * `CTR`: path of the `ctr` binary matching the running containerd;
 //! * `CONTAINERD_ADDRESS`: its gRPC socket;
-//! * `TRENV_CONTAINERD_VERSION`: `2` or `1.7`, for messages.
+//! * `CONTAINERD_VERSION`: `2` or `1.7`, for messages.
 
 pub mod cri;
 use std::path::PathBuf;
