@@ -126,11 +126,11 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), RootfsError> {
     if m.kind == "overlay" && data.len() >= page - 512 {
         // The mount data must fit in a page: move into the directory all layer paths share
         // and give them relative to it (safe here, this process is a single-use worker).
-        if let Some((dir, short)) = shorten_overlay(&data) {
-            if nix::unistd::chdir(Path::new(&dir)).is_ok() {
-                data = short;
-                cwd_changed = true;
-            }
+        if let Some((dir, short)) = shorten_overlay(&data)
+            && nix::unistd::chdir(Path::new(&dir)).is_ok()
+        {
+            data = short;
+            cwd_changed = true;
         }
         if data.len() >= page {
             return Err(RootfsError::OptionsTooLong {

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine (as root) to trenv running a container:
+#
+#   integration/setup.sh
+#
+# 1. installs what trenv needs (Debian packages, containerd 2.x from sid and 1.7 from
+#    trixie unpacked into the cache dir, CNI plugins, CRIU built from Debian's source);
+# 2. builds containerd-shim-trenv-v1 (release) and installs it to /usr/local/bin;
+# 3. starts containerd 2.x on a private socket with the trenv runtime registered
+#    (io.containerd.trenv.v1, CRI handler "trenv"; config/containerd-2.toml.in);
+# 4. builds and imports the local busybox and pause test images;
+# 5. runs a demo container through trenv.
+#
+# Idempotent: a second run only rebuilds what changed. Environment:
+#   TRENV_CACHE              cache dir (default /var/cache/trenv)
+#   TRENV_CONTAINERD         containerd line for the demo: 2 (default) or 1.7
+#   TRENV_SKIP_DEMO=1        set up only
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
+
+version="${TRENV_CONTAINERD:-2}"
+[[ $EUID -eq 0 ]] || die "run as root: trenv creates namespaces, cgroups and mounts"
+command -v cargo >/dev/null ||
+    die "cargo not found: trenv needs a Rust toolchain (>= 1.88) on PATH"
+
+"$TRENV_REPO/integration/scripts/install-deps.sh"
+
+log "building containerd-shim-trenv-v1 (release)"
+cargo build --release --locked -p trenv-shim --manifest-path "$TRENV_REPO/Cargo.toml"
+target="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"
+install -m 0755 "$target/release/containerd-shim-trenv-v1" /usr/local/bin/containerd-shim-trenv-v1
+log "installed /usr/local/bin/containerd-shim-trenv-v1"
+
+"$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
+"$TRENV_REPO/integration/scripts/build-images.sh" build
+"$TRENV_REPO/integration/scripts/build-images.sh" import "$version"
+
+if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
+    eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$version")"
+    log "demo: a container through trenv (containerd $version)"
+    "$CTR" --address "$CONTAINERD_ADDRESS" run --rm --runtime io.containerd.trenv.v1 \
+        docker.io/trenv/busybox:latest "trenv-demo-$$" \
+        sh -c 'echo "hello from trenv: $(uname -sr), pid $$, $(id)"; cat /proc/self/cgroup | head -3'
+    log "done. Try: eval \"\$($TRENV_REPO/integration/scripts/containerd.sh env $version)\"; \$CTR run --rm --runtime io.containerd.trenv.v1 docker.io/trenv/busybox:latest demo echo hi"
+fi

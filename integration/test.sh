@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# All of trenv's tests, as root on this machine kind:
+#
+#   integration/test.sh
+#
+# Unit tests of every crate, then the end-to-end suites (ctr, CRI, containerd restart,
+# 200-lifecycle leak check) against a real containerd 2.x AND 1.7, each started on its
+# private socket with the freshly built shim installed. Environment:
+#   TRENV_CONTAINERD="2 1.7"   which containerd lines to test
+#   TRENV_LEAK_RUNS=200        lifecycles of the leak test
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
+
+TRENV_SKIP_DEMO=1 "$TRENV_REPO/integration/setup.sh"
+
+cd "$TRENV_REPO"
+log "unit tests"
+cargo test --locked --workspace --exclude trenv-integration
+
+status=0
+for version in ${TRENV_CONTAINERD:-2 1.7}; do
+    "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
+    "$TRENV_REPO/integration/scripts/build-images.sh" import "$version"
+    log "end-to-end tests against containerd $version"
+    if ! (
+        eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$version")"
+        cargo test --locked -p trenv-integration -- --test-threads 4
+    ); then
+        status=1
+        log "end-to-end tests against containerd $version FAILED; containerd log tail:"
+        tail -n 40 "$TRENV_CACHE/run/containerd-$version/containerd.log" >&2 || true
+    fi
+done
+exit "$status"
