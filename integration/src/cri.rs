@@ -232,6 +232,21 @@ impl Cri {
             .map(|r| r.into_inner())
     }
 
+    /// UpdateContainerResources with a new memory limit (bytes).
+    pub fn update_memory_limit(&self, id: &str, limit: i64) -> Result<(), Status> {
+        let req = api::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(api::LinuxContainerResources {
+                memory_limit_in_bytes: limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.rs().update_container_resources(req))
+            .map(|_| ())
+    }
+
     pub fn container_stats(&self, id: &str) -> Result<api::ContainerStats, Status> {
         let req = api::ContainerStatsRequest {
             container_id: id.to_string(),

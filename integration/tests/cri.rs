@@ -156,6 +156,28 @@ fn pod_lifecycle() {
     assert_eq!(Path::new(&st.log_path), log, "{st:?}");
     wait_log_line(&log, "cri-ok");
 
+    // UpdateContainerResources reaches the container's cgroup.
+    cri.update_memory_limit(&app, 64 << 20)
+        .expect("UpdateContainerResources");
+    let cg = cri
+        .exec_sync(&app, &["cat", "/proc/self/cgroup"], 10)
+        .expect("ExecSync cat /proc/self/cgroup");
+    let cg = String::from_utf8_lossy(&cg.stdout).into_owned();
+    let limit_file = match cg.lines().find_map(|l| l.strip_prefix("0::")) {
+        Some(p) if !cg.lines().any(|l| l.contains(":memory:")) => {
+            format!("/sys/fs/cgroup{p}/memory.max")
+        }
+        _ => {
+            let p = cg
+                .lines()
+                .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+                .expect("memory cgroup line");
+            format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes")
+        }
+    };
+    let limit = std::fs::read_to_string(&limit_file).expect("reading the memory limit");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string(), "{limit_file}");
+
     // One shim process serves the pod.
     let servers = shim_servers(&pod.id);
     assert_eq!(
