@@ -350,6 +350,36 @@ fn read_only_rootfs_denies_writes() {
 }
 
 #[test]
+fn masked_and_read_only_paths() {
+    let c = ctr();
+    let r = run_rm(
+        &c,
+        &[],
+        &unique_id("masked"),
+        &[
+            "sh",
+            "-c",
+            "wc -c < /proc/timer_list; ls /sys/firmware | wc -l; echo 1 > /proc/sys/kernel/domainname; echo sys=$?; ls /dev",
+        ],
+    );
+    let mut lines = r.stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("0"),
+        "/proc/kcore must be masked: {r:#?}"
+    );
+    assert!(
+        r.stdout.contains("sys=1"),
+        "/proc/sys must be read-only: {r:#?}"
+    );
+    // Only the spec's devices exist.
+    assert!(
+        r.stdout.contains("null") && !r.stdout.contains("sda") && !r.stdout.contains("vda"),
+        "{r:#?}"
+    );
+}
+
+#[test]
 fn capabilities_follow_the_spec() {
     let c = ctr();
     let r = run_rm(
