@@ -14,10 +14,12 @@ set -euo pipefail
 TRENV_SKIP_DEMO=1 "$TRENV_REPO/integration/setup.sh"
 
 cd "$TRENV_REPO"
-log "unit tests"
-cargo test --locked --workspace --exclude trenv-integration
-
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+log "unit and kernel-level tests"
 status=0
+cargo test --locked --workspace --exclude trenv-integration 2>&1 | tee -a "$results" || status=1
+
 for version in ${TRENV_CONTAINERD:-2 1.7}; do
     "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
     "$TRENV_REPO/integration/scripts/build-images.sh" import "$version"
@@ -25,10 +27,18 @@ for version in ${TRENV_CONTAINERD:-2 1.7}; do
     if ! (
         eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$version")"
         cargo test --locked -p trenv-integration -- --test-threads 4
-    ); then
+    ) 2>&1 | tee -a "$results"; then
         status=1
         log "end-to-end tests against containerd $version FAILED; containerd log tail:"
         tail -n 40 "$TRENV_CACHE/run/containerd-$version/containerd.log" >&2 || true
     fi
 done
+# One summary over every suite (cargo's "test result" lines and the kernel tests' line).
+passed=0 failed=0
+while read -r p f; do
+    passed=$((passed + p))
+    failed=$((failed + f))
+done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p; s/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$results")
+((failed == 0)) || status=1
+echo "trenv: $passed passed, $failed failed"
 exit "$status"

@@ -10,6 +10,7 @@ mod process;
 mod service;
 mod shim;
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use trenv_runtime::zygote::Zygote;
@@ -21,6 +22,11 @@ pub(crate) fn zygote() -> &'static Zygote {
     ZYGOTE
         .get()
         .expect("the zygote is forked in main before the shim starts")
+}
+
+/// The zygote, if this process forked one.
+pub(crate) fn zygote_if_forked() -> Option<&'static Zygote> {
+    ZYGOTE.get()
 }
 
 fn main() {
@@ -38,9 +44,10 @@ fn main() {
         println!("containerd-shim-trenv-v1 {}", env!("CARGO_PKG_VERSION"));
         return;
     }
-    // `start` only spawns the long-lived shim and exits: it needs no zygote. The server and
-    // `delete` (cleanup after a dead shim) do.
-    if action != "start" {
+    // `start` only spawns the long-lived shim and exits: it needs no zygote. The server
+    // does; `delete` (containerd's cleanup after the shim is gone) only when the bundle
+    // still holds something to remove.
+    if action != "start" && (action != "delete" || shim::leftovers_in(Path::new("."))) {
         // SAFETY: nothing has started a thread yet.
         match unsafe { Zygote::fork() } {
             Ok(z) => {

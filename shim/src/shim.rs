@@ -23,6 +23,20 @@ pub struct TrenvShim {
     namespace: String,
 }
 
+/// Whether `dir` is a mount point (its device differs from its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(dir), dir.parent().map(std::fs::metadata)) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Whether a bundle still holds trenv state or a mounted rootfs.
+pub fn leftovers_in(bundle: &Path) -> bool {
+    bundle.join(".trenv").exists() || is_mount_point(&bundle.join("rootfs"))
+}
+
 /// The id whose shim serves this container: its pod's sandbox id, or its own id.
 fn grouping(bundle: &Path, id: &str) -> String {
     Spec::load(bundle.join("config.json"))
@@ -53,25 +67,24 @@ impl Shim for TrenvShim {
     }
 
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        // containerd runs this in the bundle after the shim died: remove what is left.
-        let bundle =
-            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-        let at = Location::new(&self.id, &bundle);
-        let mounted = bundle.join("rootfs").exists();
-        if let Err(e) = crate::zygote().call(
-            &Request::Delete {
-                at,
-                unmount_rootfs: mounted,
-            },
-            &[],
-        ) {
-            log::warn!(
-                "cleaning up container {} in {}: {e}",
-                self.id,
-                self.namespace
-            );
+        // containerd runs this in the bundle once the shim is gone: remove what is left
+        // (processes, cgroup, state, rootfs mount) if the shim could not.
+        if let Some(zygote) = crate::zygote_if_forked() {
+            let bundle = std::env::current_dir()
+                .map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+            let req = Request::Delete {
+                at: Location::new(&self.id, &bundle),
+                unmount_rootfs: is_mount_point(&bundle.join("rootfs")),
+            };
+            if let Err(e) = zygote.call(&req, &[]) {
+                log::warn!(
+                    "cleaning up container {} in {}: {e}",
+                    self.id,
+                    self.namespace
+                );
+            }
+            zygote.terminate(std::time::Duration::from_secs(1));
         }
-        crate::zygote().terminate(std::time::Duration::from_secs(1));
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: containerd_shim::protos::protobuf::MessageField::some(crate::process::now()),
