@@ -505,6 +505,19 @@ fn unreadable_runtime_config_is_a_clear_error() {
 }
 
 #[test]
+fn systemd_cgroup_driver_on_a_host_without_systemd_is_a_clear_error() {
+    let c = ctr();
+    let id = unique_id("sdcg");
+    let r = run_rm(&c, &["--cgroup", "trenv.slice:trenv:test"], &id, &["true"]);
+    if std::path::Path::new("/run/systemd/system").exists() {
+        return; // a systemd host honours the driver; nothing to check here
+    }
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("systemd cgroup driver"), "{r:#?}");
+    assert_nothing_left(&c, &id);
+}
+
+#[test]
 fn oom_kill_is_reported_before_exit() {
     let c = ctr();
     let id = unique_id("oom");

@@ -25,8 +25,9 @@ pub enum CgroupError {
         reason: String,
     },
     #[error(
-        "SystemdCgroup = true, but this host's cgroups are not managed by systemd (v1 or no \
-         systemd); set SystemdCgroup = false in the runtime options"
+        "the systemd cgroup driver was requested (SystemdCgroup = true, or a cgroups path of \
+         the form slice:prefix:name), but this host's cgroups are not managed by systemd; use \
+         the cgroupfs driver (SystemdCgroup = false, a /path cgroups path)"
     )]
     SystemdUnavailable,
     #[error("watching cgroup {path} for OOM events: {source}")]

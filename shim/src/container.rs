@@ -105,10 +105,13 @@ impl Container {
                     .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
             });
         let cgroups_path = linux.and_then(|l| l.cgroups_path().clone());
-        // Opening the cgroup first catches a SystemdCgroup setting this host cannot honour
-        // before anything is created.
-        let cgroup =
-            Cgroup::open(cgroups_path.as_deref(), &req.id, opts.systemd_cgroup).map_err(rt)?;
+        // containerd's CRI passes runc-typed options (SystemdCgroup) only to runc itself;
+        // with the kubelet's systemd driver it writes cgroupsPath as "slice:prefix:name",
+        // which asks for the systemd driver just as clearly.
+        let systemd = opts.systemd_cgroup || cgroups_path.as_deref().is_some_and(is_systemd_path);
+        // Opening the cgroup first catches a systemd driver this host cannot honour before
+        // anything is created.
+        let cgroup = Cgroup::open(cgroups_path.as_deref(), &req.id, systemd).map_err(rt)?;
         let at = Location::new(&req.id, &bundle);
         let rootfs: Vec<Mount> = req
             .rootfs
@@ -131,7 +134,7 @@ impl Container {
             |stdio| Request::Create {
                 at: at.clone(),
                 rootfs: rootfs.clone(),
-                systemd_cgroup: opts.systemd_cgroup,
+                systemd_cgroup: systemd,
                 console_socket,
                 stdio,
             },
@@ -387,6 +390,12 @@ impl Container {
     }
 }
 
+/// A systemd-style cgroups path: "slice:prefix:name" (relative, three fields).
+fn is_systemd_path(p: &Path) -> bool {
+    let s = p.to_string_lossy();
+    !s.starts_with('/') && s.split(':').count() == 3
+}
+
 /// Exec ids come from clients; keep them from naming other paths.
 fn sanitize(id: &str) -> String {
     id.chars()
@@ -398,4 +407,18 @@ fn sanitize(id: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_cgroups_paths_are_recognised() {
+        assert!(is_systemd_path(Path::new(
+            "kubepods-besteffort-pod1.slice:cri-containerd:abc"
+        )));
+        assert!(!is_systemd_path(Path::new("/k8s.io/abc")));
+        assert!(!is_systemd_path(Path::new("/default/abc")));
+    }
 }
