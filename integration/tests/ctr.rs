@@ -213,6 +213,92 @@ fn exec_without_tty() {
 }
 
 #[test]
+fn create_then_start_then_force_delete() {
+    let c = ctr();
+    let id = unique_id("create");
+    c.run(&[
+        "container",
+        "create",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        &id,
+        "sleep",
+        "300",
+    ])
+    .ok();
+    c.run(&["task", "start", "-d", &id]).ok();
+    assert!(c.wait_status(&id, "RUNNING", Duration::from_secs(10)));
+    let del = c.run(&["task", "delete", "--force", &id]);
+    assert_eq!(del.code, 0, "{del:#?}");
+    assert_eq!(c.task_status(&id), None);
+    c.run(&["container", "delete", &id]).ok();
+    assert_nothing_left(&c, &id);
+}
+
+#[test]
+fn exec_with_stdin_and_exec_kill() {
+    let c = ctr();
+    let d = Detached::start(&c, "execio", &[], &["sleep", "300"]);
+    let out = c
+        .cmd(&["task", "exec", "--exec-id", "cat", &d.id, "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(b"to-exec\n")?;
+            child.wait_with_output()
+        })
+        .expect("ctr task exec with stdin");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "to-exec",
+        "{out:?}"
+    );
+
+    let mut sleeper = c
+        .cmd(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "sleeper",
+            &d.id,
+            "sleep",
+            "100",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr task exec sleep");
+    let mut killed = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        if c.run(&[
+            "task",
+            "kill",
+            "--exec-id",
+            "sleeper",
+            "-s",
+            "SIGKILL",
+            &d.id,
+        ])
+        .code
+            == 0
+        {
+            killed = true;
+            break;
+        }
+    }
+    assert!(killed, "could not signal the exec process");
+    let st = sleeper.wait().expect("waiting for ctr task exec");
+    assert_eq!(st.code(), Some(137));
+    // The container itself is untouched.
+    assert_eq!(c.task_status(&d.id).as_deref(), Some("RUNNING"));
+}
+
+#[test]
 fn run_with_tty() {
     let c = ctr();
     let id = unique_id("tty");
