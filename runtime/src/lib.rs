@@ -10,10 +10,12 @@
 //! * [`rootfs`]: mounting the rootfs that containerd hands over.
 //! * [`seccomp`]: compiling OCI seccomp profiles with seccompiler and installing them.
 //! * [`cgroup`]: stats, limits, pids and OOM events of a container's cgroup (v1 and v2).
+//! * [`meter`]: per-invocation records: exact memory peak, CPU, times, memory series.
 
 pub mod cgroup;
 pub mod error;
 mod executor;
+pub mod meter;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;

@@ -29,6 +29,8 @@ pub struct Container {
     own_pid_ns: bool,
     /// OOM kills already reported to containerd.
     pub oom_reported: Mutex<u64>,
+    /// Who this container is, for metering records.
+    pub identity: trenv_runtime::meter::Identity,
 }
 
 /// Runs a request in a fresh zygote worker, passing the child's stdio descriptors;
@@ -97,6 +99,19 @@ impl Container {
                 trenv_runtime::error::chain(&e)
             ))
         })?;
+        let annotation = |k: &str| {
+            spec.annotations()
+                .as_ref()
+                .and_then(|a| a.get(k).cloned())
+                .unwrap_or_default()
+        };
+        let identity = trenv_runtime::meter::Identity {
+            container_id: req.id.clone(),
+            sandbox_id: annotation("io.kubernetes.cri.sandbox-id"),
+            image: annotation("io.kubernetes.cri.image-name"),
+            function: annotation("io.trenv.function"),
+            ..Default::default()
+        };
         let linux = spec.linux().as_ref();
         let own_pid_ns = linux
             .and_then(|l| l.namespaces().as_ref())
@@ -155,6 +170,7 @@ impl Container {
             mounted_rootfs: !rootfs.is_empty(),
             own_pid_ns,
             oom_reported: Mutex::new(0),
+            identity,
         };
         match finish_io(&paths, io, console) {
             Ok(io) => {

@@ -46,6 +46,8 @@ pub struct Inner {
     pub io: Option<ProcessIo>,
     /// For an exec not yet started: its OCI process as JSON.
     pub spec: Vec<u8>,
+    /// The running invocation's meter.
+    pub meter: Option<trenv_runtime::meter::Meter>,
 }
 
 /// A process; its state changes under one lock and waiters are woken on exit.
@@ -67,6 +69,7 @@ impl Process {
                 exit: None,
                 io: None,
                 spec,
+                meter: None,
             }),
             exited: Condvar::new(),
         }

@@ -21,6 +21,7 @@ use crate::events::Events;
 use crate::io::StdioPaths;
 use crate::options;
 use crate::process::{Process, State, now};
+use trenv_runtime::meter::{Meter, MeterConfig};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -37,6 +38,8 @@ struct Inner {
     unclaimed: Mutex<Unclaimed>,
     events: Events,
     exit: Arc<ExitSignal>,
+    namespace: String,
+    meter: Option<MeterConfig>,
 }
 
 impl Inner {
@@ -92,6 +95,8 @@ impl Inner {
     fn exited(self: &Arc<Self>, c: Arc<Container>, p: Arc<Process>, code: i32) {
         let this = self.clone();
         let at = now();
+        let (ended, ended_wall) = (Instant::now(), std::time::SystemTime::now());
+        let meter = p.lock().meter.take();
         let spawned = thread::Builder::new().name("exit".into()).spawn(move || {
             let is_init = p.exec_id.is_empty();
             if is_init {
@@ -117,7 +122,14 @@ impl Inner {
                     ..Default::default()
                 }),
             );
+            // Read the counters while the cgroup exists; write after Wait is answered.
+            let measured = meter.map(|m| m.finish(p.pid(), code as u32, ended, ended_wall));
             p.set_exited(code as u32, at);
+            if let Some(m) = measured
+                && let Err(e) = m.write()
+            {
+                log::error!("metering record of {} lost: {e}", c.id);
+            }
         });
         if let Err(e) = spawned {
             log::error!("cannot spawn the exit handler: {e}");
@@ -157,6 +169,22 @@ impl Inner {
             .expect("spawning the exit watcher");
     }
 
+    /// Starts metering an invocation of `c` (a no-op when metering is off).
+    fn start_meter(&self, c: &Container, exec_id: &str) -> Option<Meter> {
+        let config = self.meter.as_ref()?;
+        let cg = c.cgroup.as_ref()?;
+        let mut identity = c.identity.clone();
+        identity.namespace = self.namespace.clone();
+        identity.exec_id = exec_id.to_string();
+        match Meter::start(identity, cg, config) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!("no metering for {}: {e}", c.id);
+                None
+            }
+        }
+    }
+
     /// Called with a freshly learnt pid: reports its exit if that already happened.
     fn claim(self: &Arc<Self>, c: &Arc<Container>, p: &Arc<Process>, pid: i32) {
         let code = self.unclaimed().remove(&pid);
@@ -190,12 +218,14 @@ impl Inner {
 }
 
 impl Service {
-    pub fn new(events: Events, exit: Arc<ExitSignal>) -> Service {
+    pub fn new(events: Events, exit: Arc<ExitSignal>, namespace: String) -> Service {
         let inner = Arc::new(Inner {
             containers: Mutex::new(HashMap::new()),
             unclaimed: Mutex::new(HashMap::new()),
             events,
             exit,
+            namespace,
+            meter: MeterConfig::from_env(),
         });
         inner.clone().watch_exits();
         Service { inner }
@@ -278,7 +308,11 @@ impl Task for Service {
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         let c = self.inner.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
-            let pid = c.start_init()?;
+            // The meter is in place before the process runs: it may exit at once.
+            c.init.lock().meter = self.inner.start_meter(&c, "");
+            let pid = c.start_init().inspect_err(|_| {
+                c.init.lock().meter = None;
+            })?;
             self.inner.events.publish(
                 TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
@@ -290,7 +324,10 @@ impl Task for Service {
             pid
         } else {
             let p = c.process(&req.exec_id)?;
-            let pid = c.start_exec(&p, |_| {})?;
+            p.lock().meter = self.inner.start_meter(&c, &req.exec_id);
+            let pid = c.start_exec(&p, |_| {}).inspect_err(|_| {
+                p.lock().meter = None;
+            })?;
             self.inner.events.publish(
                 TASK_EXEC_STARTED_EVENT_TOPIC,
                 Box::new(TaskExecStarted {

@@ -101,6 +101,6 @@ impl Shim for TrenvShim {
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events = Events::new(publisher, address, self.namespace.clone());
-        Service::new(events, self.exit.clone())
+        Service::new(events, self.exit.clone(), self.namespace.clone())
     }
 }

@@ -1,0 +1,527 @@
+//! Metering: one record per invocation (a container's init process, or an exec), with the
+//! exact memory peak from the kernel, CPU time, wall and monotonic times, OOM kills, the
+//! exit status, and a memory time series sampled from an open cgroup file.
+//!
+//! Records are appended to `invocations.jsonl` in the meter directory (one `write(2)` per
+//! line, then `fdatasync`; a torn last line left by a crash is closed before the next
+//! append and skipped by readers). Each series is a CSV file written to a temporary name
+//! and renamed into place before its record is appended. Format: see docs/metering.md.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{Cgroup, Version};
+
+/// Version of the record format (docs/metering.md).
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    #[error("metering directory {dir}: {source}; set TRENV_METER_DIR to a writable directory")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the metering record to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the container has no memory cgroup to meter")]
+    NoCgroup,
+}
+
+/// Where records go and how often memory is sampled.
+#[derive(Debug, Clone)]
+pub struct MeterConfig {
+    pub dir: PathBuf,
+    /// Sampling interval of the memory series; zero disables sampling (the exact peak is
+    /// still recorded).
+    pub interval: Duration,
+}
+
+impl MeterConfig {
+    /// From the environment: `TRENV_METER=off` disables metering, `TRENV_METER_DIR`
+    /// (default /var/lib/trenv/meter), `TRENV_METER_INTERVAL_US` (default 10000).
+    pub fn from_env() -> Option<MeterConfig> {
+        if std::env::var("TRENV_METER").is_ok_and(|v| v == "off" || v == "0") {
+            return None;
+        }
+        let dir = std::env::var_os("TRENV_METER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"));
+        let interval = std::env::var("TRENV_METER_INTERVAL_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_millis(10), Duration::from_micros);
+        Some(MeterConfig { dir, interval })
+    }
+}
+
+/// Who the invocation was.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Identity {
+    pub namespace: String,
+    pub container_id: String,
+    /// Empty for the init process.
+    pub exec_id: String,
+    pub sandbox_id: String,
+    pub image: String,
+    pub function: String,
+}
+
+/// One invocation's record (one line of invocations.jsonl).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Invocation {
+    pub format: u32,
+    #[serde(flatten)]
+    pub identity: Identity,
+    pub pid: i32,
+    /// Wall-clock start and end, microseconds since the Unix epoch.
+    pub started_at_us: i64,
+    pub ended_at_us: i64,
+    /// Duration on the monotonic clock, microseconds.
+    pub duration_us: u64,
+    pub cpu_user_us: u64,
+    pub cpu_system_us: u64,
+    /// Exact peak of the cgroup's memory (v2 `memory.peak`, v1 `memory.max_usage_in_bytes`).
+    pub memory_peak_bytes: u64,
+    /// The largest sampled value (for comparison with sampling-based tools).
+    pub memory_sampled_max_bytes: u64,
+    /// Memory limit in force at the end; 0 = unlimited.
+    pub memory_limit_bytes: u64,
+    pub oom_kills: u64,
+    pub exit_status: u32,
+    pub cgroup_version: u32,
+    pub sample_interval_us: u64,
+    pub samples: usize,
+    /// The memory series, relative to the meter directory ("" without sampling).
+    pub series: String,
+}
+
+/// Files of the cgroup that metering reads.
+struct Files {
+    version: Version,
+    dir: PathBuf,
+}
+
+impl Files {
+    fn of(cg: &Cgroup) -> Result<Files, MeterError> {
+        Ok(Files {
+            version: cg.version(),
+            dir: cg.memory_dir().ok_or(MeterError::NoCgroup)?,
+        })
+    }
+
+    fn usage_file(&self) -> PathBuf {
+        match self.version {
+            Version::V1 => self.dir.join("memory.usage_in_bytes"),
+            Version::V2 => self.dir.join("memory.current"),
+        }
+    }
+
+    /// CPU time (user, system) in microseconds.
+    fn cpu(&self) -> (u64, u64) {
+        match self.version {
+            Version::V1 => {
+                let Some(cpuacct) = crate::cgroup::controller_mount("cpuacct") else {
+                    return (0, 0);
+                };
+                let rel = self
+                    .dir
+                    .strip_prefix(crate::cgroup::controller_mount("memory").unwrap_or_default())
+                    .unwrap_or(Path::new(""));
+                let d = cpuacct.join(rel);
+                let ns = |f: &str| read_u64(&d.join(f)).unwrap_or(0) / 1000;
+                (ns("cpuacct.usage_user"), ns("cpuacct.usage_sys"))
+            }
+            Version::V2 => {
+                let text = fs::read_to_string(self.dir.join("cpu.stat")).unwrap_or_default();
+                let get = |k: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                (get("user_usec "), get("system_usec "))
+            }
+        }
+    }
+
+    fn limit(&self) -> u64 {
+        match self.version {
+            Version::V1 => read_u64(&self.dir.join("memory.limit_in_bytes"))
+                .filter(|&l| l < (1 << 62))
+                .unwrap_or(0),
+            Version::V2 => read_u64(&self.dir.join("memory.max")).unwrap_or(0),
+        }
+    }
+
+    fn oom_kills(&self) -> u64 {
+        let file = match self.version {
+            Version::V1 => self.dir.join("memory.oom_control"),
+            Version::V2 => self.dir.join("memory.events"),
+        };
+        fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The peak counter, reset at the start of an invocation so that a reused cgroup does
+/// not report an earlier invocation's peak.
+enum Peak {
+    /// v1: `memory.max_usage_in_bytes`, reset by writing 0.
+    V1(PathBuf),
+    /// v2: `memory.peak`; writing to an open descriptor resets the peak seen through that
+    /// descriptor (Linux ≥ 6.12); older kernels report the cgroup's lifetime peak.
+    V2(File),
+}
+
+impl Peak {
+    fn start(files: &Files) -> Option<Peak> {
+        match files.version {
+            Version::V1 => {
+                let p = files.dir.join("memory.max_usage_in_bytes");
+                let _ = fs::write(&p, "0");
+                Some(Peak::V1(p))
+            }
+            Version::V2 => {
+                let mut f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(files.dir.join("memory.peak"))
+                    .or_else(|_| File::open(files.dir.join("memory.peak")))
+                    .ok()?;
+                let _ = f.write_all(b"reset\n");
+                Some(Peak::V2(f))
+            }
+        }
+    }
+
+    fn read(&mut self) -> u64 {
+        match self {
+            Peak::V1(p) => read_u64(p).unwrap_or(0),
+            Peak::V2(f) => {
+                let mut s = String::new();
+                let _ = f.seek(SeekFrom::Start(0));
+                let _ = f.read_to_string(&mut s);
+                s.trim().parse().unwrap_or(0)
+            }
+        }
+    }
+}
+
+type Series = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// A running invocation's meter.
+pub struct Meter {
+    identity: Identity,
+    files: Files,
+    config: MeterConfig,
+    started_wall: SystemTime,
+    started: Instant,
+    cpu_at_start: (u64, u64),
+    peak: Option<Peak>,
+    stop: Arc<AtomicBool>,
+    series: Series,
+    sampler: Option<JoinHandle<()>>,
+}
+
+impl Meter {
+    /// Starts metering an invocation in `cg`. Call just before the process is released.
+    pub fn start(
+        identity: Identity,
+        cg: &Cgroup,
+        config: &MeterConfig,
+    ) -> Result<Meter, MeterError> {
+        let files = Files::of(cg)?;
+        let peak = Peak::start(&files);
+        let cpu_at_start = files.cpu();
+        let stop = Arc::new(AtomicBool::new(false));
+        let series: Series = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let started_wall = SystemTime::now();
+        let sampler = if config.interval.is_zero() {
+            None
+        } else {
+            File::open(files.usage_file()).ok().and_then(|f| {
+                let (stop, series, interval) = (stop.clone(), series.clone(), config.interval);
+                std::thread::Builder::new()
+                    .name("meter".into())
+                    .spawn(move || sample(f, interval, started, &stop, &series))
+                    .ok()
+            })
+        };
+        Ok(Meter {
+            identity,
+            files,
+            config: config.clone(),
+            started_wall,
+            started,
+            cpu_at_start,
+            peak,
+            stop,
+            series,
+            sampler,
+        })
+    }
+
+    /// Ends the invocation (`ended` is when its exit was seen): reads the counters, which
+    /// must happen before the cgroup goes away. [`Measured::write`] then stores the record.
+    pub fn finish(
+        mut self,
+        pid: i32,
+        exit_status: u32,
+        ended: Instant,
+        ended_wall: SystemTime,
+    ) -> Measured {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.sampler.take() {
+            let _ = h.join();
+        }
+        let (user, system) = self.files.cpu();
+        let peak = self.peak.as_mut().map_or(0, Peak::read);
+        let series = std::mem::take(&mut *self.series.lock().unwrap_or_else(|e| e.into_inner()));
+        let record = Invocation {
+            format: FORMAT,
+            identity: self.identity.clone(),
+            pid,
+            started_at_us: micros(self.started_wall),
+            ended_at_us: micros(ended_wall),
+            duration_us: ended.saturating_duration_since(self.started).as_micros() as u64,
+            cpu_user_us: user.saturating_sub(self.cpu_at_start.0),
+            cpu_system_us: system.saturating_sub(self.cpu_at_start.1),
+            memory_peak_bytes: peak,
+            memory_sampled_max_bytes: series.iter().map(|s| s.1).max().unwrap_or(0),
+            memory_limit_bytes: self.files.limit(),
+            oom_kills: self.files.oom_kills(),
+            exit_status,
+            cgroup_version: match self.files.version {
+                Version::V1 => 1,
+                Version::V2 => 2,
+            },
+            sample_interval_us: self.config.interval.as_micros() as u64,
+            samples: series.len(),
+            series: String::new(),
+        };
+        Measured {
+            dir: self.config.dir.clone(),
+            record,
+            series,
+        }
+    }
+}
+
+/// A finished invocation whose record is not written yet.
+pub struct Measured {
+    dir: PathBuf,
+    pub record: Invocation,
+    series: Vec<(u64, u64)>,
+}
+
+impl Measured {
+    pub fn write(self) -> Result<Invocation, MeterError> {
+        write_record(&self.dir, self.record, &self.series)
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Samples memory usage on absolute deadlines (no drift) until told to stop.
+fn sample(file: File, interval: Duration, t0: Instant, stop: &AtomicBool, series: &Series) {
+    let mut buf = [0u8; 32];
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(n) = file.read_at(&mut buf, 0)
+            && let Some(v) = std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            let at = t0.elapsed().as_micros() as u64;
+            series
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((at, v));
+        }
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now; // fell behind: do not burst
+        }
+    }
+}
+
+/// Writes the series (atomically, by rename) and appends the record.
+pub fn write_record(
+    dir: &Path,
+    mut rec: Invocation,
+    series: &[(u64, u64)],
+) -> Result<Invocation, MeterError> {
+    let dir_err = |source| MeterError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir.join("series")).map_err(dir_err)?;
+    if !series.is_empty() {
+        let name = format!(
+            "series/{}-{}-{}.csv",
+            rec.started_at_us,
+            sanitize(&rec.identity.container_id),
+            sanitize(&rec.identity.exec_id)
+        );
+        let path = dir.join(&name);
+        let tmp = path.with_extension("csv.tmp");
+        let werr = |source| MeterError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut text = String::with_capacity(series.len() * 16 + 32);
+        text.push_str("t_us,memory_bytes\n");
+        for (t, v) in series {
+            text.push_str(&format!("{t},{v}\n"));
+        }
+        let mut f = File::create(&tmp).map_err(werr)?;
+        f.write_all(text.as_bytes()).map_err(werr)?;
+        f.sync_data().map_err(werr)?;
+        fs::rename(&tmp, &path).map_err(werr)?;
+        rec.series = name;
+    }
+    let path = dir.join("invocations.jsonl");
+    let werr = |source| MeterError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut line = serde_json::to_string(&rec).map_err(|e| werr(std::io::Error::other(e)))?;
+    line.push('\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(&path)
+        .map_err(werr)?;
+    // A crash during an earlier append may have left a torn last line: close it first.
+    let len = f.metadata().map_err(werr)?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        f.read_exact_at(&mut last, len - 1).map_err(werr)?;
+        if last[0] != b'\n' {
+            line.insert(0, '\n');
+        }
+    }
+    f.write_all(line.as_bytes()).map_err(werr)?;
+    f.sync_data().map_err(werr)?;
+    Ok(rec)
+}
+
+/// Reads every complete record of a meter directory (torn lines are skipped).
+pub fn read_records(dir: &Path) -> Result<Vec<Invocation>, MeterError> {
+    let path = dir.join("invocations.jsonl");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(MeterError::Write { path, source }),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Invocation {
+        Invocation {
+            format: FORMAT,
+            identity: Identity {
+                container_id: id.into(),
+                ..Default::default()
+            },
+            pid: 1,
+            started_at_us: 1,
+            ended_at_us: 2,
+            duration_us: 1,
+            cpu_user_us: 0,
+            cpu_system_us: 0,
+            memory_peak_bytes: 10,
+            memory_sampled_max_bytes: 9,
+            memory_limit_bytes: 0,
+            oom_kills: 0,
+            exit_status: 0,
+            cgroup_version: 1,
+            sample_interval_us: 10_000,
+            samples: 0,
+            series: String::new(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_series_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = write_record(dir.path(), record("a"), &[(0, 5), (10, 9)]).unwrap();
+        assert!(r.series.starts_with("series/"));
+        let csv = fs::read_to_string(dir.path().join(&r.series)).unwrap();
+        assert_eq!(csv, "t_us,memory_bytes\n0,5\n10,9\n");
+        write_record(dir.path(), record("b"), &[]).unwrap();
+        let all = read_records(dir.path()).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], r);
+        assert_eq!(all[1].identity.container_id, "b");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_closed_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        write_record(dir.path(), record("a"), &[]).unwrap();
+        let path = dir.path().join("invocations.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"format\":1,\"contai").unwrap();
+        write_record(dir.path(), record("c"), &[]).unwrap();
+        let ids: Vec<String> = read_records(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.identity.container_id)
+            .collect();
+        assert_eq!(ids, vec!["a".to_string(), "c".to_string()]);
+    }
+}
