@@ -37,9 +37,17 @@ log "installed /usr/local/bin/containerd-shim-trenv-v1"
 
 if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$version")"
+    demo="trenv-demo-$$"
     log "demo: a container through trenv (containerd $version)"
     "$CTR" --address "$CONTAINERD_ADDRESS" run --rm --runtime io.containerd.trenv.v1 \
-        docker.io/trenv/busybox:latest "trenv-demo-$$" \
-        sh -c 'echo "hello from trenv: $(uname -sr), pid $$, $(id)"; cat /proc/self/cgroup | head -3'
+        --annotation io.trenv.function=demo docker.io/trenv/busybox:latest "$demo" \
+        sh -c 'echo "hello from trenv: $(uname -sr), pid $$, $(id)"; x=$(head -c 20000000 /dev/zero | tr "\0" x); echo "built ${#x} bytes of state"'
+    meter="${TRENV_METER_DIR:-/var/lib/trenv/meter}"
+    log "its metering record ($meter/invocations.jsonl, format in docs/metering.md):"
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        grep -q "\"container_id\":\"$demo\"" "$meter/invocations.jsonl" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep "\"container_id\":\"$demo\"" "$meter/invocations.jsonl" | tail -n 1 | jq .
     log "done. Try: eval \"\$($TRENV_REPO/integration/scripts/containerd.sh env $version)\"; \$CTR run --rm --runtime io.containerd.trenv.v1 docker.io/trenv/busybox:latest demo echo hi"
 fi
