@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod error;
 mod executor;
 pub mod meter;
+pub mod pricing;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;

@@ -1,0 +1,604 @@
+//! `trenv meter …`: list, show, summarise and export metering records.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use trenv_runtime::meter::{Invocation, read_records};
+use trenv_runtime::pricing::{PriceBook, Usage};
+
+#[derive(Args)]
+pub struct MeterArgs {
+    /// The meter directory (default: $TRENV_METER_DIR or /var/lib/trenv/meter).
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    /// A price file overriding or adding to the built-in models (format: config/pricing.toml).
+    #[arg(long, global = true)]
+    prices: Option<PathBuf>,
+    #[command(subcommand)]
+    command: MeterCommand,
+}
+
+#[derive(Subcommand)]
+enum MeterCommand {
+    /// One line per invocation, oldest first.
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        /// Print JSON Lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one invocation (the latest matching one).
+    Show {
+        /// Container id (an exec with --exec).
+        container: String,
+        #[arg(long, default_value = "")]
+        exec: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per function: count, duration and peak percentiles.
+    Summary {
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long)]
+        json: bool,
+    },
+    /// All matching records as CSV or OpenMetrics text.
+    Export {
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Openmetrics,
+}
+
+#[derive(Args, Clone, Default)]
+struct Filter {
+    /// Only this function (annotation io.trenv.function).
+    #[arg(long)]
+    function: Option<String>,
+    /// Only this container.
+    #[arg(long)]
+    container: Option<String>,
+    /// Only this containerd namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only the last N records.
+    #[arg(long)]
+    last: Option<usize>,
+}
+
+impl Filter {
+    fn apply(&self, mut recs: Vec<Invocation>) -> Vec<Invocation> {
+        recs.retain(|r| {
+            self.function
+                .as_ref()
+                .is_none_or(|f| &r.identity.function == f)
+                && self
+                    .container
+                    .as_ref()
+                    .is_none_or(|c| &r.identity.container_id == c)
+                && self
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|n| &r.identity.namespace == n)
+        });
+        if let Some(n) = self.last {
+            let skip = recs.len().saturating_sub(n);
+            recs.drain(..skip);
+        }
+        recs
+    }
+}
+
+fn meter_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("TRENV_METER_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"))
+}
+
+fn load(dir: &Path) -> anyhow::Result<Vec<Invocation>> {
+    if !dir.exists() {
+        bail!(
+            "no meter directory at {}: no invocation has been recorded there (set --dir or \
+             TRENV_METER_DIR)",
+            dir.display()
+        );
+    }
+    read_records(dir).with_context(|| format!("reading records in {}", dir.display()))
+}
+
+pub fn run(args: MeterArgs) -> anyhow::Result<()> {
+    let dir = meter_dir(args.dir);
+    let book = match &args.prices {
+        Some(p) => PriceBook::load(p)?,
+        None => PriceBook::builtin(),
+    };
+    let recs = load(&dir)?;
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        MeterCommand::List { filter, json } => {
+            let recs = filter.apply(recs);
+            if json {
+                for r in &recs {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            } else {
+                list_table(&mut out, &recs)?;
+            }
+        }
+        MeterCommand::Show {
+            container,
+            exec,
+            json,
+        } => {
+            let Some(r) = recs
+                .iter()
+                .rev()
+                .find(|r| r.identity.container_id == container && r.identity.exec_id == exec)
+            else {
+                bail!(
+                    "no record for container {container}{} in {}; `trenv meter list` shows \
+                     what is recorded",
+                    if exec.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" exec {exec}")
+                    },
+                    dir.display()
+                );
+            };
+            if json {
+                let bills = book.bills(&Usage::from(r));
+                let v = serde_json::json!({"record": r, "bills": bills});
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                show(&mut out, &dir, r)?;
+                bills_table(&mut out, &book, r)?;
+            }
+        }
+        MeterCommand::Summary { filter, json } => {
+            let rows = summarise(&filter.apply(recs), &book);
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            } else {
+                summary_table(&mut out, &rows)?;
+            }
+        }
+        MeterCommand::Export { filter, format } => {
+            let recs = filter.apply(recs);
+            match format {
+                ExportFormat::Csv => export_csv(&mut out, &recs)?,
+                ExportFormat::Openmetrics => export_openmetrics(&mut out, &recs)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3339 UTC with milliseconds from µs since the epoch.
+fn timestamp(us: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / f64::from(1 << 20)
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn list_table(out: &mut impl Write, recs: &[Invocation]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:<28} {:<10} {:<14} {:>10} {:>10} {:>9} {:>5} {:>4}",
+        "STARTED", "CONTAINER", "EXEC", "FUNCTION", "DURATION", "PEAK", "CPU", "EXIT", "OOM"
+    )?;
+    for r in recs {
+        writeln!(
+            out,
+            "{:<24} {:<28} {:<10} {:<14} {:>8.1}ms {:>7.1}MiB {:>7.1}ms {:>5} {:>4}",
+            timestamp(r.started_at_us),
+            r.identity.container_id,
+            r.identity.exec_id,
+            r.identity.function,
+            ms(r.duration_us),
+            mib(r.memory_peak_bytes),
+            ms(r.cpu_user_us + r.cpu_system_us),
+            r.exit_status,
+            r.oom_kills
+        )?;
+    }
+    Ok(())
+}
+
+fn show(out: &mut impl Write, dir: &Path, r: &Invocation) -> anyhow::Result<()> {
+    let id = &r.identity;
+    writeln!(out, "container   {} ({})", id.container_id, id.namespace)?;
+    if !id.exec_id.is_empty() {
+        writeln!(out, "exec        {}", id.exec_id)?;
+    }
+    for (k, v) in [
+        ("function", &id.function),
+        ("image", &id.image),
+        ("sandbox", &id.sandbox_id),
+    ] {
+        if !v.is_empty() {
+            writeln!(out, "{k:<11} {v}")?;
+        }
+    }
+    writeln!(out, "pid         {}", r.pid)?;
+    writeln!(out, "started     {}", timestamp(r.started_at_us))?;
+    writeln!(out, "ended       {}", timestamp(r.ended_at_us))?;
+    writeln!(out, "duration    {:.3} ms (monotonic)", ms(r.duration_us))?;
+    writeln!(
+        out,
+        "cpu         {:.3} ms user, {:.3} ms system",
+        ms(r.cpu_user_us),
+        ms(r.cpu_system_us)
+    )?;
+    writeln!(
+        out,
+        "memory      peak {:.2} MiB (exact, cgroup v{}), sampled max {:.2} MiB, limit {}",
+        mib(r.memory_peak_bytes),
+        r.cgroup_version,
+        mib(r.memory_sampled_max_bytes),
+        if r.memory_limit_bytes == 0 {
+            "none".to_string()
+        } else {
+            format!("{:.0} MiB", mib(r.memory_limit_bytes))
+        }
+    )?;
+    writeln!(
+        out,
+        "exit        {} (OOM kills: {})",
+        r.exit_status, r.oom_kills
+    )?;
+    if r.series.is_empty() {
+        writeln!(out, "series      none")?;
+    } else {
+        writeln!(
+            out,
+            "series      {} samples every {:.1} ms: {}",
+            r.samples,
+            ms(r.sample_interval_us),
+            dir.join(&r.series).display()
+        )?;
+        if let Ok(text) = std::fs::read_to_string(dir.join(&r.series)) {
+            let values: Vec<u64> = text
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(',')?.1.parse().ok())
+                .collect();
+            writeln!(out, "            {}", sparkline(&values, 60))?;
+        }
+    }
+    Ok(())
+}
+
+/// A one-line plot of a series, `width` characters wide.
+fn sparkline(values: &[u64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let Some(&max) = values.iter().max() else {
+        return String::new();
+    };
+    let max = max.max(1);
+    let chunk = values.len().div_ceil(width).max(1);
+    values
+        .chunks(chunk)
+        .map(|c| {
+            let v = c.iter().copied().max().unwrap_or(0);
+            BARS[((v as f64 / max as f64) * 7.0).round() as usize]
+        })
+        .collect()
+}
+
+#[derive(serde::Serialize)]
+struct SummaryRow {
+    function: String,
+    count: usize,
+    duration_ms_p50: f64,
+    duration_ms_p90: f64,
+    duration_ms_p99: f64,
+    peak_mib_p50: f64,
+    peak_mib_p90: f64,
+    peak_mib_p99: f64,
+    oom_kills: u64,
+    failures: usize,
+    /// Per price model: mean cost per million invocations and waste.
+    costs: Vec<ModelCost>,
+}
+
+#[derive(serde::Serialize)]
+struct ModelCost {
+    model: String,
+    cost_per_million_usd: f64,
+    net_cost_per_million_usd: f64,
+    waste_percent: f64,
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn summarise(recs: &[Invocation], book: &PriceBook) -> Vec<SummaryRow> {
+    let mut groups: std::collections::BTreeMap<String, Vec<&Invocation>> = Default::default();
+    for r in recs {
+        let key = if r.identity.function.is_empty() {
+            "(no function)".to_string()
+        } else {
+            r.identity.function.clone()
+        };
+        groups.entry(key).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(function, rs)| {
+            let mut d: Vec<f64> = rs.iter().map(|r| ms(r.duration_us)).collect();
+            let mut m: Vec<f64> = rs.iter().map(|r| mib(r.memory_peak_bytes)).collect();
+            d.sort_by(f64::total_cmp);
+            m.sort_by(f64::total_cmp);
+            SummaryRow {
+                function,
+                count: rs.len(),
+                duration_ms_p50: percentile(&d, 50.0),
+                duration_ms_p90: percentile(&d, 90.0),
+                duration_ms_p99: percentile(&d, 99.0),
+                peak_mib_p50: percentile(&m, 50.0),
+                peak_mib_p90: percentile(&m, 90.0),
+                peak_mib_p99: percentile(&m, 99.0),
+                oom_kills: rs.iter().map(|r| r.oom_kills).sum(),
+                failures: rs.iter().filter(|r| r.exit_status != 0).count(),
+                costs: book
+                    .models()
+                    .iter()
+                    .map(|m| {
+                        let bills: Vec<_> = rs.iter().map(|r| m.bill(&Usage::from(*r))).collect();
+                        let n = bills.len().max(1) as f64;
+                        let cost: f64 = bills.iter().map(|b| b.cost_usd).sum();
+                        let net: f64 = bills.iter().map(|b| b.net_cost_usd).sum();
+                        ModelCost {
+                            model: m.name.clone(),
+                            cost_per_million_usd: cost / n * 1e6,
+                            net_cost_per_million_usd: net / n * 1e6,
+                            waste_percent: if cost > 0.0 {
+                                (cost - net) / cost * 100.0
+                            } else {
+                                0.0
+                            },
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn summary_table(out: &mut impl Write, rows: &[SummaryRow]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<20} {:>6} {:>28} {:>28} {:>5} {:>6}",
+        "FUNCTION", "COUNT", "DURATION ms p50/p90/p99", "PEAK MiB p50/p90/p99", "OOM", "FAILED"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<20} {:>6} {:>28} {:>28} {:>5} {:>6}",
+            r.function,
+            r.count,
+            format!(
+                "{:.1}/{:.1}/{:.1}",
+                r.duration_ms_p50, r.duration_ms_p90, r.duration_ms_p99
+            ),
+            format!(
+                "{:.1}/{:.1}/{:.1}",
+                r.peak_mib_p50, r.peak_mib_p90, r.peak_mib_p99
+            ),
+            r.oom_kills,
+            r.failures
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<20} {:<22} {:>16} {:>16} {:>7}",
+        "FUNCTION", "PRICE MODEL", "$ PER MILLION", "NET $/MILLION", "WASTE"
+    )?;
+    for r in rows {
+        for c in &r.costs {
+            writeln!(
+                out,
+                "{:<20} {:<22} {:>16.4} {:>16.4} {:>6.1}%",
+                r.function,
+                c.model,
+                c.cost_per_million_usd,
+                c.net_cost_per_million_usd,
+                c.waste_percent
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn bills_table(out: &mut impl Write, book: &PriceBook, r: &Invocation) -> anyhow::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<22} {:>9} {:>9} {:>14} {:>14} {:>14} {:>9} {:>8} {:>7}",
+        "PRICE MODEL",
+        "BILLED",
+        "MEMORY",
+        "COST $",
+        "PER MILLION $",
+        "NET $",
+        "WASTE ms",
+        "WASTE MB",
+        "WASTE"
+    )?;
+    for b in book.bills(&Usage::from(r)) {
+        writeln!(
+            out,
+            "{:<22} {:>7}ms {:>7}MB {:>14.10} {:>14.4} {:>14.10} {:>9.1} {:>8} {:>6.1}%",
+            b.model,
+            b.billed_ms,
+            b.billed_memory_mb,
+            b.cost_usd,
+            b.cost_per_million_usd,
+            b.net_cost_usd,
+            b.wasted_ms,
+            b.wasted_mb,
+            b.waste_percent
+        )?;
+    }
+    Ok(())
+}
+
+fn export_csv(out: &mut impl Write, recs: &[Invocation]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "started_at_us,ended_at_us,namespace,container_id,exec_id,function,duration_us,cpu_user_us,cpu_system_us,memory_peak_bytes,memory_limit_bytes,oom_kills,exit_status"
+    )?;
+    for r in recs {
+        let i = &r.identity;
+        writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.started_at_us,
+            r.ended_at_us,
+            csv_field(&i.namespace),
+            csv_field(&i.container_id),
+            csv_field(&i.exec_id),
+            csv_field(&i.function),
+            r.duration_us,
+            r.cpu_user_us,
+            r.cpu_system_us,
+            r.memory_peak_bytes,
+            r.memory_limit_bytes,
+            r.oom_kills,
+            r.exit_status
+        )?;
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// An exported metric: name, type, help text and how to read it from a record.
+type Metric = (&'static str, &'static str, &'static str, fn(&Invocation) -> f64);
+
+/// OpenMetrics text: one sample per invocation and metric, labelled by identity.
+fn export_openmetrics(out: &mut impl Write, recs: &[Invocation]) -> anyhow::Result<()> {
+    let metrics: [Metric; 4] = [
+        (
+            "trenv_invocation_duration_seconds",
+            "gauge",
+            "Invocation duration (monotonic)",
+            |r| r.duration_us as f64 / 1e6,
+        ),
+        (
+            "trenv_invocation_cpu_seconds",
+            "gauge",
+            "CPU time (user + system)",
+            |r| (r.cpu_user_us + r.cpu_system_us) as f64 / 1e6,
+        ),
+        (
+            "trenv_invocation_memory_peak_bytes",
+            "gauge",
+            "Exact memory peak",
+            |r| r.memory_peak_bytes as f64,
+        ),
+        (
+            "trenv_invocation_exit_status",
+            "gauge",
+            "Exit status",
+            |r| r.exit_status as f64,
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        writeln!(out, "# TYPE {name} {kind}")?;
+        writeln!(out, "# HELP {name} {help}.")?;
+        for r in recs {
+            let i = &r.identity;
+            writeln!(
+                out,
+                "{name}{{namespace=\"{}\",container=\"{}\",exec=\"{}\",function=\"{}\"}} {} {}",
+                label(&i.namespace),
+                label(&i.container_id),
+                label(&i.exec_id),
+                label(&i.function),
+                value(r),
+                r.ended_at_us as f64 / 1e6
+            )?;
+        }
+    }
+    writeln!(out, "# EOF")?;
+    Ok(())
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 90.0), 3.0);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(1_700_000_000_123_456), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn sparkline_scales_to_the_maximum() {
+        assert_eq!(sparkline(&[0, 50, 100], 3), "▁▅█");
+        assert_eq!(sparkline(&[], 3), "");
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}
