@@ -515,7 +515,12 @@ fn csv_field(s: &str) -> String {
 }
 
 /// An exported metric: name, type, help text and how to read it from a record.
-type Metric = (&'static str, &'static str, &'static str, fn(&Invocation) -> f64);
+type Metric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Invocation) -> f64,
+);
 
 /// OpenMetrics text: one sample per invocation and metric, labelled by identity.
 fn export_openmetrics(out: &mut impl Write, recs: &[Invocation]) -> anyhow::Result<()> {
