@@ -15,6 +15,7 @@
 pub mod cgroup;
 pub mod error;
 mod executor;
+pub mod hull;
 pub mod meter;
 pub mod pricing;
 pub mod rootfs;
