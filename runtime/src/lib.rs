@@ -12,6 +12,7 @@
 //! * [`cgroup`]: stats, limits, pids and OOM events of a container's cgroup (v1 and v2).
 //! * [`meter`]: per-invocation records: exact memory peak, CPU, times, memory series.
 
+pub mod autotune;
 pub mod cgroup;
 pub mod error;
 mod executor;

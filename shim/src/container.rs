@@ -31,7 +31,15 @@ pub struct Container {
     pub oom_reported: Mutex<u64>,
     /// Who this container is, for metering records.
     pub identity: trenv_runtime::meter::Identity,
+    /// The memory hull to follow live (annotation `io.trenv.meter.hull`).
+    pub hull: Option<trenv_runtime::hull::Hull>,
+    /// The running autotuner of the init process.
+    pub autotuner: Mutex<Option<trenv_runtime::autotune::Autotuner>>,
 }
+
+/// Annotation naming a hull file (`trenv meter hull`) whose upscaling hull the container's
+/// memory limit follows, timed from the start of its init process.
+pub const HULL_ANNOTATION: &str = "io.trenv.meter.hull";
 
 /// Runs a request in a fresh zygote worker, passing the child's stdio descriptors;
 /// `make` builds the request once their positions are known.
@@ -112,6 +120,13 @@ impl Container {
             function: annotation("io.trenv.function"),
             ..Default::default()
         };
+        let hull = match annotation(HULL_ANNOTATION) {
+            p if p.is_empty() => None,
+            p => Some(
+                trenv_runtime::hull::Hull::load(Path::new(&p))
+                    .map_err(|e| invalid(format!("annotation {HULL_ANNOTATION}: {e}")))?,
+            ),
+        };
         let linux = spec.linux().as_ref();
         let own_pid_ns = linux
             .and_then(|l| l.namespaces().as_ref())
@@ -171,6 +186,8 @@ impl Container {
             own_pid_ns,
             oom_reported: Mutex::new(0),
             identity,
+            hull,
+            autotuner: Mutex::new(None),
         };
         match finish_io(&paths, io, console) {
             Ok(io) => {

@@ -102,6 +102,15 @@ impl Inner {
             if is_init {
                 // First end what holds the container's stdio open, then drain it.
                 c.reap_leftovers();
+                if let Some(t) = c.autotuner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let report = t.stop();
+                    log::info!(
+                        "container {}: memory limit followed the hull with {} changes ({} refused)",
+                        c.id,
+                        report.changes.len(),
+                        report.refused
+                    );
+                }
             }
             if let Some(io) = p.lock().io.as_ref().map(|io| io.waiter()) {
                 io.wait(Duration::from_millis(500));
@@ -310,8 +319,18 @@ impl Task for Service {
         let pid = if req.exec_id.is_empty() {
             // The meter is in place before the process runs: it may exit at once.
             c.init.lock().meter = self.inner.start_meter(&c, "");
+            // So is the autotuner, which sets the hull's first limit.
+            if let (Some(hull), Some(cg)) = (&c.hull, &c.cgroup) {
+                let tuner =
+                    trenv_runtime::autotune::Autotuner::start(cg, hull.clone(), Instant::now())
+                        .map_err(|e| precondition(format!("memory autotuning: {e}")))?;
+                *c.autotuner.lock().unwrap_or_else(|e| e.into_inner()) = Some(tuner);
+            }
             let pid = c.start_init().inspect_err(|_| {
                 c.init.lock().meter = None;
+                if let Some(t) = c.autotuner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    t.stop();
+                }
             })?;
             self.inner.events.publish(
                 TASK_START_EVENT_TOPIC,
