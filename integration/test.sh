@@ -16,6 +16,9 @@ TRENV_SKIP_DEMO=1 "$TRENV_REPO/integration/setup.sh"
 cd "$TRENV_REPO"
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
+# The trenv CLI, for the end-to-end tests that drive it.
+cargo build --locked -p trenv-shim --bin trenv
+export TRENV_CLI="${CARGO_TARGET_DIR:-$TRENV_REPO/target}/debug/trenv"
 log "unit and kernel-level tests"
 status=0
 cargo test --locked --workspace --exclude trenv-integration 2>&1 | tee -a "$results" || status=1

@@ -26,7 +26,7 @@ CRIU_LINK=/usr/local/sbin/criu
 
 APT_PACKAGES=(
     # runtimes, networking and tools used by the tests
-    runc containernetworking-plugins iptables iproute2 busybox-static jq xz-utils
+    runc containernetworking-plugins iptables iproute2 busybox-static jq xz-utils fonts-dejavu-core
     # toolchain (CRIU, the static pause binary, Rust crates with C parts)
     gcc make libc6-dev pkg-config
     # CRIU's build dependencies (from its Debian source package, less the docs)

@@ -187,6 +187,23 @@ fn a_price_file_overrides_the_built_in_models() {
 }
 
 #[test]
+fn plot_writes_an_svg_of_an_invocation() {
+    let dir = fixture();
+    let svg = dir.path().join("f-1.svg");
+    let (code, _, err) = trenv(dir.path(), &["plot", "f-1", "--out", svg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("<svg") && text.contains("exact peak"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    let (code, _, err) = trenv(dir.path(), &["plot", "f-1", "--out", "/tmp/x.gif"]);
+    assert_ne!(code, 0);
+    assert!(err.contains(".svg or *.png"), "{err}");
+}
+
+#[test]
 fn a_missing_directory_is_a_clear_error() {
     let (code, _, err) = trenv(std::path::Path::new("/nonexistent/meter"), &["list"]);
     assert_ne!(code, 0);

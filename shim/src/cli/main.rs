@@ -1,6 +1,8 @@
 //! `trenv`: the command line of trenv. Today: reading metering records.
 
 mod meter;
+mod plot;
+mod trace;
 
 use clap::{Parser, Subcommand};
 
@@ -19,11 +21,15 @@ struct Cli {
 enum Command {
     /// Metering records: one per invocation (docs/metering.md).
     Meter(meter::MeterArgs),
+    /// Run an image once (or --runs N times, at --limits) through containerd on trenv and
+    /// report its time, memory and cost.
+    Trace(trace::TraceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Meter(args) => meter::run(args),
+        Command::Trace(args) => trace::run(args),
     }
 }

@@ -46,6 +46,48 @@ enum MeterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Max and upscaling memory hulls over the runs of a function, as JSON (the file
+    /// `io.trenv.meter.hull=<path>` takes for live autotuning).
+    Hull {
+        #[command(flatten)]
+        filter: Filter,
+        /// Bin width in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        bin_ms: u64,
+        /// How many bins earlier the upscaling hull rises.
+        #[arg(long, default_value_t = 2)]
+        lookahead: usize,
+        /// Write the hull here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The memory size to allocate, per price model, from runs at several memory limits.
+    Recommend {
+        #[command(flatten)]
+        filter: Filter,
+        /// What to minimise.
+        #[arg(long, value_enum, default_value_t = Objective::Cost)]
+        objective: Objective,
+        /// With --objective balance: the weight of cost against time (0..1).
+        #[arg(long, default_value_t = 0.5)]
+        weight: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draws one invocation's memory over time, with its limit, exact peak and
+    /// optionally a hull, as SVG or PNG (by the file extension).
+    Plot {
+        /// Container id (an exec with --exec).
+        container: String,
+        #[arg(long, default_value = "")]
+        exec: String,
+        /// The image file to write (.svg or .png).
+        #[arg(long)]
+        out: PathBuf,
+        /// A hull file (`trenv meter hull`) to draw as well.
+        #[arg(long)]
+        hull: Option<PathBuf>,
+    },
     /// All matching records as CSV or OpenMetrics text.
     Export {
         #[command(flatten)]
@@ -53,6 +95,17 @@ enum MeterCommand {
         #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
         format: ExportFormat,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// The lowest median cost.
+    Cost,
+    /// The lowest median duration.
+    Time,
+    /// A weighted balance of normalised median cost and duration.
+    Balance,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,22 +193,7 @@ pub fn run(args: MeterArgs) -> anyhow::Result<()> {
             exec,
             json,
         } => {
-            let Some(r) = recs
-                .iter()
-                .rev()
-                .find(|r| r.identity.container_id == container && r.identity.exec_id == exec)
-            else {
-                bail!(
-                    "no record for container {container}{} in {}; `trenv meter list` shows \
-                     what is recorded",
-                    if exec.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" exec {exec}")
-                    },
-                    dir.display()
-                );
-            };
+            let r = find(&recs, &container, &exec, &dir)?;
             if json {
                 let bills = book.bills(&Usage::from(r));
                 let v = serde_json::json!({"record": r, "bills": bills});
@@ -173,6 +211,73 @@ pub fn run(args: MeterArgs) -> anyhow::Result<()> {
                 summary_table(&mut out, &rows)?;
             }
         }
+        MeterCommand::Hull {
+            filter,
+            bin_ms,
+            lookahead,
+            out: path,
+        } => {
+            let recs = filter.apply(recs);
+            let hull = build_hull(&dir, &recs, bin_ms, lookahead)?;
+            let text = serde_json::to_string_pretty(&hull)?;
+            match path {
+                Some(p) => {
+                    std::fs::write(&p, text + "\n")
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    writeln!(
+                        out,
+                        "hull of {} runs, {} bins of {} ms, written to {}",
+                        hull.runs,
+                        hull.max_hull_bytes.len(),
+                        hull.bin_ms,
+                        p.display()
+                    )?;
+                }
+                None => writeln!(out, "{text}")?,
+            }
+        }
+        MeterCommand::Recommend {
+            filter,
+            objective,
+            weight,
+            json,
+        } => {
+            let recs = filter.apply(recs);
+            let recs: Vec<&Invocation> = recs.iter().collect();
+            let rows = recommend(&recs, &book, objective, weight)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            } else {
+                recommend_table(&mut out, &rows)?;
+            }
+        }
+        MeterCommand::Plot {
+            container,
+            exec,
+            out: path,
+            hull,
+        } => {
+            let r = find(&recs, &container, &exec, &dir)?;
+            let hull = hull
+                .map(|h| trenv_runtime::hull::Hull::load(&h))
+                .transpose()?;
+            let mut title = container.clone();
+            if !exec.is_empty() {
+                title.push_str(&format!(" exec {exec}"));
+            }
+            if !r.identity.function.is_empty() {
+                title.push_str(&format!(" ({})", r.identity.function));
+            }
+            crate::plot::plot(
+                &path,
+                &title,
+                &read_series(&dir, r),
+                r.memory_limit_bytes,
+                r.memory_peak_bytes,
+                hull.as_ref(),
+            )?;
+            writeln!(out, "wrote {}", path.display())?;
+        }
         MeterCommand::Export { filter, format } => {
             let recs = filter.apply(recs);
             match format {
@@ -182,6 +287,30 @@ pub fn run(args: MeterArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The latest record of a container (or one of its execs).
+fn find<'a>(
+    recs: &'a [Invocation],
+    container: &str,
+    exec: &str,
+    dir: &Path,
+) -> anyhow::Result<&'a Invocation> {
+    recs.iter()
+        .rev()
+        .find(|r| r.identity.container_id == container && r.identity.exec_id == exec)
+        .with_context(|| {
+            format!(
+                "no record for container {container}{} in {}; `trenv meter list` shows what \
+                 is recorded",
+                if exec.is_empty() {
+                    String::new()
+                } else {
+                    format!(" exec {exec}")
+                },
+                dir.display()
+            )
+        })
 }
 
 /// RFC 3339 UTC with milliseconds from µs since the epoch.
@@ -208,7 +337,7 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-fn list_table(out: &mut impl Write, recs: &[Invocation]) -> anyhow::Result<()> {
+pub fn list_table(out: &mut impl Write, recs: &[Invocation]) -> anyhow::Result<()> {
     writeln!(
         out,
         "{:<24} {:<28} {:<10} {:<14} {:>10} {:>10} {:>9} {:>5} {:>4}",
@@ -232,7 +361,7 @@ fn list_table(out: &mut impl Write, recs: &[Invocation]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(out: &mut impl Write, dir: &Path, r: &Invocation) -> anyhow::Result<()> {
+pub fn show(out: &mut impl Write, dir: &Path, r: &Invocation) -> anyhow::Result<()> {
     let id = &r.identity;
     writeln!(out, "container   {} ({})", id.container_id, id.namespace)?;
     if !id.exec_id.is_empty() {
@@ -445,7 +574,159 @@ fn summary_table(out: &mut impl Write, rows: &[SummaryRow]) -> anyhow::Result<()
     Ok(())
 }
 
-fn bills_table(out: &mut impl Write, book: &PriceBook, r: &Invocation) -> anyhow::Result<()> {
+/// Reads a record's memory series.
+pub fn read_series(dir: &Path, r: &Invocation) -> Vec<(u64, u64)> {
+    if r.series.is_empty() {
+        return Vec::new();
+    }
+    std::fs::read_to_string(dir.join(&r.series))
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let (t, v) = l.split_once(',')?;
+                    Some((t.parse().ok()?, v.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn build_hull(
+    dir: &Path,
+    recs: &[Invocation],
+    bin_ms: u64,
+    lookahead: usize,
+) -> anyhow::Result<trenv_runtime::hull::Hull> {
+    let series: Vec<Vec<(u64, u64)>> = recs
+        .iter()
+        .map(|r| read_series(dir, r))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let peaks: Vec<u64> = recs.iter().map(|r| r.memory_peak_bytes).collect();
+    Ok(trenv_runtime::hull::Hull::build(
+        &series, &peaks, bin_ms, lookahead,
+    )?)
+}
+
+/// For one price model: the best memory limit among those the runs were made with.
+#[derive(serde::Serialize)]
+pub struct Recommendation {
+    pub model: String,
+    pub objective: Objective,
+    pub memory_limit_mb: u64,
+    pub median_duration_ms: f64,
+    pub median_cost_usd: f64,
+    pub cost_per_million_usd: f64,
+    /// Every limit tried: (MB, median ms, median $, runs, failed runs).
+    pub candidates: Vec<(u64, f64, f64, usize, usize)>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        0.0
+    } else {
+        v[(v.len() - 1) / 2]
+    }
+}
+
+/// Groups runs by their memory limit, drops limits where any run failed (OOM or exit
+/// status), and picks, per model, the limit minimising the objective.
+pub fn recommend(
+    recs: &[&Invocation],
+    book: &PriceBook,
+    objective: Objective,
+    weight: f64,
+) -> anyhow::Result<Vec<Recommendation>> {
+    let mut by_limit: std::collections::BTreeMap<u64, Vec<&Invocation>> = Default::default();
+    for r in recs {
+        by_limit
+            .entry(r.memory_limit_bytes >> 20)
+            .or_default()
+            .push(r);
+    }
+    if by_limit.keys().all(|&l| l == 0) {
+        bail!(
+            "the runs have no memory limit: run the function at several limits first \
+             (trenv trace IMAGE --limits 128,256,512)"
+        );
+    }
+    let weight = weight.clamp(0.0, 1.0);
+    let mut out = Vec::new();
+    for model in book.models() {
+        let mut candidates = Vec::new();
+        for (&mb, rs) in &by_limit {
+            if mb == 0 {
+                continue;
+            }
+            let failed = rs
+                .iter()
+                .filter(|r| r.exit_status != 0 || r.oom_kills > 0)
+                .count();
+            let mut d: Vec<f64> = rs.iter().map(|r| r.duration_us as f64 / 1000.0).collect();
+            let mut c: Vec<f64> = rs
+                .iter()
+                .map(|r| model.bill(&Usage::from(*r)).cost_usd)
+                .collect();
+            candidates.push((mb, median(&mut d), median(&mut c), rs.len(), failed));
+        }
+        let ok: Vec<_> = candidates.iter().filter(|c| c.4 == 0).collect();
+        let Some(max_d) = ok.iter().map(|c| c.1).reduce(f64::max) else {
+            bail!("every memory limit had failed runs (OOM or a non-zero exit): try larger limits");
+        };
+        let max_c = ok.iter().map(|c| c.2).fold(0.0, f64::max);
+        let score = |c: &(u64, f64, f64, usize, usize)| match objective {
+            Objective::Cost => c.2,
+            Objective::Time => c.1,
+            Objective::Balance => {
+                weight * c.2 / max_c.max(f64::MIN_POSITIVE)
+                    + (1.0 - weight) * c.1 / max_d.max(f64::MIN_POSITIVE)
+            }
+        };
+        let best = ok
+            .iter()
+            .min_by(|a, b| score(a).total_cmp(&score(b)).then(a.0.cmp(&b.0)))
+            .expect("non-empty");
+        out.push(Recommendation {
+            model: model.name.clone(),
+            objective,
+            memory_limit_mb: best.0,
+            median_duration_ms: best.1,
+            median_cost_usd: best.2,
+            cost_per_million_usd: best.2 * 1e6,
+            candidates: candidates.clone(),
+        });
+    }
+    Ok(out)
+}
+
+pub fn recommend_table(out: &mut impl Write, rows: &[Recommendation]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<22} {:>10} {:>12} {:>16}   candidates (MB: median ms, $/M, failed/runs)",
+        "PRICE MODEL", "MEMORY", "MEDIAN ms", "$ PER MILLION"
+    )?;
+    for r in rows {
+        let cands: Vec<String> = r
+            .candidates
+            .iter()
+            .map(|c| format!("{}: {:.1} ms, {:.4}, {}/{}", c.0, c.1, c.2 * 1e6, c.4, c.3))
+            .collect();
+        writeln!(
+            out,
+            "{:<22} {:>8}MB {:>12.1} {:>16.4}   {}",
+            r.model,
+            r.memory_limit_mb,
+            r.median_duration_ms,
+            r.cost_per_million_usd,
+            cands.join("; ")
+        )?;
+    }
+    Ok(())
+}
+
+pub fn bills_table(out: &mut impl Write, book: &PriceBook, r: &Invocation) -> anyhow::Result<()> {
     writeln!(out)?;
     writeln!(
         out,

@@ -1,0 +1,283 @@
+//! The `trenv` CLI against a real containerd: `trenv trace` and `trenv meter hull`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use trenv_integration::{BUSYBOX, Ctr, RUNTIME, unique_id};
+
+/// The `trenv` binary built by integration/test.sh (exported as TRENV_CLI).
+fn trenv() -> Command {
+    let bin = std::env::var("TRENV_CLI").unwrap_or_else(|_| {
+        panic!("TRENV_CLI is not set: run the end-to-end tests through integration/test.sh")
+    });
+    let mut c = Command::new(bin);
+    let ctr = Ctr::from_env();
+    c.env("CTR", &ctr.bin)
+        .env("CONTAINERD_ADDRESS", &ctr.address);
+    c
+}
+
+fn meter_dir() -> PathBuf {
+    std::env::var_os("TRENV_METER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"))
+}
+
+fn memphase() -> PathBuf {
+    let out = std::env::temp_dir().join(format!("trenv-memphase-trace-{}", std::process::id()));
+    if !out.exists() {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/memphase.c");
+        let st = Command::new("gcc")
+            .args(["-O2", "-static", "-o"])
+            .arg(&out)
+            .arg(src)
+            .status()
+            .expect("gcc");
+        assert!(st.success());
+    }
+    out
+}
+
+#[test]
+fn trace_prints_the_full_report() {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let out = trenv()
+        .args([
+            "trace",
+            "--namespace",
+            &c.namespace,
+            "--function",
+            "trace-test",
+            BUSYBOX,
+        ])
+        .args(["sh", "-c", "echo traced"])
+        .output()
+        .expect("trenv trace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("traced"), "{text}");
+    assert!(text.contains("function    trace-test"), "{text}");
+    assert!(text.contains("exit        0"), "{text}");
+    for model in [
+        "aws-lambda-x86",
+        "gcf-gen1",
+        "azure-consumption",
+        "cloudflare-workers",
+    ] {
+        assert!(text.contains(model), "{model} missing: {text}");
+    }
+}
+
+#[test]
+fn trace_of_a_missing_image_is_a_clear_error() {
+    let c = Ctr::from_env();
+    let out = trenv()
+        .args([
+            "trace",
+            "--namespace",
+            &c.namespace,
+            "docker.io/trenv/no-such-image:latest",
+            "true",
+        ])
+        .output()
+        .expect("trenv trace");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-image"), "{err}");
+}
+
+/// 20 runs with input-dependent memory (20..60 MiB); the hull covers every one of them.
+#[test]
+fn hull_covers_every_run() {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let function = unique_id("hullfn");
+    let bin = memphase();
+    let mount = format!(
+        "type=bind,src={},dst=/memphase,options=rbind:ro",
+        bin.display()
+    );
+    for i in 0..20u64 {
+        let phases = [
+            format!("{}:150", 20 + (i % 5) * 10),
+            format!("{}:100", 10 + (i % 3) * 15),
+        ];
+        let id = format!("{function}-{i}");
+        let ann = format!("io.trenv.function={function}");
+        c.run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--mount",
+            &mount,
+            "--annotation",
+            &ann,
+            BUSYBOX,
+            &id,
+            "/memphase",
+            &phases[0],
+            &phases[1],
+        ])
+        .ok();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let hull_file = std::env::temp_dir().join(format!("{function}.json"));
+    let out = trenv()
+        .args(["meter", "hull", "--function", &function, "--out"])
+        .arg(&hull_file)
+        .output()
+        .expect("trenv meter hull");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hull: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&hull_file).unwrap()).unwrap();
+    assert_eq!(hull["runs"], 20);
+    let max: Vec<u64> = hull["max_hull_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let up: Vec<u64> = hull["upscaling_hull_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    // Every sample of every run lies under both hulls.
+    let text = std::fs::read_to_string(meter_dir().join("invocations.jsonl")).unwrap();
+    let mut runs = 0;
+    for rec in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        if rec["function"] != function.as_str() {
+            continue;
+        }
+        runs += 1;
+        let csv =
+            std::fs::read_to_string(meter_dir().join(rec["series"].as_str().unwrap())).unwrap();
+        for line in csv.lines().skip(1) {
+            let (t, v) = line.split_once(',').unwrap();
+            let (t, v): (u64, u64) = (t.parse().unwrap(), v.parse().unwrap());
+            let bin = (t / 100_000) as usize;
+            assert!(
+                v <= max[bin] && v <= up[bin],
+                "run {} at {t} µs: {v} above the hull",
+                rec["container_id"]
+            );
+        }
+    }
+    assert_eq!(runs, 20);
+    // The 60 MiB phase shows up in the hull.
+    assert!(max.iter().any(|&b| b >= 60 << 20), "{max:?}");
+    let _ = std::fs::remove_file(hull_file);
+}
+
+/// The memory limit follows the hull of `io.trenv.meter.hull` live, and the process lives.
+#[test]
+fn autotuning_follows_the_hull_and_keeps_the_process_alive() {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let id = unique_id("autotune");
+    const MIB: u64 = 1 << 20;
+    let hull = serde_json::json!({
+        "format": 1, "bin_ms": 100, "lookahead_bins": 2, "runs": 1,
+        "max_hull_bytes": [40 * MIB, 40 * MIB, 80 * MIB, 80 * MIB, 80 * MIB, 80 * MIB],
+        "upscaling_hull_bytes": [40 * MIB, 40 * MIB, 80 * MIB, 80 * MIB, 80 * MIB, 80 * MIB],
+        "peak_bytes": 80 * MIB
+    });
+    let hull_file = std::env::temp_dir().join(format!("{id}.json"));
+    std::fs::write(&hull_file, hull.to_string()).unwrap();
+    let limit_file = if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/{}/{id}/memory.limit_in_bytes",
+            c.namespace
+        ))
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup/{}/{id}/memory.max", c.namespace))
+    };
+    // Watch the container's limit from the host while it runs.
+    let watcher = {
+        let limit_file = limit_file.clone();
+        std::thread::spawn(move || {
+            let mut seen: Vec<u64> = Vec::new();
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(4) {
+                if let Some(v) = std::fs::read_to_string(&limit_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    && seen.last() != Some(&v)
+                {
+                    seen.push(v);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        })
+    };
+    let bin = memphase();
+    let mount = format!(
+        "type=bind,src={},dst=/memphase,options=rbind:ro",
+        bin.display()
+    );
+    let ann = format!("io.trenv.meter.hull={}", hull_file.display());
+    let r = c.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &mount,
+        "--annotation",
+        &ann,
+        BUSYBOX,
+        &id,
+        "/memphase",
+        "20:250",
+        "60:250",
+    ]);
+    assert_eq!(r.code, 0, "the process must survive autotuning: {r:#?}");
+    let seen = watcher.join().unwrap();
+    let pos = |v: u64| seen.iter().position(|&s| s == v);
+    let (first, second) = (pos(40 * MIB), pos(80 * MIB));
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "limits seen: {seen:?}"
+    );
+    let _ = std::fs::remove_file(hull_file);
+}
+
+#[test]
+fn an_unreadable_hull_annotation_is_a_clear_error() {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let id = unique_id("badhull");
+    let r = c.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.trenv.meter.hull=/nonexistent/hull.json",
+        BUSYBOX,
+        &id,
+        "true",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("io.trenv.meter.hull") && r.stderr.contains("trenv meter hull"),
+        "{r:#?}"
+    );
+    assert_eq!(c.task_status(&id), None);
+}
