@@ -250,3 +250,46 @@ fn nix_kill(pid: i32) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+#[test]
+fn sampling_interval_per_container_and_bad_values() {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    // 1 ms sampling keeps up: a 300 ms hold yields well over 200 samples.
+    let id = unique_id("meter1ms");
+    run_memphase(
+        &c,
+        &id,
+        &["--annotation", "io.trenv.meter.interval-us=1000"],
+        &["10:300"],
+    )
+    .ok();
+    let rec = record_of(&id, "");
+    assert_eq!(rec["sample_interval_us"], 1000);
+    assert!(rec["samples"].as_u64().unwrap() >= 200, "{rec}");
+    // 0: no series, but the exact peak.
+    let id = unique_id("meter0");
+    run_memphase(
+        &c,
+        &id,
+        &["--annotation", "io.trenv.meter.interval-us=0"],
+        &["10:50"],
+    )
+    .ok();
+    let rec = record_of(&id, "");
+    assert_eq!(rec["samples"], 0);
+    assert!(
+        rec["memory_peak_bytes"].as_u64().unwrap() >= 10 << 20,
+        "{rec}"
+    );
+    // A value that is not a number is refused at create, naming the annotation.
+    let id = unique_id("meterbad");
+    let r = run_memphase(
+        &c,
+        &id,
+        &["--annotation", "io.trenv.meter.interval-us=fast"],
+        &["1:1"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("io.trenv.meter.interval-us"), "{r:#?}");
+}

@@ -35,7 +35,13 @@ pub struct Container {
     pub hull: Option<trenv_runtime::hull::Hull>,
     /// The running autotuner of the init process.
     pub autotuner: Mutex<Option<trenv_runtime::autotune::Autotuner>>,
+    /// Memory sampling interval for this container's invocations (annotation
+    /// `io.trenv.meter.interval-us`; 0 = exact peak only), overriding the shim's default.
+    pub meter_interval: Option<std::time::Duration>,
 }
+
+/// Annotation setting the memory sampling interval of a container, in microseconds.
+pub const METER_INTERVAL_ANNOTATION: &str = "io.trenv.meter.interval-us";
 
 /// Annotation naming a hull file (`trenv meter hull`) whose upscaling hull the container's
 /// memory limit follows, timed from the start of its init process.
@@ -127,6 +133,17 @@ impl Container {
                     .map_err(|e| invalid(format!("annotation {HULL_ANNOTATION}: {e}")))?,
             ),
         };
+        let meter_interval = match annotation(METER_INTERVAL_ANNOTATION) {
+            v if v.is_empty() => None,
+            v => Some(std::time::Duration::from_micros(v.parse::<u64>().map_err(
+                |_| {
+                    invalid(format!(
+                        "annotation {METER_INTERVAL_ANNOTATION}={v:?}: expected a whole number of \
+                     microseconds (e.g. 10000 for 10 ms, 0 to sample nothing)"
+                    ))
+                },
+            )?)),
+        };
         let linux = spec.linux().as_ref();
         let own_pid_ns = linux
             .and_then(|l| l.namespaces().as_ref())
@@ -188,6 +205,7 @@ impl Container {
             identity,
             hull,
             autotuner: Mutex::new(None),
+            meter_interval,
         };
         match finish_io(&paths, io, console) {
             Ok(io) => {

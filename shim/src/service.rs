@@ -180,12 +180,15 @@ impl Inner {
 
     /// Starts metering an invocation of `c` (a no-op when metering is off).
     fn start_meter(&self, c: &Container, exec_id: &str) -> Option<Meter> {
-        let config = self.meter.as_ref()?;
+        let mut config = self.meter.clone()?;
+        if let Some(interval) = c.meter_interval {
+            config.interval = interval;
+        }
         let cg = c.cgroup.as_ref()?;
         let mut identity = c.identity.clone();
         identity.namespace = self.namespace.clone();
         identity.exec_id = exec_id.to_string();
-        match Meter::start(identity, cg, config) {
+        match Meter::start(identity, cg, &config) {
             Ok(m) => Some(m),
             Err(e) => {
                 log::warn!("no metering for {}: {e}", c.id);
