@@ -5,7 +5,7 @@
 #
 # 1. installs what trenv needs (Debian packages, containerd 2.x from sid and 1.7 from
 #    trixie unpacked into the cache dir, CNI plugins, CRIU built from Debian's source);
-# 2. builds containerd-shim-trenv-v1 (release) and installs it to /usr/local/bin;
+# 2. builds containerd-shim-trenv-v1 and the trenv CLI (release) into /usr/local/bin;
 # 3. starts containerd 2.x on a private socket with the trenv runtime registered
 #    (io.containerd.trenv.v1, CRI handler "trenv"; config/containerd-2.toml.in);
 # 4. builds and imports the local busybox and pause test images;
@@ -29,7 +29,8 @@ log "building containerd-shim-trenv-v1 (release)"
 cargo build --release --locked -p trenv-shim --manifest-path "$TRENV_REPO/Cargo.toml"
 target="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"
 install -m 0755 "$target/release/containerd-shim-trenv-v1" /usr/local/bin/containerd-shim-trenv-v1
-log "installed /usr/local/bin/containerd-shim-trenv-v1"
+install -m 0755 "$target/release/trenv" /usr/local/bin/trenv
+log "installed /usr/local/bin/containerd-shim-trenv-v1 and /usr/local/bin/trenv"
 
 "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
 "$TRENV_REPO/integration/scripts/build-images.sh" build
