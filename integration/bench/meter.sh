@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Metering overhead and peak accuracy benchmark of trenv.
+#
+#   integration/bench/meter.sh [-v VERSION] [BENCH ARGS...]
+#
+#   -v VERSION   containerd to run against: 2 (default) or 1.7
+#                (also TRENV_CONTAINERD_VERSION)
+#   BENCH ARGS   passed to bench-meter: --intervals LIST (0,10000,1000), --runs N (30),
+#                --cpu-reps N (5), --hold-s S (5), --peak-runs K (10), --phases P,
+#                --namespace NS (trenv-meterbench), --trenv-runtime R; --help for all
+#
+# Starts the private containerd of that version if it is not running
+# (integration/scripts/containerd.sh), builds integration's bench-meter in
+# release mode and runs it with CTR and CONTAINERD_ADDRESS exported. The trenv
+# shim is whatever containerd finds as containerd-shim-trenv-v1 in its PATH
+# (/usr/local/bin), or the absolute path given with --trenv-runtime; this script
+# neither builds nor installs it. The busybox test image must have been
+# imported (integration/scripts/build-images.sh import VERSION); gcc builds the
+# static test program (integration/tests/fixtures/memphase.c).
+#
+# Exit status: 0 when the benchmark ran; non-zero when it could not run.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+
+VERSION="${TRENV_CONTAINERD_VERSION:-2}"
+if [[ "${1:-}" == "-v" ]]; then
+    (($# >= 2)) || die "-v needs a value (2 or 1.7)"
+    VERSION="$2"
+    shift 2
+fi
+case "$VERSION" in
+2 | 1.7) ;;
+*) die "containerd version must be 2 or 1.7, not '$VERSION'" ;;
+esac
+
+"$TRENV_REPO/integration/scripts/containerd.sh" start "$VERSION"
+eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$VERSION")"
+export TRENV_CONTAINERD_VERSION="$VERSION"
+
+log "building bench-meter (release)"
+cargo build --release --quiet --manifest-path "$TRENV_REPO/Cargo.toml" \
+    -p trenv-integration --bin bench-meter
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"
+exec "$TARGET_DIR/release/bench-meter" "$@"
