@@ -5,6 +5,7 @@
 //! * `CONTAINERD_ADDRESS`: its gRPC socket;
 //! * `CONTAINERD_VERSION`: `2` or `1.7`, for messages.
 
+pub mod bench;
 pub mod cri;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -183,4 +184,24 @@ pub fn pids_matching(needle: &str) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Builds the static test program `tests/fixtures/memphase.c` (once per process) and
+/// returns its path; tests bind-mount it into busybox.
+pub fn memphase() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = std::env::temp_dir().join(format!("trenv-memphase-{}", std::process::id()));
+            let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/memphase.c");
+            let st = Command::new("gcc")
+                .args(["-O2", "-static", "-o"])
+                .arg(&out)
+                .arg(src)
+                .status()
+                .expect("running gcc (installed by integration/scripts/install-deps.sh)");
+            assert!(st.success(), "building memphase failed");
+            out
+        })
+        .clone()
 }

@@ -5,34 +5,14 @@
 //! view of the truth (elapsed time, VmHWM).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use trenv_integration::{BUSYBOX, Ctr, RUNTIME, pids_matching, unique_id};
+use trenv_integration::{BUSYBOX, Ctr, RUNTIME, memphase, pids_matching, unique_id};
 
 fn meter_dir() -> PathBuf {
     std::env::var_os("TRENV_METER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"))
-}
-
-/// Builds fixtures/memphase.c once per test binary.
-fn memphase() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let out = std::env::temp_dir().join(format!("trenv-memphase-{}", std::process::id()));
-            let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/memphase.c");
-            let st = Command::new("gcc")
-                .args(["-O2", "-static", "-o"])
-                .arg(&out)
-                .arg(src)
-                .status()
-                .expect("running gcc (installed by integration/scripts/install-deps.sh)");
-            assert!(st.success(), "building memphase failed");
-            out
-        })
-        .clone()
 }
 
 fn record_of(id: &str, exec_id: &str) -> serde_json::Value {

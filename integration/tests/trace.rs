@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use trenv_integration::{BUSYBOX, Ctr, RUNTIME, unique_id};
+use trenv_integration::{BUSYBOX, Ctr, RUNTIME, memphase, unique_id};
 
 /// The `trenv` binary built by integration/test.sh (exported as TRENV_CLI).
 fn trenv() -> Command {
@@ -22,21 +22,6 @@ fn meter_dir() -> PathBuf {
     std::env::var_os("TRENV_METER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"))
-}
-
-fn memphase() -> PathBuf {
-    let out = std::env::temp_dir().join(format!("trenv-memphase-trace-{}", std::process::id()));
-    if !out.exists() {
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/memphase.c");
-        let st = Command::new("gcc")
-            .args(["-O2", "-static", "-o"])
-            .arg(&out)
-            .arg(src)
-            .status()
-            .expect("gcc");
-        assert!(st.success());
-    }
-    out
 }
 
 #[test]

@@ -393,8 +393,8 @@ pub fn write_record(
         let name = format!(
             "series/{}-{}-{}.csv",
             rec.started_at_us,
-            sanitize(&rec.identity.container_id),
-            sanitize(&rec.identity.exec_id)
+            crate::file_name_safe(&rec.identity.container_id),
+            crate::file_name_safe(&rec.identity.exec_id)
         );
         let path = dir.join(&name);
         let tmp = path.with_extension("csv.tmp");
@@ -452,18 +452,6 @@ pub fn read_records(dir: &Path) -> Result<Vec<Invocation>, MeterError> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

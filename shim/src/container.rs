@@ -297,7 +297,10 @@ impl Container {
         let dir = self.at.state_root.join("execs");
         fs::create_dir_all(&dir)
             .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
-        let file = dir.join(format!("{}.json", sanitize(&p.exec_id)));
+        let file = dir.join(format!(
+            "{}.json",
+            trenv_runtime::file_name_safe(&p.exec_id)
+        ));
         fs::write(&file, &spec)
             .map_err(|e| internal(format!("writing {}: {e}", file.display())))?;
         let (io, console, child) = prepare_io(&p.stdio)?;
@@ -445,19 +448,6 @@ impl Container {
 fn is_systemd_path(p: &Path) -> bool {
     let s = p.to_string_lossy();
     !s.starts_with('/') && s.split(':').count() == 3
-}
-
-/// Exec ids come from clients; keep them from naming other paths.
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ struct Inner {
     exit: Arc<ExitSignal>,
     namespace: String,
     meter: Option<MeterConfig>,
+    /// Exit handlers still running (they write metering records): Shutdown waits for them.
+    exits_in_flight: (Mutex<usize>, std::sync::Condvar),
 }
 
 impl Inner {
@@ -97,6 +99,11 @@ impl Inner {
         let at = now();
         let (ended, ended_wall) = (Instant::now(), std::time::SystemTime::now());
         let meter = p.lock().meter.take();
+        *self
+            .exits_in_flight
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) += 1;
         let spawned = thread::Builder::new().name("exit".into()).spawn(move || {
             let is_init = p.exec_id.is_empty();
             if is_init {
@@ -139,10 +146,26 @@ impl Inner {
             {
                 log::error!("metering record of {} lost: {e}", c.id);
             }
+            this.exit_done();
         });
         if let Err(e) = spawned {
             log::error!("cannot spawn the exit handler: {e}");
+            self.exit_done();
         }
+    }
+
+    fn exit_done(&self) {
+        let (count, cv) = &self.exits_in_flight;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        cv.notify_all();
+    }
+
+    /// Waits (at most `timeout`) until no exit is being handled.
+    fn wait_exits(&self, timeout: Duration) {
+        let (count, cv) = &self.exits_in_flight;
+        let guard = count.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = cv.wait_timeout_while(guard, timeout, |n| *n > 0);
     }
 
     fn watch_exits(self: Arc<Self>) {
@@ -238,6 +261,7 @@ impl Service {
             exit,
             namespace,
             meter: MeterConfig::from_env(),
+            exits_in_flight: (Mutex::new(0), std::sync::Condvar::new()),
         });
         inner.clone().watch_exits();
         Service { inner }
@@ -601,6 +625,8 @@ impl Task for Service {
         if !self.inner.containers().is_empty() {
             return Ok(Empty::new());
         }
+        // Exit handlers finish their metering records and events before the shim goes.
+        self.inner.wait_exits(Duration::from_secs(5));
         self.inner.events.flush(Duration::from_secs(2));
         self.inner.exit.signal();
         Ok(Empty::new())

@@ -21,16 +21,18 @@
 //! unique to this run, all of which are removed on exit (also after Ctrl-C).
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use trenv_integration::bench::{
+    TRENV_SHIM, containerd_version, elf_has_debug_info, exe, find_trenv_shim, loadavg, percentile,
+    ppid, remove_with_prefix, task_pid,
+};
 
 use serde_json::{Value, json};
 use trenv_integration::{BUSYBOX, Ctr, RUNTIME, pids_matching};
 
 const RUNC: &str = "io.containerd.runc.v2";
-const TRENV_SHIM: &str = "containerd-shim-trenv-v1";
 const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 const ZYGOTE_COMM: &str = "trenv-zygote";
 /// Prefix of every container id this benchmark creates.
@@ -142,22 +144,6 @@ fn progress(msg: &str) {
     eprintln!("[bench-lifecycle] {msg}");
 }
 
-/// Removes every container whose id starts with `prefix`.
-fn remove_with_prefix(ctr: &Ctr, prefix: &str) {
-    let ids: Vec<String> = ctr
-        .run(&["containers", "ls", "-q"])
-        .stdout
-        .lines()
-        .map(str::trim)
-        .filter(|id| id.starts_with(prefix))
-        .map(str::to_string)
-        .collect();
-    for id in ids {
-        progress(&format!("removing container {id}"));
-        ctr.remove(&id);
-    }
-}
-
 /// Removes, on drop (also when unwinding from a panic), every container of this run.
 struct Cleanup {
     ctr: Ctr,
@@ -188,12 +174,6 @@ struct Stats {
     p99: f64,
     max: f64,
     mean: f64,
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn stats(samples: &[f64]) -> Option<Stats> {
@@ -350,17 +330,6 @@ fn comm(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-fn ppid(pid: i32) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn exe(pid: i32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
-}
-
 fn read_mem(role: &str, pid: i32) -> Result<ProcMem, String> {
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let rss_kb = proc_field_kb(&proc.join("status"), "VmRSS")
@@ -388,18 +357,6 @@ fn processes_running(path: &Path) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| exe(pid).as_deref() == Some(path))
         .collect()
-}
-
-/// PID of the task of container `id`, from `ctr task ls`.
-fn task_pid(ctr: &Ctr, id: &str) -> Option<i32> {
-    ctr.run(&["task", "ls"])
-        .stdout
-        .lines()
-        .skip(1)
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
-        })
 }
 
 /// Starts a `sleep 600` container and finds the shim processes serving it.
@@ -496,61 +453,6 @@ fn bench_memory(ctr: &Ctr, o: &Options, prefix: &str) -> Result<Memory, String> 
 // ---------------------------------------------------------------------------------------
 // Environment facts
 
-fn containerd_version(ctr: &Ctr) -> String {
-    let out = ctr.run(&["version"]).stdout;
-    let mut in_server = false;
-    for l in out.lines() {
-        let t = l.trim();
-        if t.starts_with("Server:") {
-            in_server = true;
-        } else if in_server && let Some(v) = t.strip_prefix("Version:") {
-            return v.trim().to_string();
-        }
-    }
-    "unknown".to_string()
-}
-
-/// Whether an ELF file has a `.debug_info` section (the release profile strips it).
-fn elf_has_debug_info(path: &Path) -> Option<bool> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut hdr = [0u8; 64];
-    f.read_exact(&mut hdr).ok()?;
-    if &hdr[..4] != b"\x7fELF" || hdr[4] != 2 || hdr[5] != 1 {
-        return None; // only 64-bit little endian
-    }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    let shoff = u64_at(&hdr, 0x28);
-    let shentsize = u16_at(&hdr, 0x3a);
-    let shnum = u16_at(&hdr, 0x3c);
-    let shstrndx = u16_at(&hdr, 0x3e);
-    if shentsize < 64 || shstrndx >= shnum {
-        return None;
-    }
-    use std::io::{Seek, SeekFrom};
-    f.seek(SeekFrom::Start(shoff)).ok()?;
-    let mut sh = vec![0u8; shentsize * shnum];
-    f.read_exact(&mut sh).ok()?;
-    let strtab = &sh[shstrndx * shentsize..];
-    let (str_off, str_size) = (u64_at(strtab, 0x18), u64_at(strtab, 0x20) as usize);
-    f.seek(SeekFrom::Start(str_off)).ok()?;
-    let mut names = vec![0u8; str_size];
-    f.read_exact(&mut names).ok()?;
-    Some((0..shnum).any(|i| {
-        let name_off = u32::from_le_bytes(sh[i * shentsize..][..4].try_into().unwrap()) as usize;
-        names
-            .get(name_off..)
-            .and_then(|n| n.split(|&b| b == 0).next())
-            .is_some_and(|n| n == b".debug_info")
-    }))
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 struct ShimBuild {
     path: PathBuf,
     size: u64,
@@ -573,21 +475,6 @@ fn shim_build(path: PathBuf) -> ShimBuild {
         modified,
         build,
     }
-}
-
-/// The trenv shim binary containerd runs for `runtime`: the path itself if it is absolute,
-/// else containerd-shim-trenv-v1 in containerd's PATH.
-fn find_trenv_shim(runtime: &str) -> PathBuf {
-    if Path::new(runtime).is_absolute() {
-        return PathBuf::from(runtime);
-    }
-    let path = std::env::var("CONTAINERD_PATH")
-        .or_else(|_| std::env::var("PATH"))
-        .unwrap_or_default();
-    path.split(':')
-        .map(|d| Path::new(d).join(TRENV_SHIM))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(format!("/usr/local/bin/{TRENV_SHIM}")))
 }
 
 // ---------------------------------------------------------------------------------------

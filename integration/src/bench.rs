@@ -1,0 +1,124 @@
+//! Helpers shared by the benchmark binaries (`src/bin/bench-*.rs`).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::Ctr;
+
+/// The trenv shim's binary name.
+pub const TRENV_SHIM: &str = "containerd-shim-trenv-v1";
+
+pub fn containerd_version(ctr: &Ctr) -> String {
+    let out = ctr.run(&["version"]).stdout;
+    let mut in_server = false;
+    for l in out.lines() {
+        let t = l.trim();
+        if t.starts_with("Server:") {
+            in_server = true;
+        } else if in_server && let Some(v) = t.strip_prefix("Version:") {
+            return v.trim().to_string();
+        }
+    }
+    "unknown".to_string()
+}
+
+/// Whether an ELF file has a `.debug_info` section (the release profile strips it).
+pub fn elf_has_debug_info(path: &Path) -> Option<bool> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut hdr = [0u8; 64];
+    f.read_exact(&mut hdr).ok()?;
+    if &hdr[..4] != b"\x7fELF" || hdr[4] != 2 || hdr[5] != 1 {
+        return None; // only 64-bit little endian
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let shoff = u64_at(&hdr, 0x28);
+    let shentsize = u16_at(&hdr, 0x3a);
+    let shnum = u16_at(&hdr, 0x3c);
+    let shstrndx = u16_at(&hdr, 0x3e);
+    if shentsize < 64 || shstrndx >= shnum {
+        return None;
+    }
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(shoff)).ok()?;
+    let mut sh = vec![0u8; shentsize * shnum];
+    f.read_exact(&mut sh).ok()?;
+    let strtab = &sh[shstrndx * shentsize..];
+    let (str_off, str_size) = (u64_at(strtab, 0x18), u64_at(strtab, 0x20) as usize);
+    f.seek(SeekFrom::Start(str_off)).ok()?;
+    let mut names = vec![0u8; str_size];
+    f.read_exact(&mut names).ok()?;
+    Some((0..shnum).any(|i| {
+        let name_off = u32::from_le_bytes(sh[i * shentsize..][..4].try_into().unwrap()) as usize;
+        names
+            .get(name_off..)
+            .and_then(|n| n.split(|&b| b == 0).next())
+            .is_some_and(|n| n == b".debug_info")
+    }))
+}
+
+pub fn exe(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// The trenv shim binary containerd runs for `runtime`: the path itself if it is absolute,
+/// else containerd-shim-trenv-v1 in containerd's PATH.
+pub fn find_trenv_shim(runtime: &str) -> PathBuf {
+    if Path::new(runtime).is_absolute() {
+        return PathBuf::from(runtime);
+    }
+    let path = std::env::var("CONTAINERD_PATH")
+        .or_else(|_| std::env::var("PATH"))
+        .unwrap_or_default();
+    path.split(':')
+        .map(|d| Path::new(d).join(TRENV_SHIM))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(format!("/usr/local/bin/{TRENV_SHIM}")))
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Nearest-rank percentile of sorted samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ppid(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Removes every container whose id starts with `prefix`.
+pub fn remove_with_prefix(ctr: &Ctr, prefix: &str) {
+    let ids: Vec<String> = ctr
+        .run(&["containers", "ls", "-q"])
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|id| id.starts_with(prefix))
+        .map(str::to_string)
+        .collect();
+    for id in ids {
+        eprintln!("[bench] removing container {id}");
+        ctr.remove(&id);
+    }
+}
+
+/// PID of the task of container `id`, from `ctr task ls`.
+pub fn task_pid(ctr: &Ctr, id: &str) -> Option<i32> {
+    ctr.run(&["task", "ls"])
+        .stdout
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
+        })
+}
