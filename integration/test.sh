@@ -21,7 +21,7 @@ cargo build --locked -p trenv-shim --bin trenv
 export TRENV_CLI="${CARGO_TARGET_DIR:-$TRENV_REPO/target}/debug/trenv"
 log "unit and kernel-level tests"
 status=0
-cargo test --locked --workspace --exclude trenv-integration 2>&1 | tee -a "$results" || status=1
+cargo test --locked --no-fail-fast --workspace --exclude trenv-integration 2>&1 | tee -a "$results" || status=1
 
 for version in ${TRENV_CONTAINERD:-2 1.7}; do
     "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
@@ -29,7 +29,7 @@ for version in ${TRENV_CONTAINERD:-2 1.7}; do
     log "end-to-end tests against containerd $version"
     if ! (
         eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$version")"
-        cargo test --locked -p trenv-integration -- --test-threads 4
+        cargo test --locked --no-fail-fast -p trenv-integration -- --test-threads 4
     ) 2>&1 | tee -a "$results"; then
         status=1
         log "end-to-end tests against containerd $version FAILED; containerd log tail:"

@@ -181,11 +181,8 @@ fn kill_all_reaches_every_process() {
         &[],
         &["sh", "-c", "sleep 300 & sleep 301 & wait"],
     );
-    let ps = c.run(&["task", "ps", &d.id]).ok();
-    assert!(
-        ps.stdout.lines().count() >= 4,
-        "init and two sleeps expected: {ps:#?}"
-    );
+    let pids = task_pids(&c, &d.id, 3);
+    assert!(pids.len() >= 3, "init and two sleeps expected: {pids:?}");
     c.run(&["task", "kill", "--all", "-s", "SIGKILL", &d.id])
         .ok();
     assert!(c.wait_status(&d.id, "STOPPED", Duration::from_secs(10)));
@@ -367,19 +364,33 @@ fn stats_report_memory_and_cpu() {
     );
 }
 
+/// The pids `ctr task ps` lists, once there are `want` of them (the container's shell may
+/// not have forked its children yet when the task is first RUNNING).
+fn task_pids(c: &Ctr, id: &str, want: usize) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for _ in 0..100 {
+        let r = c.run(&["task", "ps", id]).ok();
+        pids = r
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        if pids.len() >= want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pids
+}
+
 #[test]
 fn pids_lists_the_container_processes() {
     let c = ctr();
     let d = Detached::start(&c, "pids", &[], &["sh", "-c", "sleep 300 & wait"]);
-    let r = c.run(&["task", "ps", &d.id]).ok();
-    let pids: Vec<i32> = r
-        .stdout
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
-    assert!(pids.contains(&d.init_pid()), "{r:#?}");
-    assert_eq!(pids.len(), 2, "{r:#?}");
+    let pids = task_pids(&c, &d.id, 2);
+    assert!(pids.contains(&d.init_pid()), "{pids:?}");
+    assert_eq!(pids.len(), 2, "{pids:?}");
 }
 
 #[test]
