@@ -53,11 +53,23 @@ fn entries(dir: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn entries_files(dir: &str) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn two_hundred_lifecycles_leave_nothing_behind() {
     let c = Ctr::from_env().with_namespace("trenv-leak");
     c.ensure_images();
     let ns = c.namespace.clone();
+    let sockets = || entries_files("/run/containerd/s");
+    let sockets_before = sockets();
     let shim_needle = format!("-namespace {ns} ");
     let shims_before = pids_matching(&shim_needle).len();
     let zombies_before = zombies().len();
@@ -101,6 +113,14 @@ fn two_hundred_lifecycles_leave_nothing_behind() {
         assert!(left.is_empty(), "bundles left behind in {dir}: {left:?}");
         assert!(Path::new(&state_root).exists());
     }
+    let left: Vec<String> = sockets()
+        .into_iter()
+        .filter(|s| !sockets_before.contains(s))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "shim sockets left behind in /run/containerd/s: {left:?}"
+    );
     let consoles = entries("/run/trenv/console").len();
     assert_eq!(consoles, 0, "console sockets are files, not directories");
 }

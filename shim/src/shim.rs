@@ -21,6 +21,8 @@ pub struct TrenvShim {
     exit: Arc<ExitSignal>,
     id: String,
     namespace: String,
+    /// The ttrpc socket this shim serves (server mode).
+    socket: String,
 }
 
 /// Whether `dir` is a mount point (its device differs from its parent's).
@@ -54,6 +56,7 @@ impl Shim for TrenvShim {
             exit: Arc::new(ExitSignal::default()),
             id: args.id.clone(),
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -94,6 +97,13 @@ impl Shim for TrenvShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // containerd removes the bundle (and the `address` file the library would read to
+        // find the socket) before the shim exits: remove the socket here, or it is left
+        // behind and a later shim for the same id waits a second probing it.
+        let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
+        if !path.is_empty() {
+            let _ = std::fs::remove_file(path);
+        }
         // The shim's reaper thread is still running: let it reap the zygote now.
         crate::zygote().terminate(std::time::Duration::from_secs(1));
     }
