@@ -20,27 +20,6 @@
 # Exit status: 0 when the benchmark ran, whether or not the targets were met
 # (the report says MET or MISSED); non-zero when it could not run.
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR source=../scripts/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
-
-VERSION="${TRENV_CONTAINERD_VERSION:-2}"
-if [[ "${1:-}" == "-v" ]]; then
-    (($# >= 2)) || die "-v needs a value (2 or 1.7)"
-    VERSION="$2"
-    shift 2
-fi
-case "$VERSION" in
-2 | 1.7) ;;
-*) die "containerd version must be 2 or 1.7, not '$VERSION'" ;;
-esac
-
-"$TRENV_REPO/integration/scripts/containerd.sh" start "$VERSION"
-eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$VERSION")"
-export TRENV_CONTAINERD_VERSION="$VERSION"
-
-log "building bench-lifecycle (release)"
-cargo build --release --quiet --manifest-path "$TRENV_REPO/Cargo.toml" \
-    -p trenv-integration --bin bench-lifecycle
-
-TARGET_DIR="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"
-exec "$TARGET_DIR/release/bench-lifecycle" "$@"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+run_bench bench-lifecycle "$@"

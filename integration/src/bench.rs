@@ -122,3 +122,23 @@ pub fn task_pid(ctr: &Ctr, id: &str) -> Option<i32> {
             (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
         })
 }
+
+/// The containerd the benchmark `name` runs against (CTR and CONTAINERD_ADDRESS from its
+/// wrapper script), in `namespace`; exits with a clear message when it is not there.
+pub fn connect(name: &str, wrapper: &str, namespace: &str) -> Ctr {
+    if std::env::var_os("CTR").is_none() || std::env::var_os("CONTAINERD_ADDRESS").is_none() {
+        eprintln!("{name}: CTR and CONTAINERD_ADDRESS must be set; run it through {wrapper}");
+        std::process::exit(2);
+    }
+    let ctr = Ctr::from_env().with_namespace(namespace);
+    let v = ctr.run(&["version"]);
+    if v.code != 0 {
+        eprintln!(
+            "{name}: containerd at {} does not answer: {}",
+            ctr.address,
+            v.stderr.trim()
+        );
+        std::process::exit(1);
+    }
+    ctr
+}

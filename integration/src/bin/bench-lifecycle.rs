@@ -777,13 +777,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if std::env::var_os("CTR").is_none() || std::env::var_os("CONTAINERD_ADDRESS").is_none() {
-        eprintln!(
-            "bench-lifecycle: CTR and CONTAINERD_ADDRESS must be set; run it through \
-             integration/bench/lifecycle.sh"
-        );
-        std::process::exit(2);
-    }
     // Ctrl-C / SIGTERM: finish the current ctr call, then clean up and report what we have.
     // SAFETY: the handler only stores to an atomic.
     unsafe {
@@ -792,16 +785,11 @@ fn main() {
         libc::signal(libc::SIGTERM, handler);
     }
 
-    let ctr = Ctr::from_env().with_namespace(&o.namespace);
-    let v = ctr.run(&["version"]);
-    if v.code != 0 {
-        eprintln!(
-            "bench-lifecycle: containerd at {} does not answer: {}",
-            ctr.address,
-            v.stderr.trim()
-        );
-        std::process::exit(1);
-    }
+    let ctr = trenv_integration::bench::connect(
+        "bench-lifecycle",
+        "integration/bench/lifecycle.sh",
+        &o.namespace,
+    );
     let containerd = containerd_version(&ctr);
     progress(&format!(
         "containerd {containerd} at {}, namespace {}",

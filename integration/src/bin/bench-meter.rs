@@ -982,13 +982,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if std::env::var_os("CTR").is_none() || std::env::var_os("CONTAINERD_ADDRESS").is_none() {
-        eprintln!(
-            "bench-meter: CTR and CONTAINERD_ADDRESS must be set; run it through \
-             integration/bench/meter.sh"
-        );
-        std::process::exit(2);
-    }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
@@ -996,16 +989,11 @@ fn main() {
         libc::signal(libc::SIGTERM, handler);
     }
 
-    let ctr = Ctr::from_env().with_namespace(&o.namespace);
-    let v = ctr.run(&["version"]);
-    if v.code != 0 {
-        eprintln!(
-            "bench-meter: containerd at {} does not answer: {}",
-            ctr.address,
-            v.stderr.trim()
-        );
-        std::process::exit(1);
-    }
+    let ctr = trenv_integration::bench::connect(
+        "bench-meter",
+        "integration/bench/meter.sh",
+        &o.namespace,
+    );
     let containerd = containerd_version(&ctr);
     if o.image == BUSYBOX {
         ctr.ensure_images();
