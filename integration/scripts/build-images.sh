@@ -17,6 +17,13 @@
 #   docker.io/trenv/pause:latest    /pause, a static C program that sleeps until
 #                                   SIGTERM/SIGINT (exit 0) and reaps zombies;
 #                                   the CRI sandbox image
+#   docker.io/trenv/pyfn:latest     Debian bookworm minbase + python3
+#                                   (debootstrap from the system's mirror,
+#                                   cached in $TRENV_CACHE/rootfs, trimmed),
+#                                   /usr/local/bin/pyfn.py from
+#                                   integration/tests/fixtures: a function
+#                                   with FN_STATE_MB (200) MiB of state, see
+#                                   there; Entrypoint python3 -u pyfn.py
 # Output is deterministic (fixed mtimes, owners, order; gzip -n): the same
 # inputs give the same digests, and a re-run with unchanged inputs does nothing.
 set -euo pipefail
@@ -26,6 +33,15 @@ set -euo pipefail
 IMAGES_DIR="$TRENV_CACHE/images"
 BUSYBOX_REF=docker.io/trenv/busybox:latest
 PAUSE_REF=docker.io/trenv/pause:latest
+PYFN_REF=docker.io/trenv/pyfn:latest
+IMAGE_NAMES=(busybox pause pyfn)
+PYFN_SRC="$TRENV_REPO/integration/tests/fixtures/pyfn.py"
+# The pyfn rootfs: `debootstrap --variant=$PYFN_VARIANT --include=$PYFN_INCLUDE
+# $PYFN_SUITE`, cached in $PYFN_ROOTFS (untrimmed) with its key in .key.
+PYFN_SUITE=bookworm
+PYFN_VARIANT=minbase
+PYFN_INCLUDE=python3
+PYFN_ROOTFS="$TRENV_CACHE/rootfs/pyfn-$PYFN_SUITE"
 NAMESPACES=(default k8s.io)
 # Bump to force a rebuild when the image recipe changes in a way the input
 # hash does not see.
@@ -119,6 +135,94 @@ make_pause_rootfs() {
     chmod 0755 "$root/pause"
 }
 
+# Key of the cached debootstrap result: everything that selects its content
+# (the packages are whatever the mirror serves for the suite when it runs).
+pyfn_rootfs_key() {
+    printf 'debootstrap %s variant=%s include=%s suite=%s arch=%s mirror=%s\n' \
+        "$(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo none)" \
+        "$PYFN_VARIANT" "$PYFN_INCLUDE" "$PYFN_SUITE" "$ARCH" "$(trenv_mirror_uri)"
+}
+
+# Unmount whatever an interrupted debootstrap left mounted below $1 (proc,
+# sys, ...), deepest first, so that removing $1 stays inside it.
+umount_below() {
+    local dir m
+    dir="$(realpath -m "$1")"
+    awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r |
+        while read -r m; do umount -l "$m" || true; done
+}
+
+# The untrimmed bookworm+python3 rootfs in $PYFN_ROOTFS, debootstrapped only
+# when missing or when its key changed.
+pyfn_debootstrap() {
+    local key tmp="$PYFN_ROOTFS.tmp"
+    key="$(pyfn_rootfs_key)"
+    if [[ -x "$PYFN_ROOTFS/usr/bin/python3" && "$(cat "$PYFN_ROOTFS.key" 2>/dev/null)" == "$key" ]]; then
+        log "pyfn rootfs: cached ($PYFN_ROOTFS)"
+        return 0
+    fi
+    command -v debootstrap >/dev/null || die "debootstrap missing: run install-deps.sh"
+    mkdir -p "$(dirname "$PYFN_ROOTFS")"
+    umount_below "$tmp"
+    rm -rf --one-file-system "$tmp"
+    log "pyfn rootfs: debootstrap --variant=$PYFN_VARIANT --include=$PYFN_INCLUDE $PYFN_SUITE ($(trenv_mirror_uri)); takes a minute or two"
+    if ! debootstrap --variant="$PYFN_VARIANT" --include="$PYFN_INCLUDE" \
+        "$PYFN_SUITE" "$tmp" "$(trenv_mirror_uri)" >"$tmp.log" 2>&1; then
+        sed "s/^/[$TRENV_LOG_NAME]   /" "$tmp.log" | tail -n 30 >&2
+        umount_below "$tmp"
+        die "debootstrap failed (log: $tmp.log, debootstrap.log in $tmp/debootstrap)"
+    fi
+    umount_below "$tmp"
+    [[ -x "$tmp/usr/bin/python3" ]] || die "debootstrap left no /usr/bin/python3 in $tmp"
+    umount_below "$PYFN_ROOTFS"
+    rm -rf --one-file-system "$PYFN_ROOTFS" "$PYFN_ROOTFS.key"
+    mv "$tmp" "$PYFN_ROOTFS"
+    mv "$tmp.log" "$PYFN_ROOTFS.log"
+    printf '%s\n' "$key" >"$PYFN_ROOTFS.key"
+    log "pyfn rootfs: done ($(du -sh "$PYFN_ROOTFS" | cut -f1))"
+}
+
+make_pyfn_rootfs() {
+    local root="$1" pyver
+    pyfn_debootstrap
+    cp -a "$PYFN_ROOTFS/." "$root/"
+    # No device nodes or host leftovers: runtimes provide /dev, /proc, /sys.
+    rm -rf "${root:?}"/{dev,proc,sys,tmp,run,var/tmp}
+    mkdir -p "$root"/{dev,proc,sys,tmp,run/lock,var/tmp}
+    chmod 0755 "$root"/{dev,proc,sys,run}
+    chmod 1777 "$root/tmp" "$root/var/tmp" "$root/run/lock"
+    # Trim: documentation, manuals, translations (C only), apt and debconf
+    # state that only a package manager needs, logs, caches.
+    rm -rf "${root:?}"/usr/share/{doc,man,info,lintian,linda}
+    mkdir -p "$root/usr/share/doc"
+    find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias ! -name 'C' ! -name 'C.*' \
+        -exec rm -rf {} +
+    if [[ -d "$root/usr/lib/locale" ]]; then
+        find "$root/usr/lib/locale" -mindepth 1 -maxdepth 1 ! -name 'C' ! -name 'C.*' -exec rm -rf {} +
+    fi
+    rm -rf "${root:?}"/var/lib/apt/lists/* "${root:?}"/var/cache/apt/* \
+        "${root:?}"/var/cache/debconf/*-old "${root:?}"/var/lib/dpkg/*-old \
+        "${root:?}"/var/cache/ldconfig/aux-cache "${root:?}"/debootstrap
+    find "$root/var/log" -mindepth 1 \( -type f -o -type l \) -delete
+    # Host files debootstrap copies in; the runtime (or CRI) provides its own.
+    : >"$root/etc/resolv.conf"
+    printf 'localhost\n' >"$root/etc/hostname"
+    chmod 0644 "$root/etc/resolv.conf" "$root/etc/hostname"
+    # The layer's mtimes are all 0 (det_tar), so the timestamp-validated .pyc
+    # files py3compile wrote would be stale: every start would recompile the
+    # stdlib. Hash-based, unchecked .pyc files do not depend on mtimes.
+    pyver="$(chroot "$root" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    find "$root/usr/lib/python3" "$root/usr/lib/python$pyver" -name __pycache__ -type d -prune \
+        -exec rm -rf {} +
+    chroot "$root" python3 -m compileall -q --invalidation-mode unchecked-hash \
+        "/usr/lib/python$pyver" /usr/lib/python3 >/dev/null ||
+        die "compileall in the pyfn rootfs failed"
+    install -m 0755 "$PYFN_SRC" "$root/usr/local/bin/pyfn.py"
+    chroot "$root" python3 -m py_compile "/usr/local/bin/pyfn.py" ||
+        die "$PYFN_SRC does not compile with the image's python3"
+    rm -rf "${root:?}/usr/local/bin/__pycache__"
+}
+
 # Inputs of an image: the recipe (this script) and the files it copies.
 input_hash() {
     local name="$1"
@@ -127,6 +231,10 @@ input_hash() {
         sha256sum "${BASH_SOURCE[0]}" | awk '{print $1}'
         sha256sum /bin/busybox | awk '{print $1}'
         if [[ "$name" == pause ]]; then gcc --version 2>/dev/null | head -n1 || true; fi
+        if [[ "$name" == pyfn ]]; then
+            pyfn_rootfs_key
+            sha256sum "$PYFN_SRC" | awk '{print $1}'
+        fi
     } | sha256sum | awk '{print $1}'
 }
 
@@ -153,6 +261,10 @@ build_image() {
     pause)
         make_pause_rootfs "$work/rootfs"
         config_json='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":["/pause"],"WorkingDir":"/"}'
+        ;;
+    pyfn)
+        make_pyfn_rootfs "$work/rootfs"
+        config_json='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","FN_STATE_MB=200"],"Entrypoint":["python3","-u","/usr/local/bin/pyfn.py"],"WorkingDir":"/"}'
         ;;
     *) die "unknown image $name" ;;
     esac
@@ -219,6 +331,16 @@ build_all() {
     command -v jq >/dev/null || die "jq missing: run install-deps.sh"
     build_image busybox "$BUSYBOX_REF"
     build_image pause "$PAUSE_REF"
+    build_image pyfn "$PYFN_REF"
+}
+
+image_ref() {
+    case "$1" in
+    busybox) echo "$BUSYBOX_REF" ;;
+    pause) echo "$PAUSE_REF" ;;
+    pyfn) echo "$PYFN_REF" ;;
+    *) die "unknown image $1" ;;
+    esac
 }
 
 # resolve_target VERSION|SOCKET: sets ADDRESS and CTR (the ctr of the matching
@@ -268,8 +390,8 @@ image_ready() {
 import_all() {
     local ns name ref
     for ns in "${NAMESPACES[@]}"; do
-        for name in busybox pause; do
-            ref="$([[ $name == busybox ]] && echo "$BUSYBOX_REF" || echo "$PAUSE_REF")"
+        for name in "${IMAGE_NAMES[@]}"; do
+            ref="$(image_ref "$name")"
             if image_ready "$ns" "$ref" "$name"; then
                 log "$ref already imported and unpacked in namespace $ns ($ADDRESS)"
                 continue

@@ -27,6 +27,7 @@ CRIU_LINK=/usr/local/sbin/criu
 APT_PACKAGES=(
     # runtimes, networking and tools used by the tests
     runc containernetworking-plugins iptables iproute2 busybox-static jq xz-utils fonts-dejavu-core
+    debootstrap # the pyfn test image (build-images.sh)
     # toolchain (CRIU, the static pause binary, Rust crates with C parts)
     gcc make libc6-dev pkg-config
     # CRIU's build dependencies (from its Debian source package, less the docs)

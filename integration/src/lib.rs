@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 pub const RUNTIME: &str = "io.containerd.trenv.v1";
 pub const BUSYBOX: &str = "docker.io/trenv/busybox:latest";
+/// The Python function image (integration/tests/fixtures/pyfn.py).
+pub const PYFN: &str = "docker.io/trenv/pyfn:latest";
 
 /// A `ctr` bound to the containerd under test.
 #[derive(Clone, Debug)]
@@ -93,30 +95,41 @@ impl Ctr {
             .into()
     }
 
-    /// Makes sure the test images are in this namespace (imported from the default one),
-    /// once per test binary.
+    /// Makes sure the busybox test image is in this namespace (imported from the default
+    /// one), once per test binary.
     pub fn ensure_images(&self) {
-        static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-        if done.contains(&self.namespace) {
-            return;
-        }
-        self.import_images();
-        done.push(self.namespace.clone());
+        self.ensure_image(BUSYBOX);
     }
 
-    fn import_images(&self) {
+    /// Makes sure `image` (built by integration/scripts/build-images.sh into the default
+    /// namespace) is in this namespace, once per test binary.
+    pub fn ensure_image(&self, image: &str) {
+        static DONE: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (self.namespace.clone(), image.to_string());
+        if done.contains(&key) {
+            return;
+        }
+        self.import_image(image);
+        done.push(key);
+    }
+
+    fn import_image(&self, image: &str) {
         if self
-            .run(&["images", "check", &format!("name=={BUSYBOX}")])
+            .run(&["images", "check", &format!("name=={image}")])
             .stdout
-            .contains(BUSYBOX)
+            .contains(image)
         {
             return;
         }
         let src = self.with_namespace("default");
-        let tar = std::env::temp_dir().join(format!("trenv-busybox-{}.tar", std::process::id()));
+        let tar = std::env::temp_dir().join(format!(
+            "trenv-image-{}-{}.tar",
+            std::process::id(),
+            file_name_part(image)
+        ));
         let tar_s = tar.to_str().expect("utf-8 temp path");
-        src.run(&["images", "export", tar_s, BUSYBOX]).ok();
+        src.run(&["images", "export", tar_s, image]).ok();
         self.run(&["images", "import", tar_s]).ok();
         let _ = std::fs::remove_file(&tar);
     }
@@ -154,6 +167,19 @@ impl Ctr {
         }
         let _ = self.run(&["container", "delete", id]);
     }
+}
+
+/// The `ctr` of containerd 2.x that integration/scripts/install-deps.sh unpacks (it also
+/// talks to containerd 1.7, and unlike 1.7's sends checkpoint options to any runtime).
+pub fn ctr2_binary() -> PathBuf {
+    let cache = std::env::var("TRENV_CACHE").unwrap_or_else(|_| "/var/cache/trenv".into());
+    PathBuf::from(cache).join("containerd-2/usr/bin/ctr")
+}
+
+fn file_name_part(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// A container id unique within this test run.

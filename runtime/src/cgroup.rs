@@ -138,6 +138,28 @@ impl Cgroup {
         self.manager.freeze(state).map_err(self.op_err("freezing"))
     }
 
+    /// Moves a process into the cgroup (creating it if needed).
+    pub fn add_task(&self, pid: i32) -> Result<(), CgroupError> {
+        self.manager
+            .add_task(nix::unistd::Pid::from_raw(pid))
+            .map_err(self.op_err("adding a process"))
+    }
+
+    /// Removes the (empty) cgroup.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        self.manager.remove().map_err(self.op_err("removing"))
+    }
+
+    /// The directory of the freezer that stops the whole cgroup (what CRIU's
+    /// `freeze_cgroup` wants): the v1 freezer hierarchy's, or the v2 cgroup itself.
+    pub fn freezer_dir(&self) -> Option<PathBuf> {
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        match self.version {
+            Version::V1 => controller_mount("freezer").map(|m| m.join(rel)),
+            Version::V2 => Some(Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(rel)),
+        }
+    }
+
     /// Every process in the cgroup.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         Ok(self

@@ -19,6 +19,8 @@ pub enum RuntimeError {
     Seccomp(#[from] SeccompError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Criu(#[from] trenv_criu::CriuError),
     #[error("{context}: {source}")]
     Io {
         context: String,

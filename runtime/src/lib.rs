@@ -11,14 +11,17 @@
 //! * [`seccomp`]: compiling OCI seccomp profiles with seccompiler and installing them.
 //! * [`cgroup`]: stats, limits, pids and OOM events of a container's cgroup (v1 and v2).
 //! * [`meter`]: per-invocation records: exact memory peak, CPU, times, memory series.
+//! * [`checkpoint`], [`restore`]: containerd's checkpoint/restore with CRIU (trenv-criu).
 
 pub mod autotune;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod error;
 mod executor;
 pub mod hull;
 pub mod meter;
 pub mod pricing;
+pub mod restore;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;

@@ -13,8 +13,10 @@ use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{self, CheckpointOptions, CriuConfig};
 use crate::error::{RuntimeError, chain};
 use crate::executor::TrenvExecutor;
+use crate::restore::{self, RestorePlan};
 use crate::rootfs::{self, Mount};
 use crate::seccomp;
 
@@ -46,13 +48,22 @@ impl Location {
         }
     }
 
-    fn container_dir(&self) -> PathBuf {
+    pub(crate) fn container_dir(&self) -> PathBuf {
         self.state_root.join(&self.id)
     }
 
     /// The bundle libcontainer sees: the spec as trenv hands it over (see [`derive_spec`]).
-    fn derived_bundle(&self) -> PathBuf {
+    pub(crate) fn derived_bundle(&self) -> PathBuf {
         self.state_root.join("bundle")
+    }
+
+    /// The spec as libcontainer got it (written at create).
+    pub(crate) fn derived_spec(&self) -> Result<Spec, RuntimeError> {
+        let path = self.derived_bundle().join("config.json");
+        Spec::load(&path).map_err(|e| RuntimeError::InvalidSpec {
+            path: path.display().to_string(),
+            reason: chain(&e),
+        })
     }
 
     pub fn rootfs(&self) -> PathBuf {
@@ -89,6 +100,28 @@ pub enum Request {
     Delete {
         at: Location,
         unmount_rootfs: bool,
+    },
+    /// Dumps the container with CRIU into `images`.
+    Checkpoint {
+        at: Location,
+        images: PathBuf,
+        work: PathBuf,
+        options: CheckpointOptions,
+        criu: CriuConfig,
+    },
+    /// Create of a container restored from a checkpoint: mounts the rootfs and records
+    /// the spec; the processes come at [`Request::Restore`].
+    PrepareRestore {
+        at: Location,
+        rootfs: Vec<Mount>,
+    },
+    /// Start of such a container: CRIU restores its processes.
+    Restore {
+        at: Location,
+        plan: RestorePlan,
+        console_socket: Option<PathBuf>,
+        stdio: Stdio,
+        criu: CriuConfig,
     },
 }
 
@@ -136,6 +169,31 @@ pub fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RuntimeError> {
         Request::Delete { at, unmount_rootfs } => {
             delete(&at, unmount_rootfs)?;
             Ok(Reply::Done)
+        }
+        Request::Checkpoint {
+            at,
+            images,
+            work,
+            options,
+            criu,
+        } => {
+            checkpoint::checkpoint(&at, &images, &work, &options, &criu)?;
+            Ok(Reply::Done)
+        }
+        Request::PrepareRestore { at, rootfs } => {
+            prepare_restore(&at, &rootfs)?;
+            Ok(Reply::Done)
+        }
+        Request::Restore {
+            at,
+            plan,
+            console_socket,
+            stdio,
+            criu,
+        } => {
+            let stdio = take_stdio(&mut fds, &stdio)?;
+            let pid = restore::restore(&at, &plan, stdio, console_socket.as_deref(), &criu)?;
+            Ok(Reply::Pid(pid))
         }
     }
 }
@@ -233,6 +291,35 @@ fn create(
     if result.is_err() {
         let _ = fs::remove_dir_all(&at.state_root);
         if mounted {
+            let _ = rootfs::unmount(&at.rootfs());
+        }
+    }
+    result
+}
+
+fn prepare_restore(at: &Location, mounts: &[Mount]) -> Result<(), RuntimeError> {
+    let spec_path = at.bundle.join("config.json");
+    let spec = Spec::load(&spec_path).map_err(|e| RuntimeError::InvalidSpec {
+        path: spec_path.display().to_string(),
+        reason: chain(&e),
+    })?;
+    if !mounts.is_empty() {
+        rootfs::mount_all(mounts, &at.rootfs())?;
+    }
+    let result = (|| {
+        // The seccomp filters and capabilities of a restored process come from the image;
+        // the derived spec is what exec and delete read later.
+        let (derived, _) = derive_spec(spec, &at.bundle)?;
+        let dir = at.derived_bundle();
+        fs::create_dir_all(&dir)
+            .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+        derived
+            .save(dir.join("config.json"))
+            .map_err(|e| RuntimeError::Worker(format!("writing the derived spec: {}", chain(&e))))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&at.state_root);
+        if !mounts.is_empty() {
             let _ = rootfs::unmount(&at.rootfs());
         }
     }

@@ -9,6 +9,8 @@ use containerd_shim::protos::api::CreateTaskRequest;
 use containerd_shim::protos::ttrpc;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use trenv_runtime::cgroup::Cgroup;
+use trenv_runtime::checkpoint::{CheckpointOptions, CriuConfig};
+use trenv_runtime::restore::RestorePlan;
 use trenv_runtime::rootfs::Mount;
 use trenv_runtime::sandbox::{Location, Reply, Request, Stdio};
 
@@ -38,6 +40,37 @@ pub struct Container {
     /// Memory sampling interval for this container's invocations (annotation
     /// `io.trenv.meter.interval-us`; 0 = exact peak only), overriding the shim's default.
     pub meter_interval: Option<std::time::Duration>,
+    /// Which CRIU checkpoints and restores this container.
+    criu: CriuConfig,
+    /// Created from a checkpoint: what Start restores.
+    pending_restore: Mutex<Option<PendingRestore>>,
+}
+
+/// A container created from a checkpoint, waiting for Start to restore it.
+struct PendingRestore {
+    plan: RestorePlan,
+    /// The restored process's end of its stdio pipes (none with a terminal).
+    child: ChildStdio,
+}
+
+/// CRIU's work directory for a restore, below containerd's work directory of the task;
+/// removed after a successful restore.
+const RESTORE_WORK: &str = "criu-restore";
+
+/// Where trenv's CRIU runs cache what they learnt (a tmpfs).
+const CRIU_CACHE_DIR: &str = "/run/trenv";
+
+/// The CRIU to use: runc's `CriuPath` option, else `TRENV_CRIU`, else `criu` on PATH.
+fn criu_config(opts: &RuntimeOptions) -> CriuConfig {
+    CriuConfig {
+        binary: opts
+            .criu_path
+            .clone()
+            .or_else(|| std::env::var("TRENV_CRIU").ok())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+        cache_dir: Some(PathBuf::from(CRIU_CACHE_DIR)),
+    }
 }
 
 /// Annotation setting the memory sampling interval of a container, in microseconds.
@@ -175,6 +208,73 @@ impl Container {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        let restore_from = if !req.checkpoint.is_empty() {
+            Some(PathBuf::from(&req.checkpoint))
+        } else {
+            opts.criu_image_path.as_ref().map(PathBuf::from)
+        };
+        if !req.parent_checkpoint.is_empty() {
+            return Err(invalid(
+                "restoring from a parent (incremental) checkpoint is not supported by trenv; \
+                 restore from a full checkpoint",
+            ));
+        }
+        let mut container = Container {
+            id: req.id.clone(),
+            at: at.clone(),
+            init: Arc::new(Process::new("", paths.clone(), Vec::new())),
+            execs: Mutex::new(HashMap::new()),
+            cgroup: Some(cgroup),
+            mounted_rootfs: !rootfs.is_empty(),
+            own_pid_ns,
+            oom_reported: Mutex::new(0),
+            identity,
+            hull,
+            autotuner: Mutex::new(None),
+            meter_interval,
+            criu: criu_config(opts),
+            pending_restore: Mutex::new(None),
+        };
+        if let Some(images) = restore_from {
+            // Like runc's shim: stdio pipes now, the processes at Start (pid 0 until then).
+            zygote()
+                .call(
+                    &Request::PrepareRestore {
+                        at: at.clone(),
+                        rootfs: rootfs.clone(),
+                    },
+                    &[],
+                )
+                .map_err(rt)?;
+            let (io, child) = if paths.terminal {
+                (None, [None, None, None])
+            } else {
+                match ProcessIo::pipes(paths.clone()) {
+                    Ok((io, child)) => (Some(io), child),
+                    Err(e) => {
+                        let _ = container.destroy();
+                        return Err(rt(e));
+                    }
+                }
+            };
+            container.init.lock().io = io;
+            // `<bundle>/work` is containerd's per-task work directory (a symlink).
+            let work = opts
+                .criu_work_path
+                .as_ref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| bundle.join("work").join(RESTORE_WORK));
+            container.pending_restore = Mutex::new(Some(PendingRestore {
+                plan: RestorePlan {
+                    images,
+                    work,
+                    systemd_cgroup: systemd,
+                    terminal: paths.terminal,
+                },
+                child,
+            }));
+            return Ok(container);
+        }
         let (io, console, child) = prepare_io(&paths)?;
         let console_socket = console.as_ref().map(|c| c.path().to_path_buf());
         let reply = call_with_stdio(
@@ -191,21 +291,6 @@ impl Container {
         let pid = match reply? {
             Reply::Pid(pid) => pid,
             Reply::Done => return Err(internal("the runtime worker returned no pid")),
-        };
-        let init = Arc::new(Process::new("", paths.clone(), Vec::new()));
-        let container = Container {
-            id: req.id.clone(),
-            at,
-            init,
-            execs: Mutex::new(HashMap::new()),
-            cgroup: Some(cgroup),
-            mounted_rootfs: !rootfs.is_empty(),
-            own_pid_ns,
-            oom_reported: Mutex::new(0),
-            identity,
-            hull,
-            autotuner: Mutex::new(None),
-            meter_interval,
         };
         match finish_io(&paths, io, console) {
             Ok(io) => {
@@ -243,6 +328,14 @@ impl Container {
                 self.id
             )));
         }
+        let pending = self
+            .pending_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(pending) = pending {
+            return self.restore_init(pending);
+        }
         zygote()
             .call(
                 &Request::Start {
@@ -256,6 +349,83 @@ impl Container {
             g.state = State::Running;
         }
         Ok(g.pid)
+    }
+
+    /// Start of a container created from a checkpoint: CRIU restores its processes.
+    fn restore_init(&self, pending: PendingRestore) -> Result<i32, ttrpc::Error> {
+        let paths = self.init.stdio.clone();
+        let (console, child) = if paths.terminal {
+            (Some(ConsoleSocket::new().map_err(rt)?), [None, None, None])
+        } else {
+            (None, pending.child)
+        };
+        let console_socket = console.as_ref().map(|c| c.path().to_path_buf());
+        let reply = call_with_stdio(
+            |stdio| Request::Restore {
+                at: self.at.clone(),
+                plan: pending.plan.clone(),
+                console_socket,
+                stdio,
+                criu: self.criu.clone(),
+            },
+            &child,
+        );
+        drop(child);
+        let pid = match reply? {
+            Reply::Pid(pid) => pid,
+            Reply::Done => return Err(internal("the runtime worker returned no pid")),
+        };
+        if pending.plan.work.ends_with(RESTORE_WORK) {
+            let _ = fs::remove_dir_all(&pending.plan.work);
+        }
+        let io = match console {
+            Some(c) => Some(finish_io(&paths, None, Some(c))?),
+            None => None,
+        };
+        let mut g = self.init.lock();
+        g.pid = pid;
+        if g.state == State::Created {
+            g.state = State::Running;
+        }
+        if let Some(io) = io {
+            g.io = io;
+        }
+        Ok(pid)
+    }
+
+    /// Dumps the container with CRIU into `images` (containerd's Checkpoint).
+    pub fn checkpoint(
+        &self,
+        images: PathBuf,
+        work: Option<PathBuf>,
+        options: CheckpointOptions,
+    ) -> Result<(), ttrpc::Error> {
+        let state = self.init.state();
+        if !matches!(state, State::Running | State::Paused) {
+            return Err(precondition(format!(
+                "container {} is {state:?}: only a running or paused container can be \
+                 checkpointed",
+                self.id
+            )));
+        }
+        let own_work = work.is_none();
+        let work = work.unwrap_or_else(|| self.at.bundle.join("work").join("criu-work"));
+        let result = zygote()
+            .call(
+                &Request::Checkpoint {
+                    at: self.at.clone(),
+                    images,
+                    work: work.clone(),
+                    options,
+                    criu: self.criu.clone(),
+                },
+                &[],
+            )
+            .map_err(|e| precondition(e.to_string()));
+        if own_work {
+            let _ = fs::remove_dir_all(&work);
+        }
+        result.map(|_| ())
     }
 
     pub fn add_exec(

@@ -2,16 +2,24 @@
 //!
 //! Accepted: runc's `containerd.runc.v1.Options` (what `ctr --runc-*` flags and CRI's
 //! `[...runtimes.trenv.options]` with runc-style keys produce), of which trenv honours
-//! `SystemdCgroup`, and CRI's generic `runtimeoptions.v1.Options` (`ConfigPath`). Any other
+//! `SystemdCgroup` and the CRIU fields (`CriuPath`, `CriuImagePath`, `CriuWorkPath`), and CRI's generic `runtimeoptions.v1.Options` (`ConfigPath`). Any other
 //! set field or type is refused: a silently ignored option is a misconfiguration nobody sees.
 
+use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{CodedInputStream, rt::WireType};
+use containerd_shim::protos::shim::oci::CheckpointOptions;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RuntimeOptions {
     pub systemd_cgroup: bool,
     pub config_path: Option<String>,
+    /// The CRIU binary to use (runc's `CriuPath`).
+    pub criu_path: Option<String>,
+    /// Restore: the checkpoint is in this directory (`WithRestoreImagePath`).
+    pub criu_image_path: Option<String>,
+    /// Restore: CRIU's work directory (`WithRestoreWorkPath`).
+    pub criu_work_path: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +38,11 @@ pub enum OptionsError {
         "malformed runtime options ({0}); check the runtime's options in the containerd config"
     )]
     Malformed(String),
+    #[error(
+        "unknown checkpoint options type {0:?}: trenv accepts \
+         containerd.runc.v1.CheckpointOptions"
+    )]
+    UnknownCheckpointType(String),
     #[error("the trenv config file {path} given as ConfigPath cannot be read: {reason}")]
     ConfigPath { path: String, reason: String },
 }
@@ -107,8 +120,15 @@ pub fn parse(options: Option<&Any>) -> Result<RuntimeOptions, OptionsError> {
                 if !value.is_set() {
                     continue;
                 }
+                let text = || match &value {
+                    FieldValue::Bytes(b) => Some(String::from_utf8_lossy(b).to_string()),
+                    _ => None,
+                };
                 match number {
                     9 => opts.systemd_cgroup = true,
+                    8 => opts.criu_path = text(),
+                    10 => opts.criu_image_path = text(),
+                    11 => opts.criu_work_path = text(),
                     n => {
                         let name = RUNC_FIELDS
                             .iter()
@@ -136,6 +156,38 @@ pub fn parse(options: Option<&Any>) -> Result<RuntimeOptions, OptionsError> {
         other => return Err(OptionsError::UnknownType(other.to_string())),
     }
     Ok(opts)
+}
+
+/// Decodes the options of a Checkpoint request: `containerd.runc.v1.CheckpointOptions`
+/// (what containerd's daemon requires and `ctr task checkpoint` sends), or none (defaults:
+/// leave the container running).
+pub fn checkpoint(options: Option<&Any>) -> Result<CheckpointOptions, OptionsError> {
+    let Some(any) = options else {
+        return Ok(CheckpointOptions::new());
+    };
+    if any.type_url.is_empty() && any.value.is_empty() {
+        return Ok(CheckpointOptions::new());
+    }
+    match any.type_url.rsplit('/').next().unwrap_or_default() {
+        "containerd.runc.v1.CheckpointOptions" => CheckpointOptions::parse_from_bytes(&any.value)
+            .map_err(|e| OptionsError::Malformed(e.to_string())),
+        other => Err(OptionsError::UnknownCheckpointType(other.to_string())),
+    }
+}
+
+/// What the runtime layer needs of containerd's checkpoint options.
+pub fn criu_checkpoint_options(
+    o: &CheckpointOptions,
+) -> trenv_runtime::checkpoint::CheckpointOptions {
+    trenv_runtime::checkpoint::CheckpointOptions {
+        exit: o.exit,
+        open_tcp: o.open_tcp,
+        external_unix_sockets: o.external_unix_sockets,
+        terminal: o.terminal,
+        file_locks: o.file_locks,
+        empty_namespaces: o.empty_namespaces.clone(),
+        cgroups_mode: o.cgroups_mode.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -175,9 +227,55 @@ mod tests {
     }
 
     #[test]
+    fn criu_paths_are_honoured() {
+        // field 8 "/c", field 10 "/i", field 11 "/w"
+        let a = any(
+            "containerd.runc.v1.Options",
+            vec![
+                8 << 3 | 2,
+                2,
+                b'/',
+                b'c',
+                10 << 3 | 2,
+                2,
+                b'/',
+                b'i',
+                11 << 3 | 2,
+                2,
+                b'/',
+                b'w',
+            ],
+        );
+        let o = parse(Some(&a)).unwrap();
+        assert_eq!(o.criu_path.as_deref(), Some("/c"));
+        assert_eq!(o.criu_image_path.as_deref(), Some("/i"));
+        assert_eq!(o.criu_work_path.as_deref(), Some("/w"));
+    }
+
+    #[test]
     fn default_valued_fields_are_accepted() {
         let a = any("containerd.runc.v1.Options", vec![1 << 3, 0]);
         assert_eq!(parse(Some(&a)).unwrap(), RuntimeOptions::default());
+    }
+
+    #[test]
+    fn checkpoint_options_are_decoded() {
+        let mut o = CheckpointOptions::new();
+        o.exit = true;
+        o.image_path = "/tmp/x".into();
+        let a = any(
+            "type.googleapis.com/containerd.runc.v1.CheckpointOptions",
+            o.write_to_bytes().unwrap(),
+        );
+        let got = checkpoint(Some(&a)).unwrap();
+        assert!(got.exit);
+        assert_eq!(got.image_path, "/tmp/x");
+        assert!(!checkpoint(None).unwrap().exit);
+        let bad = any("containerd.runc.v1.Options", vec![]);
+        assert!(matches!(
+            checkpoint(Some(&bad)),
+            Err(OptionsError::UnknownCheckpointType(_))
+        ));
     }
 
     #[test]

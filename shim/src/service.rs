@@ -300,12 +300,6 @@ impl Task for Service {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         log::info!("create {} (bundle {})", req.id, req.bundle);
-        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                "restoring a container from a checkpoint is not supported by trenv yet",
-            ));
-        }
         if self.inner.containers().contains_key(&req.id) {
             return Err(status(
                 Code::ALREADY_EXISTS,
@@ -367,6 +361,8 @@ impl Task for Service {
                     ..Default::default()
                 }),
             );
+            // A restored init learns its pid only now.
+            self.inner.claim(&c, &c.init, pid);
             pid
         } else {
             let p = c.process(&req.exec_id)?;
@@ -568,14 +564,22 @@ impl Task for Service {
     }
 
     fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            format!(
-                "checkpointing container {} is not supported by trenv yet (it arrives with \
-                 memory templates)",
-                req.id
-            ),
-        ))
+        let c = self.inner.container(&req.id)?;
+        let opts = options::checkpoint(req.options.as_ref()).map_err(invalid)?;
+        let images = if req.path.is_empty() {
+            opts.image_path.clone()
+        } else {
+            req.path.clone()
+        };
+        if images.is_empty() {
+            return Err(invalid(
+                "checkpoint without a destination: give an image path",
+            ));
+        }
+        log::info!("checkpoint {} into {images} (exit: {})", req.id, opts.exit);
+        let work = (!opts.work_path.is_empty()).then(|| std::path::PathBuf::from(&opts.work_path));
+        c.checkpoint(images.into(), work, options::criu_checkpoint_options(&opts))?;
+        Ok(Empty::new())
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {

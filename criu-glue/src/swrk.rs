@@ -1,0 +1,448 @@
+//! One `criu swrk` process per operation, spoken to over a SEQPACKET socketpair.
+//!
+//! CRIU's side of the socket is its descriptor 3 (`criu swrk 3`). Descriptors CRIU must
+//! inherit (restored stdio, namespaces, template files) are placed at fixed numbers from 4
+//! on by an [`FdPlan`]; requests refer to them by those numbers (`inherit_fd`, `join_ns`).
+//!
+//! Must be used from a process whose children nobody else reaps (trenv's zygote workers):
+//! the session waits for its CRIU process with `waitpid`.
+
+use std::fs;
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, send, socketpair,
+};
+use protobuf::Message;
+
+use crate::error::CriuError;
+use crate::rpc::{Criu_req, Criu_req_type, Criu_resp};
+use crate::version::{CriuVersion, MIN_VERSION};
+
+/// Descriptors are moved above this number before they are placed, so that no source
+/// collides with a target.
+const PARK_FLOOR: RawFd = 100;
+/// Largest response accepted from CRIU (they are a few hundred bytes).
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// A CRIU binary.
+#[derive(Debug, Clone)]
+pub struct Criu {
+    path: PathBuf,
+}
+
+impl Criu {
+    /// Uses `configured` if given, else the first `criu` on `PATH` or in the usual sbin
+    /// directories (containerd starts shims with a PATH that may lack them).
+    pub fn locate(configured: Option<&Path>) -> Result<Criu, CriuError> {
+        if let Some(p) = configured {
+            return if is_executable(p) {
+                Ok(Criu {
+                    path: p.to_path_buf(),
+                })
+            } else {
+                Err(CriuError::NotFound {
+                    looked: p.display().to_string(),
+                })
+            };
+        }
+        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        for d in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/sbin"] {
+            let d = PathBuf::from(d);
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+        dirs.iter()
+            .map(|d| d.join("criu"))
+            .find(|p| is_executable(p))
+            .map(|path| Criu { path })
+            .ok_or_else(|| CriuError::NotFound {
+                looked: format!(
+                    "criu in {}",
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":")
+                ),
+            })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Asks CRIU for its version.
+    pub fn version(&self) -> Result<CriuVersion, CriuError> {
+        let mut req = Criu_req::new();
+        req.set_type(Criu_req_type::VERSION);
+        let no_version = |reason: String| CriuError::NoVersion {
+            path: self.path.clone(),
+            reason,
+        };
+        let resp = match self
+            .start(FdPlan::default())?
+            .call(req, "version", None, &mut ())
+        {
+            Ok(r) => r,
+            Err(CriuError::Failed { .. }) => return Err(no_version("it refused".into())),
+            Err(CriuError::Died { how, .. }) => return Err(no_version(how)),
+            Err(e) => return Err(e),
+        };
+        match resp.version.as_ref() {
+            Some(v) => Ok(CriuVersion::from_rpc(v)),
+            None => Err(no_version("the answer carries no version".into())),
+        }
+    }
+
+    /// The version, if it is recent enough. The answer is cached in `cache_dir` (keyed by
+    /// the binary's path, size and mtime), because every operation runs in a new process.
+    pub fn require_version(&self, cache_dir: Option<&Path>) -> Result<CriuVersion, CriuError> {
+        let key = fs::metadata(&self.path)
+            .map(|m| format!("{} {} {}", self.path.display(), m.size(), m.mtime_nsec()))
+            .ok();
+        let cache = cache_dir.map(|d| d.join("criu-version"));
+        if let (Some(key), Some(cache)) = (&key, &cache)
+            && let Ok(text) = fs::read_to_string(cache)
+            && let Some((k, v)) = text.rsplit_once('\n').map(|(k, v)| (k, v.trim()))
+            && k == key
+            && let Some(v) = parse_version(v)
+            && v >= MIN_VERSION
+        {
+            return Ok(v);
+        }
+        let v = self.version()?;
+        if v < MIN_VERSION {
+            return Err(CriuError::TooOld {
+                path: self.path.clone(),
+                found: v,
+            });
+        }
+        if let (Some(key), Some(cache)) = (key, cache) {
+            let tmp = cache.with_extension(format!("{}", std::process::id()));
+            if fs::write(&tmp, format!("{key}\n{v}")).is_ok() {
+                let _ = fs::rename(&tmp, &cache);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Starts `criu swrk` with the descriptors of `plan`.
+    pub fn start(&self, plan: FdPlan) -> Result<Session, CriuError> {
+        let (mine, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(CriuError::sys("creating CRIU's socket"))?;
+        // Park every inherited descriptor above the targets, then place them in the child.
+        let mut placed: Vec<(OwnedFd, RawFd)> = Vec::new();
+        placed.push((park(&theirs)?, 3));
+        for (i, fd) in plan.extra.iter().enumerate() {
+            placed.push((park(fd)?, 4 + i as RawFd));
+        }
+        let targets: Vec<(RawFd, RawFd)> =
+            placed.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
+        let mut cmd = Command::new(&self.path);
+        cmd.arg("swrk").arg("3");
+        let [stdin, stdout, stderr] = plan.stdio;
+        cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from));
+        cmd.stdout(stdout.map_or_else(Stdio::null, Stdio::from));
+        cmd.stderr(stderr.map_or_else(Stdio::null, Stdio::from));
+        // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(src, target) in &targets {
+                    if libc::dup2(src, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                CriuError::NotFound {
+                    looked: self.path.display().to_string(),
+                }
+            } else {
+                CriuError::Spawn {
+                    path: self.path.clone(),
+                    source,
+                }
+            }
+        })?;
+        drop(placed);
+        drop(theirs);
+        Ok(Session { child, sock: mine })
+    }
+}
+
+fn parse_version(s: &str) -> Option<CriuVersion> {
+    let mut it = s.split('.').map(|p| p.parse::<u32>().ok());
+    Some(CriuVersion {
+        major: it.next()??,
+        minor: it.next()??,
+        sublevel: it.next()??,
+    })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn park(fd: &impl AsRawFd) -> Result<OwnedFd, CriuError> {
+    // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor returns a new one that we own.
+    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PARK_FLOOR) };
+    if raw < 0 {
+        return Err(CriuError::Sys {
+            context: "duplicating a descriptor for CRIU".into(),
+            source: nix::errno::Errno::last(),
+        });
+    }
+    // SAFETY: fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The descriptors a CRIU process starts with: its stdio (the restored process's stdio
+/// when restoring) and extra descriptors at 4, 5, … in the order they were added.
+#[derive(Default)]
+pub struct FdPlan {
+    stdio: [Option<OwnedFd>; 3],
+    extra: Vec<OwnedFd>,
+}
+
+impl FdPlan {
+    /// Sets CRIU's descriptor `n` (0, 1 or 2); unset ones are /dev/null.
+    pub fn stdio(&mut self, n: usize, fd: OwnedFd) {
+        if let Some(slot) = self.stdio.get_mut(n) {
+            *slot = Some(fd);
+        }
+    }
+
+    /// Adds a descriptor; returns the number CRIU will see it as.
+    pub fn add(&mut self, fd: OwnedFd) -> i32 {
+        self.extra.push(fd);
+        3 + self.extra.len() as i32
+    }
+}
+
+/// Answers CRIU's notifications (`notify_scripts`). `fd` is the descriptor CRIU passed
+/// along (the pty master with `orphan-pts-master`). An `Err` aborts the operation.
+pub trait Notify {
+    fn notify(&mut self, script: &str, pid: i32, fd: Option<OwnedFd>) -> Result<(), String>;
+}
+
+/// Acknowledges everything.
+impl Notify for () {
+    fn notify(&mut self, _script: &str, _pid: i32, _fd: Option<OwnedFd>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A running `criu swrk`.
+pub struct Session {
+    child: Child,
+    sock: OwnedFd,
+}
+
+impl Session {
+    /// CRIU's pid (e.g. to move it into the restored container's cgroup first).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `req`, answers notifications until the final response, then waits for CRIU to
+    /// exit. `op` names the operation in errors, `log` is CRIU's log file (named in errors).
+    pub fn call(
+        mut self,
+        req: Criu_req,
+        op: &'static str,
+        log: Option<PathBuf>,
+        notify: &mut dyn Notify,
+    ) -> Result<Criu_resp, CriuError> {
+        let result = self.exchange(&req, op, &log, notify);
+        // CRIU exits when its socket closes.
+        drop(self.sock);
+        let status = self.child.wait();
+        match result {
+            Err(CriuError::Died { op, log, .. }) => Err(CriuError::Died {
+                op,
+                how: match status {
+                    Ok(s) => match (s.code(), s.signal()) {
+                        (Some(c), _) => format!("exit status {c}"),
+                        (_, Some(sig)) => format!("killed by signal {sig}"),
+                        _ => s.to_string(),
+                    },
+                    Err(e) => format!("cannot wait for it: {e}"),
+                },
+                log,
+            }),
+            other => other,
+        }
+    }
+
+    fn exchange(
+        &mut self,
+        req: &Criu_req,
+        op: &'static str,
+        log: &Option<PathBuf>,
+        notify: &mut dyn Notify,
+    ) -> Result<Criu_resp, CriuError> {
+        self.send(req, op, log)?;
+        loop {
+            let (resp, fd) = self.receive(op, log)?;
+            if resp.type_() == Criu_req_type::NOTIFY {
+                let n = resp.notify.as_ref();
+                let script = n.map(|n| n.script().to_string()).unwrap_or_default();
+                let pid = n.map_or(0, |n| n.pid());
+                let verdict = notify.notify(&script, pid, fd);
+                let mut ack = Criu_req::new();
+                ack.set_type(Criu_req_type::NOTIFY);
+                ack.set_notify_success(verdict.is_ok());
+                self.send(&ack, op, log)?;
+                if let Err(reason) = verdict {
+                    return Err(CriuError::Notify { script, reason });
+                }
+                continue;
+            }
+            if !resp.success() {
+                return Err(CriuError::Failed {
+                    op,
+                    errno: resp.cr_errno(),
+                    msg: resp.cr_errmsg().to_string(),
+                    // CRIU refuses some requests before it opens its log.
+                    log: log.clone().filter(|p| p.exists()),
+                });
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn send(
+        &self,
+        msg: &Criu_req,
+        op: &'static str,
+        log: &Option<PathBuf>,
+    ) -> Result<(), CriuError> {
+        let bytes = msg
+            .write_to_bytes()
+            .map_err(|e| CriuError::Protocol(format!("encoding a request: {e}")))?;
+        match send(self.sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => Ok(()),
+            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => Err(CriuError::Died {
+                op,
+                how: String::new(),
+                log: log.clone(),
+            }),
+            Err(e) => Err(CriuError::sys("sending a request to CRIU")(e)),
+        }
+    }
+
+    fn receive(
+        &self,
+        op: &'static str,
+        log: &Option<PathBuf>,
+    ) -> Result<(Criu_resp, Option<OwnedFd>), CriuError> {
+        let mut buf = vec![0u8; MAX_RESPONSE];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([RawFd; 4]);
+        let (n, fds) = loop {
+            match recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let mut fds = Vec::new();
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmRights(raw) = c {
+                                // SAFETY: the kernel just installed these descriptors.
+                                fds.extend(
+                                    raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }),
+                                );
+                            }
+                        }
+                    }
+                    break (msg.bytes, fds);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::ECONNRESET) => break (0, Vec::<OwnedFd>::new()),
+                Err(e) => return Err(CriuError::sys("reading CRIU's answer")(e)),
+            };
+        };
+        if n == 0 {
+            return Err(CriuError::Died {
+                op,
+                how: String::new(),
+                log: log.clone(),
+            });
+        }
+        let resp = Criu_resp::parse_from_bytes(&buf[..n])
+            .map_err(|e| CriuError::Protocol(format!("decoding CRIU's answer: {e}")))?;
+        Ok((resp, fds.into_iter().next()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("criu");
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_missing_binary_names_where_it_looked_and_the_version_needed() {
+        let err = Criu::locate(Some(Path::new("/nonexistent/criu"))).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/criu"), "{msg}");
+        assert!(msg.contains("4.1.0 or newer"), "{msg}");
+    }
+
+    #[test]
+    fn a_binary_that_does_not_answer_counts_as_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let criu = Criu::locate(Some(&script(dir.path(), "exit 1"))).unwrap();
+        let msg = criu.require_version(None).unwrap_err().to_string();
+        assert!(msg.contains("does not answer a version request"), "{msg}");
+        assert!(msg.contains("exit status 1"), "{msg}");
+        assert!(msg.contains("4.1.0 or newer"), "{msg}");
+    }
+
+    #[test]
+    fn parsed_cache_entries_round_trip() {
+        assert_eq!(
+            parse_version("4.1.1"),
+            Some(CriuVersion {
+                major: 4,
+                minor: 1,
+                sublevel: 1
+            })
+        );
+        assert_eq!(parse_version("4.x"), None);
+    }
+
+    #[test]
+    fn fd_plans_number_extra_descriptors_from_four() {
+        let mut plan = FdPlan::default();
+        let f = || OwnedFd::from(fs::File::open("/dev/null").unwrap());
+        assert_eq!(plan.add(f()), 4);
+        assert_eq!(plan.add(f()), 5);
+    }
+}

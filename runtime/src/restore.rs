@@ -1,0 +1,288 @@
+//! Restoring a container from a CRIU image into a fresh bundle (containerd's restore on
+//! create; docs/design/templates.md §2.2–2.5).
+//!
+//! libcontainer cannot restore, so trenv does what runc does around CRIU and then writes
+//! libcontainer's state for the restored init, after which Pause, Resume, Exec, Kill and
+//! Delete work on it as on any container. Runs in a zygote worker: the restored tree is
+//! CRIU's sibling (`rst_sibling`), a child of the worker, and is re-parented to the shim
+//! (a child subreaper) when the worker exits.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcontainer::config::YoukiConfig;
+use libcontainer::container::{Container, ContainerStatus};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::{Deserialize, Serialize};
+use trenv_criu::rpc::{
+    Criu_cg_mode, Criu_opts, Criu_req, Criu_req_type, Ext_mount_map, Inherit_fd, Join_namespace,
+};
+use trenv_criu::{FdPlan, Notify};
+
+use crate::cgroup::Cgroup;
+use crate::checkpoint::{
+    CriuConfig, DESCRIPTORS, bind_mounts, external_namespaces, make_dir, namespace_path, open_dir,
+    rootfs_of,
+};
+use crate::error::{RuntimeError, chain};
+use crate::sandbox::Location;
+
+/// A restore of one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestorePlan {
+    /// The CRIU image directory.
+    pub images: PathBuf,
+    /// CRIU's work directory (its log goes there).
+    pub work: PathBuf,
+    pub systemd_cgroup: bool,
+    /// The image was dumped with a terminal (`shell_job`).
+    pub terminal: bool,
+}
+
+/// Restores the container; returns the pid of its restored init.
+pub fn restore(
+    at: &Location,
+    plan: &RestorePlan,
+    stdio: [Option<OwnedFd>; 3],
+    console: Option<&Path>,
+    criu: &CriuConfig,
+) -> Result<i32, RuntimeError> {
+    let spec = at.derived_spec()?;
+    let criu = criu.criu()?;
+    make_dir(&plan.work)?;
+    let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    let cgroup = Cgroup::open(cgroups_path.as_deref(), &at.id, plan.systemd_cgroup)?;
+    // CRIU wants a mount point as root whose parent is not over-mounted.
+    let root = at.state_root.join("criu-root");
+    fs::create_dir_all(&root).map_err(RuntimeError::io(format!("creating {}", root.display())))?;
+    let rootfs = rootfs_of(&spec, at);
+    mount(
+        Some(&rootfs),
+        &root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(RuntimeError::sys(format!(
+        "bind-mounting {} for CRIU",
+        rootfs.display()
+    )))?;
+    let result = run(at, plan, &spec, &criu, &cgroup, &root, stdio, console);
+    let _ = umount2(&root, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&root);
+    let pid = match result {
+        Ok(pid) => pid,
+        Err(e) => {
+            // Whatever CRIU left in the cgroup goes with it.
+            if let Ok(pids) = cgroup.pids() {
+                for p in pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+    };
+    adopt(at, &spec, pid, plan.systemd_cgroup)?;
+    Ok(pid)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    at: &Location,
+    plan: &RestorePlan,
+    spec: &Spec,
+    criu: &trenv_criu::Criu,
+    cgroup: &Cgroup,
+    root: &Path,
+    stdio: [Option<OwnedFd>; 3],
+    console: Option<&Path>,
+) -> Result<i32, RuntimeError> {
+    let mut fds = FdPlan::default();
+    let mut o = Criu_opts::new();
+    // CRIU opens these through /proc/<our pid>/fd: they stay open here until it is done.
+    let (images_fd, work_fd) = (open_dir(&plan.images)?, open_dir(&plan.work)?);
+    o.set_images_dir_fd(images_fd.as_raw_fd());
+    o.set_work_dir_fd(work_fd.as_raw_fd());
+    o.set_log_file("restore.log".into());
+    o.set_log_level(4);
+    o.set_root(root.display().to_string());
+    o.set_rst_sibling(true);
+    o.set_evasive_devices(true);
+    o.set_shell_job(plan.terminal);
+    o.set_orphan_pts_master(true);
+    // trenv put CRIU into the container's cgroup; the tasks stay where CRIU is.
+    o.set_manage_cgroups(true);
+    o.set_manage_cgroups_mode(Criu_cg_mode::IGNORE);
+
+    // The new stdio replaces the pipes the image recorded.
+    let recorded: Vec<String> = match fs::read(plan.images.join(DESCRIPTORS)) {
+        Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
+            RuntimeError::Worker(format!("{} in the checkpoint is corrupt: {e}", DESCRIPTORS))
+        })?,
+        Err(_) => Vec::new(),
+    };
+    for (n, (what, fd)) in recorded.iter().zip(stdio).enumerate() {
+        if let Some(fd) = fd {
+            if what.starts_with("pipe:") {
+                let mut i = Inherit_fd::new();
+                i.set_key(what.clone());
+                i.set_fd(n as i32);
+                o.inherit_fd.push(i);
+            }
+            fds.stdio(n, fd);
+        }
+    }
+    for (kind, key) in external_namespaces(spec) {
+        let path = namespace_path(spec, kind)
+            .ok_or_else(|| RuntimeError::Worker(format!("no {kind} namespace path")))?;
+        let f = fs::File::open(&path).map_err(RuntimeError::io(format!(
+            "opening the namespace {}",
+            path.display()
+        )))?;
+        let mut i = Inherit_fd::new();
+        i.set_key(key.into());
+        i.set_fd(fds.add(f.into()));
+        o.inherit_fd.push(i);
+    }
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let Some(path) = ns.path() else { continue };
+        let name = match ns.typ() {
+            LinuxNamespaceType::Ipc => "ipc",
+            LinuxNamespaceType::Uts => "uts",
+            LinuxNamespaceType::Mount => "mnt",
+            LinuxNamespaceType::Network | LinuxNamespaceType::Pid => continue,
+            other => {
+                return Err(RuntimeError::Worker(format!(
+                    "cannot restore into the existing {other:?} namespace {}",
+                    path.display()
+                )));
+            }
+        };
+        let mut j = Join_namespace::new();
+        j.set_ns(name.into());
+        j.set_ns_file(path.display().to_string());
+        o.join_ns.push(j);
+    }
+    for (dest, source) in bind_mounts(spec) {
+        let mut m = Ext_mount_map::new();
+        m.set_key(dest);
+        m.set_val(source);
+        o.ext_mnt.push(m);
+    }
+    let mut notify = Console {
+        socket: console.map(Path::to_path_buf),
+    };
+    if console.is_some() {
+        o.set_notify_scripts(true);
+    }
+    let mut req = Criu_req::new();
+    req.set_type(Criu_req_type::RESTORE);
+    req.opts = Some(o).into();
+    let session = criu.start(fds)?;
+    // Restored tasks inherit CRIU's cgroup: move it into the container's first.
+    cgroup.add_task(session.pid())?;
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
+    if let Some(r) = &resources {
+        cgroup.update(r)?;
+    }
+    let log = plan.work.join("restore.log");
+    let resp = session
+        .call(req, "restore", Some(log.clone()), &mut notify)
+        .map_err(|e| {
+            let kept = at.bundle.join("criu-restore.log");
+            match fs::copy(&log, &kept) {
+                Ok(_) => RuntimeError::Worker(format!(
+                    "restoring container {}: {}; CRIU's log is kept at {}",
+                    at.id,
+                    e.to_string()
+                        .split("; CRIU's log:")
+                        .next()
+                        .unwrap_or_default(),
+                    kept.display()
+                )),
+                Err(_) => RuntimeError::Worker(format!("restoring container {}: {e}", at.id)),
+            }
+        })?;
+    drop((images_fd, work_fd));
+    let pid = resp.restore.as_ref().map_or(0, |r| r.pid());
+    if pid <= 0 {
+        return Err(RuntimeError::Worker(
+            "CRIU reported a restore without a pid".into(),
+        ));
+    }
+    Ok(pid)
+}
+
+/// Writes libcontainer's state for a restored init so that later operations find it.
+fn adopt(at: &Location, spec: &Spec, pid: i32, systemd: bool) -> Result<(), RuntimeError> {
+    let dir = at.container_dir();
+    make_dir(&dir)?;
+    let lc = |what: &str| {
+        let what = what.to_string();
+        move |e: &(dyn std::error::Error + 'static)| {
+            RuntimeError::Worker(format!("{what}: {}", chain(e)))
+        }
+    };
+    let mut c = Container::new(
+        &at.id,
+        ContainerStatus::Running,
+        Some(pid),
+        &at.derived_bundle(),
+        &dir,
+    )
+    .map_err(|e| lc("recording the restored container")(&e))?;
+    c.set_systemd(systemd);
+    c.save()
+        .map_err(|e| lc("saving the restored container's state")(&e))?;
+    YoukiConfig::from_spec(spec, &at.id)
+        .and_then(|cfg| cfg.save(&dir))
+        .map_err(|e| lc("saving the restored container's config")(&e))?;
+    Ok(())
+}
+
+/// Hands the restored terminal to the console socket (`orphan-pts-master`).
+struct Console {
+    socket: Option<PathBuf>,
+}
+
+impl Notify for Console {
+    fn notify(&mut self, script: &str, _pid: i32, fd: Option<OwnedFd>) -> Result<(), String> {
+        if script != "orphan-pts-master" {
+            return Ok(());
+        }
+        let (Some(socket), Some(master)) = (&self.socket, fd) else {
+            return Err("no console socket for the restored terminal".into());
+        };
+        send_fd(socket, master)
+            .map_err(|e| format!("sending the terminal to {}: {e}", socket.display()))
+    }
+}
+
+/// Sends `fd` over a new connection to the Unix socket at `path` (as libcontainer does
+/// with a console socket).
+fn send_fd(path: &Path, fd: OwnedFd) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    let raw = [fd.as_raw_fd()];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[std::io::IoSlice::new(b"/dev/ptmx")],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
