@@ -8,13 +8,16 @@
 # 2. builds containerd-shim-trenv-v1 and the trenv CLI (release) into /usr/local/bin;
 # 3. starts containerd 2.x on a private socket with the trenv runtime registered
 #    (io.containerd.trenv.v1, CRI handler "trenv"; config/containerd-2.toml.in);
-# 4. builds and imports the local busybox and pause test images;
-# 5. runs a demo container through trenv.
+# 4. mounts the memory pool for templates (a tmpfs at /run/trenv/pool, the default of
+#    config/trenv.toml);
+# 5. builds and imports the local test images (busybox, pause, the Python function);
+# 6. runs a demo container through trenv.
 #
 # Idempotent: a second run only rebuilds what changed. Environment:
 #   TRENV_CACHE              cache dir (default /var/cache/trenv)
 #   TRENV_CONTAINERD         containerd line for the demo: 2 (default) or 1.7
 #   TRENV_SKIP_DEMO=1        set up only
+#   TRENV_POOL_SIZE          size of the tmpfs pool (default 50% of RAM)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
 
@@ -31,6 +34,13 @@ target="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"
 install -m 0755 "$target/release/containerd-shim-trenv-v1" /usr/local/bin/containerd-shim-trenv-v1
 install -m 0755 "$target/release/trenv" /usr/local/bin/trenv
 log "installed /usr/local/bin/containerd-shim-trenv-v1 and /usr/local/bin/trenv"
+
+pool=/run/trenv/pool
+if [[ "$(stat -f -c %T "$pool" 2>/dev/null)" != tmpfs ]]; then
+    mkdir -p "$pool"
+    mount -t tmpfs -o "mode=0700,size=${TRENV_POOL_SIZE:-50%}" trenv-pool "$pool"
+    log "mounted the template memory pool: tmpfs on $pool"
+fi
 
 "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
 "$TRENV_REPO/integration/scripts/build-images.sh" build

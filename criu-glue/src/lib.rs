@@ -7,10 +7,14 @@
 //!
 //! * [`Criu`] finds the binary and checks its version (trenv needs 4.1 or newer);
 //! * [`Session`] runs one request, answering CRIU's notifications through [`Notify`];
-//! * [`rpc`] holds the protocol's messages, generated from CRIU 4.1.1's `rpc.proto`.
+//! * [`rpc`] holds the protocol's messages, generated from CRIU 4.1.1's `rpc.proto`;
+//! * [`image`] reads and writes CRIU image files, [`template`] turns an image into a
+//!   memory template.
 
 mod error;
+pub mod image;
 mod swrk;
+pub mod template;
 mod version;
 
 pub use error::CriuError;
@@ -24,3 +28,5 @@ mod generated {
 
 /// CRIU's RPC messages (`criu_req`, `criu_resp`, `criu_opts`, …).
 pub use generated::rpc;
+/// Image messages trenv reads or rewrites.
+pub use generated::{fdinfo, mm, pagemap, pstree, regfile, vma};

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cri;
+pub mod pyfn;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -180,6 +181,28 @@ fn file_name_part(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
+}
+
+/// Runs `args` in container `id` with `ctr task exec` and returns its output (panics if it
+/// fails).
+pub fn exec(c: &Ctr, id: &str, args: &[&str]) -> String {
+    let exec_id = unique_id("x");
+    let mut a = vec!["task", "exec", "--exec-id", &exec_id, id];
+    a.extend_from_slice(args);
+    c.run(&a).ok().stdout
+}
+
+/// The `trenv` CLI built by integration/test.sh (exported as TRENV_CLI), pointed at the
+/// containerd under test.
+pub fn trenv_cli() -> Command {
+    let bin = std::env::var("TRENV_CLI").unwrap_or_else(|_| {
+        panic!("TRENV_CLI is not set: run the end-to-end tests through integration/test.sh")
+    });
+    let mut c = Command::new(bin);
+    let ctr = Ctr::from_env();
+    c.env("CTR", &ctr.bin)
+        .env("CONTAINERD_ADDRESS", &ctr.address);
+    c
 }
 
 /// A container id unique within this test run.

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use trenv_integration::pyfn::{LOG_ENV, field, log_lines, signal_state, wait_line};
 use trenv_integration::{BUSYBOX, Ctr, PYFN, RUNTIME, unique_id};
 
 fn ctr() -> Ctr {
@@ -33,13 +34,6 @@ impl Drop for Cleanup<'_> {
             let _ = self.ctr.run(&["images", "rm", r]);
         }
     }
-}
-
-fn exec(c: &Ctr, id: &str, args: &[&str]) -> String {
-    let exec_id = unique_id("x");
-    let mut a = vec!["task", "exec", "--exec-id", &exec_id, id];
-    a.extend_from_slice(args);
-    c.run(&a).ok().stdout
 }
 
 /// The counter's value, read through the init process's root (works while paused).
@@ -287,7 +281,7 @@ fn the_python_function_keeps_its_state_across_checkpoint_and_restore() {
     run_detached(
         &c,
         &id,
-        &["--env", "FN_STATE_MB=200", "--env", "FN_LOG=/tmp/fn.log"],
+        &["--env", "FN_STATE_MB=200", "--env", LOG_ENV],
         PYFN,
         &[],
     );
@@ -305,13 +299,10 @@ fn the_python_function_keeps_its_state_across_checkpoint_and_restore() {
     remove(&c, &id);
 
     restore(&c, &copy, &reference);
-    let seen = log_lines(&c, &copy).len();
-    c.run(&["task", "kill", "-s", "SIGUSR1", &copy]).ok();
-    let check = wait_line(&c, &copy, "check ", seen);
     assert_eq!(
-        field(&check, "state="),
+        signal_state(&c, &copy, "SIGUSR1"),
         state,
-        "restored state differs: {check}"
+        "restored state differs"
     );
     // Still ticking, and the tick count continued from memory.
     let ticks: Vec<u64> = log_lines(&c, &copy)
@@ -325,38 +316,4 @@ fn the_python_function_keeps_its_state_across_checkpoint_and_restore() {
     c.run(&["task", "kill", "-s", "SIGTERM", &copy]).ok();
     assert!(c.wait_status(&copy, "STOPPED", Duration::from_secs(10)));
     assert_no_criu_mounts(&copy);
-}
-
-fn log_lines(c: &Ctr, id: &str) -> Vec<String> {
-    exec(c, id, &["sh", "-c", "cat /tmp/fn.log 2>/dev/null || true"])
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// Waits for a line starting with `prefix` after the first `skip` lines of the log.
-fn wait_line(c: &Ctr, id: &str, prefix: &str, skip: usize) -> String {
-    let start = Instant::now();
-    loop {
-        let lines = if c.task_status(id).as_deref() == Some("RUNNING") {
-            log_lines(c, id)
-        } else {
-            Vec::new()
-        };
-        if let Some(l) = lines.iter().skip(skip).find(|l| l.starts_with(prefix)) {
-            return l.clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{id} printed no {prefix:?} line: {lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-        .to_string()
 }

@@ -6,16 +6,8 @@ use std::time::Duration;
 
 use trenv_integration::{BUSYBOX, Ctr, RUNTIME, memphase, unique_id};
 
-/// The `trenv` binary built by integration/test.sh (exported as TRENV_CLI).
 fn trenv() -> Command {
-    let bin = std::env::var("TRENV_CLI").unwrap_or_else(|_| {
-        panic!("TRENV_CLI is not set: run the end-to-end tests through integration/test.sh")
-    });
-    let mut c = Command::new(bin);
-    let ctr = Ctr::from_env();
-    c.env("CTR", &ctr.bin)
-        .env("CONTAINERD_ADDRESS", &ctr.address);
-    c
+    trenv_integration::trenv_cli()
 }
 
 fn meter_dir() -> PathBuf {

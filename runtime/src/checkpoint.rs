@@ -132,9 +132,8 @@ pub fn checkpoint(
     }
     // CRIU freezes (and for a paused container leaves frozen) through the freezer.
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    if let Ok(cg) = Cgroup::open(cgroups_path.as_deref(), &at.id, container.systemd())
-        && let Some(dir) = cg.freezer_dir()
-    {
+    let cgroup = Cgroup::open(cgroups_path.as_deref(), &at.id, container.systemd()).ok();
+    if let Some(dir) = cgroup.as_ref().and_then(Cgroup::freezer_dir) {
         o.set_freeze_cgroup(dir.display().to_string());
     }
     for (kind, key) in external_namespaces(&spec) {
@@ -156,6 +155,12 @@ pub fn checkpoint(
         .and_then(|s| s.call(req, "dump", Some(log.clone()), &mut ()));
     drop((images_fd, work_fd));
     if let Err(e) = result {
+        // A CRIU that died mid-dump leaves the cgroup frozen: thaw what was running.
+        if status == ContainerStatus::Running
+            && let Some(cg) = &cgroup
+        {
+            let _ = cg.freeze(false);
+        }
         let kept = at.bundle.join("criu-dump.log");
         let err = match fs::copy(&log, &kept) {
             Ok(_) => format!(

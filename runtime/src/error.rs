@@ -21,6 +21,12 @@ pub enum RuntimeError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Criu(#[from] trenv_criu::CriuError),
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -12,19 +12,23 @@
 //! * [`cgroup`]: stats, limits, pids and OOM events of a container's cgroup (v1 and v2).
 //! * [`meter`]: per-invocation records: exact memory peak, CPU, times, memory series.
 //! * [`checkpoint`], [`restore`]: containerd's checkpoint/restore with CRIU (trenv-criu).
+//! * [`template`], [`pool`], [`config`]: memory templates on a memory pool.
 
 pub mod autotune;
 pub mod cgroup;
 pub mod checkpoint;
+pub mod config;
 pub mod error;
 mod executor;
 pub mod hull;
 pub mod meter;
+pub mod pool;
 pub mod pricing;
 pub mod restore;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
+pub mod template;
 pub mod zygote;
 
 pub use error::RuntimeError;

@@ -28,6 +28,7 @@ use crate::checkpoint::{
 };
 use crate::error::{RuntimeError, chain};
 use crate::sandbox::Location;
+use crate::template::{Stamp, TemplateError};
 
 /// A restore of one container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +40,19 @@ pub struct RestorePlan {
     pub systemd_cgroup: bool,
     /// The image was dumped with a terminal (`shell_job`).
     pub terminal: bool,
+    /// A template's pool file the image maps.
+    pub template: Option<TemplateFile>,
+}
+
+/// The pool file of a template, handed to CRIU with `inherit_fd`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateFile {
+    pub path: PathBuf,
+    /// The name in the image without its leading '/'.
+    pub key: String,
+    /// What the file must still be (checked on the opened descriptor).
+    pub stamp: Stamp,
+    pub template: String,
 }
 
 /// Restores the container; returns the pid of its restored init.
@@ -137,6 +151,27 @@ fn run(
             }
             fds.stdio(n, fd);
         }
+    }
+    if let Some(t) = &plan.template {
+        let f = fs::File::open(&t.path).map_err(RuntimeError::io(format!(
+            "opening template {}'s pool file {}",
+            t.template,
+            t.path.display()
+        )))?;
+        let meta = f
+            .metadata()
+            .map_err(RuntimeError::io(format!("reading {}", t.path.display())))?;
+        if Stamp::of(&meta) != t.stamp {
+            return Err(TemplateError::Corrupt {
+                name: t.template.clone(),
+                what: format!("pool file {} changed", t.path.display()),
+            }
+            .into());
+        }
+        let mut i = Inherit_fd::new();
+        i.set_key(t.key.clone());
+        i.set_fd(fds.add(f.into()));
+        o.inherit_fd.push(i);
     }
     for (kind, key) in external_namespaces(spec) {
         let path = namespace_path(spec, kind)

@@ -10,9 +10,13 @@ use containerd_shim::protos::ttrpc;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use trenv_runtime::cgroup::Cgroup;
 use trenv_runtime::checkpoint::{CheckpointOptions, CriuConfig};
-use trenv_runtime::restore::RestorePlan;
+use trenv_runtime::config::Config;
+use trenv_runtime::restore::{RestorePlan, TemplateFile};
 use trenv_runtime::rootfs::Mount;
 use trenv_runtime::sandbox::{Location, Reply, Request, Stdio};
+use trenv_runtime::template::{
+    Manifest, TEMPLATE_ANNOTATION, TemplateError, TemplateStore, stage_images,
+};
 
 use crate::errors::{internal, invalid, precondition, rt};
 use crate::io::{ChildStdio, ConsoleSocket, ProcessIo, StdioPaths};
@@ -56,6 +60,9 @@ struct PendingRestore {
 /// CRIU's work directory for a restore, below containerd's work directory of the task;
 /// removed after a successful restore.
 const RESTORE_WORK: &str = "criu-restore";
+
+/// A template's images linked for one restore, below containerd's work directory.
+const STAGED_IMAGES: &str = "criu-images";
 
 /// Where trenv's CRIU runs cache what they learnt (a tmpfs).
 const CRIU_CACHE_DIR: &str = "/run/trenv";
@@ -208,7 +215,43 @@ impl Container {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let restore_from = if !req.checkpoint.is_empty() {
+        let template_name = annotation(TEMPLATE_ANNOTATION);
+        let mut template_file = None;
+        let mut criu = criu_config(opts);
+        let restore_from = if !template_name.is_empty() {
+            if !req.checkpoint.is_empty() || opts.criu_image_path.is_some() {
+                return Err(invalid(format!(
+                    "container {} asks for both a checkpoint and template {template_name}; \
+                     choose one",
+                    req.id
+                )));
+            }
+            let config = Config::load().map_err(|e| precondition(e.to_string()))?;
+            if criu.binary.is_none() {
+                criu.binary = config.criu.binary.clone();
+            }
+            let checked = TemplateStore::new(&config.templates.dir)
+                .check(&template_name, &spec)
+                .map_err(|e| match e {
+                    TemplateError::NotFound { .. } => crate::errors::not_found(e.to_string()),
+                    TemplateError::BadName(_) => {
+                        invalid(format!("annotation {TEMPLATE_ANNOTATION}: {e}"))
+                    }
+                    _ => precondition(e.to_string()),
+                })?;
+            let staged = bundle.join("work").join(STAGED_IMAGES);
+            stage_images(&checked.images, &staged).map_err(|e| internal(e.to_string()))?;
+            let m = checked.manifest;
+            template_file = Some(TemplateFile {
+                key: Manifest::image_name(&m.name)
+                    .trim_start_matches('/')
+                    .to_string(),
+                path: m.pool.path,
+                stamp: m.pool.stamp,
+                template: m.name,
+            });
+            Some(staged)
+        } else if !req.checkpoint.is_empty() {
             Some(PathBuf::from(&req.checkpoint))
         } else {
             opts.criu_image_path.as_ref().map(PathBuf::from)
@@ -232,7 +275,7 @@ impl Container {
             hull,
             autotuner: Mutex::new(None),
             meter_interval,
-            criu: criu_config(opts),
+            criu,
             pending_restore: Mutex::new(None),
         };
         if let Some(images) = restore_from {
@@ -270,6 +313,7 @@ impl Container {
                     work,
                     systemd_cgroup: systemd,
                     terminal: paths.terminal,
+                    template: template_file,
                 },
                 child,
             }));
@@ -377,6 +421,9 @@ impl Container {
         };
         if pending.plan.work.ends_with(RESTORE_WORK) {
             let _ = fs::remove_dir_all(&pending.plan.work);
+        }
+        if pending.plan.images.ends_with(STAGED_IMAGES) {
+            let _ = fs::remove_dir_all(&pending.plan.images);
         }
         let io = match console {
             Some(c) => Some(finish_io(&paths, None, Some(c))?),

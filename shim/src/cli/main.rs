@@ -1,7 +1,8 @@
-//! `trenv`: the command line of trenv. Today: reading metering records.
+//! `trenv`: the command line of trenv: metering records, traces, memory templates.
 
 mod meter;
 mod plot;
+mod template;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     /// Run an image once (or --runs N times, at --limits) through containerd on trenv and
     /// report its time, memory and cost.
     Trace(trace::TraceArgs),
+    /// Memory templates: functions checkpointed once and restored by mapping their memory.
+    Template(template::TemplateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +34,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Meter(args) => meter::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Template(args) => template::run(args),
     }
 }

@@ -1,0 +1,495 @@
+//! Memory templates through a real containerd: `trenv template create` from a running
+//! function, containers started with `--annotation io.trenv.template=NAME`.
+//!
+//! Templates live in trenv's default store and pool (the shim reads /etc/trenv/config.toml
+//! or the defaults; integration/setup.sh mounts the tmpfs pool), so every test uses its
+//! own template names and removes them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use trenv_integration::pyfn::{LOG_ENV, field, signal_state, wait_line};
+use trenv_integration::{BUSYBOX, Ctr, PYFN, RUNTIME, trenv_cli, unique_id};
+
+const ANNOTATION: &str = "io.trenv.template";
+
+fn ctr() -> Ctr {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    c.ensure_image(PYFN);
+    c
+}
+
+/// Removes containers and templates however the test ends.
+struct Cleanup<'a> {
+    ctr: &'a Ctr,
+    containers: Vec<String>,
+    templates: Vec<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for id in &self.containers {
+            self.ctr.remove(id);
+        }
+        for t in &self.templates {
+            let _ = trenv_cli().args(["template", "rm", t]).output();
+        }
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn trenv(args: &[&str]) -> Out {
+    let o = trenv_cli()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running trenv");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn create_template(c: &Ctr, name: &str, from: &str) {
+    let r = trenv(&[
+        "template",
+        "create",
+        name,
+        "--from",
+        from,
+        "-n",
+        &c.namespace,
+    ]);
+    assert_eq!(
+        r.code, 0,
+        "template create failed: {}{}",
+        r.stdout, r.stderr
+    );
+}
+
+fn inspect(name: &str) -> serde_json::Value {
+    let r = trenv(&["template", "inspect", name]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    serde_json::from_str(&r.stdout).expect("manifest JSON")
+}
+
+fn run_detached(c: &Ctr, id: &str, flags: &[&str], image: &str, args: &[&str]) {
+    let mut a = vec!["run", "-d", "--runtime", RUNTIME];
+    a.extend_from_slice(flags);
+    a.push(image);
+    a.push(id);
+    a.extend_from_slice(args);
+    c.run(&a).ok();
+    assert!(
+        c.wait_status(id, "RUNNING", Duration::from_secs(20)),
+        "{id} did not start: {:?}",
+        c.task_status(id)
+    );
+}
+
+/// Starts the Python function with `mb` MiB of state and returns its ready checksum.
+fn start_function(c: &Ctr, id: &str, mb: u32) -> String {
+    let state = format!("FN_STATE_MB={mb}");
+    run_detached(c, id, &["--env", &state, "--env", LOG_ENV], PYFN, &[]);
+    field(&wait_line(c, id, "ready ", 0), "state=")
+}
+
+fn init_pid(c: &Ctr, id: &str) -> i32 {
+    let ls = c.run(&["task", "ls"]).ok().stdout;
+    ls.lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{id} not listed: {ls}"))
+}
+
+fn sha256(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Nothing of container `id` is left on the host: no mount, no cgroup.
+fn assert_nothing_left(c: &Ctr, id: &str) {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.lines().any(|l| l.contains(&format!("/{id}/"))),
+        "a mount of {id} was left behind"
+    );
+    for ctl in ["memory", "pids", "freezer"] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(ctl)
+            .join(&c.namespace)
+            .join(id);
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
+    let v2 = Path::new("/sys/fs/cgroup").join(&c.namespace).join(id);
+    assert!(!v2.exists(), "cgroup {} left behind", v2.display());
+}
+
+#[test]
+fn ten_instances_restored_from_one_template_are_correct_and_isolated() {
+    let c = ctr();
+    let src = unique_id("tpl-src");
+    let name = unique_id("iso");
+    let ids: Vec<String> = (0..10).map(|i| unique_id(&format!("tpl-{i}"))).collect();
+    let mut all = ids.clone();
+    all.push(src.clone());
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: all,
+        templates: vec![name.clone()],
+    };
+    let ready = start_function(&c, &src, 64);
+    create_template(&c, &name, &src);
+    // The source keeps running after the template was made, state intact.
+    assert_eq!(signal_state(&c, &src, "SIGUSR1"), ready);
+    c.remove(&src);
+
+    let manifest = inspect(&name);
+    let pool_file = PathBuf::from(manifest["pool"]["path"].as_str().unwrap());
+    let moved = manifest["conversion"]["bytes_moved"].as_u64().unwrap();
+    assert!(
+        moved >= 50 << 20,
+        "only {moved} bytes moved to the template"
+    );
+
+    // Ten instances at once.
+    let annotation = format!("{ANNOTATION}={name}");
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (c, annotation) = (&c, &annotation);
+            s.spawn(move || run_detached(c, id, &["--annotation", annotation], PYFN, &[]));
+        }
+    });
+    let path_str = pool_file.display().to_string();
+    for id in &ids {
+        assert_eq!(signal_state(&c, id, "SIGUSR1"), ready, "{id} differs");
+        let maps = fs::read_to_string(format!("/proc/{}/maps", init_pid(&c, id))).unwrap();
+        assert!(
+            maps.contains(&path_str),
+            "{id} does not map the template {path_str}"
+        );
+    }
+    // One instance writes its memory: only its own state changes.
+    let written = signal_state(&c, &ids[0], "SIGUSR2");
+    assert_ne!(written, ready);
+    for id in &ids[1..] {
+        assert_eq!(signal_state(&c, id, "SIGUSR1"), ready, "{id} saw the write");
+    }
+    assert_eq!(signal_state(&c, &ids[0], "SIGUSR1"), written);
+    assert_eq!(
+        sha256(&pool_file),
+        manifest["pool"]["sum"]["sha256"].as_str().unwrap(),
+        "the template file changed"
+    );
+    // Stop them all and check nothing is left.
+    for id in &ids {
+        c.remove(id);
+        assert_nothing_left(&c, id);
+    }
+}
+
+#[test]
+fn template_list_inspect_and_rm() {
+    let c = ctr();
+    let src = unique_id("tpl-ls");
+    let name = unique_id("ls");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone()],
+        templates: vec![name.clone()],
+    };
+    run_detached(&c, &src, &[], BUSYBOX, &["sleep", "1000"]);
+    create_template(&c, &name, &src);
+    let list = trenv(&["template", "list"]);
+    assert!(
+        list.stdout.lines().any(|l| l.starts_with(&name)),
+        "{}{}",
+        list.stdout,
+        list.stderr
+    );
+    let m = inspect(&name);
+    assert_eq!(m["name"], name.as_str());
+    assert_eq!(m["source_container"], src.as_str());
+    let pool_file = PathBuf::from(m["pool"]["path"].as_str().unwrap());
+    assert!(pool_file.exists());
+    let again = trenv(&[
+        "template",
+        "create",
+        &name,
+        "--from",
+        &src,
+        "-n",
+        &c.namespace,
+    ]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    let rm = trenv(&["template", "rm", &name]);
+    assert_eq!(rm.code, 0, "{}", rm.stderr);
+    assert!(!pool_file.exists(), "pool file left after rm");
+    let gone = trenv(&["template", "inspect", &name]);
+    assert!(gone.stderr.contains("not found"), "{}", gone.stderr);
+}
+
+#[test]
+fn a_missing_or_misnamed_template_is_a_clear_error_and_leaves_nothing() {
+    let c = ctr();
+    for (value, expect) in [
+        (unique_id("nope"), "not found"),
+        ("Bad/Name".to_string(), "invalid template name"),
+    ] {
+        let id = unique_id("tpl-missing");
+        let _cleanup = Cleanup {
+            ctr: &c,
+            containers: vec![id.clone()],
+            templates: vec![],
+        };
+        let annotation = format!("{ANNOTATION}={value}");
+        let r = c.run(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &annotation,
+            PYFN,
+            &id,
+        ]);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains(expect), "{r:#?}");
+        assert!(c.task_status(&id).is_none());
+        assert_nothing_left(&c, &id);
+    }
+}
+
+#[test]
+fn a_modified_template_is_refused_and_leaves_nothing() {
+    let c = ctr();
+    let src = unique_id("tpl-mod-src");
+    let name = unique_id("mod");
+    let id = unique_id("tpl-mod");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone(), id.clone()],
+        templates: vec![name.clone()],
+    };
+    start_function(&c, &src, 8);
+    create_template(&c, &name, &src);
+    let m = inspect(&name);
+    let pool_file = PathBuf::from(m["pool"]["path"].as_str().unwrap());
+    // Same size, one byte different: CRIU itself would not notice.
+    let mut bytes = fs::read(&pool_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&pool_file, &bytes).unwrap();
+    let annotation = format!("{ANNOTATION}={name}");
+    let r = c.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        PYFN,
+        &id,
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("failed its checksum"), "{r:#?}");
+    assert!(c.task_status(&id).is_none());
+    let _ = c.run(&["container", "delete", &id]);
+    assert_nothing_left(&c, &id);
+}
+
+#[test]
+fn multi_process_functions_are_refused_clearly() {
+    let c = ctr();
+    let src = unique_id("tpl-multi");
+    let name = unique_id("multi");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone()],
+        templates: vec![name.clone()],
+    };
+    run_detached(
+        &c,
+        &src,
+        &[],
+        BUSYBOX,
+        &["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
+    );
+    let r = trenv(&[
+        "template",
+        "create",
+        &name,
+        "--from",
+        &src,
+        "-n",
+        &c.namespace,
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("single-process functions"),
+        "{}",
+        r.stderr
+    );
+    assert!(trenv(&["template", "inspect", &name]).code != 0);
+    assert_no_staging(&name);
+    // The source runs on, not frozen.
+    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+}
+
+/// Nothing of template `name` in the default store or pool: no staging directory, no
+/// (temporary) pool file.
+fn assert_no_staging(name: &str) {
+    for dir in ["/var/lib/trenv/templates", "/run/trenv/pool"] {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                assert!(!n.contains(name), "left behind: {dir}/{n}");
+            }
+        }
+    }
+}
+
+/// A tmpfs pool too small for the template: the error says the pool is full and nothing
+/// is left in the pool or the store.
+#[test]
+fn a_full_pool_is_a_clear_error_and_leaves_no_half_template() {
+    let c = ctr();
+    let src = unique_id("tpl-full");
+    let name = unique_id("full");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone()],
+        templates: vec![],
+    };
+    start_function(&c, &src, 64);
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let store = dir.path().join("store");
+    fs::create_dir_all(&pool).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "trenv-test-pool"])
+        .arg(&pool)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let config = dir.path().join("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "[templates]\ndir = \"{}\"\n[pool]\nkind = \"tmpfs\"\ndir = \"{}\"\n",
+            store.display(),
+            pool.display()
+        ),
+    )
+    .unwrap();
+    let r = trenv(&[
+        "template",
+        "create",
+        &name,
+        "--from",
+        &src,
+        "-n",
+        &c.namespace,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let pool_left: Vec<_> = fs::read_dir(&pool).unwrap().flatten().collect();
+    let store_left: Vec<_> = fs::read_dir(&store)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    let _ = std::process::Command::new("umount").arg(&pool).status();
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("memory pool is full"), "{}", r.stderr);
+    assert!(pool_left.is_empty(), "left in the pool: {pool_left:?}");
+    assert!(store_left.is_empty(), "left in the store: {store_left:?}");
+    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+}
+
+/// CRIU killed in the middle of making a template: a clear error, nothing half-made, and
+/// the function is not left frozen.
+#[test]
+fn a_killed_criu_is_a_clear_error_and_leaves_nothing() {
+    let c = ctr();
+    let src = unique_id("tpl-kill");
+    let name = unique_id("kill");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone()],
+        templates: vec![name.clone()],
+    };
+    let ready = start_function(&c, &src, 200);
+    let child = trenv_cli()
+        .args([
+            "template",
+            "create",
+            &name,
+            "--from",
+            &src,
+            "-n",
+            &c.namespace,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cli = child.id() as i32;
+    let start = Instant::now();
+    let mut killed = false;
+    while start.elapsed() < Duration::from_secs(20) && !killed {
+        for pid in trenv_integration::pids_matching("swrk") {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid: i32 = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            if ppid == cli {
+                // Only a CRIU still running after 50 ms: the dump, not a version check.
+                std::thread::sleep(Duration::from_millis(50));
+                killed = nix_kill(pid).is_ok();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(killed, "never saw the CLI's CRIU");
+    assert!(!out.status.success());
+    assert!(stderr.contains("CRIU died"), "{stderr}");
+    assert!(trenv(&["template", "inspect", &name]).code != 0);
+    assert_no_staging(&name);
+    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+    // Not frozen: it still answers, with its state intact.
+    assert_eq!(signal_state(&c, &src, "SIGUSR1"), ready);
+}
+
+fn nix_kill(pid: i32) -> std::io::Result<()> {
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}

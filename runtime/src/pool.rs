@@ -1,0 +1,178 @@
+//! Memory pools: where template files live, and the check that a pool is what the
+//! configuration says it is (a silently wrong pool would put "CXL" templates in DRAM).
+//!
+//! * tmpfs: any tmpfs directory (this machine: /run/trenv/pool);
+//! * dax: a filesystem mounted with `-o dax` on PMem or CXL memory in fsdax mode;
+//! * numa: a tmpfs mounted with `mpol=bind:N`, N being a (CPU-less) CXL memory node.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PoolKind {
+    Tmpfs,
+    Dax,
+    NumaTmpfs { node: u32 },
+}
+
+impl std::fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolKind::Tmpfs => write!(f, "tmpfs"),
+            PoolKind::Dax => write!(f, "dax"),
+            PoolKind::NumaTmpfs { node } => write!(f, "numa (tmpfs bound to node {node})"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("memory pool {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "memory pool {dir} is configured as {kind} but is on {fstype} mounted with \"{options}\": \
+         {hint}"
+    )]
+    Mismatch {
+        dir: PathBuf,
+        kind: PoolKind,
+        fstype: String,
+        options: String,
+        hint: &'static str,
+    },
+}
+
+/// A checked pool directory.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub dir: PathBuf,
+    pub kind: PoolKind,
+}
+
+/// The mount a path lives on: (mount point, fs type, super options).
+fn mount_of(path: &Path) -> Option<(PathBuf, String, String)> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(PathBuf, String, String)> = None;
+    for line in info.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(point) = pre.split_whitespace().nth(4) else {
+            continue;
+        };
+        let point = PathBuf::from(point.replace("\\040", " "));
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let mut post = post.split_whitespace();
+        let fstype = post.next().unwrap_or_default().to_string();
+        let _source = post.next();
+        let options = post.next().unwrap_or_default().to_string();
+        // Later lines over-mount earlier ones at the same point.
+        if best
+            .as_ref()
+            .is_none_or(|(b, _, _)| point.as_os_str().len() >= b.as_os_str().len())
+        {
+            best = Some((point, fstype, options));
+        }
+    }
+    best
+}
+
+impl Pool {
+    /// Checks `dir` against `kind`, creating the directory (0700) if it is missing.
+    pub fn open(dir: &Path, kind: PoolKind) -> Result<Pool, PoolError> {
+        let io = |source| PoolError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+        let real = fs::canonicalize(dir).map_err(io)?;
+        let (_, fstype, options) = mount_of(&real).ok_or_else(|| {
+            io(std::io::Error::other(
+                "not found in /proc/self/mountinfo".to_string(),
+            ))
+        })?;
+        let opts: Vec<&str> = options.split(',').collect();
+        let mismatch = |hint| PoolError::Mismatch {
+            dir: real.clone(),
+            kind,
+            fstype: fstype.clone(),
+            options: options.clone(),
+            hint,
+        };
+        match kind {
+            PoolKind::Tmpfs if fstype != "tmpfs" => {
+                return Err(mismatch(
+                    "mount a tmpfs there or point [pool] dir at one (e.g. /run/trenv/pool)",
+                ));
+            }
+            PoolKind::Dax if !opts.iter().any(|o| *o == "dax" || *o == "dax=always") => {
+                return Err(mismatch(
+                    "mount the PMem/CXL filesystem with -o dax (fsdax namespace), or use \
+                     kind \"tmpfs\"",
+                ));
+            }
+            PoolKind::NumaTmpfs { node } => {
+                let want = format!("mpol=bind:{node}");
+                if fstype != "tmpfs" || !opts.contains(&want.as_str()) {
+                    return Err(mismatch(
+                        "mount it with `mount -t tmpfs -o mpol=bind:N tmpfs DIR` for the \
+                         configured node",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(Pool { dir: real, kind })
+    }
+
+    /// Bytes still free in the pool.
+    pub fn free_bytes(&self) -> Result<u64, PoolError> {
+        let s = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| PoolError::Io {
+            dir: self.dir.clone(),
+            source: e.into(),
+        })?;
+        Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tmpfs_directory_is_a_tmpfs_pool_and_not_a_dax_one() {
+        // /dev/shm is a tmpfs on every Linux machine the tests run on.
+        let dir = Path::new("/dev/shm").join(format!("trenv-pool-test-{}", std::process::id()));
+        let pool = Pool::open(&dir, PoolKind::Tmpfs).unwrap();
+        assert!(pool.free_bytes().unwrap() > 0);
+        let e = Pool::open(&dir, PoolKind::Dax).unwrap_err().to_string();
+        assert!(e.contains("configured as dax but is on tmpfs"), "{e}");
+        let e = Pool::open(&dir, PoolKind::NumaTmpfs { node: 0 })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mpol=bind:N"), "{e}");
+        fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_disk_directory_is_not_a_tmpfs_pool() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        if mount_of(dir.path()).is_some_and(|(_, t, _)| t == "tmpfs") {
+            return; // the source tree itself is on tmpfs here
+        }
+        let e = Pool::open(dir.path(), PoolKind::Tmpfs)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("configured as tmpfs"), "{e}");
+    }
+}
