@@ -186,6 +186,19 @@ impl Criu {
     }
 }
 
+/// The last error lines of a CRIU log: what went wrong (CRIU's own `cr_errmsg` is its
+/// *first* error, often a harmless one such as failing to raise RLIMIT_NOFILE).
+fn last_errors(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
+        .map(|l| l.split_once(") Error").map_or(l, |(_, rest)| rest).trim())
+        .collect();
+    let tail = &errors[errors.len().saturating_sub(3)..];
+    (!tail.is_empty()).then(|| tail.join("; "))
+}
+
 fn parse_version(s: &str) -> Option<CriuVersion> {
     let mut it = s.split('.').map(|p| p.parse::<u32>().ok());
     Some(CriuVersion {
@@ -316,12 +329,17 @@ impl Session {
                 continue;
             }
             if !resp.success() {
+                // CRIU refuses some requests before it opens its log.
+                let log = log.clone().filter(|p| p.exists());
+                let msg = log
+                    .as_deref()
+                    .and_then(last_errors)
+                    .unwrap_or_else(|| resp.cr_errmsg().trim().to_string());
                 return Err(CriuError::Failed {
                     op,
                     errno: resp.cr_errno(),
-                    msg: resp.cr_errmsg().to_string(),
-                    // CRIU refuses some requests before it opens its log.
-                    log: log.clone().filter(|p| p.exists()),
+                    msg,
+                    log,
                 });
             }
             return Ok(resp);
@@ -423,6 +441,25 @@ mod tests {
         assert!(msg.contains("does not answer a version request"), "{msg}");
         assert!(msg.contains("exit status 1"), "{msg}");
         assert!(msg.contains("4.1.0 or newer"), "{msg}");
+    }
+
+    #[test]
+    fn failures_quote_the_last_errors_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        fs::write(
+            &log,
+            "(00.05) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self\n\
+             (00.10) Info ok\n\
+             (00.20) Error (criu/mount.c:1): mnt: 1055:./etc/hosts doesn't have a proper root\n\
+             (00.30) Error (criu/cr-dump.c:2): Dumping FAILED.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_errors(&log).unwrap(),
+            "(criu/mount.c:1): mnt: 1055:./etc/hosts doesn't have a proper root; \
+             (criu/cr-dump.c:2): Dumping FAILED."
+        );
     }
 
     #[test]

@@ -372,3 +372,124 @@ fn shared_pid_namespace_stop() {
     drop(pod);
     assert_gone(&cri, &sandbox, &[&app]);
 }
+
+/// The kubelet's way to a template restore: a container annotated `io.trenv.template`
+/// (allow-listed for handler `trenv` in the containerd config) starts restored, with CRI
+/// logs, ExecSync and stats as for a cold start.
+#[test]
+fn a_pod_container_restores_from_a_template() {
+    use trenv_integration::PYFN;
+    let cri = setup();
+    Ctr::from_env().with_namespace(NAMESPACE).ensure_image(PYFN);
+    cri.wait_image(PYFN, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let logs = TempDir::new("trenv-cri-tpl");
+    let fn_config = |name: &str, annotation: Option<&str>| {
+        let mut c = container_config(name, PYFN, &[], &format!("{name}_0.log"));
+        c.envs = [("FN_STATE_MB", "32"), ("FN_LOG", "/tmp/fn.log")]
+            .iter()
+            .map(|(k, v)| api::KeyValue {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect();
+        if let Some(t) = annotation {
+            c.annotations
+                .insert("io.trenv.template".to_string(), t.to_string());
+        }
+        c
+    };
+    let log_of = |id: &str| -> String {
+        cri.exec_sync(id, &["sh", "-c", "cat /tmp/fn.log 2>/dev/null || true"], 10)
+            .map(|r| String::from_utf8_lossy(&r.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let state_of = |line: &str| line.split("state=").nth(1).unwrap_or_default().to_string();
+    let wait_for_line = |id: &str, prefix: &str, skip: usize| -> String {
+        let mut found = String::new();
+        let ok = wait_for(Duration::from_secs(60), || {
+            found = log_of(id)
+                .lines()
+                .skip(skip)
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_default()
+                .to_string();
+            !found.is_empty()
+        });
+        assert!(ok, "{id} printed no {prefix:?} line: {}", log_of(id));
+        found
+    };
+
+    // The source function in one pod.
+    let src_name = unique_id("cri-tpl-src");
+    let mut src_pod = Pod::run(
+        &cri,
+        pod_config(&src_name, &format!("uid-{src_name}"), &logs.0),
+        HANDLER,
+    );
+    let src = src_pod.start(&fn_config("fn", None));
+    let ready = state_of(&wait_for_line(&src, "ready ", 0));
+    let template = unique_id("cri");
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = trenv_integration::trenv_cli()
+                .args(["template", "rm", &self.0])
+                .output();
+        }
+    }
+    let _rm = Rm(template.clone());
+    let out = trenv_integration::trenv_cli()
+        .args([
+            "template", "create", &template, "--from", &src, "-n", NAMESPACE,
+        ])
+        .output()
+        .expect("running trenv");
+    assert!(
+        out.status.success(),
+        "template create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    src_pod.teardown(0);
+
+    // An instance in another pod, restored from the template.
+    let name = unique_id("cri-tpl");
+    let mut pod = Pod::run(
+        &cri,
+        pod_config(&name, &format!("uid-{name}"), &logs.0),
+        HANDLER,
+    );
+    let inst = pod.start(&fn_config("fn", Some(&template)));
+    let st = cri.container_status(&inst).expect("ContainerStatus");
+    assert_eq!(
+        st.state,
+        api::ContainerState::ContainerRunning as i32,
+        "{st:?}"
+    );
+    let seen = log_of(&inst).lines().count();
+    let r = cri
+        .exec_sync(&inst, &["sh", "-c", "kill -USR1 1"], 10)
+        .expect("ExecSync kill");
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let check = wait_for_line(&inst, "check ", seen);
+    assert_eq!(state_of(&check), ready, "restored state differs");
+    // The restored function's stdout reaches its CRI log.
+    let log = logs.0.join("fn_0.log");
+    let mut lines = Vec::new();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            lines = cri::read_log(&log).unwrap_or_default();
+            lines.iter().any(|l| l.text.starts_with("check "))
+        }),
+        "no check line in the CRI log {}: {lines:?}",
+        log.display()
+    );
+    cri.container_stats(&inst).expect("ContainerStats");
+    let ids = [inst.clone()];
+    pod.teardown(0);
+    assert_gone(
+        &cri,
+        &pod.id,
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}

@@ -53,6 +53,69 @@ impl CriuConfig {
     }
 }
 
+/// The cgroup filesystems bound into the container (cgroup v1 hierarchies or the v2 tree,
+/// each bound at the container's own cgroup): CRIU cannot dump them, so they are external
+/// mounts, re-bound at restore to the new container's cgroup. Recorded in the image
+/// directory as [`CGROUP_MOUNTS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupMounts {
+    /// The container's cgroup path at dump time.
+    pub cgroup_path: String,
+    pub mounts: Vec<CgroupMount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupMount {
+    /// Where it is mounted inside the container.
+    pub mountpoint: String,
+    /// The cgroup directory bound there.
+    pub root: String,
+    pub fstype: String,
+    /// The hierarchy's super options (e.g. "rw,memory"), to find it on the host.
+    pub options: String,
+}
+
+pub const CGROUP_MOUNTS: &str = "trenv-cgroup-mounts.json";
+
+/// One line of /proc/PID/mountinfo: (root, mount point, fs type, super options).
+pub(crate) fn mountinfo(pid: Option<i32>) -> Vec<(String, String, String, String)> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/mountinfo"),
+        None => "/proc/self/mountinfo".into(),
+    };
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut pre = pre.split_whitespace();
+            let root = pre.nth(3)?.to_string();
+            let point = pre.next()?.to_string();
+            let mut post = post.split_whitespace();
+            let fstype = post.next()?.to_string();
+            let _source = post.next();
+            let options = post.next().unwrap_or_default().to_string();
+            Some((root, point, fstype, options))
+        })
+        .collect()
+}
+
+fn cgroup_mounts(pid: i32, cgroup_path: &str) -> CgroupMounts {
+    CgroupMounts {
+        cgroup_path: cgroup_path.to_string(),
+        mounts: mountinfo(Some(pid))
+            .into_iter()
+            .filter(|(_, _, t, _)| t == "cgroup" || t == "cgroup2")
+            .map(|(root, mountpoint, fstype, options)| CgroupMount {
+                mountpoint,
+                root,
+                fstype,
+                options,
+            })
+            .collect(),
+    }
+}
+
 /// The name of the file, in the image directory, recording what the init process's stdio
 /// was at dump time (runc's format: a JSON array of three `readlink` targets).
 pub const DESCRIPTORS: &str = "descriptors.json";
@@ -140,7 +203,18 @@ pub fn checkpoint(
         o.external
             .push(format!("{kind}[{}]:{key}", key_inode(&spec, kind)?));
     }
-    for dest in bind_mount_destinations(&spec) {
+    let cg_path = cgroup
+        .as_ref()
+        .map(|c| c.path().display().to_string())
+        .unwrap_or_default();
+    let cg_mounts = cgroup_mounts(pid, &cg_path);
+    fs::write(
+        images.join(CGROUP_MOUNTS),
+        serde_json::to_vec(&cg_mounts).map_err(|e| RuntimeError::Protocol(e.to_string()))?,
+    )
+    .map_err(RuntimeError::io(format!("writing {CGROUP_MOUNTS}")))?;
+    let cg_points = cg_mounts.mounts.iter().map(|m| m.mountpoint.clone());
+    for dest in bind_mount_destinations(&spec).into_iter().chain(cg_points) {
         let mut m = Ext_mount_map::new();
         m.set_key(dest.clone());
         m.set_val(dest);

@@ -23,8 +23,8 @@ use trenv_criu::{FdPlan, Notify};
 
 use crate::cgroup::Cgroup;
 use crate::checkpoint::{
-    CriuConfig, DESCRIPTORS, bind_mounts, external_namespaces, make_dir, namespace_path, open_dir,
-    rootfs_of,
+    CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, bind_mounts, external_namespaces,
+    make_dir, mountinfo, namespace_path, open_dir, rootfs_of,
 };
 use crate::error::{RuntimeError, chain};
 use crate::sandbox::Location;
@@ -72,6 +72,7 @@ pub fn restore(
     let root = at.state_root.join("criu-root");
     fs::create_dir_all(&root).map_err(RuntimeError::io(format!("creating {}", root.display())))?;
     let rootfs = rootfs_of(&spec, at);
+    create_mountpoints(&spec, &rootfs)?;
     mount(
         Some(&rootfs),
         &root,
@@ -210,7 +211,10 @@ fn run(
         j.set_ns_file(path.display().to_string());
         o.join_ns.push(j);
     }
-    for (dest, source) in bind_mounts(spec) {
+    for (dest, source) in bind_mounts(spec)
+        .into_iter()
+        .chain(cgroup_binds(&plan.images, cgroup)?)
+    {
         let mut m = Ext_mount_map::new();
         m.set_key(dest);
         m.set_val(source);
@@ -258,6 +262,103 @@ fn run(
         ));
     }
     Ok(pid)
+}
+
+/// Creates, in a fresh rootfs, the mount points of the spec's bind mounts that the image
+/// lacks (the container of the dump had them created by libcontainer): CRIU mounts onto
+/// them and does not create them. Not below a tmpfs of the spec, whose content CRIU
+/// restores, and never through a symbolic link.
+fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<(), RuntimeError> {
+    let tmpfs: Vec<PathBuf> = spec
+        .mounts()
+        .as_ref()
+        .into_iter()
+        .flatten()
+        .filter(|m| m.typ().as_deref() == Some("tmpfs"))
+        .map(|m| m.destination().clone())
+        .collect();
+    for (dest, source) in bind_mounts(spec) {
+        let dest = PathBuf::from(dest);
+        if tmpfs.iter().any(|t| dest != *t && dest.starts_with(t)) {
+            continue;
+        }
+        let rel = dest.strip_prefix("/").unwrap_or(&dest);
+        let target = rootfs.join(rel);
+        if fs::symlink_metadata(&target).is_ok() {
+            continue;
+        }
+        // Refuse to create through a symbolic link that could lead outside the rootfs.
+        let mut walk = rootfs.to_path_buf();
+        let mut via_link = false;
+        for c in rel.parent().into_iter().flat_map(Path::components) {
+            walk.push(c);
+            if fs::symlink_metadata(&walk).is_ok_and(|m| m.file_type().is_symlink()) {
+                via_link = true;
+                break;
+            }
+        }
+        if via_link {
+            continue;
+        }
+        let is_file = fs::metadata(&source).is_ok_and(|m| !m.is_dir());
+        let made = if is_file {
+            target
+                .parent()
+                .map_or(Ok(()), fs::create_dir_all)
+                .and_then(|_| fs::File::create(&target).map(drop))
+        } else {
+            fs::create_dir_all(&target)
+        };
+        made.map_err(RuntimeError::io(format!(
+            "creating the mount point {}",
+            target.display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// (mount point in the container, host directory) of the cgroup mounts recorded at dump
+/// time, re-targeted from the old container's cgroup to the new one's.
+fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>, RuntimeError> {
+    let raw = match fs::read(images.join(CGROUP_MOUNTS)) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(RuntimeError::io(format!("reading {CGROUP_MOUNTS}"))(e)),
+    };
+    let recorded: CgroupMounts = serde_json::from_slice(&raw).map_err(|e| {
+        RuntimeError::Worker(format!("{CGROUP_MOUNTS} in the checkpoint is corrupt: {e}"))
+    })?;
+    let host = mountinfo(None);
+    let new_path = cgroup.path().display().to_string();
+    let mut out = Vec::new();
+    for m in recorded.mounts {
+        let Some((host_root, host_point, _, _)) = host
+            .iter()
+            .find(|(_, _, t, o)| *t == m.fstype && *o == m.options)
+        else {
+            return Err(RuntimeError::Worker(format!(
+                "the checkpoint binds the cgroup hierarchy {} ({}) at {}, which this host \
+                 does not mount",
+                m.fstype, m.options, m.mountpoint
+            )));
+        };
+        let root = if m.root == recorded.cgroup_path {
+            new_path.clone()
+        } else {
+            m.root.clone()
+        };
+        // The host mount may itself show a sub-tree of the hierarchy.
+        let rel = Path::new(&root)
+            .strip_prefix(host_root)
+            .unwrap_or(Path::new(&root))
+            .to_path_buf();
+        let rel = rel.strip_prefix("/").unwrap_or(&rel);
+        out.push((
+            m.mountpoint,
+            Path::new(host_point).join(rel).display().to_string(),
+        ));
+    }
+    Ok(out)
 }
 
 /// Writes libcontainer's state for a restored init so that later operations find it.

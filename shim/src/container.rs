@@ -48,6 +48,10 @@ pub struct Container {
     criu: CriuConfig,
     /// Created from a checkpoint: what Start restores.
     pending_restore: Mutex<Option<PendingRestore>>,
+    /// How the init process starts: "cold", "checkpoint" or "template NAME".
+    start_kind: String,
+    /// How long Create took in the shim (logged at Start).
+    pub create_time: Mutex<Option<std::time::Duration>>,
 }
 
 /// A container created from a checkpoint, waiting for Start to restore it.
@@ -277,6 +281,12 @@ impl Container {
             meter_interval,
             criu,
             pending_restore: Mutex::new(None),
+            start_kind: match (&template_file, &restore_from) {
+                (Some(t), _) => format!("template {}", t.template),
+                (None, Some(_)) => "checkpoint".into(),
+                (None, None) => "cold".into(),
+            },
+            create_time: Mutex::new(None),
         };
         if let Some(images) = restore_from {
             // Like runc's shim: stdio pipes now, the processes at Start (pid 0 until then).
@@ -654,6 +664,11 @@ impl Container {
             )
             .map_err(rt)?;
         Ok(())
+    }
+
+    /// How the init process starts: "cold", "checkpoint" or "template NAME".
+    pub fn start_kind(&self) -> &str {
+        &self.start_kind
     }
 
     pub fn bundle(&self) -> &Path {

@@ -307,7 +307,9 @@ impl Task for Service {
             ));
         }
         let opts = options::parse(req.options.as_ref()).map_err(invalid)?;
+        let began = Instant::now();
         let c = Arc::new(Container::create(&req, &opts)?);
+        *c.create_time.lock().unwrap_or_else(|e| e.into_inner()) = Some(began.elapsed());
         let pid = c.init.pid();
         self.inner.containers().insert(req.id.clone(), c.clone());
         self.inner.events.publish(
@@ -338,6 +340,7 @@ impl Task for Service {
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         let c = self.inner.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
+            let began = Instant::now();
             // The meter is in place before the process runs: it may exit at once.
             c.init.lock().meter = self.inner.start_meter(&c, "");
             // So is the autotuner, which sets the hull's first limit.
@@ -363,6 +366,19 @@ impl Task for Service {
             );
             // A restored init learns its pid only now.
             self.inner.claim(&c, &c.init, pid);
+            // Benchmarks read this line (integration/src/bin/bench-templates.rs).
+            let created = c
+                .create_time
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            log::info!(
+                "started {} (pid {pid}, {}): create {:.1} ms, start {:.1} ms",
+                c.id,
+                c.start_kind(),
+                created.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                began.elapsed().as_secs_f64() * 1e3
+            );
             pid
         } else {
             let p = c.process(&req.exec_id)?;

@@ -43,6 +43,10 @@ enum TemplateCommand {
         /// Smallest VMA mapped from the template, in KiB.
         #[arg(long, default_value_t = 1024)]
         min_vma_kib: u64,
+        /// Map nothing: restores copy every page, as plain CRIU does (for functions whose
+        /// allocator relies on MADV_DONTNEED zeroing, and as the baseline of benchmarks).
+        #[arg(long, conflicts_with = "heap")]
+        copy: bool,
     },
     /// One line per template.
     List {
@@ -69,6 +73,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
             bundle,
             heap,
             min_vma_kib,
+            copy,
         } => {
             let bundle = match bundle {
                 Some(b) => b,
@@ -82,7 +87,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 cache_dir: Some(PathBuf::from("/run/trenv")),
             };
             let policy = Policy {
-                min_vma: min_vma_kib * 1024,
+                min_vma: if copy { u64::MAX } else { min_vma_kib * 1024 },
                 include_heap: heap,
             };
             let m = store

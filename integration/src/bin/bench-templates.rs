@@ -1,0 +1,565 @@
+//! Start latency and memory of the Python function (docs/benchmarks.md, "Templates"):
+//! cold starts on runc and trenv against restores from a copy template (vanilla CRIU
+//! restore: every page copied) and a mapped template (trenv: memory mapped from the pool).
+//!
+//! Run it through `integration/bench/templates.sh`.
+//!
+//! 1. A source container runs the function (`FN_STATE_MB`, 200 by default) on trenv; once
+//!    ready, `trenv template create` makes two templates of it: `--copy` (nothing mapped;
+//!    the restore is CRIU's own page-copying restore) and the default (anonymous memory
+//!    mapped copy-on-write from the pool file).
+//! 2. **Latency**, `--runs` rounds, the four modes interleaved ABCD/DCBA. End to end, from
+//!    spawning `ctr` until the function can serve: a cold start (`ctr run --rm`, stdout
+//!    piped) until its `ready` line; a restore (`ctr run -d --annotation
+//!    io.trenv.template=…`) until `ctr` returns, the task running with its initialised
+//!    state. In the shim: Create + Start as the shim logs them ("started ID …"); for a
+//!    cold start that excludes the function's own initialisation, which runs after Start.
+//! 3. **Memory**, per template kind: `--instances` instances restored and running at once,
+//!    each having read all its state (SIGUSR1: checksum over everything); reported as the
+//!    sum of their Pss, the sum of their cgroups' memory usage, the pool file, and the
+//!    machine's used memory (MemTotal − MemAvailable) before and after.
+//!
+//! A benchmark, not a test: it exits 0 whether or not the targets (template restore ≥ 3×
+//! faster than the copy restore at P50; 10 instances ≤ 35 % of the copy restore's memory)
+//! are met.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trenv_integration::bench::{containerd_version, loadavg, percentile, remove_with_prefix};
+use trenv_integration::pyfn::{LOG_ENV, field, signal_state, wait_line};
+use trenv_integration::{Ctr, PYFN, RUNTIME};
+
+const RUNC: &str = "io.containerd.runc.v2";
+const ID_PREFIX: &str = "tbench";
+const USAGE: &str = "usage: bench-templates [--runs N (30)] [--instances N (10)] [--mb N (200)] \
+                     [--namespace NS (trenv-bench)] [--skip-latency] [--skip-memory] [--json]";
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+struct Options {
+    runs: usize,
+    instances: usize,
+    mb: u32,
+    namespace: String,
+    latency: bool,
+    memory: bool,
+    json: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        runs: 30,
+        instances: 10,
+        mb: 200,
+        namespace: "trenv-bench".into(),
+        latency: true,
+        memory: true,
+        json: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--runs" => {
+                o.runs = value("--runs")?
+                    .parse()
+                    .map_err(|e| format!("--runs: {e}"))?
+            }
+            "--instances" => {
+                o.instances = value("--instances")?
+                    .parse()
+                    .map_err(|e| format!("--instances: {e}"))?
+            }
+            "--mb" => o.mb = value("--mb")?.parse().map_err(|e| format!("--mb: {e}"))?,
+            "--namespace" => o.namespace = value("--namespace")?,
+            "--skip-latency" => o.latency = false,
+            "--skip-memory" => o.memory = false,
+            "--json" => o.json = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(o)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    ColdRunc,
+    ColdTrenv,
+    CopyRestore,
+    MapRestore,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [
+        Mode::ColdRunc,
+        Mode::ColdTrenv,
+        Mode::CopyRestore,
+        Mode::MapRestore,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::ColdRunc => "(a) cold start, runc.v2",
+            Mode::ColdTrenv => "(b) cold start, trenv",
+            Mode::CopyRestore => "(c) vanilla CRIU restore (copy)",
+            Mode::MapRestore => "(d) trenv template restore (map)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Mode::ColdRunc => "cold_runc",
+            Mode::ColdTrenv => "cold_trenv",
+            Mode::CopyRestore => "copy_restore",
+            Mode::MapRestore => "map_restore",
+        }
+    }
+}
+
+fn trenv_cli() -> Command {
+    Command::new(std::env::var("TRENV_CLI").unwrap_or_else(|_| "trenv".into()))
+}
+
+struct Cleanup {
+    ctr: Ctr,
+    prefix: String,
+    templates: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_with_prefix(&self.ctr, &self.prefix);
+        for t in &self.templates {
+            let _ = trenv_cli().args(["template", "rm", t]).output();
+        }
+    }
+}
+
+/// Cold start: `ctr run --rm` attached, until the function prints `ready`.
+fn cold(ctr: &Ctr, runtime: &str, id: &str, mb: u32) -> Result<f64, String> {
+    let state = format!("FN_STATE_MB={mb}");
+    let start = Instant::now();
+    let mut child = ctr
+        .cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--env",
+            &state,
+            PYFN,
+            id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running ctr: {e}"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut ready = None;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.starts_with("ready ") {
+            ready = Some(start.elapsed().as_secs_f64() * 1e3);
+            break;
+        }
+    }
+    let _ = ctr.run(&["task", "kill", "-s", "SIGKILL", id]);
+    let _ = child.wait();
+    ctr.remove(id);
+    ready.ok_or_else(|| format!("{id} never printed ready"))
+}
+
+/// Restore: `ctr run -d` with the template annotation, until ctr returns.
+fn restore(ctr: &Ctr, template: &str, id: &str) -> Result<f64, String> {
+    let annotation = format!("io.trenv.template={template}");
+    let start = Instant::now();
+    let r = ctr.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        PYFN,
+        id,
+    ]);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if r.code != 0 {
+        return Err(format!("restoring {id}: {}", r.stderr.trim()));
+    }
+    if ctr.task_status(id).as_deref() != Some("RUNNING") {
+        return Err(format!("{id} is not running after its restore"));
+    }
+    Ok(ms)
+}
+
+/// The shim's own Create + Start time for container `id`, from containerd's log.
+fn shim_time(log: &PathBuf, id: &str) -> Option<f64> {
+    let text = fs::read_to_string(log).ok()?;
+    let needle = format!("started {id} (");
+    let line = text.lines().rev().find(|l| l.contains(&needle))?;
+    let num = |key: &str| -> Option<f64> {
+        let rest = line.split(key).nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Some(num("create ")? + num("start ")?)
+}
+
+fn stats(v: &mut [f64]) -> Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "n": v.len(),
+        "min": v[0],
+        "p50": percentile(v, 50.0),
+        "p99": percentile(v, 99.0),
+        "max": v[v.len() - 1],
+    })
+}
+
+fn mem_used_kib() -> u64 {
+    let info = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let get = |k: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    get("MemTotal:").saturating_sub(get("MemAvailable:"))
+}
+
+fn pss_kib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Memory charged to a container's cgroup (v1 memory controller or v2), in KiB.
+fn cgroup_kib(namespace: &str, id: &str) -> u64 {
+    let v1 = PathBuf::from("/sys/fs/cgroup/memory")
+        .join(namespace)
+        .join(id)
+        .join("memory.usage_in_bytes");
+    let v2 = PathBuf::from("/sys/fs/cgroup")
+        .join(namespace)
+        .join(id)
+        .join("memory.current");
+    fs::read_to_string(&v1)
+        .or_else(|_| fs::read_to_string(&v2))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(0, |b| b / 1024)
+}
+
+/// `n` instances of `template` running at once, each having read all its state.
+fn memory(ctr: &Ctr, template: &str, prefix: &str, n: usize, ready: &str) -> Result<Value, String> {
+    let before = mem_used_kib();
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    for id in &ids {
+        restore(ctr, template, id)?;
+    }
+    for id in &ids {
+        let state = signal_state(ctr, id, "SIGUSR1");
+        if state != ready {
+            return Err(format!(
+                "{id}: state {state} differs from the template's {ready}"
+            ));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = mem_used_kib();
+    let mut pss = 0;
+    let mut cgroups = 0;
+    for id in &ids {
+        let pid = trenv_integration::bench::task_pid(ctr, id).ok_or(format!("{id} has no pid"))?;
+        pss += pss_kib(pid);
+        cgroups += cgroup_kib(&ctr.namespace, id);
+    }
+    for id in &ids {
+        ctr.remove(id);
+    }
+    Ok(json!({
+        "instances": n,
+        "pss_sum_kib": pss,
+        "cgroup_sum_kib": cgroups,
+        "machine_used_delta_kib": after.saturating_sub(before),
+    }))
+}
+
+fn template_info(name: &str) -> Result<Value, String> {
+    let out = trenv_cli()
+        .args(["template", "inspect", name])
+        .output()
+        .map_err(|e| format!("running trenv: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("trenv template inspect {name}: {e}"))
+}
+
+fn run(o: &Options) -> Result<Value, String> {
+    let ctr = trenv_integration::bench::connect(
+        "bench-templates",
+        "integration/bench/templates.sh",
+        &o.namespace,
+    );
+    ctr.ensure_image(PYFN);
+    remove_with_prefix(&ctr, &format!("{ID_PREFIX}-"));
+    let pid = std::process::id();
+    let prefix = format!("{ID_PREFIX}-{pid}");
+    let copy_t = format!("tbench-copy-{pid}");
+    let map_t = format!("tbench-map-{pid}");
+    let _cleanup = Cleanup {
+        ctr: ctr.clone(),
+        prefix: format!("{prefix}-"),
+        templates: vec![copy_t.clone(), map_t.clone()],
+    };
+    let log = PathBuf::from(std::env::var("TRENV_CACHE").unwrap_or("/var/cache/trenv".into()))
+        .join(format!(
+            "run/containerd-{}/containerd.log",
+            std::env::var("TRENV_CONTAINERD_VERSION").unwrap_or("2".into())
+        ));
+
+    // The source function and its two templates.
+    let src = format!("{prefix}-src");
+    let state = format!("FN_STATE_MB={}", o.mb);
+    ctr.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--env",
+        &state,
+        "--env",
+        LOG_ENV,
+        PYFN,
+        &src,
+    ])
+    .ok();
+    let ready = field(&wait_line(&ctr, &src, "ready ", 0), "state=");
+    for (name, extra) in [(&copy_t, Some("--copy")), (&map_t, None)] {
+        let mut cmd = trenv_cli();
+        cmd.args([
+            "template",
+            "create",
+            name,
+            "--from",
+            &src,
+            "-n",
+            &o.namespace,
+        ]);
+        cmd.args(extra);
+        let out = cmd.output().map_err(|e| format!("running trenv: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "trenv template create {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    ctr.remove(&src);
+    let mut report = json!({
+        "containerd": containerd_version(&ctr),
+        "state_mb": o.mb,
+        "loadavg_before": loadavg(),
+        "templates": {
+            "copy": template_info(&copy_t)?["conversion"],
+            "map": template_info(&map_t)?["conversion"],
+        },
+    });
+
+    if o.latency {
+        let mut e2e: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut shim: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        for round in 0..o.runs {
+            let order: Vec<Mode> = if round % 2 == 0 {
+                Mode::ALL.to_vec()
+            } else {
+                Mode::ALL.iter().rev().copied().collect()
+            };
+            for mode in order {
+                if STOP.load(Ordering::SeqCst) {
+                    return Err("interrupted".into());
+                }
+                let id = format!("{prefix}-{}-{round}", mode.key());
+                let ms = match mode {
+                    Mode::ColdRunc => cold(&ctr, RUNC, &id, o.mb)?,
+                    Mode::ColdTrenv => cold(&ctr, RUNTIME, &id, o.mb)?,
+                    Mode::CopyRestore => restore(&ctr, &copy_t, &id)?,
+                    Mode::MapRestore => restore(&ctr, &map_t, &id)?,
+                };
+                let i = Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0);
+                e2e[i].push(ms);
+                if mode != Mode::ColdRunc
+                    && let Some(s) = shim_time(&log, &id)
+                {
+                    shim[i].push(s);
+                }
+                ctr.remove(&id);
+            }
+            eprintln!("[bench] round {}/{} done", round + 1, o.runs);
+        }
+        let mut lat = serde_json::Map::new();
+        for (i, mode) in Mode::ALL.iter().enumerate() {
+            lat.insert(
+                mode.key().into(),
+                json!({"name": mode.name(), "end_to_end_ms": stats(&mut e2e[i]), "in_shim_ms": stats(&mut shim[i])}),
+            );
+        }
+        report["latency"] = Value::Object(lat);
+    }
+
+    if o.memory {
+        let copy = memory(
+            &ctr,
+            &copy_t,
+            &format!("{prefix}-memc"),
+            o.instances,
+            &ready,
+        )?;
+        let map = memory(&ctr, &map_t, &format!("{prefix}-memm"), o.instances, &ready)?;
+        let pool_kib = template_info(&map_t)?["pool"]["sum"]["size"]
+            .as_u64()
+            .unwrap_or(0)
+            / 1024;
+        report["memory"] = json!({"copy": copy, "map": map, "map_pool_file_kib": pool_kib});
+    }
+    report["loadavg_after"] = json!(loadavg());
+    Ok(report)
+}
+
+fn print_report(r: &Value) {
+    println!(
+        "# Templates benchmark ({} MiB Python function)",
+        r["state_mb"]
+    );
+    println!(
+        "containerd {}, load {} -> {}",
+        r["containerd"], r["loadavg_before"], r["loadavg_after"]
+    );
+    for k in ["copy", "map"] {
+        let c = &r["templates"][k];
+        println!(
+            "template {k}: {} VMAs mapped, {} MiB mapped, {} MiB copied at restore",
+            c["vmas"].as_array().map_or(0, Vec::len),
+            c["bytes_moved"].as_u64().unwrap_or(0) >> 20,
+            c["bytes_copied"].as_u64().unwrap_or(0) >> 20
+        );
+    }
+    if let Some(lat) = r.get("latency") {
+        println!("\n## Create to ready (ms)\n");
+        println!("| mode | e2e P50 | e2e P99 | in-shim P50 | in-shim P99 | n |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        for m in Mode::ALL {
+            let e = &lat[m.key()]["end_to_end_ms"];
+            let s = &lat[m.key()]["in_shim_ms"];
+            let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                m.name(),
+                f(&e["p50"]),
+                f(&e["p99"]),
+                f(&s["p50"]),
+                f(&s["p99"]),
+                e["n"]
+            );
+        }
+        let p = |k: &str, what: &str, q: &str| lat[k][what][q].as_f64().unwrap_or(f64::NAN);
+        for what in ["end_to_end_ms", "in_shim_ms"] {
+            let r50 = p("copy_restore", what, "p50") / p("map_restore", what, "p50");
+            let r99 = p("copy_restore", what, "p99") / p("map_restore", what, "p99");
+            println!(
+                "\n{what}: template restore is {r50:.2}x faster than the copy restore at P50, \
+                 {r99:.2}x at P99 (target >= 3x at P50: {})",
+                if r50 >= 3.0 { "MET" } else { "MISSED" }
+            );
+        }
+        let cold =
+            p("cold_runc", "end_to_end_ms", "p50") / p("map_restore", "end_to_end_ms", "p50");
+        println!("template restore vs cold start on runc (e2e P50): {cold:.1}x faster");
+    }
+    if let Some(m) = r.get("memory") {
+        let kib = |v: &Value| v.as_u64().unwrap_or(0);
+        let c = &m["copy"];
+        let t = &m["map"];
+        let pool = kib(&m["map_pool_file_kib"]);
+        println!(
+            "\n## Memory of {} concurrent instances (MiB)\n",
+            c["instances"]
+        );
+        println!("| | copy restore | template restore |");
+        println!("| --- | ---: | ---: |");
+        println!(
+            "| sum of Pss | {} | {} |",
+            kib(&c["pss_sum_kib"]) >> 10,
+            kib(&t["pss_sum_kib"]) >> 10
+        );
+        println!("| template file in the pool | 0 | {} |", pool >> 10);
+        println!(
+            "| sum of Pss + template file | {} | {} |",
+            kib(&c["pss_sum_kib"]) >> 10,
+            (kib(&t["pss_sum_kib"]) + pool) >> 10
+        );
+        println!(
+            "| sum of cgroup usage | {} | {} |",
+            kib(&c["cgroup_sum_kib"]) >> 10,
+            kib(&t["cgroup_sum_kib"]) >> 10
+        );
+        println!(
+            "| machine used-memory delta | {} | {} |",
+            kib(&c["machine_used_delta_kib"]) >> 10,
+            kib(&t["machine_used_delta_kib"]) >> 10
+        );
+        let ratio = (kib(&t["pss_sum_kib"]) + pool) as f64 / kib(&c["pss_sum_kib"]).max(1) as f64;
+        let machine = kib(&t["machine_used_delta_kib"]) as f64
+            / kib(&c["machine_used_delta_kib"]).max(1) as f64;
+        println!(
+            "\ntemplate instances use {:.0} % of the copy restore's memory (Pss + template file; \
+             target <= 35 %: {}); machine-wide: {:.0} %",
+            ratio * 100.0,
+            if ratio <= 0.35 { "MET" } else { "MISSED" },
+            machine * 100.0
+        );
+    }
+}
+
+fn main() {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench-templates: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    match run(&o) {
+        Ok(r) if o.json => println!("{r}"),
+        Ok(r) => print_report(&r),
+        Err(e) => {
+            eprintln!("bench-templates: {e}");
+            std::process::exit(1);
+        }
+    }
+}
