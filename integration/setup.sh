@@ -35,12 +35,18 @@ install -m 0755 "$target/release/containerd-shim-trenv-v1" /usr/local/bin/contai
 install -m 0755 "$target/release/trenv" /usr/local/bin/trenv
 log "installed /usr/local/bin/containerd-shim-trenv-v1 and /usr/local/bin/trenv"
 
-pool=/run/trenv/pool
-if [[ "$(stat -f -c %T "$pool" 2>/dev/null)" != tmpfs ]]; then
-    mkdir -p "$pool"
-    mount -t tmpfs -o "mode=0700,size=${TRENV_POOL_SIZE:-50%}" trenv-pool "$pool"
-    log "mounted the template memory pool: tmpfs on $pool"
-fi
+# The template memory pool, and the tmpfs where trenv's CRIU caches its kernel probe
+# (install-deps.sh builds CRIU with RUNDIR=/run/trenv/criu).
+mount_tmpfs() {
+    local dir="$1" size="$2" what="$3"
+    if [[ "$(stat -f -c %T "$dir" 2>/dev/null)" != tmpfs ]]; then
+        mkdir -p "$dir"
+        mount -t tmpfs -o "mode=0700,size=$size" "trenv-$(basename "$dir")" "$dir"
+        log "mounted $what: tmpfs on $dir"
+    fi
+}
+mount_tmpfs /run/trenv/pool "${TRENV_POOL_SIZE:-50%}" "the template memory pool"
+mount_tmpfs /run/trenv/criu 16m "CRIU's kernel-probe cache"
 
 "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
 "$TRENV_REPO/integration/scripts/build-images.sh" build

@@ -23,13 +23,32 @@ CRIU_MIN_VERSION=4.1
 CRIU_SUITE="${TRENV_CRIU_SUITE:-trixie}"
 CRIU_DIR="$TRENV_CACHE/criu"
 CRIU_LINK=/usr/local/sbin/criu
+# CRIU caches what it probed of the kernel ("kerndat", 23-31 ms per run) in
+# RUNDIR/criu.kdat, and only when RUNDIR is a tmpfs (so that the cache dies with a
+# reboot); Debian's /run is not always one. trenv's CRIU keeps it in a tmpfs of its
+# own, mounted by setup.sh (docs/benchmarks.md, "Templates", has the measurement).
+CRIU_RUNDIR=/run/trenv/criu
+CRIU_MAKE_FLAGS=("RUNDIR=$CRIU_RUNDIR")
+# trenv's patches to CRIU, applied in name order (criu-glue/patches/README.md says
+# what each saves); their checksums are part of the build's identity.
+CRIU_PATCHES_DIR="$TRENV_REPO/criu-glue/patches"
+
+# What the installed CRIU must have been built with: make flags and patches.
+criu_build_id() {
+    printf '%s' "${CRIU_MAKE_FLAGS[*]}"
+    local p
+    for p in "$CRIU_PATCHES_DIR"/*.patch; do
+        [[ -f "$p" ]] && printf ' %s' "$(basename "$p"):$(sha256sum "$p" | cut -c1-16)"
+    done
+    printf '\n'
+}
 
 APT_PACKAGES=(
     # runtimes, networking and tools used by the tests
     runc containernetworking-plugins iptables iproute2 busybox-static jq xz-utils fonts-dejavu-core
     debootstrap # the pyfn test image (build-images.sh)
     # toolchain (CRIU, the static pause binary, Rust crates with C parts)
-    gcc make libc6-dev pkg-config
+    gcc make libc6-dev pkg-config patch
     # CRIU's build dependencies (from its Debian source package, less the docs)
     libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
     python3-protobuf libcap-dev libnl-3-dev libnet1-dev libbsd-dev
@@ -95,8 +114,9 @@ criu_version() {
 
 install_criu() {
     local ver
-    if ver="$(criu_version "$CRIU_DIR/criu")" && version_ge "$ver" "$CRIU_MIN_VERSION"; then
-        log "criu: $ver already in $CRIU_DIR/criu"
+    if ver="$(criu_version "$CRIU_DIR/criu")" && version_ge "$ver" "$CRIU_MIN_VERSION" &&
+        [[ "$(cat "$CRIU_DIR/build-flags" 2>/dev/null)" == "$(criu_build_id)" ]]; then
+        log "criu: $ver already in $CRIU_DIR/criu ($(criu_build_id))"
     else
         build_criu
         ver="$(criu_version "$CRIU_DIR/criu")" || die "built criu does not run"
@@ -152,15 +172,22 @@ build_criu() {
     tar -C "$CRIU_DIR/build" -xf "$tarball"
     srcdir="$(find "$CRIU_DIR/build" -mindepth 1 -maxdepth 1 -type d | head -n1)"
     [[ -f "$srcdir/Makefile" ]] || die "unexpected layout of $name"
-    log "building criu in $srcdir (make -j$(nproc) criu)"
+    local p
+    for p in "$CRIU_PATCHES_DIR"/*.patch; do
+        [[ -f "$p" ]] || continue
+        log "applying $(basename "$p")"
+        patch -s -p1 -d "$srcdir" <"$p" || die "patch $p does not apply to $name"
+    done
+    log "building criu in $srcdir (make -j$(nproc) criu ${CRIU_MAKE_FLAGS[*]})"
     local t0=$SECONDS
-    if ! make -C "$srcdir" -j"$(nproc)" criu >"$CRIU_DIR/build.log" 2>&1; then
+    if ! make -C "$srcdir" -j"$(nproc)" criu "${CRIU_MAKE_FLAGS[@]}" >"$CRIU_DIR/build.log" 2>&1; then
         tail -n 40 "$CRIU_DIR/build.log" >&2
         die "criu build failed (log: $CRIU_DIR/build.log)"
     fi
     log "criu built in $((SECONDS - t0)) s"
     install -m 0755 "$srcdir/criu/criu" "$CRIU_DIR/criu.new"
     mv -f "$CRIU_DIR/criu.new" "$CRIU_DIR/criu"
+    criu_build_id >"$CRIU_DIR/build-flags"
     rm -rf "$CRIU_DIR/build"
 }
 

@@ -194,6 +194,18 @@ fn ten_instances_restored_from_one_template_are_correct_and_isolated() {
         assert_eq!(signal_state(&c, id, "SIGUSR1"), ready, "{id} saw the write");
     }
     assert_eq!(signal_state(&c, &ids[0], "SIGUSR1"), written);
+    // The template's network namespace was dumped empty: the restore brought `lo` up.
+    let lo = trenv_integration::exec(
+        &c,
+        &ids[1],
+        &[
+            "python3",
+            "-c",
+            "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); \
+             socket.create_connection(s.getsockname()); print('loopback ok')",
+        ],
+    );
+    assert_eq!(lo.trim(), "loopback ok");
     assert_eq!(
         sha256(&pool_file),
         manifest["pool"]["sum"]["sha256"].as_str().unwrap(),

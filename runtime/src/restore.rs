@@ -42,6 +42,47 @@ pub struct RestorePlan {
     pub terminal: bool,
     /// A template's pool file the image maps.
     pub template: Option<TemplateFile>,
+    /// The image's network namespace was dumped empty: bring up its loopback.
+    #[serde(default)]
+    pub loopback_up: bool,
+}
+
+/// Where a restore spent its time, in order (logged by the shim).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Phases {
+    pub ms: Vec<(String, f64)>,
+    #[serde(skip)]
+    last: Option<std::time::Instant>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            ms: Vec::new(),
+            last: Some(std::time::Instant::now()),
+        }
+    }
+
+    fn mark(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last {
+            self.ms
+                .push((what.to_string(), (now - last).as_secs_f64() * 1e3));
+        }
+        self.last = Some(now);
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (what, ms)) in self.ms.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{what} {ms:.1} ms")?;
+        }
+        Ok(())
+    }
 }
 
 /// The pool file of a template, handed to CRIU with `inherit_fd`.
@@ -62,12 +103,14 @@ pub fn restore(
     stdio: [Option<OwnedFd>; 3],
     console: Option<&Path>,
     criu: &CriuConfig,
-) -> Result<i32, RuntimeError> {
+) -> Result<(i32, Phases), RuntimeError> {
+    let mut phases = Phases::start();
     let spec = at.derived_spec()?;
     let criu = criu.criu()?;
     make_dir(&plan.work)?;
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
     let cgroup = Cgroup::open(cgroups_path.as_deref(), &at.id, plan.systemd_cgroup)?;
+    phases.mark("prepare");
     // CRIU wants a mount point as root whose parent is not over-mounted.
     let root = at.state_root.join("criu-root");
     fs::create_dir_all(&root).map_err(RuntimeError::io(format!("creating {}", root.display())))?;
@@ -84,7 +127,24 @@ pub fn restore(
         "bind-mounting {} for CRIU",
         rootfs.display()
     )))?;
-    let result = run(at, plan, &spec, &criu, &cgroup, &root, stdio, console);
+    phases.mark("rootfs");
+    let result = run(
+        at,
+        plan,
+        &spec,
+        &criu,
+        &cgroup,
+        &root,
+        stdio,
+        console,
+        &mut phases,
+    )
+    .and_then(|pid| {
+        if plan.loopback_up {
+            loopback_up(pid)?;
+        }
+        Ok(pid)
+    });
     let _ = umount2(&root, MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(&root);
     let pid = match result {
@@ -104,7 +164,44 @@ pub fn restore(
         }
     };
     adopt(at, &spec, pid, plan.systemd_cgroup)?;
-    Ok(pid)
+    phases.mark("adopt");
+    Ok((pid, phases))
+}
+
+/// Brings up `lo` in the network namespace of `pid` (this worker is single-threaded and
+/// exits afterwards, so it may move itself into that namespace).
+fn loopback_up(pid: i32) -> Result<(), RuntimeError> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(RuntimeError::io("opening the restored network namespace"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(RuntimeError::sys("entering the restored network namespace"))?;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(RuntimeError::sys("opening a socket for lo"))?;
+    // SAFETY: ifreq is plain old data; the ioctls read and write only this struct.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        use std::os::fd::AsRawFd;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(RuntimeError::sys("reading the flags of lo")(
+                nix::errno::Errno::last(),
+            ));
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
+            return Err(RuntimeError::sys("bringing up lo")(
+                nix::errno::Errno::last(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -117,6 +214,7 @@ fn run(
     root: &Path,
     stdio: [Option<OwnedFd>; 3],
     console: Option<&Path>,
+    phases: &mut Phases,
 ) -> Result<i32, RuntimeError> {
     let mut fds = FdPlan::default();
     let mut o = Criu_opts::new();
@@ -229,13 +327,16 @@ fn run(
     let mut req = Criu_req::new();
     req.set_type(Criu_req_type::RESTORE);
     req.opts = Some(o).into();
+    phases.mark("plan");
     let session = criu.start(fds)?;
+    phases.mark("criu spawn");
     // Restored tasks inherit CRIU's cgroup: move it into the container's first.
     cgroup.add_task(session.pid())?;
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
     if let Some(r) = &resources {
         cgroup.update(r)?;
     }
+    phases.mark("cgroup");
     let log = plan.work.join("restore.log");
     let resp = session
         .call(req, "restore", Some(log.clone()), &mut notify)
@@ -255,6 +356,7 @@ fn run(
             }
         })?;
     drop((images_fd, work_fd));
+    phases.mark("criu restore");
     let pid = resp.restore.as_ref().map_or(0, |r| r.pid());
     if pid <= 0 {
         return Err(RuntimeError::Worker(

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, CheckpointOptions, CriuConfig};
 use crate::error::{RuntimeError, chain};
 use crate::executor::TrenvExecutor;
-use crate::restore::{self, RestorePlan};
+use crate::restore::{self, Phases, RestorePlan};
 use crate::rootfs::{self, Mount};
 use crate::seccomp;
 
@@ -129,6 +129,11 @@ pub enum Request {
 pub enum Reply {
     Pid(i32),
     Done,
+    /// A restored init and where the restore spent its time.
+    Restored {
+        pid: i32,
+        phases: Phases,
+    },
 }
 
 /// Runs one request. Called in a zygote worker.
@@ -192,8 +197,9 @@ pub fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RuntimeError> {
             criu,
         } => {
             let stdio = take_stdio(&mut fds, &stdio)?;
-            let pid = restore::restore(&at, &plan, stdio, console_socket.as_deref(), &criu)?;
-            Ok(Reply::Pid(pid))
+            let (pid, phases) =
+                restore::restore(&at, &plan, stdio, console_socket.as_deref(), &criu)?;
+            Ok(Reply::Restored { pid, phases })
         }
     }
 }

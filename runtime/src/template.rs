@@ -123,6 +123,9 @@ pub struct Manifest {
     /// SHA-256 of the spec fields CRIU restores from the image (see [`security_digest`]).
     pub security: String,
     pub heap_included: bool,
+    /// The container's own network namespace was dumped empty: restores bring up `lo`.
+    #[serde(default)]
+    pub empty_netns: bool,
     pub conversion: Conversion,
     pub pool: PoolFile,
     /// Every file of `images/`, by name.
@@ -314,7 +317,11 @@ impl TemplateStore {
         let work = staging.join("work");
         let criu_bin = criu.criu()?;
         let criu_version = criu_bin.require_version(criu.cache_dir.as_deref())?;
-        checkpoint::checkpoint(at, &images, &work, &CheckpointOptions::default(), criu)?;
+        let opts = CheckpointOptions {
+            for_template: true,
+            ..Default::default()
+        };
+        checkpoint::checkpoint(at, &images, &work, &opts, criu)?;
         let conversion =
             trenv_criu::template::convert(&images, pool_tmp, &Manifest::image_name(name), policy)
                 .map_err(|source| TemplateError::Convert {
@@ -354,6 +361,7 @@ impl TemplateStore {
             kernel: kernel_release(),
             security: security_digest(&spec),
             heap_included: policy.include_heap,
+            empty_netns: checkpoint::private_netns(&spec),
             conversion,
             pool: PoolFile {
                 kind: pool.kind,

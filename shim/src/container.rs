@@ -221,6 +221,7 @@ impl Container {
         };
         let template_name = annotation(TEMPLATE_ANNOTATION);
         let mut template_file = None;
+        let mut loopback_up = false;
         let mut criu = criu_config(opts);
         let restore_from = if !template_name.is_empty() {
             if !req.checkpoint.is_empty() || opts.criu_image_path.is_some() {
@@ -246,6 +247,7 @@ impl Container {
             let staged = bundle.join("work").join(STAGED_IMAGES);
             stage_images(&checked.images, &staged).map_err(|e| internal(e.to_string()))?;
             let m = checked.manifest;
+            loopback_up = m.empty_netns;
             template_file = Some(TemplateFile {
                 key: Manifest::image_name(&m.name)
                     .trim_start_matches('/')
@@ -324,6 +326,7 @@ impl Container {
                     systemd_cgroup: systemd,
                     terminal: paths.terminal,
                     template: template_file,
+                    loopback_up,
                 },
                 child,
             }));
@@ -344,7 +347,7 @@ impl Container {
         drop(child);
         let pid = match reply? {
             Reply::Pid(pid) => pid,
-            Reply::Done => return Err(internal("the runtime worker returned no pid")),
+            _ => return Err(internal("the runtime worker returned no pid")),
         };
         match finish_io(&paths, io, console) {
             Ok(io) => {
@@ -426,8 +429,11 @@ impl Container {
         );
         drop(child);
         let pid = match reply? {
-            Reply::Pid(pid) => pid,
-            Reply::Done => return Err(internal("the runtime worker returned no pid")),
+            Reply::Restored { pid, phases } => {
+                log::info!("restored {} (pid {pid}): {phases}", self.id);
+                pid
+            }
+            _ => return Err(internal("the runtime worker returned no pid")),
         };
         if pending.plan.work.ends_with(RESTORE_WORK) {
             let _ = fs::remove_dir_all(&pending.plan.work);
@@ -545,7 +551,7 @@ impl Container {
         let _ = fs::remove_file(&file);
         let pid = match reply? {
             Reply::Pid(pid) => pid,
-            Reply::Done => return Err(internal("the runtime worker returned no pid")),
+            _ => return Err(internal("the runtime worker returned no pid")),
         };
         let io = finish_io(&p.stdio, io, console);
         {

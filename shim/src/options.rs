@@ -187,6 +187,7 @@ pub fn criu_checkpoint_options(
         file_locks: o.file_locks,
         empty_namespaces: o.empty_namespaces.clone(),
         cgroups_mode: o.cgroups_mode.clone(),
+        for_template: false,
     }
 }
 
