@@ -66,5 +66,50 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
         sleep 0.1
     done
     grep "\"container_id\":\"$demo\"" "$meter/invocations.jsonl" | tail -n 1 | jq .
+    # A function templated once and restored: the Python test function (64 MiB of state).
+    ctr_() { "$CTR" --address "$CONTAINERD_ADDRESS" "$@"; }
+    src="trenv-demo-fn-$$" inst="trenv-demo-fn-$$-1" tpl="demo-fn-$$"
+    cleanup_demo() {
+        for c in "$inst" "$src"; do
+            ctr_ task kill -s SIGKILL "$c" >/dev/null 2>&1 || true
+            ctr_ task delete "$c" >/dev/null 2>&1 || true
+            ctr_ container delete "$c" >/dev/null 2>&1 || true
+        done
+        /usr/local/bin/trenv template rm "$tpl" >/dev/null 2>&1 || true
+    }
+    trap cleanup_demo EXIT
+    log "demo: the Python function starts cold and initialises 64 MiB of state"
+    ctr_ run -d --runtime io.containerd.trenv.v1 --env FN_STATE_MB=64 --env FN_LOG=/tmp/fn.log \
+        docker.io/trenv/pyfn:latest "$src" >/dev/null
+    for _ in $(seq 100); do
+        ready="$(ctr_ task exec --exec-id "probe-$RANDOM" "$src" sh -c 'grep ^ready /tmp/fn.log 2>/dev/null' || true)"
+        [[ -n "$ready" ]] && break
+        sleep 0.2
+    done
+    [[ -n "$ready" ]] || die "the demo function did not get ready"
+    log "  $ready"
+    log "demo: trenv template create $tpl --from $src"
+    /usr/local/bin/trenv template create "$tpl" --from "$src"
+    log "demo: a new instance restored from the template (ctr run --annotation io.trenv.template=$tpl)"
+    t0=$(date +%s%N)
+    ctr_ run -d --runtime io.containerd.trenv.v1 --annotation io.trenv.function=demo-fn \
+        --annotation "io.trenv.template=$tpl" docker.io/trenv/pyfn:latest "$inst" >/dev/null
+    log "  running after $((($(date +%s%N) - t0) / 1000000)) ms (ctr run to return), already initialised"
+    ctr_ task kill -s SIGUSR1 "$inst"
+    for _ in $(seq 50); do
+        check="$(ctr_ task exec --exec-id "probe-$RANDOM" "$inst" sh -c 'grep ^check /tmp/fn.log 2>/dev/null' || true)"
+        [[ -n "$check" ]] && break
+        sleep 0.1
+    done
+    log "  its state checksum: $check (same as at ready: $([[ "${check#check }" == "${ready##* }" ]] && echo yes || echo NO))"
+    ctr_ task kill -s SIGTERM "$inst"
+    for _ in $(seq 50); do
+        grep -q "\"container_id\":\"$inst\"" "$meter/invocations.jsonl" 2>/dev/null && break
+        sleep 0.1
+    done
+    log "its metering record:"
+    grep "\"container_id\":\"$inst\"" "$meter/invocations.jsonl" | tail -n 1 | jq . || true
+    cleanup_demo
+    trap - EXIT
     log "done. Try: eval \"\$($TRENV_REPO/integration/scripts/containerd.sh env $version)\"; \$CTR run --rm --runtime io.containerd.trenv.v1 docker.io/trenv/busybox:latest demo echo hi"
 fi

@@ -505,3 +505,271 @@ fn nix_kill(pid: i32) -> std::io::Result<()> {
         Err(std::io::Error::other("kill failed"))
     }
 }
+
+/// A template restore is an ordinary start for containerd and metering: the instance exits
+/// with the function's own status and leaves a metering record.
+#[test]
+fn a_restored_instance_exits_and_is_metered_like_a_cold_start() {
+    let c = ctr();
+    let src = unique_id("tpl-meter-src");
+    let name = unique_id("meter");
+    let id = unique_id("tpl-meter");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone(), id.clone()],
+        templates: vec![name.clone()],
+    };
+    start_function(&c, &src, 8);
+    create_template(&c, &name, &src);
+    let annotation = format!("{ANNOTATION}={name}");
+    run_detached(
+        &c,
+        &id,
+        &[
+            "--annotation",
+            &annotation,
+            "--annotation",
+            "io.trenv.function=tpl-meter",
+        ],
+        PYFN,
+        &[],
+    );
+    c.run(&["task", "kill", "-s", "SIGTERM", &id]).ok();
+    assert!(c.wait_status(&id, "STOPPED", Duration::from_secs(10)));
+    let deleted = c.run(&["task", "delete", &id]).ok();
+    assert!(
+        !deleted.stderr.contains("non-zero exit"),
+        "pyfn exits 0 on SIGTERM: {deleted:?}"
+    );
+    let meter = std::env::var_os("TRENV_METER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"))
+        .join("invocations.jsonl");
+    let needle = format!("\"container_id\":\"{id}\"");
+    let mut record = None;
+    let start = Instant::now();
+    while record.is_none() && start.elapsed() < Duration::from_secs(10) {
+        record = fs::read_to_string(&meter)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains(&needle))
+            .map(str::to_string);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&record.expect("a metering record of the restored instance")).unwrap();
+    assert_eq!(record["function"], "tpl-meter");
+    assert_eq!(record["exit_status"], 0);
+    assert!(
+        record["memory_peak_bytes"].as_u64().unwrap_or(0) > 0,
+        "{record}"
+    );
+}
+
+/// The CRIU binary named in trenv's config does not exist: the error says so and which
+/// version is needed; nothing is made and the function runs on.
+#[test]
+fn a_missing_criu_is_a_clear_error() {
+    let c = ctr();
+    let src = unique_id("tpl-nocriu");
+    let name = unique_id("nocriu");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone()],
+        templates: vec![name.clone()],
+    };
+    run_detached(&c, &src, &[], BUSYBOX, &["sleep", "1000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    fs::write(&config, "[criu]\nbinary = \"/nonexistent/criu\"\n").unwrap();
+    let r = trenv(&[
+        "template",
+        "create",
+        &name,
+        "--from",
+        &src,
+        "-n",
+        &c.namespace,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("CRIU not found"), "{}", r.stderr);
+    assert!(r.stderr.contains("4.1.0 or newer"), "{}", r.stderr);
+    assert_no_staging(&name);
+    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+}
+
+/// A pool bound to NUMA node 0 (this machine's only node; CXL memory would be a CPU-less
+/// node): checked against its mount options, and the instances' template pages follow the
+/// pool's policy.
+#[test]
+fn a_numa_bound_pool_is_checked_and_used() {
+    let c = ctr();
+    let src = unique_id("tpl-numa-src");
+    let name = unique_id("numa");
+    let id = unique_id("tpl-numa");
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    fs::create_dir_all(&pool).unwrap();
+    assert!(
+        std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=256m,mpol=bind:0",
+                "trenv-test-numa"
+            ])
+            .arg(&pool)
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(pool.clone());
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone(), id.clone()],
+        templates: vec![name.clone()],
+    };
+    let ready = start_function(&c, &src, 16);
+    let write_config = |node: u32| {
+        let path = dir.path().join(format!("numa{node}.toml"));
+        fs::write(
+            &path,
+            format!(
+                "[pool]\nkind = \"numa\"\nnode = {node}\ndir = \"{}\"\n",
+                pool.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // Configured for node 1, mounted for node 0: refused before anything is written.
+    let wrong = write_config(1);
+    let r = trenv(&[
+        "template",
+        "create",
+        &name,
+        "--from",
+        &src,
+        "-n",
+        &c.namespace,
+        "--config",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("configured as numa"), "{}", r.stderr);
+    let right = write_config(0);
+    let r = trenv(&[
+        "template",
+        "create",
+        &name,
+        "--from",
+        &src,
+        "-n",
+        &c.namespace,
+        "--config",
+        right.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = inspect(&name);
+    assert_eq!(m["pool"]["kind"]["NumaTmpfs"]["node"], 0, "{m}");
+    let pool_file = m["pool"]["path"].as_str().unwrap().to_string();
+    assert!(pool_file.starts_with(&pool.canonicalize().unwrap().display().to_string()));
+
+    let annotation = format!("{ANNOTATION}={name}");
+    run_detached(&c, &id, &["--annotation", &annotation], PYFN, &[]);
+    assert_eq!(signal_state(&c, &id, "SIGUSR1"), ready);
+    let numa = fs::read_to_string(format!("/proc/{}/numa_maps", init_pid(&c, &id))).unwrap();
+    let line = numa
+        .lines()
+        .find(|l| l.contains(&pool_file))
+        .unwrap_or_else(|| panic!("the instance does not map {pool_file}: {numa}"));
+    assert!(line.contains("bind:0"), "{line}");
+    c.remove(&id);
+    assert!(trenv(&["template", "rm", &name]).code == 0);
+}
+
+/// CRIU killed in the middle of a restore: Start fails saying so, and the instance leaves no
+/// process, cgroup or mount behind.
+#[test]
+fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
+    let c = ctr();
+    let src = unique_id("tpl-rkill-src");
+    let name = unique_id("rkill");
+    let id = unique_id("tpl-rkill");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone(), id.clone()],
+        templates: vec![name.clone()],
+    };
+    start_function(&c, &src, 200);
+    // A copy template: its restore copies 200 MiB, long enough to be caught.
+    let r = trenv(&[
+        "template",
+        "create",
+        &name,
+        "--from",
+        &src,
+        "-n",
+        &c.namespace,
+        "--copy",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    c.remove(&src);
+    let annotation = format!("{ANNOTATION}={name}");
+    let mine = format!("/{id}");
+    let killer = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            for pid in trenv_integration::pids_matching("swrk") {
+                let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit(')')
+                            .next()?
+                            .split_whitespace()
+                            .nth(1)?
+                            .parse::<i32>()
+                            .ok()
+                    });
+                let parent = ppid
+                    .and_then(|p| fs::read_to_string(format!("/proc/{p}/comm")).ok())
+                    .unwrap_or_default();
+                // This container's restore: its shim (and so CRIU) works in its bundle.
+                let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+                if parent.trim() == "trenv-worker"
+                    && cwd.to_string_lossy().contains(&mine)
+                    && nix_kill(pid).is_ok()
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    });
+    let r = c.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        PYFN,
+        &id,
+    ]);
+    assert!(killer.join().unwrap(), "never caught the restoring CRIU");
+    assert_ne!(r.code, 0, "{r:#?}");
+    assert!(r.stderr.contains("CRIU died during restore"), "{r:#?}");
+    assert_ne!(c.task_status(&id).as_deref(), Some("RUNNING"));
+    c.remove(&id);
+    assert_nothing_left(&c, &id);
+}
