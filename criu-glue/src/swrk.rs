@@ -9,12 +9,13 @@
 
 use std::fs;
 use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, send, socketpair,
 };
@@ -367,10 +368,29 @@ impl Session {
     }
 
     fn receive(
-        &self,
+        &mut self,
         op: &'static str,
         log: &Option<PathBuf>,
     ) -> Result<(Criu_resp, Option<OwnedFd>), CriuError> {
+        // CRIU's children (the tasks it restores) inherit its end of the socket, so a CRIU
+        // that dies does not always close it: watch the process as well.
+        loop {
+            let mut pfd = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut pfd, PollTimeout::from(50u16)) {
+                Ok(0) => {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return Err(CriuError::Died {
+                            op,
+                            how: String::new(),
+                            log: log.clone(),
+                        });
+                    }
+                }
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(CriuError::sys("waiting for CRIU's answer")(e)),
+            }
+        }
         let mut buf = vec![0u8; MAX_RESPONSE];
         let mut iov = [IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!([RawFd; 4]);

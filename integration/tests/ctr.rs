@@ -713,3 +713,30 @@ fn tempfile_dir() -> String {
     fs::create_dir_all(&d).unwrap();
     d.to_string_lossy().into_owned()
 }
+
+/// A process that never ran (here an exec refused because the task is paused; a failed
+/// restore in tests/templates.rs) must not keep containerd's Wait calls, and so the shim,
+/// alive.
+#[test]
+fn processes_that_never_ran_do_not_keep_the_shim_alive() {
+    let c = ctr();
+    {
+        let d = Detached::start(&c, "neverran", &[], &["sleep", "1000"]);
+        c.run(&["task", "pause", &d.id]).ok();
+        let r = c.run(&["task", "exec", "--exec-id", "x1", &d.id, "true"]);
+        assert_ne!(r.code, 0, "exec into a paused task: {r:#?}");
+        c.run(&["task", "resume", &d.id]).ok();
+        let shim = format!("-id {} ", d.id);
+        assert_eq!(pids_matching(&shim).len(), 2, "shim server and zygote");
+        drop(d);
+        let start = std::time::Instant::now();
+        while !pids_matching(&shim).is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the shim outlived its container: {:?}",
+                pids_matching(&shim)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -125,8 +125,18 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
-/// Nothing of container `id` is left on the host: no mount, no cgroup.
+/// Nothing of container `id` is left on the host: no shim, no mount, no cgroup.
 fn assert_nothing_left(c: &Ctr, id: &str) {
+    let shim = format!("-id {id} ");
+    let start = Instant::now();
+    while !trenv_integration::pids_matching(&shim).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the shim of {id} is still running: {:?}",
+            trenv_integration::pids_matching(&shim)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !info.lines().any(|l| l.contains(&format!("/{id}/"))),

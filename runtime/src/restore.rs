@@ -150,14 +150,20 @@ pub fn restore(
     let pid = match result {
         Ok(pid) => pid,
         Err(e) => {
-            // Whatever CRIU left in the cgroup goes with it.
-            if let Ok(pids) = cgroup.pids() {
+            // Whatever CRIU left in the cgroup goes with it (half-restored tasks of a CRIU
+            // that died wait forever otherwise).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while let Ok(pids) = cgroup.pids() {
+                if pids.is_empty() || std::time::Instant::now() > deadline {
+                    break;
+                }
                 for p in pids {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(p),
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
             let _ = cgroup.remove();
             return Err(e);

@@ -65,6 +65,10 @@ struct PendingRestore {
 /// removed after a successful restore.
 const RESTORE_WORK: &str = "criu-restore";
 
+/// Exit status reported for a process that never started (as runc's shim does for a task
+/// deleted before Start: killed).
+pub const NEVER_STARTED: u32 = 128 + libc::SIGKILL as u32;
+
 /// A template's images linked for one restore, below containerd's work directory.
 const STAGED_IMAGES: &str = "criu-images";
 
@@ -632,7 +636,16 @@ impl Container {
             )));
         }
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
-            .map_err(|e| internal(format!("sending {sig} to pid {pid}: {e}")))
+            .map_err(|e| internal(format!("sending {sig} to pid {pid}: {e}")))?;
+        // A frozen process only dies once thawed (runc resumes a paused container on
+        // SIGKILL too).
+        if exec_id.is_empty()
+            && sig == nix::sys::signal::Signal::SIGKILL
+            && self.init.state() == State::Paused
+        {
+            let _ = self.resume();
+        }
+        Ok(())
     }
 
     /// After init exited: without a PID namespace of its own nothing else ends the
@@ -653,8 +666,24 @@ impl Container {
         }
     }
 
+    /// The container was created from a checkpoint or template and Start restores it.
+    pub fn restores_at_start(&self) -> bool {
+        self.pending_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Removes the container: processes, cgroup, state, rootfs mount.
     pub fn destroy(&self) -> Result<(), ttrpc::Error> {
+        // Processes that never ran (a failed start, a task deleted before Start) will never
+        // exit: release whoever waits for them, or containerd's Wait calls hang forever
+        // and with them the shim's shutdown.
+        for p in std::iter::once(&self.init).chain(self.execs().values()) {
+            if p.state() == State::Created {
+                p.set_exited(NEVER_STARTED, crate::process::now());
+            }
+        }
         for p in std::iter::once(&self.init).chain(self.execs().values()) {
             if let Some(io) = p.lock().io.as_mut() {
                 io.close();

@@ -329,7 +329,10 @@ impl Task for Service {
                 ..Default::default()
             }),
         );
-        self.inner.watch_oom(&c);
+        // A restored container's cgroup exists only once Start restored it.
+        if !c.restores_at_start() {
+            self.inner.watch_oom(&c);
+        }
         self.inner.claim(&c, &c.init, pid);
         Ok(CreateTaskResponse {
             pid: pid as u32,
@@ -341,6 +344,7 @@ impl Task for Service {
         let c = self.inner.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
             let began = Instant::now();
+            let restored = c.restores_at_start();
             // The meter is in place before the process runs: it may exit at once.
             c.init.lock().meter = self.inner.start_meter(&c, "");
             // So is the autotuner, which sets the hull's first limit.
@@ -364,7 +368,10 @@ impl Task for Service {
                     ..Default::default()
                 }),
             );
-            // A restored init learns its pid only now.
+            // A restored init learns its pid only now, and has a cgroup only now.
+            if restored {
+                self.inner.watch_oom(&c);
+            }
             self.inner.claim(&c, &c.init, pid);
             // Benchmarks read this line (integration/src/bin/bench-templates.rs).
             let created = c
@@ -385,6 +392,8 @@ impl Task for Service {
             p.lock().meter = self.inner.start_meter(&c, &req.exec_id);
             let pid = c.start_exec(&p, |_| {}).inspect_err(|_| {
                 p.lock().meter = None;
+                // It will never run: answer its waiters (runc's shim reports 255 too).
+                p.set_exited(255, now());
             })?;
             self.inner.events.publish(
                 TASK_EXEC_STARTED_EVENT_TOPIC,

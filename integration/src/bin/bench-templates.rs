@@ -8,12 +8,13 @@
 //!    ready, `trenv template create` makes two templates of it: `--copy` (nothing mapped;
 //!    the restore is CRIU's own page-copying restore) and the default (anonymous memory
 //!    mapped copy-on-write from the pool file).
-//! 2. **Latency**, `--runs` rounds, the four modes interleaved ABCD/DCBA. End to end, from
-//!    spawning `ctr` until the function can serve: a cold start (`ctr run --rm`, stdout
-//!    piped) until its `ready` line; a restore (`ctr run -d --annotation
-//!    io.trenv.template=…`) until `ctr` returns, the task running with its initialised
-//!    state. In the shim: Create + Start as the shim logs them ("started ID …"); for a
-//!    cold start that excludes the function's own initialisation, which runs after Start.
+//! 2. **Latency**, `--runs` rounds, the four modes interleaved ABCD/DCBA. Each start first
+//!    creates the container (`ctr containers create`, timed separately: "+container"),
+//!    then times Create to ready through containerd ("e2e"): a cold start (`ctr task
+//!    start`, stdout piped) until its `ready` line; a restore (`ctr task start -d` of a
+//!    container annotated `io.trenv.template=…`) until `ctr` returns, the task running with
+//!    its initialised state. In the shim: Create + Start as the shim logs them ("started
+//!    ID …"); for a cold start that excludes the function's initialisation after Start.
 //! 3. **Memory**, per template kind: `--instances` instances restored and running at once,
 //!    each having read all its state (SIGUSR1: checksum over everything); reported as the
 //!    sum of their Pss, the sum of their cgroups' memory usage, the pool file, and the
@@ -149,21 +150,29 @@ impl Drop for Cleanup {
     }
 }
 
-/// Cold start: `ctr run --rm` attached, until the function prints `ready`.
-fn cold(ctr: &Ctr, runtime: &str, id: &str, mb: u32) -> Result<f64, String> {
+/// `ctr containers create` (the container record and its snapshot), timed.
+fn create_container(ctr: &Ctr, id: &str, flags: &[&str]) -> Result<f64, String> {
+    let mut a = vec!["containers", "create"];
+    a.extend_from_slice(flags);
+    a.push(PYFN);
+    a.push(id);
+    let start = Instant::now();
+    let r = ctr.run(&a);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if r.code != 0 {
+        return Err(format!("creating container {id}: {}", r.stderr.trim()));
+    }
+    Ok(ms)
+}
+
+/// Cold start of a created container: `ctr task start` attached (Create + Start through
+/// containerd), until the function prints `ready`. Returns (container ms, task ms).
+fn cold(ctr: &Ctr, runtime: &str, id: &str, mb: u32) -> Result<(f64, f64), String> {
     let state = format!("FN_STATE_MB={mb}");
+    let created = create_container(ctr, id, &["--runtime", runtime, "--env", &state])?;
     let start = Instant::now();
     let mut child = ctr
-        .cmd(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--env",
-            &state,
-            PYFN,
-            id,
-        ])
+        .cmd(&["task", "start", id])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -181,23 +190,22 @@ fn cold(ctr: &Ctr, runtime: &str, id: &str, mb: u32) -> Result<f64, String> {
     let _ = ctr.run(&["task", "kill", "-s", "SIGKILL", id]);
     let _ = child.wait();
     ctr.remove(id);
-    ready.ok_or_else(|| format!("{id} never printed ready"))
+    ready
+        .map(|r| (created, r))
+        .ok_or_else(|| format!("{id} never printed ready"))
 }
 
-/// Restore: `ctr run -d` with the template annotation, until ctr returns.
-fn restore(ctr: &Ctr, template: &str, id: &str) -> Result<f64, String> {
+/// Restore of a created container: `ctr task start -d` (Create + Start through
+/// containerd) until it returns with the task running. Returns (container ms, task ms).
+fn restore(ctr: &Ctr, template: &str, id: &str) -> Result<(f64, f64), String> {
     let annotation = format!("io.trenv.template={template}");
-    let start = Instant::now();
-    let r = ctr.run(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        &annotation,
-        PYFN,
+    let created = create_container(
+        ctr,
         id,
-    ]);
+        &["--runtime", RUNTIME, "--annotation", &annotation],
+    )?;
+    let start = Instant::now();
+    let r = ctr.run(&["task", "start", "-d", id]);
     let ms = start.elapsed().as_secs_f64() * 1e3;
     if r.code != 0 {
         return Err(format!("restoring {id}: {}", r.stderr.trim()));
@@ -205,7 +213,7 @@ fn restore(ctr: &Ctr, template: &str, id: &str) -> Result<f64, String> {
     if ctr.task_status(id).as_deref() != Some("RUNNING") {
         return Err(format!("{id} is not running after its restore"));
     }
-    Ok(ms)
+    Ok((created, ms))
 }
 
 /// The shim's own Create + Start time for container `id`, from containerd's log.
@@ -419,6 +427,7 @@ fn run(o: &Options) -> Result<Value, String> {
 
     if o.latency {
         let mut e2e: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut with_container: Vec<Vec<f64>> = vec![Vec::new(); 4];
         let mut shim: Vec<Vec<f64>> = vec![Vec::new(); 4];
         for round in 0..o.runs {
             let order: Vec<Mode> = if round % 2 == 0 {
@@ -431,7 +440,7 @@ fn run(o: &Options) -> Result<Value, String> {
                     return Err("interrupted".into());
                 }
                 let id = format!("{prefix}-{}-{round}", mode.key());
-                let ms = match mode {
+                let (container_ms, ms) = match mode {
                     Mode::ColdRunc => cold(&ctr, RUNC, &id, o.mb)?,
                     Mode::ColdTrenv => cold(&ctr, RUNTIME, &id, o.mb)?,
                     Mode::CopyRestore => restore(&ctr, &copy_t, &id)?,
@@ -439,6 +448,7 @@ fn run(o: &Options) -> Result<Value, String> {
                 };
                 let i = Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0);
                 e2e[i].push(ms);
+                with_container[i].push(container_ms + ms);
                 if mode != Mode::ColdRunc
                     && let Some(s) = shim_time(&log, &id)
                 {
@@ -452,7 +462,12 @@ fn run(o: &Options) -> Result<Value, String> {
         for (i, mode) in Mode::ALL.iter().enumerate() {
             lat.insert(
                 mode.key().into(),
-                json!({"name": mode.name(), "end_to_end_ms": stats(&mut e2e[i]), "in_shim_ms": stats(&mut shim[i])}),
+                json!({
+                    "name": mode.name(),
+                    "end_to_end_ms": stats(&mut e2e[i]),
+                    "with_container_ms": stats(&mut with_container[i]),
+                    "in_shim_ms": stats(&mut shim[i]),
+                }),
             );
         }
         report["latency"] = Value::Object(lat);
@@ -509,24 +524,33 @@ fn print_report(r: &Value) {
     }
     if let Some(lat) = r.get("latency") {
         println!("\n## Create to ready (ms)\n");
-        println!("| mode | e2e P50 | e2e P99 | in-shim P50 | in-shim P99 | n |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        println!(
+            "e2e: Create to ready through containerd (`ctr task start`); +container: plus \
+             creating the container record and snapshot (`ctr containers create`) first\n"
+        );
+        println!(
+            "| mode | e2e P50 | e2e P99 | +container P50 | +container P99 | in-shim P50 | in-shim P99 | n |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for m in Mode::ALL {
             let e = &lat[m.key()]["end_to_end_ms"];
+            let w = &lat[m.key()]["with_container_ms"];
             let s = &lat[m.key()]["in_shim_ms"];
             let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
             println!(
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 m.name(),
                 f(&e["p50"]),
                 f(&e["p99"]),
+                f(&w["p50"]),
+                f(&w["p99"]),
                 f(&s["p50"]),
                 f(&s["p99"]),
                 e["n"]
             );
         }
         let p = |k: &str, what: &str, q: &str| lat[k][what][q].as_f64().unwrap_or(f64::NAN);
-        for what in ["end_to_end_ms", "in_shim_ms"] {
+        for what in ["end_to_end_ms", "with_container_ms", "in_shim_ms"] {
             let r50 = p("copy_restore", what, "p50") / p("map_restore", what, "p50");
             let r99 = p("copy_restore", what, "p99") / p("map_restore", what, "p99");
             println!(
