@@ -447,7 +447,7 @@ fn a_full_pool_is_a_clear_error_and_leaves_no_half_template() {
 }
 
 /// CRIU killed in the middle of making a template: a clear error, nothing half-made, and
-/// the function is not left frozen.
+/// the function is not left frozen (it runs on, or died with CRIU's parasite code).
 #[test]
 fn a_killed_criu_is_a_clear_error_and_leaves_nothing() {
     let c = ctr();
@@ -500,9 +500,14 @@ fn a_killed_criu_is_a_clear_error_and_leaves_nothing() {
     assert!(stderr.contains("CRIU died"), "{stderr}");
     assert!(trenv(&["template", "inspect", &name]).code != 0);
     assert_no_staging(&name);
-    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
-    // Not frozen: it still answers, with its state intact.
-    assert_eq!(signal_state(&c, &src, "SIGUSR1"), ready);
+    // CRIU killed after it injected its parasite code into the function may take the
+    // function with it (nothing else can remove that code); what must not happen is a
+    // function left frozen. Running means answering, with its state intact.
+    match c.task_status(&src).as_deref() {
+        Some("RUNNING") => assert_eq!(signal_state(&c, &src, "SIGUSR1"), ready),
+        Some("STOPPED") => {}
+        other => panic!("the source function is {other:?} after CRIU was killed"),
+    }
 }
 
 fn nix_kill(pid: i32) -> std::io::Result<()> {
