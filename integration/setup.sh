@@ -103,12 +103,14 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     done
     log "  its state checksum: $check (same as at ready: $([[ "${check#check }" == "${ready##* }" ]] && echo yes || echo NO))"
     ctr_ task kill -s SIGTERM "$inst"
+    # The record of the function itself (its init process), not of the probes above.
+    record="\"container_id\":\"$inst\",\"exec_id\":\"\""
     for _ in $(seq 50); do
-        grep -q "\"container_id\":\"$inst\"" "$meter/invocations.jsonl" 2>/dev/null && break
+        grep -q "$record" "$meter/invocations.jsonl" 2>/dev/null && break
         sleep 0.1
     done
     log "its metering record:"
-    grep "\"container_id\":\"$inst\"" "$meter/invocations.jsonl" | tail -n 1 | jq . || true
+    grep "$record" "$meter/invocations.jsonl" | tail -n 1 | jq . || true
     cleanup_demo
     trap - EXIT
     log "done. Try: eval \"\$($TRENV_REPO/integration/scripts/containerd.sh env $version)\"; \$CTR run --rm --runtime io.containerd.trenv.v1 docker.io/trenv/busybox:latest demo echo hi"

@@ -549,6 +549,7 @@ fn a_restored_instance_exits_and_is_metered_like_a_cold_start() {
         PYFN,
         &[],
     );
+    std::thread::sleep(Duration::from_millis(200));
     c.run(&["task", "kill", "-s", "SIGTERM", &id]).ok();
     assert!(c.wait_status(&id, "STOPPED", Duration::from_secs(10)));
     let deleted = c.run(&["task", "delete", &id]).ok();

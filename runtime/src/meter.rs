@@ -260,13 +260,25 @@ impl Meter {
         let sampler = if config.interval.is_zero() {
             None
         } else {
-            File::open(files.usage_file()).ok().and_then(|f| {
-                let (stop, series, interval) = (stop.clone(), series.clone(), config.interval);
-                std::thread::Builder::new()
-                    .name("meter".into())
-                    .spawn(move || sample(f, interval, started, &stop, &series))
-                    .ok()
-            })
+            let path = files.usage_file();
+            let (stop, series, interval) = (stop.clone(), series.clone(), config.interval);
+            std::thread::Builder::new()
+                .name("meter".into())
+                .spawn(move || {
+                    // A container restored from a checkpoint or template gets its cgroup
+                    // only while Start runs: wait for it.
+                    let file = loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        match File::open(&path) {
+                            Ok(f) => break f,
+                            Err(_) => std::thread::sleep(interval),
+                        }
+                    };
+                    sample(file, interval, started, &stop, &series)
+                })
+                .ok()
         };
         Ok(Meter {
             identity,
