@@ -40,6 +40,49 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// One test's names (a source container, a template, an instance), all removed when the
+/// test ends, however it ends.
+struct Case<'a> {
+    ctr: &'a Ctr,
+    src: String,
+    name: String,
+    id: String,
+}
+
+impl<'a> Case<'a> {
+    fn new(ctr: &'a Ctr, tag: &str) -> Case<'a> {
+        Case {
+            ctr,
+            src: unique_id(&format!("tpl-{tag}-src")),
+            name: unique_id(tag),
+            id: unique_id(&format!("tpl-{tag}")),
+        }
+    }
+
+    /// `trenv template create NAME --from SRC -n NAMESPACE EXTRA…`.
+    fn create(&self, extra: &[&str]) -> Out {
+        let mut args = vec![
+            "template",
+            "create",
+            &self.name,
+            "--from",
+            &self.src,
+            "-n",
+            &self.ctr.namespace,
+        ];
+        args.extend_from_slice(extra);
+        trenv(&args)
+    }
+}
+
+impl Drop for Case<'_> {
+    fn drop(&mut self) {
+        self.ctr.remove(&self.id);
+        self.ctr.remove(&self.src);
+        let _ = trenv_cli().args(["template", "rm", &self.name]).output();
+    }
+}
+
 struct Out {
     code: i32,
     stdout: String,
@@ -231,42 +274,29 @@ fn ten_instances_restored_from_one_template_are_correct_and_isolated() {
 #[test]
 fn template_list_inspect_and_rm() {
     let c = ctr();
-    let src = unique_id("tpl-ls");
-    let name = unique_id("ls");
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone()],
-        templates: vec![name.clone()],
-    };
-    run_detached(&c, &src, &[], BUSYBOX, &["sleep", "1000"]);
-    create_template(&c, &name, &src);
+    let case = Case::new(&c, "ls");
+    let (src, name) = (&case.src, &case.name);
+    run_detached(&c, src, &[], BUSYBOX, &["sleep", "1000"]);
+    create_template(&c, name, src);
     let list = trenv(&["template", "list"]);
     assert!(
-        list.stdout.lines().any(|l| l.starts_with(&name)),
+        list.stdout.lines().any(|l| l.starts_with(name.as_str())),
         "{}{}",
         list.stdout,
         list.stderr
     );
-    let m = inspect(&name);
+    let m = inspect(name);
     assert_eq!(m["name"], name.as_str());
     assert_eq!(m["source_container"], src.as_str());
     let pool_file = PathBuf::from(m["pool"]["path"].as_str().unwrap());
     assert!(pool_file.exists());
-    let again = trenv(&[
-        "template",
-        "create",
-        &name,
-        "--from",
-        &src,
-        "-n",
-        &c.namespace,
-    ]);
+    let again = case.create(&[]);
     assert_ne!(again.code, 0);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
-    let rm = trenv(&["template", "rm", &name]);
+    let rm = trenv(&["template", "rm", name]);
     assert_eq!(rm.code, 0, "{}", rm.stderr);
     assert!(!pool_file.exists(), "pool file left after rm");
-    let gone = trenv(&["template", "inspect", &name]);
+    let gone = trenv(&["template", "inspect", name]);
     assert!(gone.stderr.contains("not found"), "{}", gone.stderr);
 }
 
@@ -304,17 +334,11 @@ fn a_missing_or_misnamed_template_is_a_clear_error_and_leaves_nothing() {
 #[test]
 fn a_modified_template_is_refused_and_leaves_nothing() {
     let c = ctr();
-    let src = unique_id("tpl-mod-src");
-    let name = unique_id("mod");
-    let id = unique_id("tpl-mod");
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone(), id.clone()],
-        templates: vec![name.clone()],
-    };
-    start_function(&c, &src, 8);
-    create_template(&c, &name, &src);
-    let m = inspect(&name);
+    let case = Case::new(&c, "mod");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    start_function(&c, src, 8);
+    create_template(&c, name, src);
+    let m = inspect(name);
     let pool_file = PathBuf::from(m["pool"]["path"].as_str().unwrap());
     // Same size, one byte different: CRIU itself would not notice.
     let mut bytes = fs::read(&pool_file).unwrap();
@@ -330,51 +354,38 @@ fn a_modified_template_is_refused_and_leaves_nothing() {
         "--annotation",
         &annotation,
         PYFN,
-        &id,
+        id,
     ]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("failed its checksum"), "{r:#?}");
-    assert!(c.task_status(&id).is_none());
-    let _ = c.run(&["container", "delete", &id]);
-    assert_nothing_left(&c, &id);
+    assert!(c.task_status(id).is_none());
+    let _ = c.run(&["container", "delete", id]);
+    assert_nothing_left(&c, id);
 }
 
 #[test]
 fn multi_process_functions_are_refused_clearly() {
     let c = ctr();
-    let src = unique_id("tpl-multi");
-    let name = unique_id("multi");
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone()],
-        templates: vec![name.clone()],
-    };
+    let case = Case::new(&c, "multi");
+    let (src, name) = (&case.src, &case.name);
     run_detached(
         &c,
-        &src,
+        src,
         &[],
         BUSYBOX,
         &["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
     );
-    let r = trenv(&[
-        "template",
-        "create",
-        &name,
-        "--from",
-        &src,
-        "-n",
-        &c.namespace,
-    ]);
+    let r = case.create(&[]);
     assert_ne!(r.code, 0);
     assert!(
         r.stderr.contains("single-process functions"),
         "{}",
         r.stderr
     );
-    assert!(trenv(&["template", "inspect", &name]).code != 0);
-    assert_no_staging(&name);
+    assert!(trenv(&["template", "inspect", name]).code != 0);
+    assert_no_staging(name);
     // The source runs on, not frozen.
-    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+    assert_eq!(c.task_status(src).as_deref(), Some("RUNNING"));
 }
 
 /// Nothing of template `name` in the default store or pool: no staging directory, no
@@ -395,14 +406,9 @@ fn assert_no_staging(name: &str) {
 #[test]
 fn a_full_pool_is_a_clear_error_and_leaves_no_half_template() {
     let c = ctr();
-    let src = unique_id("tpl-full");
-    let name = unique_id("full");
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone()],
-        templates: vec![],
-    };
-    start_function(&c, &src, 64);
+    let case = Case::new(&c, "full");
+    let src = &case.src;
+    start_function(&c, src, 64);
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("pool");
     let store = dir.path().join("store");
@@ -423,17 +429,7 @@ fn a_full_pool_is_a_clear_error_and_leaves_no_half_template() {
         ),
     )
     .unwrap();
-    let r = trenv(&[
-        "template",
-        "create",
-        &name,
-        "--from",
-        &src,
-        "-n",
-        &c.namespace,
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let r = case.create(&["--config", config.to_str().unwrap()]);
     let pool_left: Vec<_> = fs::read_dir(&pool).unwrap().flatten().collect();
     let store_left: Vec<_> = fs::read_dir(&store)
         .map(|d| d.flatten().collect())
@@ -443,7 +439,7 @@ fn a_full_pool_is_a_clear_error_and_leaves_no_half_template() {
     assert!(r.stderr.contains("memory pool is full"), "{}", r.stderr);
     assert!(pool_left.is_empty(), "left in the pool: {pool_left:?}");
     assert!(store_left.is_empty(), "left in the store: {store_left:?}");
-    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+    assert_eq!(c.task_status(src).as_deref(), Some("RUNNING"));
 }
 
 /// CRIU killed in the middle of making a template: a clear error, nothing half-made, and
@@ -451,21 +447,16 @@ fn a_full_pool_is_a_clear_error_and_leaves_no_half_template() {
 #[test]
 fn a_killed_criu_is_a_clear_error_and_leaves_nothing() {
     let c = ctr();
-    let src = unique_id("tpl-kill");
-    let name = unique_id("kill");
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone()],
-        templates: vec![name.clone()],
-    };
-    let ready = start_function(&c, &src, 200);
+    let case = Case::new(&c, "kill");
+    let (src, name) = (&case.src, &case.name);
+    let ready = start_function(&c, src, 200);
     let child = trenv_cli()
         .args([
             "template",
             "create",
-            &name,
+            name,
             "--from",
-            &src,
+            src,
             "-n",
             &c.namespace,
         ])
@@ -498,13 +489,13 @@ fn a_killed_criu_is_a_clear_error_and_leaves_nothing() {
     assert!(killed, "never saw the CLI's CRIU");
     assert!(!out.status.success());
     assert!(stderr.contains("CRIU died"), "{stderr}");
-    assert!(trenv(&["template", "inspect", &name]).code != 0);
-    assert_no_staging(&name);
+    assert!(trenv(&["template", "inspect", name]).code != 0);
+    assert_no_staging(name);
     // CRIU killed after it injected its parasite code into the function may take the
     // function with it (nothing else can remove that code); what must not happen is a
     // function left frozen. Running means answering, with its state intact.
-    match c.task_status(&src).as_deref() {
-        Some("RUNNING") => assert_eq!(signal_state(&c, &src, "SIGUSR1"), ready),
+    match c.task_status(src).as_deref() {
+        Some("RUNNING") => assert_eq!(signal_state(&c, src, "SIGUSR1"), ready),
         Some("STOPPED") => {}
         other => panic!("the source function is {other:?} after CRIU was killed"),
     }
@@ -526,20 +517,14 @@ fn nix_kill(pid: i32) -> std::io::Result<()> {
 #[test]
 fn a_restored_instance_exits_and_is_metered_like_a_cold_start() {
     let c = ctr();
-    let src = unique_id("tpl-meter-src");
-    let name = unique_id("meter");
-    let id = unique_id("tpl-meter");
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone(), id.clone()],
-        templates: vec![name.clone()],
-    };
-    start_function(&c, &src, 8);
-    create_template(&c, &name, &src);
+    let case = Case::new(&c, "meter");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    start_function(&c, src, 8);
+    create_template(&c, name, src);
     let annotation = format!("{ANNOTATION}={name}");
     run_detached(
         &c,
-        &id,
+        id,
         &[
             "--annotation",
             &annotation,
@@ -550,9 +535,9 @@ fn a_restored_instance_exits_and_is_metered_like_a_cold_start() {
         &[],
     );
     std::thread::sleep(Duration::from_millis(200));
-    c.run(&["task", "kill", "-s", "SIGTERM", &id]).ok();
-    assert!(c.wait_status(&id, "STOPPED", Duration::from_secs(10)));
-    let deleted = c.run(&["task", "delete", &id]).ok();
+    c.run(&["task", "kill", "-s", "SIGTERM", id]).ok();
+    assert!(c.wait_status(id, "STOPPED", Duration::from_secs(10)));
+    let deleted = c.run(&["task", "delete", id]).ok();
     assert!(
         !deleted.stderr.contains("non-zero exit"),
         "pyfn exits 0 on SIGTERM: {deleted:?}"
@@ -587,33 +572,18 @@ fn a_restored_instance_exits_and_is_metered_like_a_cold_start() {
 #[test]
 fn a_missing_criu_is_a_clear_error() {
     let c = ctr();
-    let src = unique_id("tpl-nocriu");
-    let name = unique_id("nocriu");
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone()],
-        templates: vec![name.clone()],
-    };
-    run_detached(&c, &src, &[], BUSYBOX, &["sleep", "1000"]);
+    let case = Case::new(&c, "nocriu");
+    let (src, name) = (&case.src, &case.name);
+    run_detached(&c, src, &[], BUSYBOX, &["sleep", "1000"]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     fs::write(&config, "[criu]\nbinary = \"/nonexistent/criu\"\n").unwrap();
-    let r = trenv(&[
-        "template",
-        "create",
-        &name,
-        "--from",
-        &src,
-        "-n",
-        &c.namespace,
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let r = case.create(&["--config", config.to_str().unwrap()]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("CRIU not found"), "{}", r.stderr);
     assert!(r.stderr.contains("4.1.0 or newer"), "{}", r.stderr);
-    assert_no_staging(&name);
-    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+    assert_no_staging(name);
+    assert_eq!(c.task_status(src).as_deref(), Some("RUNNING"));
 }
 
 /// A pool bound to NUMA node 0 (this machine's only node; CXL memory would be a CPU-less
@@ -622,9 +592,6 @@ fn a_missing_criu_is_a_clear_error() {
 #[test]
 fn a_numa_bound_pool_is_checked_and_used() {
     let c = ctr();
-    let src = unique_id("tpl-numa-src");
-    let name = unique_id("numa");
-    let id = unique_id("tpl-numa");
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("pool");
     fs::create_dir_all(&pool).unwrap();
@@ -649,12 +616,10 @@ fn a_numa_bound_pool_is_checked_and_used() {
         }
     }
     let _unmount = Unmount(pool.clone());
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone(), id.clone()],
-        templates: vec![name.clone()],
-    };
-    let ready = start_function(&c, &src, 16);
+    // Dropped before the pool is unmounted.
+    let case = Case::new(&c, "numa");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    let ready = start_function(&c, src, 16);
     let write_config = |node: u32| {
         let path = dir.path().join(format!("numa{node}.toml"));
         fs::write(
@@ -669,48 +634,28 @@ fn a_numa_bound_pool_is_checked_and_used() {
     };
     // Configured for node 1, mounted for node 0: refused before anything is written.
     let wrong = write_config(1);
-    let r = trenv(&[
-        "template",
-        "create",
-        &name,
-        "--from",
-        &src,
-        "-n",
-        &c.namespace,
-        "--config",
-        wrong.to_str().unwrap(),
-    ]);
+    let r = case.create(&["--config", wrong.to_str().unwrap()]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("configured as numa"), "{}", r.stderr);
     let right = write_config(0);
-    let r = trenv(&[
-        "template",
-        "create",
-        &name,
-        "--from",
-        &src,
-        "-n",
-        &c.namespace,
-        "--config",
-        right.to_str().unwrap(),
-    ]);
+    let r = case.create(&["--config", right.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let m = inspect(&name);
+    let m = inspect(name);
     assert_eq!(m["pool"]["kind"]["NumaTmpfs"]["node"], 0, "{m}");
     let pool_file = m["pool"]["path"].as_str().unwrap().to_string();
     assert!(pool_file.starts_with(&pool.canonicalize().unwrap().display().to_string()));
 
     let annotation = format!("{ANNOTATION}={name}");
-    run_detached(&c, &id, &["--annotation", &annotation], PYFN, &[]);
-    assert_eq!(signal_state(&c, &id, "SIGUSR1"), ready);
-    let numa = fs::read_to_string(format!("/proc/{}/numa_maps", init_pid(&c, &id))).unwrap();
+    run_detached(&c, id, &["--annotation", &annotation], PYFN, &[]);
+    assert_eq!(signal_state(&c, id, "SIGUSR1"), ready);
+    let numa = fs::read_to_string(format!("/proc/{}/numa_maps", init_pid(&c, id))).unwrap();
     let line = numa
         .lines()
         .find(|l| l.contains(&pool_file))
         .unwrap_or_else(|| panic!("the instance does not map {pool_file}: {numa}"));
     assert!(line.contains("bind:0"), "{line}");
-    c.remove(&id);
-    assert!(trenv(&["template", "rm", &name]).code == 0);
+    c.remove(id);
+    assert!(trenv(&["template", "rm", name]).code == 0);
 }
 
 /// CRIU killed in the middle of a restore: Start fails saying so, and the instance leaves no
@@ -718,28 +663,13 @@ fn a_numa_bound_pool_is_checked_and_used() {
 #[test]
 fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
     let c = ctr();
-    let src = unique_id("tpl-rkill-src");
-    let name = unique_id("rkill");
-    let id = unique_id("tpl-rkill");
-    let _cleanup = Cleanup {
-        ctr: &c,
-        containers: vec![src.clone(), id.clone()],
-        templates: vec![name.clone()],
-    };
-    start_function(&c, &src, 200);
+    let case = Case::new(&c, "rkill");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    start_function(&c, src, 200);
     // A copy template: its restore copies 200 MiB, long enough to be caught.
-    let r = trenv(&[
-        "template",
-        "create",
-        &name,
-        "--from",
-        &src,
-        "-n",
-        &c.namespace,
-        "--copy",
-    ]);
+    let r = case.create(&["--copy"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    c.remove(&src);
+    c.remove(src);
     let annotation = format!("{ANNOTATION}={name}");
     let mine = format!("/{id}");
     let killer = std::thread::spawn(move || {
@@ -780,12 +710,12 @@ fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
         "--annotation",
         &annotation,
         PYFN,
-        &id,
+        id,
     ]);
     assert!(killer.join().unwrap(), "never caught the restoring CRIU");
     assert_ne!(r.code, 0, "{r:#?}");
     assert!(r.stderr.contains("CRIU died during restore"), "{r:#?}");
-    assert_ne!(c.task_status(&id).as_deref(), Some("RUNNING"));
-    c.remove(&id);
-    assert_nothing_left(&c, &id);
+    assert_ne!(c.task_status(id).as_deref(), Some("RUNNING"));
+    c.remove(id);
+    assert_nothing_left(&c, id);
 }
