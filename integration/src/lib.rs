@@ -254,3 +254,9 @@ pub fn memphase() -> PathBuf {
         })
         .clone()
 }
+
+/// Whether this host has the unified cgroup v2 hierarchy only (as current distributions
+/// and the VM test bed do), rather than cgroup v1 or a hybrid of both.
+pub fn cgroup_v2_host() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}

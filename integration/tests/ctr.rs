@@ -346,21 +346,47 @@ fn stats_report_memory_and_cpu() {
         &c,
         "stats",
         &["--memory-limit", "67108864"],
-        &["sleep", "300"],
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 8000000 /dev/zero | tr '\\0' a); sleep 300",
+        ],
     );
+    std::thread::sleep(Duration::from_millis(500));
+    // The Metrics type follows the host: v1 files on v1 hosts, v2's on v2 hosts.
+    let (usage, limit) = if trenv_integration::cgroup_v2_host() {
+        ("memory.usage", "memory.usage_limit")
+    } else {
+        ("memory.usage_in_bytes", "memory.limit_in_bytes")
+    };
     let r = c.run(&["task", "metrics", &d.id]).ok();
+    let value = |name: &str| -> Option<u64> {
+        r.stdout.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+        })
+    };
     assert!(
-        r.stdout.contains("memory.usage_in_bytes") || r.stdout.contains("memory.usage"),
-        "{r:#?}"
+        value(usage).is_some_and(|u| u > 0),
+        "{usage} expected: {r:#?}"
     );
-    assert!(
-        r.stdout.contains("67108864"),
+    assert_eq!(
+        value(limit),
+        Some(67108864),
         "limit from the spec expected: {r:#?}"
     );
     let r = c.run(&["task", "metrics", "--format", "json", &d.id]).ok();
+    let m: serde_json::Value = serde_json::from_str(&r.stdout).expect("metrics JSON");
+    assert!(m.get("cpu").is_some(), "{m:#}");
+    // The peak: v2 Metrics carry memory.peak as max_usage, v1 max_usage_in_bytes.
+    let peak = if trenv_integration::cgroup_v2_host() {
+        m["memory"]["max_usage"].as_u64()
+    } else {
+        m["memory"]["usage"]["max"].as_u64()
+    };
     assert!(
-        r.stdout.contains("cpu") || r.stdout.contains("CPU"),
-        "{r:#?}"
+        peak.is_some_and(|p| p >= 8_000_000 && p <= 67108864),
+        "a peak of at least the 8 MB the shell built expected: {m:#}"
     );
 }
 

@@ -179,6 +179,66 @@ fn execs_are_invocations_too() {
     assert_eq!(init["exit_status"], 137);
 }
 
+/// A cgroup that served an earlier, bigger invocation: an exec started after the init
+/// process's 48 MB spike reports its own peak, not the spike. On v2 (Linux >= 6.12) each
+/// invocation resets `memory.peak` through its own descriptor, so the init process's
+/// record still holds its spike; on v1 the reset clears the cgroup's one counter.
+#[test]
+fn a_reused_cgroup_reports_each_invocations_own_peak() {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let id = unique_id("meterreuse");
+    c.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        &id,
+        "sh",
+        "-c",
+        "(x=$(head -c 48000000 /dev/zero | tr '\\0' a)); touch /tmp/spiked; sleep 300",
+    ])
+    .ok();
+    let start = Instant::now();
+    while c
+        .run(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &unique_id("probe"),
+            &id,
+            "test",
+            "-f",
+            "/tmp/spiked",
+        ])
+        .code
+        != 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the spike did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.run(&["task", "exec", "--exec-id", "after", &id, "true"])
+        .ok();
+    let after = record_of(&id, "after");
+    let peak = after["memory_peak_bytes"].as_u64().expect("peak");
+    assert!(
+        peak > 0 && peak < 24_000_000,
+        "the exec's own peak expected, not the init process's spike: {after}"
+    );
+    c.remove(&id);
+    let init = record_of(&id, "");
+    if trenv_integration::cgroup_v2_host() {
+        assert!(
+            init["memory_peak_bytes"].as_u64().expect("peak") >= 48_000_000,
+            "the init process's spike expected in its record: {init}"
+        );
+    }
+}
+
 #[test]
 fn records_survive_a_shim_kill() {
     let c = Ctr::from_env();
