@@ -385,7 +385,7 @@ fn stats_report_memory_and_cpu() {
         m["memory"]["usage"]["max"].as_u64()
     };
     assert!(
-        peak.is_some_and(|p| p >= 8_000_000 && p <= 67108864),
+        peak.is_some_and(|p| (8_000_000..=67108864).contains(&p)),
         "a peak of at least the 8 MB the shell built expected: {m:#}"
     );
 }
