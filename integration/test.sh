@@ -5,9 +5,11 @@
 #
 # Unit tests of every crate, then the end-to-end suites (ctr, CRI, containerd restart,
 # 200-lifecycle leak check) against a real containerd 2.x AND 1.7, each started on its
-# private socket with the freshly built shim installed. Environment:
+# private socket with the freshly built shim installed; then the VM test bed. Environment:
 #   TRENV_CONTAINERD="2 1.7"   which containerd lines to test
 #   TRENV_LEAK_RUNS=200        lifecycles of the leak test
+#   TRENV_VM=1                 0 skips the VM test bed (integration/vm/run.sh: cgroup v2
+#                              and the DAX pool in a qemu guest)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
 
@@ -36,12 +38,17 @@ for version in ${TRENV_CONTAINERD:-2 1.7}; do
         tail -n 40 "$TRENV_CACHE/run/containerd-$version/containerd.log" >&2 || true
     fi
 done
+# The VM test bed: cgroup v2 and a DAX memory pool, which this machine does not have.
+if [[ "${TRENV_VM:-1}" != 0 ]]; then
+    log "the VM test bed (cgroup v2 host, DAX pool): integration/vm/run.sh"
+    "$TRENV_REPO/integration/vm/run.sh" 2>&1 | tee -a "$results" || status=1
+fi
 # One summary over every suite (cargo's "test result" lines and the kernel tests' line).
 passed=0 failed=0
 while read -r p f; do
     passed=$((passed + p))
     failed=$((failed + f))
-done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p; s/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$results")
+done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p; s/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p; s/^trenv-vm: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$results")
 ((failed == 0)) || status=1
 echo "trenv: $passed passed, $failed failed"
 exit "$status"

@@ -163,20 +163,27 @@ fn pod_lifecycle() {
         .exec_sync(&app, &["cat", "/proc/self/cgroup"], 10)
         .expect("ExecSync cat /proc/self/cgroup");
     let cg = String::from_utf8_lossy(&cg.stdout).into_owned();
-    let limit_file = match cg.lines().find_map(|l| l.strip_prefix("0::")) {
+    let limit = match cg.lines().find_map(|l| l.strip_prefix("0::")) {
+        // cgroup v2: the container's own cgroup, as the container sees it (the CRI gives
+        // it a private cgroup namespace on v2 hosts, so read it from inside).
         Some(p) if !cg.lines().any(|l| l.contains(":memory:")) => {
-            format!("/sys/fs/cgroup{p}/memory.max")
+            let file = format!("/sys/fs/cgroup{}/memory.max", p.trim_end_matches('/'));
+            let r = cri
+                .exec_sync(&app, &["cat", &file], 10)
+                .expect("ExecSync cat memory.max");
+            assert_eq!(r.exit_code, 0, "cat {file}: {r:?}");
+            String::from_utf8_lossy(&r.stdout).into_owned()
         }
         _ => {
             let p = cg
                 .lines()
                 .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
                 .expect("memory cgroup line");
-            format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes")
+            let file = format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes");
+            std::fs::read_to_string(&file).expect("reading the memory limit")
         }
     };
-    let limit = std::fs::read_to_string(&limit_file).expect("reading the memory limit");
-    assert_eq!(limit.trim(), (64u64 << 20).to_string(), "{limit_file}");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string(), "{cg}");
 
     // One shim process serves the pod.
     let servers = shim_servers(&pod.id);

@@ -41,6 +41,10 @@ fail() {
 # --- the machine ------------------------------------------------------------------------
 mount -t tmpfs -o mode=0755 run /run
 mkdir -p /dev/pts /dev/shm /dev/mqueue
+ln -sfn /proc/self/fd /dev/fd
+ln -sfn /proc/self/fd/0 /dev/stdin
+ln -sfn /proc/self/fd/1 /dev/stdout
+ln -sfn /proc/self/fd/2 /dev/stderr
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
 mount -t mqueue mqueue /dev/mqueue
@@ -99,7 +103,7 @@ use_pool() {
 
 # --- containerd -------------------------------------------------------------------------
 "$TRENV_REPO/integration/scripts/containerd.sh" start 2 || fail "containerd 2 did not start"
-"$TRENV_REPO/integration/scripts/build-images.sh" import 2 || fail "importing the test images failed"
+TRENV_IMAGES_SKIP="k8s.io/pyfn" "$TRENV_REPO/integration/scripts/build-images.sh" import 2 || fail "importing the test images failed"
 eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env 2)"
 
 # --- the plan ---------------------------------------------------------------------------
@@ -115,21 +119,23 @@ while read -r kind name pool args; do
         exe="$(awk -v n="$name" '$1 == n {print $2}' "$RESULTS/executables")"
         [[ -x "$exe" ]] || fail "plan: no test executable for $name"
         say "step $step: $name tests, $pool pool: $args"
-        timeout "${TRENV_VM_STEP_TIMEOUT:-1200}" "$exe" --exact --test-threads 2 $args 2>&1 | tee "$log"
+        timeout "${TRENV_VM_STEP_TIMEOUT:-600}" "$exe" --exact --test-threads 2 $args 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         ;;
     bench)
         exe="$(awk -v n="$name" '$1 == n {print $2}' "$RESULTS/executables")"
         [[ -x "$exe" ]] || fail "plan: no benchmark executable for $name"
         say "step $step: $name, $pool pool: $args"
-        TRENV_CLI="$TRENV_CLI" timeout "${TRENV_VM_STEP_TIMEOUT:-1200}" "$exe" $args 2>&1 | tee "$log"
+        TRENV_CLI="$TRENV_CLI" timeout "${TRENV_VM_STEP_TIMEOUT:-600}" "$exe" $args 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         ;;
     *) fail "plan: unknown step kind $kind" ;;
     esac
     if ((rc != 0)); then
-        say "step $step ($name, $pool) FAILED: exit $rc"
+        say "step $step ($name, $pool) FAILED: exit $rc; processes and containerd's log:"
         status=1
+        ps -eo pid,ppid,stat,etime,args | grep -v ' \[' | tail -n 40
+        tail -n 60 "$CONTAINERD_LOG"
     fi
 done <"$RESULTS/plan"
 finish "$status"

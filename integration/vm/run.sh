@@ -35,6 +35,8 @@ PMEM="${TRENV_VM_PMEM:-1G!4G}"
 "$TRENV_REPO/integration/vm/prepare.sh"
 [[ -x /usr/local/bin/containerd-shim-trenv-v1 ]] || die "the shim is not installed: run integration/setup.sh first"
 
+# The test images, built here (the guest only imports them).
+"$TRENV_REPO/integration/scripts/build-images.sh" build
 # The test executables, built here and run in the guest from the shared root.
 cd "$TRENV_REPO"
 target="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"

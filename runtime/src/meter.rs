@@ -190,7 +190,9 @@ enum Peak {
     V1(PathBuf),
     /// v2: `memory.peak`; writing to an open descriptor resets the peak seen through that
     /// descriptor (Linux ≥ 6.12); older kernels report the cgroup's lifetime peak.
-    V2(File),
+    /// `file` is `None` while the cgroup does not exist yet (a restore creates it during
+    /// Start): it is opened, without a reset, when the peak is read.
+    V2 { path: PathBuf, file: Option<File> },
 }
 
 impl Peak {
@@ -202,14 +204,16 @@ impl Peak {
                 Some(Peak::V1(p))
             }
             Version::V2 => {
-                let mut f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(files.dir.join("memory.peak"))
-                    .or_else(|_| File::open(files.dir.join("memory.peak")))
-                    .ok()?;
-                let _ = f.write_all(b"reset\n");
-                Some(Peak::V2(f))
+                let path = files.dir.join("memory.peak");
+                let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                    Ok(mut f) => {
+                        let _ = f.write_all(b"reset\n");
+                        Some(f)
+                    }
+                    // Older kernels: memory.peak is read-only.
+                    Err(_) => File::open(&path).ok(),
+                };
+                Some(Peak::V2 { path, file })
             }
         }
     }
@@ -217,7 +221,13 @@ impl Peak {
     fn read(&mut self) -> u64 {
         match self {
             Peak::V1(p) => read_u64(p).unwrap_or(0),
-            Peak::V2(f) => {
+            Peak::V2 { path, file } => {
+                // A cgroup that appeared after the invocation started holds only it: its
+                // lifetime peak is the invocation's.
+                if file.is_none() {
+                    *file = File::open(&*path).ok();
+                }
+                let Some(f) = file else { return 0 };
                 let mut s = String::new();
                 let _ = f.seek(SeekFrom::Start(0));
                 let _ = f.read_to_string(&mut s);
