@@ -57,3 +57,20 @@ pub fn signal_state(c: &Ctr, id: &str, signal: &str) -> String {
     c.run(&["task", "kill", "-s", signal, id]).ok();
     field(&wait_line(c, id, prefix, seen), "state=")
 }
+
+/// The state size (MiB) a test gives the function: `default`, unless `TRENV_TEST_FN_MB`
+/// names another (the VM test bed sets a smaller one: its emulated CPUs hash slowly).
+pub fn state_mb(default: u32) -> u32 {
+    match std::env::var("TRENV_TEST_FN_MB") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("TRENV_TEST_FN_MB={v:?} is not a number of MiB")),
+        Err(_) => default,
+    }
+}
+
+/// The bytes of the function's one big anonymous mapping for `mb` MiB of state (all but
+/// about 8 MiB, at most half, see pyfn.py): what a template moves into its pool file.
+pub fn mapped_bytes(mb: u32) -> u64 {
+    u64::from(mb - (mb / 2).min(8)) << 20
+}

@@ -26,6 +26,7 @@ say() { printf '[guest] %s\n' "$*"; }
 
 finish() {
     say "done: status $1"
+    [[ -n "${CONTAINERD_LOG:-}" && -d "$RESULTS" ]] && cp "$CONTAINERD_LOG" "$RESULTS/containerd.log"
     [[ -d "$RESULTS" ]] && printf '%s\n' "$1" >"$RESULTS/status"
     echo "TRENV-VM-EXIT=$1"
     sync
