@@ -41,7 +41,7 @@ done
 # The VM test bed: cgroup v2 and a DAX memory pool, which this machine does not have.
 if [[ "${TRENV_VM:-1}" != 0 ]]; then
     log "the VM test bed (cgroup v2 host, DAX pool): integration/vm/run.sh"
-    "$TRENV_REPO/integration/vm/run.sh" 2>&1 | tee -a "$results" || status=1
+    TRENV_VM_SETUP_DONE=1 "$TRENV_REPO/integration/vm/run.sh" 2>&1 | tee -a "$results" || status=1
 fi
 # One summary over every suite (cargo's "test result" lines and the kernel tests' line).
 passed=0 failed=0

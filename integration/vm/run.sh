@@ -12,8 +12,8 @@
 #
 #   trenv-vm: N passed, M failed
 #
-# and exits non-zero if a test or the VM failed. Needs integration/setup.sh to have
-# run (containerd, CRIU, shim, images). Environment:
+# and exits non-zero if a test or the VM failed. Runs integration/setup.sh first (without
+# its demo), so that the guest gets the current shim. Environment:
 #   TRENV_VM_TIMEOUT   seconds the whole VM may run (default 3000)
 #   TRENV_VM_MEM       guest RAM including the PMem region (default 4G)
 #   TRENV_VM_PMEM      PMem region: memmap=SIZE!OFFSET (default 1G!4G, the top GiB
@@ -33,10 +33,12 @@ MEM="${TRENV_VM_MEM:-4G}"
 PMEM="${TRENV_VM_PMEM:-1G!4G}"
 
 "$TRENV_REPO/integration/vm/prepare.sh"
-[[ -x /usr/local/bin/containerd-shim-trenv-v1 ]] || die "the shim is not installed: run integration/setup.sh first"
+# The guest runs what is installed here: the current shim, CRIU, containerd, images
+# (idempotent; integration/test.sh has just run it and says so).
+if [[ "${TRENV_VM_SETUP_DONE:-0}" != 1 ]]; then
+    TRENV_SKIP_DEMO=1 "$TRENV_REPO/integration/setup.sh"
+fi
 
-# The test images, built here (the guest only imports them).
-"$TRENV_REPO/integration/scripts/build-images.sh" build
 # The test executables, built here and run in the guest from the shared root.
 cd "$TRENV_REPO"
 target="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"
@@ -91,7 +93,11 @@ sleep 0.5
 kill "$tailer" 2>/dev/null || true
 wait "$tailer" 2>/dev/null || true
 log "the VM ran $((SECONDS - start)) s"
-((rc == 0)) || warn "qemu exited with status $rc$( ((rc == 124)) && echo " (timed out after ${TIMEOUT}s)"): $(tail -n 5 "$RESULTS/qemu.log")"
+if ((rc == 124)); then
+    warn "the VM timed out after ${TIMEOUT}s (TRENV_VM_TIMEOUT)"
+elif ((rc != 0)); then
+    warn "qemu exited with status $rc: $(tail -n 5 "$RESULTS/qemu.log")"
+fi
 
 guest_status="$(sed -n 's/^TRENV-VM-EXIT=\([0-9]*\).*/\1/p' "$console" | tail -n 1)"
 passed=0 failed=0
