@@ -135,6 +135,14 @@ impl Ctr {
         let _ = std::fs::remove_file(&tar);
     }
 
+    /// `ctr run -d` of busybox on trenv as container `id` running `args`; panics unless
+    /// it started.
+    pub fn run_busybox_detached(&self, id: &str, args: &[&str]) {
+        let mut a = vec!["run", "-d", "--runtime", RUNTIME, BUSYBOX, id];
+        a.extend_from_slice(args);
+        self.run(&a).ok();
+    }
+
     /// Task status as `ctr task ls` shows it, if the task exists.
     pub fn task_status(&self, id: &str) -> Option<String> {
         let out = self.run(&["task", "ls"]).stdout;

@@ -159,17 +159,7 @@ fn execs_are_invocations_too() {
     let c = Ctr::from_env();
     c.ensure_images();
     let id = unique_id("meterexec");
-    c.run(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX,
-        &id,
-        "sleep",
-        "300",
-    ])
-    .ok();
+    c.run_busybox_detached(&id, &["sleep", "300"]);
     assert!(c.wait_status(&id, "RUNNING", Duration::from_secs(10)));
     c.run(&["task", "exec", "--exec-id", "x1", &id, "sh", "-c", "exit 4"]);
     let rec = record_of(&id, "x1");
@@ -188,18 +178,14 @@ fn a_reused_cgroup_reports_each_invocations_own_peak() {
     let c = Ctr::from_env();
     c.ensure_images();
     let id = unique_id("meterreuse");
-    c.run(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX,
+    c.run_busybox_detached(
         &id,
-        "sh",
-        "-c",
-        "(x=$(head -c 48000000 /dev/zero | tr '\\0' a)); touch /tmp/spiked; sleep 300",
-    ])
-    .ok();
+        &[
+            "sh",
+            "-c",
+            "(x=$(head -c 48000000 /dev/zero | tr '\\0' a)); touch /tmp/spiked; sleep 300",
+        ],
+    );
     let start = Instant::now();
     while c
         .run(&[

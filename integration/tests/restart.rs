@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use trenv_integration::{BUSYBOX, Ctr, RUNTIME, unique_id};
+use trenv_integration::{Ctr, unique_id};
 
 fn restart_containerd() {
     let version = std::env::var("CONTAINERD_VERSION")
@@ -22,17 +22,7 @@ fn task_survives_containerd_restart() {
     let c = Ctr::from_env();
     c.ensure_images();
     let id = unique_id("restart");
-    c.run(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX,
-        &id,
-        "sleep",
-        "300",
-    ])
-    .ok();
+    c.run_busybox_detached(&id, &["sleep", "300"]);
     assert!(c.wait_status(&id, "RUNNING", Duration::from_secs(10)));
     let before = c.run(&["task", "ls"]).stdout;
 
