@@ -19,7 +19,7 @@
 #   TRENV_VM_PMEM      PMem region: memmap=SIZE!OFFSET (default 1G!4G, the top GiB
 #                      of a 4G guest: qemu places RAM above 3G at 4G)
 # Timing on this machine kind (2 cores, TCG): prepare ~1 min the first time, boot
-# ~10 s, the default plan ~N min (see docs/vm.md).
+# ~10 s, the default plan ~15 min (see docs/vm.md).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
