@@ -49,7 +49,8 @@ ln -sfn /proc/self/fd/2 /dev/stderr
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
 mount -t mqueue mqueue /dev/mqueue
-mount -t tmpfs -o mode=1777 tmp /tmp
+# /tmp stays the overlay's (writable, in the guest's RAM): a tmpfs there would hide a
+# checkout under /tmp, such as CI's clean clone.
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || fail "cannot mount cgroup2"
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || say "cannot enable controller $c"
@@ -59,6 +60,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "$RESULTS" ||
     fail "cannot mount the results share"
 # shellcheck source=/dev/null
 . "$RESULTS/env" || fail "no $RESULTS/env"
+[[ -x "$TRENV_REPO/integration/scripts/containerd.sh" ]] ||
+    fail "the repository $TRENV_REPO is not visible in the guest (under a mount the guest replaces?)"
 hostname trenv-vm
 ip link set lo up
 # The guest kernel's modules (the host's /usr/lib/modules has the host kernel's).
