@@ -26,6 +26,7 @@ set -euo pipefail
 
 PLAN="${1:-$TRENV_REPO/integration/vm/plan}"
 [[ -f "$PLAN" ]] || die "plan $PLAN not found"
+PLAN="$(realpath "$PLAN")"
 VM_CACHE="$TRENV_CACHE/vm"
 RESULTS="$VM_CACHE/results"
 TIMEOUT="${TRENV_VM_TIMEOUT:-3000}"
@@ -47,7 +48,7 @@ mkdir -p "$RESULTS"
 log "building the integration tests, benchmarks and the trenv CLI"
 cargo build --locked -p trenv-shim --bin trenv
 cargo build --locked -p trenv-integration --bins
-cargo test --locked -p trenv-integration --no-run --message-format=json 2>/dev/null |
+cargo test --locked -p trenv-integration --no-run --message-format=json |
     jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .executable != null and (.target.kind | index("test")))
            | "\(.target.name) \(.executable)"' >"$RESULTS/executables"
 for b in bench-templates bench-meter bench-lifecycle; do
