@@ -397,7 +397,16 @@ fn assert_no_staging(name: &str) {
         if let Ok(entries) = fs::read_dir(dir) {
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                assert!(!n.contains(name), "left behind: {dir}/{n}");
+                // Exact forms only: another test's template may be named `r{name}0`.
+                let mine = n == name
+                    || [
+                        format!(".staging-{name}-"),
+                        format!(".{name}-"),
+                        format!("{name}-"),
+                    ]
+                    .iter()
+                    .any(|p| n.starts_with(p.as_str()));
+                assert!(!mine, "left behind: {dir}/{n}");
             }
         }
     }
