@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod cri;
 pub mod pyfn;
+pub mod tracefs;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use trenv_integration::tracefs::ExecExitTrace;
 use trenv_integration::{BUSYBOX, Ctr, RUNTIME, memphase, pids_matching, unique_id};
 
 fn meter_dir() -> PathBuf {
@@ -73,6 +74,8 @@ fn record_has_exact_peak_duration_and_both_phases() {
     let c = Ctr::from_env();
     c.ensure_images();
     let id = unique_id("meter");
+    // The kernel's view of the program's life: its exec and its exit.
+    let trace = ExecExitTrace::start(&unique_id("trenv-meter-test"), "memphase");
     let r = run_memphase(
         &c,
         &id,
@@ -100,13 +103,28 @@ fn record_has_exact_peak_duration_and_both_phases() {
         err * 100.0
     );
 
-    // Duration on the monotonic clock: the program's own run plus its exec and exit.
+    // Duration on the monotonic clock: from the program's exec to its exit. The truth is
+    // the kernel's (the scheduler's exec and exit tracepoints); the program's own
+    // main-to-return time is shorter by its start-up and exit.
     let dur = rec["duration_us"].as_u64().unwrap();
+    let pid = rec["pid"].as_i64().unwrap() as i32;
+    let life = trace.lifetimes().get(&pid).copied().unwrap_or_default();
+    let (Some(exec_us), Some(exit_us)) = (life.exec_us, life.exit_us) else {
+        panic!("the kernel trace lacks the exec or exit of pid {pid}: {life:?}");
+    };
+    let truth = exit_us - exec_us;
+    eprintln!(
+        "duration {dur} µs, kernel exec→exit {truth} µs, program main→return {elapsed_us} µs, \
+         peak {peak}, hwm {hwm}"
+    );
+    assert!(
+        dur.abs_diff(truth) <= 2_000,
+        "duration {dur} µs vs the kernel's exec→exit {truth} µs: more than 2 ms apart"
+    );
     assert!(
         dur >= elapsed_us,
         "duration {dur} µs < the program's own {elapsed_us} µs"
     );
-    eprintln!("duration {dur} µs, program {elapsed_us} µs, peak {peak}, hwm {hwm}");
     let (start, end) = (
         rec["started_at_us"].as_i64().unwrap(),
         rec["ended_at_us"].as_i64().unwrap(),

@@ -1,5 +1,8 @@
 //! The last step inside the container's init (or exec) process before the payload runs.
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::{LinuxCapabilities, Spec};
@@ -8,11 +11,13 @@ use crate::seccomp::Filter;
 
 /// Installs the compiled seccomp filters, then drops the capabilities whose drop was
 /// deferred (see `sandbox::derive_spec`), then execs the payload like libcontainer's
-/// default executor.
+/// default executor. Just before the exec it writes the time to `exec_stamp` (see
+/// `sandbox::Stdio::exec_stamp`); the pipe is close-on-exec, so the program never sees it.
 #[derive(Clone, Default)]
 pub(crate) struct TrenvExecutor {
     pub filters: Vec<Filter>,
     pub deferred_caps: Option<LinuxCapabilities>,
+    pub exec_stamp: Option<Arc<OwnedFd>>,
 }
 
 impl Executor for TrenvExecutor {
@@ -30,6 +35,12 @@ impl Executor for TrenvExecutor {
                      allow capset and prctl?): {e}"
                 ))
             })?;
+        }
+        if let Some(fd) = &self.exec_stamp {
+            let ns = crate::clock::monotonic_ns().to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer; a full or closed pipe only loses
+            // the stamp (the record then starts when the shim started the process).
+            unsafe { libc::write(fd.as_raw_fd(), ns.as_ptr().cast(), ns.len()) };
         }
         DefaultExecutor {}.exec(spec)
     }

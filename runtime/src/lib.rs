@@ -17,6 +17,7 @@
 pub mod autotune;
 pub mod cgroup;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod error;
 mod executor;

@@ -306,10 +306,13 @@ impl Meter {
 
     /// Ends the invocation (`ended` is when its exit was seen): reads the counters, which
     /// must happen before the cgroup goes away. [`Measured::write`] then stores the record.
+    /// `execed` is when the process exec'ed its program, if known: the record starts there
+    /// rather than when the meter started (before the runtime's own work to start it).
     pub fn finish(
         mut self,
         pid: i32,
         exit_status: u32,
+        execed: Option<Instant>,
         ended: Instant,
         ended_wall: SystemTime,
     ) -> Measured {
@@ -319,12 +322,26 @@ impl Meter {
         }
         let (user, system) = self.files.cpu();
         let peak = self.peak.as_mut().map_or(0, Peak::read);
-        let series = std::mem::take(&mut *self.series.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut series =
+            std::mem::take(&mut *self.series.lock().unwrap_or_else(|e| e.into_inner()));
+        // Start at the exec when it is known: series times are shifted to it (samples
+        // taken before it, of the runtime's own set-up, are dropped).
+        let mut started_wall = self.started_wall;
+        if let Some(at) = execed.filter(|at| *at > self.started && *at <= ended) {
+            let shift = at.duration_since(self.started);
+            started_wall += shift;
+            self.started = at;
+            let us = shift.as_micros() as u64;
+            series.retain(|s| s.0 >= us);
+            for s in &mut series {
+                s.0 -= us;
+            }
+        }
         let record = Invocation {
             format: FORMAT,
             identity: self.identity.clone(),
             pid,
-            started_at_us: micros(self.started_wall),
+            started_at_us: micros(started_wall),
             ended_at_us: micros(ended_wall),
             duration_us: ended.saturating_duration_since(self.started).as_micros() as u64,
             cpu_user_us: user.saturating_sub(self.cpu_at_start.0),

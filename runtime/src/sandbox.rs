@@ -6,6 +6,7 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
@@ -27,6 +28,9 @@ pub struct Stdio {
     pub stdin: Option<usize>,
     pub stdout: Option<usize>,
     pub stderr: Option<usize>,
+    /// A pipe into which the process writes CLOCK_MONOTONIC (nanoseconds, 8 bytes, native
+    /// endian) just before it execs its program: where an invocation's metered time starts.
+    pub exec_stamp: Option<usize>,
 }
 
 /// Where libcontainer keeps a container's state, and the bundle it was created from.
@@ -152,6 +156,7 @@ pub fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RuntimeError> {
             systemd_cgroup,
             console_socket,
             take_stdio(&mut fds, &stdio)?,
+            take_fd(&mut fds, stdio.exec_stamp)?,
         ),
         Request::Start { at } => {
             load(&at)?.start().map_err(lc("starting the container"))?;
@@ -162,7 +167,13 @@ pub fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RuntimeError> {
             process,
             console_socket,
             stdio,
-        } => exec(&at, &process, console_socket, take_stdio(&mut fds, &stdio)?),
+        } => exec(
+            &at,
+            &process,
+            console_socket,
+            take_stdio(&mut fds, &stdio)?,
+            take_fd(&mut fds, stdio.exec_stamp)?,
+        ),
         Request::Pause { at } => {
             load(&at)?.pause().map_err(lc("pausing the container"))?;
             Ok(Reply::Done)
@@ -207,17 +218,22 @@ pub fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RuntimeError> {
 type StdioFds = [Option<OwnedFd>; 3];
 
 fn take_stdio(fds: &mut [Option<OwnedFd>], stdio: &Stdio) -> Result<StdioFds, RuntimeError> {
-    let mut take = |i: Option<usize>| -> Result<Option<OwnedFd>, RuntimeError> {
-        match i {
-            None => Ok(None),
-            Some(i) => fds
-                .get_mut(i)
-                .and_then(Option::take)
-                .map(Some)
-                .ok_or_else(|| RuntimeError::Protocol(format!("stdio descriptor {i} missing"))),
-        }
-    };
-    Ok([take(stdio.stdin)?, take(stdio.stdout)?, take(stdio.stderr)?])
+    Ok([
+        take_fd(fds, stdio.stdin)?,
+        take_fd(fds, stdio.stdout)?,
+        take_fd(fds, stdio.stderr)?,
+    ])
+}
+
+fn take_fd(fds: &mut [Option<OwnedFd>], i: Option<usize>) -> Result<Option<OwnedFd>, RuntimeError> {
+    match i {
+        None => Ok(None),
+        Some(i) => fds
+            .get_mut(i)
+            .and_then(Option::take)
+            .map(Some)
+            .ok_or_else(|| RuntimeError::Protocol(format!("descriptor {i} missing"))),
+    }
 }
 
 fn lc(
@@ -263,6 +279,7 @@ fn create(
     systemd_cgroup: bool,
     console_socket: Option<PathBuf>,
     stdio: StdioFds,
+    exec_stamp: Option<OwnedFd>,
 ) -> Result<Reply, RuntimeError> {
     let spec_path = at.bundle.join("config.json");
     let spec = Spec::load(&spec_path).map_err(|e| RuntimeError::InvalidSpec {
@@ -274,7 +291,8 @@ fn create(
         rootfs::mount_all(mounts, &at.rootfs())?;
     }
     let result = (|| {
-        let (derived, executor) = derive_spec(spec, &at.bundle)?;
+        let (derived, mut executor) = derive_spec(spec, &at.bundle)?;
+        executor.exec_stamp = exec_stamp.map(Arc::new);
         let dir = at.derived_bundle();
         fs::create_dir_all(&dir)
             .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
@@ -369,6 +387,7 @@ fn exec(
     process_path: &Path,
     console_socket: Option<PathBuf>,
     stdio: StdioFds,
+    exec_stamp: Option<OwnedFd>,
 ) -> Result<Reply, RuntimeError> {
     let spec_path = at.bundle.join("config.json");
     let spec = Spec::load(&spec_path).map_err(|e| RuntimeError::InvalidSpec {
@@ -384,7 +403,10 @@ fn exec(
             path: process_path.display().to_string(),
             reason: e.to_string(),
         })?;
-    let mut executor = TrenvExecutor::default();
+    let mut executor = TrenvExecutor {
+        exec_stamp: exec_stamp.map(Arc::new),
+        ..TrenvExecutor::default()
+    };
     if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         executor.filters = seccomp::compile(profile)?;
         executor.deferred_caps = process.capabilities().clone();

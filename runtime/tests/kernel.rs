@@ -123,6 +123,7 @@ impl Env {
                 stdin: None,
                 stdout: Some(0),
                 stderr: Some(1),
+                exec_stamp: None,
             },
         };
         let reply = self

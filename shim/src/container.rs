@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,6 +23,7 @@ use crate::errors::{internal, invalid, precondition, rt};
 use crate::io::{ChildStdio, ConsoleSocket, ProcessIo, StdioPaths};
 use crate::options::RuntimeOptions;
 use crate::process::{Process, State};
+use crate::stamp::ExecStamp;
 use crate::zygote;
 
 pub struct Container {
@@ -100,6 +102,7 @@ pub const HULL_ANNOTATION: &str = "io.trenv.meter.hull";
 fn call_with_stdio(
     make: impl FnOnce(Stdio) -> Request,
     child: &ChildStdio,
+    exec_stamp: Option<&OwnedFd>,
 ) -> Result<Reply, ttrpc::Error> {
     let mut fds: Vec<&dyn std::os::fd::AsFd> = Vec::new();
     let mut stdio = Stdio::default();
@@ -113,6 +116,10 @@ fn call_with_stdio(
             }
             fds.push(fd);
         }
+    }
+    if let Some(fd) = exec_stamp {
+        stdio.exec_stamp = Some(fds.len());
+        fds.push(fd);
     }
     zygote().call(&make(stdio), &fds).map_err(rt)
 }
@@ -338,6 +345,8 @@ impl Container {
         }
         let (io, console, child) = prepare_io(&paths)?;
         let console_socket = console.as_ref().map(|c| c.path().to_path_buf());
+        let (stamp, stamp_end) = ExecStamp::pipe()
+            .map_err(|e| internal(format!("creating the exec stamp pipe: {e}")))?;
         let reply = call_with_stdio(
             |stdio| Request::Create {
                 at: at.clone(),
@@ -347,8 +356,10 @@ impl Container {
                 stdio,
             },
             &child,
+            Some(&stamp_end),
         );
-        drop(child);
+        drop((child, stamp_end));
+        container.init.lock().exec_stamp = Some(stamp);
         let pid = match reply? {
             Reply::Pid(pid) => pid,
             _ => return Err(internal("the runtime worker returned no pid")),
@@ -430,6 +441,7 @@ impl Container {
                 criu: self.criu.clone(),
             },
             &child,
+            None,
         );
         drop(child);
         let pid = match reply? {
@@ -542,6 +554,9 @@ impl Container {
             .map_err(|e| internal(format!("writing {}: {e}", file.display())))?;
         let (io, console, child) = prepare_io(&p.stdio)?;
         let console_socket = console.as_ref().map(|c| c.path().to_path_buf());
+        let (stamp, stamp_end) = ExecStamp::pipe()
+            .map_err(|e| internal(format!("creating the exec stamp pipe: {e}")))?;
+        p.lock().exec_stamp = Some(stamp);
         let reply = call_with_stdio(
             |stdio| Request::Exec {
                 at: self.at.clone(),
@@ -550,8 +565,9 @@ impl Container {
                 stdio,
             },
             &child,
+            Some(&stamp_end),
         );
-        drop(child);
+        drop((child, stamp_end));
         let _ = fs::remove_file(&file);
         let pid = match reply? {
             Reply::Pid(pid) => pid,

@@ -3,12 +3,14 @@
 mod container;
 mod errors;
 mod events;
+mod exit_clock;
 mod io;
 mod metrics;
 mod options;
 mod process;
 mod service;
 mod shim;
+mod stamp;
 
 use std::path::Path;
 use std::sync::OnceLock;

@@ -48,6 +48,11 @@ pub struct Inner {
     pub spec: Vec<u8>,
     /// The running invocation's meter.
     pub meter: Option<trenv_runtime::meter::Meter>,
+    /// Where the process says when it exec'ed its program.
+    pub exec_stamp: Option<crate::stamp::ExecStamp>,
+    /// The init's mount namespace, held so that its teardown happens when the shim lets go
+    /// of it after the exit, not inside the exiting process (where it delays the exit).
+    pub mount_ns: Option<std::fs::File>,
 }
 
 /// A process; its state changes under one lock and waiters are woken on exit.
@@ -70,6 +75,8 @@ impl Process {
                 io: None,
                 spec,
                 meter: None,
+                exec_stamp: None,
+                mount_ns: None,
             }),
             exited: Condvar::new(),
         }
@@ -106,9 +113,11 @@ impl Process {
 }
 
 pub fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    timestamp(std::time::SystemTime::now())
+}
+
+pub fn timestamp(t: std::time::SystemTime) -> Timestamp {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut t = Timestamp::new();
     t.seconds = d.as_secs() as i64;
     t.nanos = d.subsec_nanos() as i32;

@@ -18,9 +18,10 @@ use oci_spec::runtime::LinuxResources;
 use crate::container::Container;
 use crate::errors::{invalid, not_found, precondition, rt, status};
 use crate::events::Events;
+use crate::exit_clock::ExitClock;
 use crate::io::StdioPaths;
 use crate::options;
-use crate::process::{Process, State, now};
+use crate::process::{Process, State, now, timestamp};
 use trenv_runtime::meter::{Meter, MeterConfig};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
@@ -40,6 +41,8 @@ struct Inner {
     exit: Arc<ExitSignal>,
     namespace: String,
     meter: Option<MeterConfig>,
+    /// When processes exited, stamped as it happens (see exit_clock.rs).
+    exit_clock: Option<Arc<ExitClock>>,
     /// Exit handlers still running (they write metering records): Shutdown waits for them.
     exits_in_flight: (Mutex<usize>, std::sync::Condvar),
 }
@@ -96,9 +99,18 @@ impl Inner {
     /// Reports an exit: TaskOOM (if any) first, then TaskExit, then wakes Wait callers.
     fn exited(self: &Arc<Self>, c: Arc<Container>, p: Arc<Process>, code: i32) {
         let this = self.clone();
-        let at = now();
-        let (ended, ended_wall) = (Instant::now(), std::time::SystemTime::now());
-        let meter = p.lock().meter.take();
+        // When it exited, which may be a little before now.
+        let ended = self
+            .exit_clock
+            .as_ref()
+            .and_then(|clock| clock.take(p.pid()))
+            .unwrap_or_else(Instant::now);
+        let ended_wall = std::time::SystemTime::now() - ended.elapsed();
+        let at = timestamp(ended_wall);
+        let (meter, exec_stamp) = {
+            let mut g = p.lock();
+            (g.meter.take(), g.exec_stamp.take())
+        };
         *self
             .exits_in_flight
             .0
@@ -139,7 +151,10 @@ impl Inner {
                 }),
             );
             // Read the counters while the cgroup exists; write after Wait is answered.
-            let measured = meter.map(|m| m.finish(p.pid(), code as u32, ended, ended_wall));
+            let execed = exec_stamp.and_then(|s| s.read());
+            let measured = meter.map(|m| m.finish(p.pid(), code as u32, execed, ended, ended_wall));
+            // Let the mount namespace go before anyone is told (Delete may follow at once).
+            drop(p.lock().mount_ns.take());
             p.set_exited(code as u32, at);
             if let Some(m) = measured
                 && let Err(e) = m.write()
@@ -222,6 +237,12 @@ impl Inner {
 
     /// Called with a freshly learnt pid: reports its exit if that already happened.
     fn claim(self: &Arc<Self>, c: &Arc<Container>, p: &Arc<Process>, pid: i32) {
+        if let Some(clock) = &self.exit_clock {
+            clock.watch(pid);
+        }
+        if p.exec_id.is_empty() && pid > 0 {
+            p.lock().mount_ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok();
+        }
         let code = self.unclaimed().remove(&pid);
         if let Some((code, _)) = code {
             self.exited(c.clone(), p.clone(), code);
@@ -261,6 +282,7 @@ impl Service {
             exit,
             namespace,
             meter: MeterConfig::from_env(),
+            exit_clock: ExitClock::start(),
             exits_in_flight: (Mutex::new(0), std::sync::Condvar::new()),
         });
         inner.clone().watch_exits();
