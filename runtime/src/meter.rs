@@ -7,12 +7,13 @@
 //! append and skipped by readers). Each series is a CSV file written to a temporary name
 //! and renamed into place before its record is appended. Format: see docs/metering.md.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -186,8 +187,13 @@ fn read_u64(path: &Path) -> Option<u64> {
 /// The peak counter, reset at the start of an invocation so that a reused cgroup does
 /// not report an earlier invocation's peak.
 enum Peak {
-    /// v1: `memory.max_usage_in_bytes`, reset by writing 0.
-    V1(PathBuf),
+    /// v1: `memory.max_usage_in_bytes`, reset by writing 0. The counter is one per cgroup,
+    /// so a reset for a new invocation (an exec) would erase the peak of the invocations
+    /// still running there: each reset first hands them the peak so far ([`V1Peaks`]).
+    V1 {
+        path: PathBuf,
+        carried: Arc<AtomicU64>,
+    },
     /// v2: `memory.peak`; writing to an open descriptor resets the peak seen through that
     /// descriptor (Linux ≥ 6.12); older kernels report the cgroup's lifetime peak.
     /// `file` is `None` while the cgroup does not exist yet (a restore creates it during
@@ -199,9 +205,9 @@ impl Peak {
     fn start(files: &Files) -> Option<Peak> {
         match files.version {
             Version::V1 => {
-                let p = files.dir.join("memory.max_usage_in_bytes");
-                let _ = fs::write(&p, "0");
-                Some(Peak::V1(p))
+                let path = files.dir.join("memory.max_usage_in_bytes");
+                let carried = V1Peaks::reset(&path);
+                Some(Peak::V1 { path, carried })
             }
             Version::V2 => {
                 let path = files.dir.join("memory.peak");
@@ -220,7 +226,9 @@ impl Peak {
 
     fn read(&mut self) -> u64 {
         match self {
-            Peak::V1(p) => read_u64(p).unwrap_or(0),
+            Peak::V1 { path, carried } => read_u64(path)
+                .unwrap_or(0)
+                .max(carried.load(Ordering::Relaxed)),
             Peak::V2 { path, file } => {
                 // A cgroup that appeared after the invocation started holds only it: its
                 // lifetime peak is the invocation's.
@@ -234,6 +242,40 @@ impl Peak {
                 s.trim().parse().unwrap_or(0)
             }
         }
+    }
+}
+
+/// The running v1 invocations of each cgroup, by its `memory.max_usage_in_bytes`: what
+/// each has seen of the counter before someone else reset it.
+struct V1Peaks;
+
+type PeakWatchers = HashMap<PathBuf, Vec<Weak<AtomicU64>>>;
+
+impl V1Peaks {
+    fn registry() -> &'static Mutex<PeakWatchers> {
+        static R: OnceLock<Mutex<PeakWatchers>> = OnceLock::new();
+        R.get_or_init(Default::default)
+    }
+
+    /// Resets the counter for a new invocation, after handing the peak so far to the
+    /// invocations running in the same cgroup; returns the new invocation's share.
+    fn reset(path: &Path) -> Arc<AtomicU64> {
+        let mut r = V1Peaks::registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let watchers = r.entry(path.to_path_buf()).or_default();
+        watchers.retain(|w| w.strong_count() > 0);
+        if !watchers.is_empty() {
+            let so_far = read_u64(path).unwrap_or(0);
+            for w in watchers.iter().filter_map(Weak::upgrade) {
+                w.fetch_max(so_far, Ordering::Relaxed);
+            }
+        }
+        let _ = fs::write(path, "0");
+        let mine = Arc::new(AtomicU64::new(0));
+        watchers.push(Arc::downgrade(&mine));
+        r.retain(|_, w| w.iter().any(|w| w.strong_count() > 0));
+        mine
     }
 }
 
@@ -496,6 +538,42 @@ pub fn read_records(dir: &Path) -> Result<Vec<Invocation>, MeterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file stands in for v1's `memory.max_usage_in_bytes` (the kernel would raise it).
+    #[test]
+    fn a_v1_reset_hands_the_peak_so_far_to_running_invocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.max_usage_in_bytes");
+        fs::write(&path, "900").unwrap();
+        let mut init = Peak::V1 {
+            path: path.clone(),
+            carried: V1Peaks::reset(&path),
+        };
+        assert_eq!(fs::read_to_string(&path).unwrap(), "0", "reset at start");
+        fs::write(&path, "500").unwrap(); // the init's spike
+        let mut exec = Peak::V1 {
+            path: path.clone(),
+            carried: V1Peaks::reset(&path),
+        };
+        fs::write(&path, "200").unwrap(); // the exec's peak since its reset
+        assert_eq!(exec.read(), 200, "the exec's own peak");
+        assert_eq!(init.read(), 500, "the init keeps its spike");
+        drop(exec);
+        fs::write(&path, "700").unwrap();
+        assert_eq!(init.read(), 700);
+        drop(init);
+        // Nobody runs there any more: a new invocation hands nothing on.
+        let carried = V1Peaks::reset(&path);
+        assert_eq!(carried.load(Ordering::Relaxed), 0);
+        assert!(
+            !V1Peaks::registry()
+                .lock()
+                .unwrap()
+                .get(&path)
+                .is_some_and(|w| w.len() > 1),
+            "finished invocations are forgotten"
+        );
+    }
 
     fn record(id: &str) -> Invocation {
         Invocation {
