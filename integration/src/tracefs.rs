@@ -1,18 +1,20 @@
-//! The kernel's own view of when a process exec'ed and exited, from the scheduler's
-//! tracepoints (`sched_process_exec`, `sched_process_exit`) in a private tracefs instance:
-//! the truth that metering durations are checked against.
+//! The kernel's own view of when a process exec'ed its program and exited: the entry of
+//! its `execve` system call (`syscalls:sys_enter_execve`) and the scheduler's
+//! `sched_process_exit`, recorded in a private tracefs instance. The truth that metering
+//! durations are checked against.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// A tracefs instance recording exec and exit of processes named `comm`; removed on drop.
+/// A tracefs instance recording every `execve` and the exits of processes named `comm`;
+/// removed on drop.
 pub struct ExecExitTrace {
     dir: PathBuf,
 }
 
-/// When a process exec'ed and exited, in µs on CLOCK_MONOTONIC.
+/// When a process called `execve` (the last time) and exited, in µs on CLOCK_MONOTONIC.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Lifetime {
     pub exec_us: Option<u64>,
@@ -35,13 +37,13 @@ impl ExecExitTrace {
             .unwrap_or_else(|e| panic!("creating tracefs instance {}: {e}", dir.display()));
         let trace = ExecExitTrace { dir };
         trace.write("trace_clock", "mono");
-        for event in ["sched_process_exec", "sched_process_exit"] {
-            trace.write(
-                &format!("events/sched/{event}/filter"),
-                &format!("comm == \"{comm}\""),
-            );
-            trace.write(&format!("events/sched/{event}/enable"), "1");
-        }
+        // Before the exec the process still has its old name: execve is not filtered.
+        trace.write("events/syscalls/sys_enter_execve/enable", "1");
+        trace.write(
+            "events/sched/sched_process_exit/filter",
+            &format!("comm == \"{comm}\""),
+        );
+        trace.write("events/sched/sched_process_exit/enable", "1");
         trace.write("tracing_on", "1");
         trace
     }
@@ -64,39 +66,56 @@ impl ExecExitTrace {
 impl Drop for ExecExitTrace {
     fn drop(&mut self) {
         let _ = std::fs::write(self.dir.join("tracing_on"), "0");
-        for event in ["sched_process_exec", "sched_process_exit"] {
-            let _ = std::fs::write(self.dir.join(format!("events/sched/{event}/enable")), "0");
+        for event in ["syscalls/sys_enter_execve", "sched/sched_process_exit"] {
+            let _ = std::fs::write(self.dir.join(format!("events/{event}/enable")), "0");
         }
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
+/// The wall clock minus CLOCK_MONOTONIC, in µs: turns a trace's times into wall-clock times.
+pub fn wall_minus_monotonic_us() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = ts.tv_sec * 1_000_000 + ts.tv_nsec / 1000;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    wall - mono
+}
+
 /// Parses trace lines such as
-/// `memphase-9060 [000] ..... 11316.542279: sched_process_exec: filename=/memphase pid=9060 old_pid=9060`
-/// and `memphase-9060 [000] ..... 11317.136204: sched_process_exit: comm=memphase pid=9060 …`.
+/// `youki:[2:INIT]-9060 [000] ..... 11316.542074: sys_execve(filename: 0x55de…, argv: …)`
+/// and `memphase-9060 [000] ..... 11317.136204: sched_process_exit: comm=memphase pid=9060 …`
+/// (the task's name, which may hold spaces, then `-PID`, then the CPU in brackets).
 fn parse(text: &str) -> HashMap<i32, Lifetime> {
     let mut out: HashMap<i32, Lifetime> = HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((head, rest)) = line.split_once(": ") else {
+        let Some((task, rest)) = line.split_once(" [") else {
             continue;
         };
-        let Some((event, fields)) = rest.split_once(": ") else {
+        let Some(pid) = task
+            .trim()
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Some((head, event)) = rest.split_once(": ") else {
             continue;
         };
         let Some(us) = head.split_whitespace().last().and_then(seconds_to_us) else {
             continue;
         };
-        let Some(pid) = fields
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("pid=")?.parse::<i32>().ok())
-        else {
-            continue;
-        };
         let life = out.entry(pid).or_default();
-        match event {
-            "sched_process_exec" => life.exec_us = Some(us),
-            "sched_process_exit" => life.exit_us = Some(us),
-            _ => {}
+        if event.starts_with("sys_execve(") {
+            life.exec_us = Some(us);
+        } else if event.starts_with("sched_process_exit:") {
+            life.exit_us = Some(us);
         }
     }
     out
@@ -117,11 +136,12 @@ mod tests {
     fn trace_lines_give_exec_and_exit_per_pid() {
         let text = "# tracer: nop\n\
             #\n\
-            \x20       memphase-9060    [000] ..... 11316.542279: sched_process_exec: filename=/memphase pid=9060 old_pid=9060\n\
-            \x20       memphase-9061    [001] ..... 11316.600000: sched_process_exec: filename=/memphase pid=9061 old_pid=9061\n\
+            \x20 youki:[2:INIT]-9060    [000] ..... 11316.542074: sys_execve(filename: 0x55dec21dcf30, argv: 0x55dec21e3ae0, envp: 0x55dec21d8ca0)\n\
+            \x20   a name-with -9061    [001] ..... 11316.600000: sys_execve(filename: 0x1, argv: 0x2, envp: 0x3)\n\
             \x20       memphase-9060    [000] ..... 11317.136204: sched_process_exit: comm=memphase pid=9060 prio=120 group_dead=true\n";
         let l = parse(text);
-        assert_eq!(l[&9060].exec_us, Some(11_316_542_279));
+        assert_eq!(l[&9060].exec_us, Some(11_316_542_074));
+        assert_eq!(l[&9061].exec_us, Some(11_316_600_000));
         assert_eq!(l[&9060].exit_us, Some(11_317_136_204));
         assert_eq!(l[&9061].exit_us, None);
         assert_eq!(seconds_to_us("1.5"), Some(1_500_000));

@@ -30,6 +30,7 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod template;
+pub mod trim;
 pub mod zygote;
 
 pub use error::RuntimeError;

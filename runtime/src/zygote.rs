@@ -190,7 +190,20 @@ fn zygote_main(ctrl: OwnedFd, parent: Pid) -> ! {
     // Workers are reaped automatically; each worker restores the default disposition.
     // SAFETY: installing SIG_IGN is async-signal-safe.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
+    let mut trimmed = false;
     loop {
+        // Once idle for a while, unmap the code that served the last requests.
+        if !trimmed {
+            let mut pfd = [nix::poll::PollFd::new(
+                ctrl.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if let Ok(0) = nix::poll::poll(&mut pfd, crate::trim::IDLE_MS) {
+                crate::trim::read_only_file_pages();
+                trimmed = true;
+                continue;
+            }
+        }
         let mut byte = [0u8; 1];
         let mut iov = [IoSliceMut::new(&mut byte)];
         let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -224,6 +237,7 @@ fn zygote_main(ctrl: OwnedFd, parent: Pid) -> ! {
         if fds.is_empty() {
             continue;
         }
+        trimmed = false;
         // SAFETY: the zygote is single-threaded.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {

@@ -4,6 +4,7 @@ mod container;
 mod errors;
 mod events;
 mod exit_clock;
+mod idle_trim;
 mod io;
 mod metrics;
 mod options;

@@ -19,6 +19,7 @@ use crate::container::Container;
 use crate::errors::{invalid, not_found, precondition, rt, status};
 use crate::events::Events;
 use crate::exit_clock::ExitClock;
+use crate::idle_trim::IdleTrim;
 use crate::io::StdioPaths;
 use crate::options;
 use crate::process::{Process, State, now, timestamp};
@@ -43,6 +44,8 @@ struct Inner {
     meter: Option<MeterConfig>,
     /// When processes exited, stamped as it happens (see exit_clock.rs).
     exit_clock: Option<Arc<ExitClock>>,
+    /// Unmaps the shim's code once it is idle after requests.
+    idle_trim: Arc<IdleTrim>,
     /// Exit handlers still running (they write metering records): Shutdown waits for them.
     exits_in_flight: (Mutex<usize>, std::sync::Condvar),
 }
@@ -283,6 +286,7 @@ impl Service {
             namespace,
             meter: MeterConfig::from_env(),
             exit_clock: ExitClock::start(),
+            idle_trim: IdleTrim::start(),
             exits_in_flight: (Mutex::new(0), std::sync::Condvar::new()),
         });
         inner.clone().watch_exits();
@@ -322,6 +326,7 @@ impl Task for Service {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         log::info!("create {} (bundle {})", req.id, req.bundle);
+        self.inner.idle_trim.poke();
         if self.inner.containers().contains_key(&req.id) {
             return Err(status(
                 Code::ALREADY_EXISTS,
@@ -363,6 +368,7 @@ impl Task for Service {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        self.inner.idle_trim.poke();
         let c = self.inner.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
             let began = Instant::now();
@@ -459,6 +465,7 @@ impl Task for Service {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        self.inner.idle_trim.poke();
         let c = self.inner.container(&req.id)?;
         if !req.exec_id.is_empty() {
             let p = c.process(&req.exec_id)?;
@@ -520,6 +527,7 @@ impl Task for Service {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.inner.idle_trim.poke();
         let c = self.inner.container(&req.id)?;
         let spec = req
             .spec
