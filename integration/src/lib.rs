@@ -97,6 +97,37 @@ impl Ctr {
             .into()
     }
 
+    /// Runs `ctr ARGS` (one shell command line: quote as for `sh`) with a terminal as its
+    /// stdio, made by script(1), so that `-t` works; the terminal's output is `stdout`.
+    pub fn run_in_terminal(&self, args: &str) -> Run {
+        self.in_terminal(args)
+            .output()
+            .expect("running script(1)")
+            .into()
+    }
+
+    /// Starts `ctr ARGS` with a terminal (see [`Ctr::run_in_terminal`]) and leaves it
+    /// running (an attached `ctr`), the terminal's output piped.
+    pub fn spawn_in_terminal(&self, args: &str) -> std::process::Child {
+        self.in_terminal(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("running script(1)")
+    }
+
+    fn in_terminal(&self, args: &str) -> Command {
+        let cmdline = format!(
+            "{} --address {} --namespace {} {args}",
+            self.bin.display(),
+            self.address,
+            self.namespace
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &cmdline, "/dev/null"])
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
     /// Makes sure the busybox test image is in this namespace (imported from the default
     /// one), once per test binary.
     pub fn ensure_images(&self) {

@@ -264,6 +264,91 @@ fn checkpoint_with_exit_stops_the_task() {
     }
 }
 
+/// A container with a terminal (`ctr run -t`), checkpointed and restored after its source
+/// is gone: the restored shell keeps counting from memory and still has a terminal (CRIU
+/// hands the restored pty's master to trenv, which gives it to containerd's console like a
+/// new one), into which `ctr task exec -t` works too.
+#[test]
+fn a_terminal_container_is_checkpointed_and_restored_with_its_terminal() {
+    let c = ctr();
+    let id = unique_id("cptty");
+    let copy = format!("{id}-restored");
+    let reference = format!("trenv.test/checkpoint/{id}:1");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![id.clone(), copy.clone()],
+        images: vec![reference.clone()],
+    };
+    let r = c.run_in_terminal(&format!(
+        "run -d -t --runtime {RUNTIME} {BUSYBOX} {id} sh -c '{COUNTER}'"
+    ));
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert!(
+        c.wait_status(&id, "RUNNING", Duration::from_secs(10)),
+        "{id} did not start"
+    );
+    let before = wait_count(&c, &id, 10);
+    c.run(&["containers", "checkpoint", "--task", &id, &reference])
+        .ok();
+    remove(&c, &id);
+
+    // Like `ctr run -t`, the restore stays attached to the task's terminal.
+    let mut attached =
+        c.spawn_in_terminal(&format!("containers restore --live {copy} {reference}"));
+    let stdout = attached.stdout.take().expect("piped");
+    let console = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stdout }, &mut out);
+        out
+    });
+    assert!(
+        c.wait_status(&copy, "RUNNING", Duration::from_secs(10)),
+        "{copy} is not running: {:?}",
+        c.task_status(&copy)
+    );
+    let first = count(&c, &copy);
+    assert!(
+        first >= before,
+        "the restored counter restarted at {first} (it was at {before})"
+    );
+    wait_count(&c, &copy, first + 5);
+    let r = c
+        .run(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "t1",
+            &copy,
+            "sh",
+            "-c",
+            "tty < /proc/1/fd/0; readlink /proc/1/fd/1; echo through-the-console > /proc/1/fd/1",
+        ])
+        .ok();
+    assert!(
+        r.stdout.lines().all(|l| l.starts_with("/dev/pts/")) && r.stdout.lines().count() == 2,
+        "the restored shell has no terminal: {r:#?}"
+    );
+    let r = c.run_in_terminal(&format!(
+        "task exec -t --exec-id t2 {copy} sh -c 'tty; echo tty-ok'"
+    ));
+    assert!(r.stdout.contains("tty-ok"), "{r:#?}");
+    assert!(r.stdout.contains("/dev/pts/"), "{r:#?}");
+    remove(&c, &copy);
+    // What was written to the restored shell's terminal reached the attached ctr.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attached.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = attached.kill();
+    let _ = attached.wait();
+    let out = console.join().unwrap_or_default();
+    assert!(
+        out.contains("through-the-console"),
+        "the restored terminal's output did not reach ctr: {out:?}"
+    );
+    assert_no_criu_mounts(&copy);
+}
+
 /// The Python function (200 MB of state) checkpointed and restored: the checksum it
 /// computes over its state after the restore equals the one it computed when ready.
 #[test]

@@ -1,7 +1,7 @@
 //! The container lifecycle through a real containerd with `ctr`, on trenv.
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use trenv_integration::{BUSYBOX, Ctr, RUNTIME, pids_matching, unique_id};
@@ -59,25 +59,6 @@ impl Drop for Detached<'_> {
     fn drop(&mut self) {
         self.ctr.remove(&self.id);
     }
-}
-
-/// Runs a command under `script` so that ctr gets a terminal for `-t`.
-fn with_tty(cmdline: &str) -> trenv_integration::Run {
-    Command::new("script")
-        .args(["-qec", cmdline, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running script(1)")
-        .into()
-}
-
-fn ctr_cmdline(c: &Ctr, args: &str) -> String {
-    format!(
-        "{} --address {} --namespace {} {args}",
-        c.bin.display(),
-        c.address,
-        c.namespace
-    )
 }
 
 #[test]
@@ -299,9 +280,8 @@ fn exec_with_stdin_and_exec_kill() {
 fn run_with_tty() {
     let c = ctr();
     let id = unique_id("tty");
-    let r = with_tty(&ctr_cmdline(
-        &c,
-        &format!("run --rm -t --runtime {RUNTIME} {BUSYBOX} {id} sh -c 'tty; echo tty-ok; exit 4'"),
+    let r = c.run_in_terminal(&format!(
+        "run --rm -t --runtime {RUNTIME} {BUSYBOX} {id} sh -c 'tty; echo tty-ok; exit 4'"
     ));
     assert_eq!(r.code, 4, "{r:#?}");
     assert!(r.stdout.contains("/dev/pts/"), "{r:#?}");
@@ -312,12 +292,9 @@ fn run_with_tty() {
 fn exec_with_tty() {
     let c = ctr();
     let d = Detached::start(&c, "exectty", &[], &["sleep", "300"]);
-    let r = with_tty(&ctr_cmdline(
-        &c,
-        &format!(
-            "task exec -t --exec-id t1 {} sh -c 'tty; echo exectty-ok'",
-            d.id
-        ),
+    let r = c.run_in_terminal(&format!(
+        "task exec -t --exec-id t1 {} sh -c 'tty; echo exectty-ok'",
+        d.id
     ));
     assert_eq!(r.code, 0, "{r:#?}");
     assert!(r.stdout.contains("/dev/pts/"), "{r:#?}");
