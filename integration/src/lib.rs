@@ -275,6 +275,18 @@ pub fn pids_matching(needle: &str) -> Vec<i32> {
     out
 }
 
+/// How much coarser than this machine's the test environment's timing is: 1, unless
+/// `TRENV_TEST_TIME_SCALE` says otherwise (the VM test bed runs under TCG emulation and sets
+/// 10). Tests that check a time to the millisecond multiply their bound by it.
+pub fn time_scale() -> u64 {
+    match std::env::var("TRENV_TEST_TIME_SCALE") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("TRENV_TEST_TIME_SCALE={v:?} is not a whole number")),
+        Err(_) => 1,
+    }
+}
+
 /// Builds the static test program `tests/fixtures/memphase.c` (once per process) and
 /// returns its path; tests bind-mount it into busybox.
 pub fn memphase() -> PathBuf {

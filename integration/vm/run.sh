@@ -63,6 +63,9 @@ cp "$PLAN" "$RESULTS/plan"
     # The Python function's state in the template tests (64 MiB on the host): the
     # emulated CPUs generate and hash it about 20 times slower.
     printf 'export TRENV_TEST_FN_MB=%q\n' "${TRENV_VM_FN_MB:-16}"
+    # Timing under TCG emulation is about ten times coarser (two vCPUs take turns on one
+    # host thread): tests that check a time to the millisecond widen their bound by this.
+    printf 'export TRENV_TEST_TIME_SCALE=%q\n' "${TRENV_VM_TIME_SCALE:-10}"
 } >"$RESULTS/env"
 
 qemu_dir="$VM_CACHE/qemu"
