@@ -15,6 +15,7 @@ mod error;
 pub mod image;
 mod swrk;
 pub mod template;
+pub mod tmpfs;
 mod version;
 
 pub use error::CriuError;

@@ -328,6 +328,11 @@ impl TemplateStore {
                 name: name.into(),
                 source,
             })?;
+        // /dev's content restored by CRIU itself rather than by tar (criu-glue/src/tmpfs.rs).
+        trenv_criu::tmpfs::store_archives(&images).map_err(|e| TemplateError::Convert {
+            name: name.into(),
+            source: e.into(),
+        })?;
         let _ = fs::remove_dir_all(&work);
         // Immutable from here on.
         fs::set_permissions(pool_tmp, fs::Permissions::from_mode(0o444)).map_err(io(pool_tmp))?;

@@ -34,12 +34,14 @@ pub(crate) fn zygote_if_forked() -> Option<&'static Zygote> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let action = containerd_shim::parse(&args[1..])
+    let flags = containerd_shim::parse(&args[1..]).ok();
+    let action = flags
+        .as_ref()
         .map(|f| {
             if f.version {
                 "version".to_string()
             } else {
-                f.action
+                f.action.clone()
             }
         })
         .unwrap_or_default();
@@ -50,6 +52,9 @@ fn main() {
     if action == "version" {
         println!("containerd-shim-trenv-v1 {}", env!("CARGO_PKG_VERSION"));
         return;
+    }
+    if let (Some(flags), "start") = (flags, action.as_str()) {
+        shim::start_command(flags);
     }
     // `start` only spawns the long-lived shim and exits: it needs no zygote. The server
     // does; `delete` (containerd's cleanup after the shim is gone) only when the bundle

@@ -39,6 +39,49 @@ pub fn leftovers_in(bundle: &Path) -> bool {
     bundle.join(".trenv").exists() || is_mount_point(&bundle.join("rootfs"))
 }
 
+/// `start`: spawns the shim server for this container's group, or finds the group's running
+/// one (the new server then exits, as the group's socket is taken), and answers its address.
+pub fn start(opts: StartOpts) -> containerd_shim::Result<String> {
+    let cwd = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+    let group = grouping(&cwd, &opts.id);
+    let (_pid, address) = spawn(opts, &group, Vec::new())?;
+    write_address(&address)?;
+    Ok(address)
+}
+
+/// containerd's `start` command, run without containerd-shim's bootstrap. That bootstrap
+/// makes every command a child subreaper with signal handlers whose wake-up socket is
+/// closed when it returns; a server that exits at once (its pod's shim already serves
+/// the socket) leaves its zygote to die as a child of `start`, and a SIGCHLD in that window
+/// sent `start` into an endless SIGPIPE loop (the handler's write to the closed socket
+/// raised SIGPIPE, whose handler wrote again), hanging containerd's task create.
+pub fn start_command(flags: Flags) -> ! {
+    let opts = StartOpts {
+        id: flags.id,
+        publish_binary: flags.publish_binary,
+        address: flags.address,
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace,
+        debug: flags.debug,
+    };
+    if opts.namespace.is_empty() {
+        eprintln!("io.containerd.trenv.v1: the shim namespace cannot be empty");
+        std::process::exit(1);
+    }
+    match start(opts) {
+        Ok(address) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let ok = out.write_all(address.as_bytes()).and_then(|()| out.flush());
+            std::process::exit(if ok.is_ok() { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("io.containerd.trenv.v1: {e:?}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// The id whose shim serves this container: its pod's sandbox id, or its own id.
 fn grouping(bundle: &Path, id: &str) -> String {
     Spec::load(bundle.join("config.json"))
@@ -61,12 +104,7 @@ impl Shim for TrenvShim {
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let cwd =
-            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-        let group = grouping(&cwd, &opts.id);
-        let (_pid, address) = spawn(opts, &group, Vec::new())?;
-        write_address(&address)?;
-        Ok(address)
+        start(opts)
     }
 
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
