@@ -186,56 +186,43 @@ fn read_u64(path: &Path) -> Option<u64> {
 
 /// The peak counter, reset at the start of an invocation so that a reused cgroup does
 /// not report an earlier invocation's peak.
-enum Peak {
-    /// v1: `memory.max_usage_in_bytes`, reset by writing 0. The counter is one per cgroup,
-    /// so a reset for a new invocation (an exec) would erase the peak of the invocations
-    /// still running there: each reset first hands them the peak so far ([`V1Peaks`]).
-    V1 {
-        path: PathBuf,
-        carried: Arc<AtomicU64>,
-    },
-    /// v2: `memory.peak`; writing to an open descriptor resets the peak seen through that
-    /// descriptor (Linux ≥ 6.12); older kernels report the cgroup's lifetime peak.
-    /// `file` is `None` while the cgroup does not exist yet (a restore creates it during
-    /// Start): it is opened, without a reset, when the peak is read.
-    V2 { path: PathBuf, file: Option<File> },
+///
+/// Several invocations can run in one cgroup (the init and its execs), and a reset for a
+/// new one must not erase the others' peaks: v1 has one counter per cgroup, and on v2 a
+/// reset through one descriptor of `memory.peak` sets the other descriptors' peaks to the
+/// usage *at that moment*, losing a higher peak they saw before. So every reset first hands
+/// each invocation still running in the cgroup its peak so far ([`Watchers`]), and an
+/// invocation's peak is the larger of what it was handed and its counter at the end.
+struct Peak {
+    version: Version,
+    /// v1: `memory.max_usage_in_bytes`; v2: `memory.peak`.
+    path: PathBuf,
+    watcher: Arc<Watcher>,
 }
 
-impl Peak {
-    fn start(files: &Files) -> Option<Peak> {
-        match files.version {
-            Version::V1 => {
-                let path = files.dir.join("memory.max_usage_in_bytes");
-                let carried = V1Peaks::reset(&path);
-                Some(Peak::V1 { path, carried })
-            }
-            Version::V2 => {
-                let path = files.dir.join("memory.peak");
-                let file = match OpenOptions::new().read(true).write(true).open(&path) {
-                    Ok(mut f) => {
-                        let _ = f.write_all(b"reset\n");
-                        Some(f)
-                    }
-                    // Older kernels: memory.peak is read-only.
-                    Err(_) => File::open(&path).ok(),
-                };
-                Some(Peak::V2 { path, file })
-            }
-        }
-    }
+/// One running invocation's view of its cgroup's peak.
+#[derive(Default)]
+struct Watcher {
+    /// The largest peak handed over by other invocations' resets.
+    carried: AtomicU64,
+    /// v2: the invocation's own descriptor of `memory.peak` (reset through it at start;
+    /// Linux ≥ 6.12). `None` while the cgroup does not exist yet (a restore creates it
+    /// during Start): it is opened, without a reset, when first read — a cgroup that
+    /// appeared after the invocation started holds only it.
+    file: Mutex<Option<File>>,
+}
 
-    fn read(&mut self) -> u64 {
-        match self {
-            Peak::V1 { path, carried } => read_u64(path)
-                .unwrap_or(0)
-                .max(carried.load(Ordering::Relaxed)),
-            Peak::V2 { path, file } => {
-                // A cgroup that appeared after the invocation started holds only it: its
-                // lifetime peak is the invocation's.
+impl Watcher {
+    /// The peak seen through this watcher's own counter (v2) or the shared one (v1).
+    fn counter(&self, version: Version, path: &Path) -> u64 {
+        match version {
+            Version::V1 => read_u64(path).unwrap_or(0),
+            Version::V2 => {
+                let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
                 if file.is_none() {
-                    *file = File::open(&*path).ok();
+                    *file = File::open(path).ok();
                 }
-                let Some(f) = file else { return 0 };
+                let Some(f) = file.as_mut() else { return 0 };
                 let mut s = String::new();
                 let _ = f.seek(SeekFrom::Start(0));
                 let _ = f.read_to_string(&mut s);
@@ -245,37 +232,70 @@ impl Peak {
     }
 }
 
-/// The running v1 invocations of each cgroup, by its `memory.max_usage_in_bytes`: what
-/// each has seen of the counter before someone else reset it.
-struct V1Peaks;
+/// The running invocations of each cgroup, by its peak file.
+struct Watchers;
 
-type PeakWatchers = HashMap<PathBuf, Vec<Weak<AtomicU64>>>;
+type PeakWatchers = HashMap<PathBuf, Vec<Weak<Watcher>>>;
 
-impl V1Peaks {
+impl Watchers {
     fn registry() -> &'static Mutex<PeakWatchers> {
         static R: OnceLock<Mutex<PeakWatchers>> = OnceLock::new();
         R.get_or_init(Default::default)
     }
 
-    /// Resets the counter for a new invocation, after handing the peak so far to the
-    /// invocations running in the same cgroup; returns the new invocation's share.
-    fn reset(path: &Path) -> Arc<AtomicU64> {
-        let mut r = V1Peaks::registry()
+    /// Registers a new invocation and resets its counter, after handing the peak so far to
+    /// the invocations running in the same cgroup.
+    fn reset(version: Version, path: &Path) -> Arc<Watcher> {
+        let mut r = Watchers::registry()
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let watchers = r.entry(path.to_path_buf()).or_default();
         watchers.retain(|w| w.strong_count() > 0);
-        if !watchers.is_empty() {
-            let so_far = read_u64(path).unwrap_or(0);
-            for w in watchers.iter().filter_map(Weak::upgrade) {
-                w.fetch_max(so_far, Ordering::Relaxed);
+        for w in watchers.iter().filter_map(Weak::upgrade) {
+            let so_far = w.counter(version, path);
+            w.carried.fetch_max(so_far, Ordering::Relaxed);
+        }
+        let mine = Arc::new(Watcher::default());
+        match version {
+            Version::V1 => {
+                let _ = fs::write(path, "0");
+            }
+            Version::V2 => {
+                let file = match OpenOptions::new().read(true).write(true).open(path) {
+                    Ok(mut f) => {
+                        let _ = f.write_all(b"reset\n");
+                        Some(f)
+                    }
+                    // Older kernels: memory.peak is read-only (the cgroup's lifetime peak).
+                    Err(_) => File::open(path).ok(),
+                };
+                *mine.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
             }
         }
-        let _ = fs::write(path, "0");
-        let mine = Arc::new(AtomicU64::new(0));
         watchers.push(Arc::downgrade(&mine));
         r.retain(|_, w| w.iter().any(|w| w.strong_count() > 0));
         mine
+    }
+}
+
+impl Peak {
+    fn start(files: &Files) -> Option<Peak> {
+        let path = match files.version {
+            Version::V1 => files.dir.join("memory.max_usage_in_bytes"),
+            Version::V2 => files.dir.join("memory.peak"),
+        };
+        let watcher = Watchers::reset(files.version, &path);
+        Some(Peak {
+            version: files.version,
+            path,
+            watcher,
+        })
+    }
+
+    fn read(&mut self) -> u64 {
+        self.watcher
+            .counter(self.version, &self.path)
+            .max(self.watcher.carried.load(Ordering::Relaxed))
     }
 }
 
@@ -544,17 +564,16 @@ mod tests {
     fn a_v1_reset_hands_the_peak_so_far_to_running_invocations() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory.max_usage_in_bytes");
-        fs::write(&path, "900").unwrap();
-        let mut init = Peak::V1 {
+        let peak = |watcher| Peak {
+            version: Version::V1,
             path: path.clone(),
-            carried: V1Peaks::reset(&path),
+            watcher,
         };
+        fs::write(&path, "900").unwrap();
+        let mut init = peak(Watchers::reset(Version::V1, &path));
         assert_eq!(fs::read_to_string(&path).unwrap(), "0", "reset at start");
         fs::write(&path, "500").unwrap(); // the init's spike
-        let mut exec = Peak::V1 {
-            path: path.clone(),
-            carried: V1Peaks::reset(&path),
-        };
+        let mut exec = peak(Watchers::reset(Version::V1, &path));
         fs::write(&path, "200").unwrap(); // the exec's peak since its reset
         assert_eq!(exec.read(), 200, "the exec's own peak");
         assert_eq!(init.read(), 500, "the init keeps its spike");
@@ -562,17 +581,37 @@ mod tests {
         fs::write(&path, "700").unwrap();
         assert_eq!(init.read(), 700);
         drop(init);
-        // Nobody runs there any more: a new invocation hands nothing on.
-        let carried = V1Peaks::reset(&path);
-        assert_eq!(carried.load(Ordering::Relaxed), 0);
+        // Nobody runs there any more: a new invocation is handed nothing.
+        let w = Watchers::reset(Version::V1, &path);
+        assert_eq!(w.carried.load(Ordering::Relaxed), 0);
         assert!(
-            V1Peaks::registry()
+            Watchers::registry()
                 .lock()
                 .unwrap()
                 .get(&path)
                 .is_none_or(|w| w.len() <= 1),
             "finished invocations are forgotten"
         );
+    }
+
+    /// v2: each invocation reads its own descriptor; a peer's reset hands over what that
+    /// descriptor showed (a file stands in for `memory.peak`, as the kernel would show it).
+    #[test]
+    fn a_v2_reset_hands_each_running_invocation_its_own_peak() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.peak");
+        fs::write(&path, "0").unwrap();
+        let mut init = Peak {
+            version: Version::V2,
+            path: path.clone(),
+            watcher: Watchers::reset(Version::V2, &path),
+        };
+        fs::write(&path, "98000000").unwrap(); // the init's spike, seen through its fd
+        let exec = Watchers::reset(Version::V2, &path);
+        // The kernel now shows the init only the usage at the exec's reset.
+        fs::write(&path, "47000000").unwrap();
+        assert_eq!(init.read(), 98_000_000, "the init keeps its spike");
+        drop(exec);
     }
 
     fn record(id: &str) -> Invocation {
