@@ -687,6 +687,42 @@ fn cri_latency(o: &Options, log: &PathBuf) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
+/// A latency table (`first`: the key of the first column pair, titled `title`) and the
+/// copy/map restore ratios of each column, their lines prefixed with `prefix`.
+fn print_latency(lat: &Value, modes: &[Mode], first: &str, title: &str, prefix: &str) {
+    let columns = [first, "with_container_ms", "in_shim_ms"];
+    println!(
+        "| mode | {title} P50 | {title} P99 | +container P50 | +container P99 | in-shim P50 | in-shim P99 | n |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+    for m in modes {
+        let cells: Vec<String> = columns
+            .iter()
+            .flat_map(|c| {
+                let v = &lat[m.key()][*c];
+                [f(&v["p50"]), f(&v["p99"])]
+            })
+            .collect();
+        println!(
+            "| {} | {} | {} |",
+            m.name(),
+            cells.join(" | "),
+            lat[m.key()][first]["n"]
+        );
+    }
+    let p = |k: &str, what: &str, q: &str| lat[k][what][q].as_f64().unwrap_or(f64::NAN);
+    for what in columns {
+        let r50 = p("copy_restore", what, "p50") / p("map_restore", what, "p50");
+        let r99 = p("copy_restore", what, "p99") / p("map_restore", what, "p99");
+        println!(
+            "\n{prefix}{what}: template restore is {r50:.2}x faster than the copy restore at \
+             P50, {r99:.2}x at P99 (target >= 3x at P50: {})",
+            if r50 >= 3.0 { "MET" } else { "MISSED" }
+        );
+    }
+}
+
 fn print_report(r: &Value) {
     println!(
         "# Templates benchmark ({} MiB Python function)",
@@ -711,37 +747,8 @@ fn print_report(r: &Value) {
             "e2e: Create to ready through containerd (`ctr task start`); +container: plus \
              creating the container record and snapshot (`ctr containers create`) first\n"
         );
-        println!(
-            "| mode | e2e P50 | e2e P99 | +container P50 | +container P99 | in-shim P50 | in-shim P99 | n |"
-        );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-        for m in Mode::ALL {
-            let e = &lat[m.key()]["end_to_end_ms"];
-            let w = &lat[m.key()]["with_container_ms"];
-            let s = &lat[m.key()]["in_shim_ms"];
-            let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
-            println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                m.name(),
-                f(&e["p50"]),
-                f(&e["p99"]),
-                f(&w["p50"]),
-                f(&w["p99"]),
-                f(&s["p50"]),
-                f(&s["p99"]),
-                e["n"]
-            );
-        }
+        print_latency(lat, &Mode::ALL, "end_to_end_ms", "e2e", "");
         let p = |k: &str, what: &str, q: &str| lat[k][what][q].as_f64().unwrap_or(f64::NAN);
-        for what in ["end_to_end_ms", "with_container_ms", "in_shim_ms"] {
-            let r50 = p("copy_restore", what, "p50") / p("map_restore", what, "p50");
-            let r99 = p("copy_restore", what, "p99") / p("map_restore", what, "p99");
-            println!(
-                "\n{what}: template restore is {r50:.2}x faster than the copy restore at P50, \
-                 {r99:.2}x at P99 (target >= 3x at P50: {})",
-                if r50 >= 3.0 { "MET" } else { "MISSED" }
-            );
-        }
         let cold =
             p("cold_runc", "end_to_end_ms", "p50") / p("map_restore", "end_to_end_ms", "p50");
         println!("template restore vs cold start on runc (e2e P50): {cold:.1}x faster");
@@ -753,37 +760,13 @@ fn print_report(r: &Value) {
              the pod's shim is already running) until it runs restored; +container: plus \
              CreateContainer\n"
         );
-        println!(
-            "| mode | start P50 | start P99 | +container P50 | +container P99 | in-shim P50 | in-shim P99 | n |"
+        print_latency(
+            lat,
+            &[Mode::CopyRestore, Mode::MapRestore],
+            "start_ms",
+            "start",
+            "CRI ",
         );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-        for m in [Mode::CopyRestore, Mode::MapRestore] {
-            let e = &lat[m.key()]["start_ms"];
-            let w = &lat[m.key()]["with_container_ms"];
-            let s = &lat[m.key()]["in_shim_ms"];
-            let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
-            println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                m.name(),
-                f(&e["p50"]),
-                f(&e["p99"]),
-                f(&w["p50"]),
-                f(&w["p99"]),
-                f(&s["p50"]),
-                f(&s["p99"]),
-                e["n"]
-            );
-        }
-        let p = |k: &str, what: &str, q: &str| lat[k][what][q].as_f64().unwrap_or(f64::NAN);
-        for what in ["start_ms", "with_container_ms", "in_shim_ms"] {
-            let r50 = p("copy_restore", what, "p50") / p("map_restore", what, "p50");
-            let r99 = p("copy_restore", what, "p99") / p("map_restore", what, "p99");
-            println!(
-                "\nCRI {what}: template restore is {r50:.2}x faster than the copy restore at P50, \
-                 {r99:.2}x at P99 (target >= 3x at P50: {})",
-                if r50 >= 3.0 { "MET" } else { "MISSED" }
-            );
-        }
     }
     if let Some(m) = r.get("memory") {
         let kib = |v: &Value| v.as_u64().unwrap_or(0);
