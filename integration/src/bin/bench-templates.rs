@@ -351,6 +351,24 @@ fn memory(
     }))
 }
 
+/// The two templates of the running function `src` (namespace `ns`): `copy` made with
+/// `--copy` (CRIU's page-copying restore), `map` the default (memory mapped from the pool).
+fn make_templates(src: &str, ns: &str, copy: &str, map: &str) -> Result<(), String> {
+    for (name, extra) in [(copy, Some("--copy")), (map, None)] {
+        let mut cmd = trenv_cli();
+        cmd.args(["template", "create", name, "--from", src, "-n", ns]);
+        cmd.args(extra);
+        let out = cmd.output().map_err(|e| format!("running trenv: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "trenv template create {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn template_info(name: &str) -> Result<Value, String> {
     let out = trenv_cli()
         .args(["template", "inspect", name])
@@ -399,26 +417,7 @@ fn run(o: &Options) -> Result<Value, String> {
     ])
     .ok();
     let ready = field(&wait_line(&ctr, &src, "ready ", 0), "state=");
-    for (name, extra) in [(&copy_t, Some("--copy")), (&map_t, None)] {
-        let mut cmd = trenv_cli();
-        cmd.args([
-            "template",
-            "create",
-            name,
-            "--from",
-            &src,
-            "-n",
-            &o.namespace,
-        ]);
-        cmd.args(extra);
-        let out = cmd.output().map_err(|e| format!("running trenv: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "trenv template create {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-    }
+    make_templates(&src, &o.namespace, &copy_t, &map_t)?;
     ctr.remove(&src);
     let mut report = json!({
         "containerd": containerd_version(&ctr),
@@ -604,26 +603,7 @@ fn cri_latency(o: &Options, log: &PathBuf) -> Result<Value, String> {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        for (name, extra) in [(&copy_t, Some("--copy")), (&map_t, None)] {
-            let mut cmd = trenv_cli();
-            cmd.args([
-                "template",
-                "create",
-                name,
-                "--from",
-                &src,
-                "-n",
-                cri::NAMESPACE,
-            ]);
-            cmd.args(extra);
-            let out = cmd.output().map_err(|e| format!("running trenv: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "trenv template create {name}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-        }
+        make_templates(&src, cri::NAMESPACE, &copy_t, &map_t)?;
     }
 
     let instances = pod(&format!("{ID_PREFIX}-cri-{pid}-instances"))?;
