@@ -9,7 +9,8 @@
 # 3. starts containerd 2.x on a private socket with the trenv runtime registered
 #    (io.containerd.trenv.v1, CRI handler "trenv"; config/containerd-2.toml.in);
 # 4. mounts the memory pool for templates (a tmpfs at /run/trenv/pool, the default of
-#    config/trenv.toml);
+#    config/trenv.toml) and tunes the node (`trenv node tune`: cgroup migrations without
+#    an RCU grace period; TRENV_NODE_TUNE=0 skips it);
 # 5. builds and imports the local test images (busybox, pause, the Python function);
 # 6. runs a demo container through trenv.
 #
@@ -17,6 +18,8 @@
 #   TRENV_CACHE              cache dir (default /var/cache/trenv)
 #   TRENV_CONTAINERD         containerd line for the demo: 2 (default) or 1.7
 #   TRENV_SKIP_DEMO=1        set up only
+#   TRENV_NODE_TUNE=0        leave the host's cgroup2 mount options alone (see
+#                            runtime/src/node.rs: favordynmods stays on until reboot)
 #   TRENV_POOL_SIZE          size of the tmpfs pool (default 50% of RAM)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
@@ -47,6 +50,9 @@ mount_tmpfs() {
 }
 mount_tmpfs /run/trenv/pool "${TRENV_POOL_SIZE:-50%}" "the template memory pool"
 mount_tmpfs /run/trenv/criu 16m "CRIU's kernel-probe cache"
+if [[ "${TRENV_NODE_TUNE:-1}" != 0 ]]; then
+    /usr/local/bin/trenv node tune | sed 's/^/[setup] node: /'
+fi
 
 "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
 "$TRENV_REPO/integration/scripts/build-images.sh" build

@@ -739,7 +739,11 @@ fn processes_that_never_ran_do_not_keep_the_shim_alive() {
                     .is_ok_and(|c| c.trim_end() != "trenv-worker")
             })
             .collect();
-        assert_eq!(long_lived.len(), 2, "shim server and zygote: {long_lived:?}");
+        assert_eq!(
+            long_lived.len(),
+            2,
+            "shim server and zygote: {long_lived:?}"
+        );
         drop(d);
         let start = std::time::Instant::now();
         while !pids_matching(&shim).is_empty() {

@@ -51,7 +51,9 @@ mount -t tmpfs -o mode=1777 shm /dev/shm
 mount -t mqueue mqueue /dev/mqueue
 # /tmp stays the overlay's (writable, in the guest's RAM): a tmpfs there would hide a
 # checkout under /tmp, such as CI's clean clone.
-mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || fail "cannot mount cgroup2"
+# As systemd mounts it (tests/node.rs checks that `trenv node tune` keeps all of this).
+mount -t cgroup2 -o nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup ||
+    fail "cannot mount cgroup2"
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || say "cannot enable controller $c"
 done

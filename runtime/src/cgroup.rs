@@ -296,20 +296,10 @@ fn read_keyed(file: &Path, key: &str) -> Option<u64> {
 
 /// Mount point of a cgroup v1 controller, from /proc/self/mountinfo.
 pub fn controller_mount(controller: &str) -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let mut post = post.split_whitespace();
-        if post.next()? != "cgroup" {
-            return None;
-        }
-        let _source = post.next()?;
-        let opts = post.next()?;
-        if !opts.split(',').any(|o| o == controller) {
-            return None;
-        }
-        pre.split_whitespace().nth(4).map(PathBuf::from)
-    })
+    crate::mountinfo::read(None)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup" && m.has_super_option(controller))
+        .map(|m| m.mount_point)
 }
 
 #[cfg(test)]

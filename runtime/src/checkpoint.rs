@@ -17,6 +17,7 @@ use trenv_criu::{Criu, FdPlan};
 
 use crate::cgroup::Cgroup;
 use crate::error::{RuntimeError, chain};
+use crate::mountinfo;
 use crate::sandbox::Location;
 
 /// What containerd asks of a checkpoint (`containerd.runc.v1.CheckpointOptions`).
@@ -85,40 +86,17 @@ pub struct CgroupMount {
 
 pub const CGROUP_MOUNTS: &str = "trenv-cgroup-mounts.json";
 
-/// One line of /proc/PID/mountinfo: (root, mount point, fs type, super options).
-pub(crate) fn mountinfo(pid: Option<i32>) -> Vec<(String, String, String, String)> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/mountinfo"),
-        None => "/proc/self/mountinfo".into(),
-    };
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mut pre = pre.split_whitespace();
-            let root = pre.nth(3)?.to_string();
-            let point = pre.next()?.to_string();
-            let mut post = post.split_whitespace();
-            let fstype = post.next()?.to_string();
-            let _source = post.next();
-            let options = post.next().unwrap_or_default().to_string();
-            Some((root, point, fstype, options))
-        })
-        .collect()
-}
-
 fn cgroup_mounts(pid: i32, cgroup_path: &str) -> CgroupMounts {
     CgroupMounts {
         cgroup_path: cgroup_path.to_string(),
-        mounts: mountinfo(Some(pid))
+        mounts: mountinfo::read(Some(pid))
             .into_iter()
-            .filter(|(_, _, t, _)| t == "cgroup" || t == "cgroup2")
-            .map(|(root, mountpoint, fstype, options)| CgroupMount {
-                mountpoint,
-                root,
-                fstype,
-                options,
+            .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+            .map(|m| CgroupMount {
+                mountpoint: m.mount_point.display().to_string(),
+                root: m.root,
+                fstype: m.fstype,
+                options: m.super_options,
             })
             .collect(),
     }

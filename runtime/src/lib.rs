@@ -23,6 +23,8 @@ pub mod error;
 mod executor;
 pub mod hull;
 pub mod meter;
+pub mod mountinfo;
+pub mod node;
 pub mod pool;
 pub mod pricing;
 pub mod restore;

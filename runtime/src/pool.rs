@@ -9,6 +9,8 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use crate::mountinfo::MountEntry;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PoolKind {
     Tmpfs,
@@ -55,32 +57,15 @@ pub struct Pool {
 
 /// The mount a path lives on: (mount point, fs type, super options).
 fn mount_of(path: &Path) -> Option<(PathBuf, String, String)> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut best: Option<(PathBuf, String, String)> = None;
-    for line in info.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(point) = pre.split_whitespace().nth(4) else {
-            continue;
-        };
-        let point = PathBuf::from(point.replace("\\040", " "));
-        if !path.starts_with(&point) {
-            continue;
-        }
-        let mut post = post.split_whitespace();
-        let fstype = post.next().unwrap_or_default().to_string();
-        let _source = post.next();
-        let options = post.next().unwrap_or_default().to_string();
-        // Later lines over-mount earlier ones at the same point.
-        if best
-            .as_ref()
-            .is_none_or(|(b, _, _)| point.as_os_str().len() >= b.as_os_str().len())
-        {
-            best = Some((point, fstype, options));
-        }
-    }
-    best
+    // Later lines over-mount earlier ones at the same point.
+    crate::mountinfo::read(None)
+        .into_iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .fold(None, |best: Option<MountEntry>, m| match best {
+            Some(b) if b.mount_point.as_os_str().len() > m.mount_point.as_os_str().len() => Some(b),
+            _ => Some(m),
+        })
+        .map(|m| (m.mount_point, m.fstype, m.super_options))
 }
 
 impl Pool {

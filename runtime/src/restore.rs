@@ -24,9 +24,10 @@ use trenv_criu::{FdPlan, Notify};
 use crate::cgroup::Cgroup;
 use crate::checkpoint::{
     CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, bind_mounts, external_namespaces,
-    make_dir, mountinfo, namespace_path, open_dir, rootfs_of,
+    make_dir, namespace_path, open_dir, rootfs_of,
 };
 use crate::error::{RuntimeError, chain};
+use crate::mountinfo;
 use crate::sandbox::Location;
 use crate::template::{Stamp, TemplateError};
 
@@ -436,13 +437,13 @@ fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>,
     let recorded: CgroupMounts = serde_json::from_slice(&raw).map_err(|e| {
         RuntimeError::Worker(format!("{CGROUP_MOUNTS} in the checkpoint is corrupt: {e}"))
     })?;
-    let host = mountinfo(None);
+    let host = mountinfo::read(None);
     let new_path = cgroup.path().display().to_string();
     let mut out = Vec::new();
     for m in recorded.mounts {
-        let Some((host_root, host_point, _, _)) = host
+        let Some(host_mount) = host
             .iter()
-            .find(|(_, _, t, o)| *t == m.fstype && *o == m.options)
+            .find(|h| h.fstype == m.fstype && h.super_options == m.options)
         else {
             return Err(RuntimeError::Worker(format!(
                 "the checkpoint binds the cgroup hierarchy {} ({}) at {}, which this host \
@@ -457,13 +458,13 @@ fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>,
         };
         // The host mount may itself show a sub-tree of the hierarchy.
         let rel = Path::new(&root)
-            .strip_prefix(host_root)
+            .strip_prefix(&host_mount.root)
             .unwrap_or(Path::new(&root))
             .to_path_buf();
         let rel = rel.strip_prefix("/").unwrap_or(&rel);
         out.push((
             m.mountpoint,
-            Path::new(host_point).join(rel).display().to_string(),
+            host_mount.mount_point.join(rel).display().to_string(),
         ));
     }
     Ok(out)

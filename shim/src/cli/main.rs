@@ -1,6 +1,7 @@
 //! `trenv`: the command line of trenv: metering records, traces, memory templates.
 
 mod meter;
+mod node;
 mod plot;
 mod template;
 mod trace;
@@ -27,6 +28,8 @@ enum Command {
     Trace(trace::TraceArgs),
     /// Memory templates: functions checkpointed once and restored by mapping their memory.
     Template(template::TemplateArgs),
+    /// Host settings of a trenv node (`trenv node tune`, `trenv node check`).
+    Node(node::NodeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::Meter(args) => meter::run(args),
         Command::Trace(args) => trace::run(args),
         Command::Template(args) => template::run(args),
+        Command::Node(args) => node::run(args),
     }
 }
