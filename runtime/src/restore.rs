@@ -57,14 +57,14 @@ pub struct Phases {
 }
 
 impl Phases {
-    fn start() -> Phases {
+    pub fn start() -> Phases {
         Phases {
             ms: Vec::new(),
             last: Some(std::time::Instant::now()),
         }
     }
 
-    fn mark(&mut self, what: &str) {
+    pub fn mark(&mut self, what: &str) {
         let now = std::time::Instant::now();
         if let Some(last) = self.last {
             self.ms

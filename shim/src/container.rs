@@ -159,6 +159,7 @@ impl Container {
         req: &CreateTaskRequest,
         opts: &RuntimeOptions,
     ) -> Result<Container, ttrpc::Error> {
+        let mut phases = trenv_runtime::restore::Phases::start();
         let bundle = PathBuf::from(&req.bundle);
         let spec_path = bundle.join("config.json");
         let spec = Spec::load(&spec_path).map_err(|e| {
@@ -213,7 +214,9 @@ impl Container {
         let systemd = opts.systemd_cgroup || cgroups_path.as_deref().is_some_and(is_systemd_path);
         // Opening the cgroup first catches a systemd driver this host cannot honour before
         // anything is created.
+        phases.mark("spec");
         let cgroup = Cgroup::open(cgroups_path.as_deref(), &req.id, systemd).map_err(rt)?;
+        phases.mark("cgroup");
         let at = Location::new(&req.id, &bundle);
         let rootfs: Vec<Mount> = req
             .rootfs
@@ -243,6 +246,7 @@ impl Container {
                 )));
             }
             let config = Config::load().map_err(|e| precondition(e.to_string()))?;
+            phases.mark("config");
             if criu.binary.is_none() {
                 criu.binary = config.criu.binary.clone();
             }
@@ -255,8 +259,10 @@ impl Container {
                     }
                     _ => precondition(e.to_string()),
                 })?;
+            phases.mark("template check");
             let staged = bundle.join("work").join(STAGED_IMAGES);
             stage_images(&checked.images, &staged).map_err(|e| internal(e.to_string()))?;
+            phases.mark("staging");
             let m = checked.manifest;
             loopback_up = m.empty_netns;
             template_file = Some(TemplateFile {
@@ -312,6 +318,7 @@ impl Container {
                     &[],
                 )
                 .map_err(rt)?;
+            phases.mark("rootfs");
             let (io, child) = if paths.terminal {
                 (None, [None, None, None])
             } else {
@@ -341,6 +348,8 @@ impl Container {
                 },
                 child,
             }));
+            phases.mark("stdio");
+            log::debug!("created {} for a restore: {phases}", req.id);
             return Ok(container);
         }
         let (io, console, child) = prepare_io(&paths)?;
