@@ -730,3 +730,103 @@ fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
     c.remove(id);
     assert_nothing_left(&c, id);
 }
+
+/// `io.trenv.template.create`: the shim makes the template itself once the function is
+/// ready (here: its ready file, the log pyfn creates with its `ready` line, exists), while
+/// the function keeps running; an instance restored from it holds the same state.
+#[test]
+fn a_template_is_made_by_annotation_once_the_function_is_ready() {
+    let c = ctr();
+    let case = Case::new(&c, "auto");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    let mb = trenv_integration::pyfn::state_mb(32);
+    let state = format!("FN_STATE_MB={mb}");
+    let create = format!("io.trenv.template.create={name}");
+    let log_file = LOG_ENV.trim_start_matches("FN_LOG=");
+    let ready_file = format!("io.trenv.template.ready-file={log_file}");
+    run_detached(
+        &c,
+        src,
+        &[
+            "--env",
+            &state,
+            "--env",
+            LOG_ENV,
+            "--annotation",
+            &create,
+            "--annotation",
+            &ready_file,
+        ],
+        PYFN,
+        &[],
+    );
+    let ready = field(&wait_line(&c, src, "ready ", 0), "state=");
+    let start = Instant::now();
+    let limit = Duration::from_secs(60 * trenv_integration::time_scale());
+    while trenv(&["template", "inspect", name]).code != 0 {
+        assert!(
+            start.elapsed() < limit,
+            "template {name} was not made within {limit:?}; shim log in containerd's log"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = inspect(name);
+    assert_eq!(m["source_container"], src.as_str());
+    assert!(m["conversion"]["bytes_moved"].as_u64().unwrap() > 0, "{m}");
+    assert_eq!(
+        signal_state(&c, src, "SIGUSR1"),
+        ready,
+        "the source changed"
+    );
+    let annotation = format!("{ANNOTATION}={name}");
+    run_detached(&c, id, &["--annotation", &annotation], PYFN, &[]);
+    assert_eq!(
+        signal_state(&c, id, "SIGUSR1"),
+        ready,
+        "the instance differs"
+    );
+}
+
+/// Bad values of the template-making annotations are refused at Create, naming the
+/// annotation and what it accepts, and leave nothing behind.
+#[test]
+fn bad_template_making_annotations_are_clear_errors_and_leave_nothing() {
+    let c = ctr();
+    for (annotations, expect) in [
+        (
+            vec![
+                "io.trenv.template.create=f",
+                "io.trenv.template.policy=fast",
+            ],
+            "io.trenv.template.policy=\"fast\": expected map",
+        ),
+        (
+            vec![
+                "io.trenv.template.create=f",
+                "io.trenv.template.ready-file=../ready",
+            ],
+            "give an absolute path",
+        ),
+        (
+            vec!["io.trenv.template.ready-file=/tmp/ready"],
+            "need io.trenv.template.create=NAME",
+        ),
+    ] {
+        let id = unique_id("tpl-badann");
+        let _cleanup = Cleanup {
+            ctr: &c,
+            containers: vec![id.clone()],
+            templates: vec![],
+        };
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        for a in &annotations {
+            args.extend(["--annotation", a]);
+        }
+        args.extend([BUSYBOX, &id, "sleep", "100"]);
+        let r = c.run(&args);
+        assert_ne!(r.code, 0, "{annotations:?} accepted");
+        assert!(r.stderr.contains(expect), "{annotations:?}: {r:#?}");
+        assert!(c.task_status(&id).is_none());
+        assert_nothing_left(&c, &id);
+    }
+}

@@ -27,6 +27,7 @@ pub mod mountinfo;
 pub mod node;
 pub mod pool;
 pub mod pricing;
+pub mod ready_template;
 pub mod restore;
 pub mod rootfs;
 pub mod sandbox;

@@ -15,11 +15,15 @@ use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointOptions, CriuConfig};
+use crate::config::Config;
 use crate::error::{RuntimeError, chain};
 use crate::executor::TrenvExecutor;
+use crate::pool::Pool;
+use crate::ready_template::ReadyTemplate;
 use crate::restore::{self, Phases, RestorePlan};
 use crate::rootfs::{self, Mount};
 use crate::seccomp;
+use crate::template::TemplateStore;
 
 /// Which of the request's file descriptors is the process's stdin, stdout and stderr
 /// (indexes into the descriptors passed with the request). `None` means /dev/null.
@@ -127,6 +131,13 @@ pub enum Request {
         stdio: Stdio,
         criu: CriuConfig,
     },
+    /// Makes a template of the running container (its `io.trenv.template.create`), in
+    /// the store and pool of trenv's config.
+    MakeTemplate {
+        at: Location,
+        template: ReadyTemplate,
+        criu: CriuConfig,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,6 +149,8 @@ pub enum Reply {
         pid: i32,
         phases: Phases,
     },
+    /// A template was made: one line on what it holds.
+    Template(String),
 }
 
 /// Runs one request. Called in a zygote worker.
@@ -212,7 +225,33 @@ pub fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RuntimeError> {
                 restore::restore(&at, &plan, stdio, console_socket.as_deref(), &criu)?;
             Ok(Reply::Restored { pid, phases })
         }
+        Request::MakeTemplate { at, template, criu } => make_template(&at, &template, criu),
     }
+}
+
+fn make_template(
+    at: &Location,
+    t: &ReadyTemplate,
+    criu: CriuConfig,
+) -> Result<Reply, RuntimeError> {
+    let config = Config::load().map_err(|e| RuntimeError::Worker(e.to_string()))?;
+    let kind = config.pool_kind().map_err(RuntimeError::Worker)?;
+    let pool =
+        Pool::open(&config.pool.dir, kind).map_err(|e| RuntimeError::Worker(e.to_string()))?;
+    let criu = CriuConfig {
+        binary: criu.binary.or_else(|| config.criu.binary.clone()),
+        ..criu
+    };
+    let m =
+        TemplateStore::new(&config.templates.dir).create(&t.name, at, &pool, &criu, &t.policy())?;
+    Ok(Reply::Template(format!(
+        "{} VMAs, {} MiB mapped from {} ({}), {} MiB still copied",
+        m.conversion.vmas.len(),
+        m.conversion.bytes_moved >> 20,
+        m.pool.path.display(),
+        m.pool.kind,
+        m.conversion.bytes_copied >> 20
+    )))
 }
 
 type StdioFds = [Option<OwnedFd>; 3];

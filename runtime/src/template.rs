@@ -173,7 +173,7 @@ pub struct TemplateStore {
     pub root: PathBuf,
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 63

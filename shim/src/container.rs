@@ -12,6 +12,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use trenv_runtime::cgroup::Cgroup;
 use trenv_runtime::checkpoint::{CheckpointOptions, CriuConfig};
 use trenv_runtime::config::Config;
+use trenv_runtime::ready_template::ReadyTemplate;
 use trenv_runtime::restore::{RestorePlan, TemplateFile};
 use trenv_runtime::rootfs::Mount;
 use trenv_runtime::sandbox::{Location, Reply, Request, Stdio};
@@ -47,13 +48,15 @@ pub struct Container {
     /// `io.trenv.meter.interval-us`; 0 = exact peak only), overriding the shim's default.
     pub meter_interval: Option<std::time::Duration>,
     /// Which CRIU checkpoints and restores this container.
-    criu: CriuConfig,
+    pub criu: CriuConfig,
     /// Created from a checkpoint: what Start restores.
     pending_restore: Mutex<Option<PendingRestore>>,
     /// How the init process starts: "cold", "checkpoint" or "template NAME".
     start_kind: String,
     /// How long Create took in the shim (logged at Start).
     pub create_time: Mutex<Option<std::time::Duration>>,
+    /// `io.trenv.template.create`: the template to make once the function is ready.
+    pub ready_template: Option<ReadyTemplate>,
 }
 
 /// A container created from a checkpoint, waiting for Start to restore it.
@@ -200,6 +203,8 @@ impl Container {
                 },
             )?)),
         };
+        let ready_template =
+            ReadyTemplate::from_annotations(annotation).map_err(|e| invalid(e.to_string()))?;
         let linux = spec.linux().as_ref();
         let own_pid_ns = linux
             .and_then(|l| l.namespaces().as_ref())
@@ -306,6 +311,7 @@ impl Container {
                 (None, None) => "cold".into(),
             },
             create_time: Mutex::new(None),
+            ready_template,
         };
         if let Some(images) = restore_from {
             // Like runc's shim: stdio pipes now, the processes at Start (pid 0 until then).

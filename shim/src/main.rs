@@ -9,6 +9,7 @@ mod io;
 mod metrics;
 mod options;
 mod process;
+mod ready_template;
 mod service;
 mod shim;
 mod stamp;

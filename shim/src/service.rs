@@ -401,6 +401,7 @@ impl Task for Service {
                 self.inner.watch_oom(&c);
             }
             self.inner.claim(&c, &c.init, pid);
+            crate::ready_template::watch(&c, pid);
             // Benchmarks read this line (integration/src/bin/bench-templates.rs).
             let created = c
                 .create_time

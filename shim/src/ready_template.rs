@@ -1,0 +1,119 @@
+//! The template a container asks for with `io.trenv.template.create=NAME`
+//! (runtime/src/ready_template.rs): a thread waits for the ready file to appear inside the
+//! container, then a zygote worker checkpoints the running function (it keeps running)
+//! into template NAME, exactly as `trenv template create` does.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+use nix::sys::stat::Mode;
+use trenv_runtime::ready_template::ReadyTemplate;
+use trenv_runtime::sandbox::{Reply, Request};
+
+use crate::container::Container;
+use crate::process::State;
+use crate::zygote;
+
+/// How often the ready file is looked for.
+const POLL: Duration = Duration::from_millis(10);
+/// How long a function may take to get ready.
+const PATIENCE: Duration = Duration::from_secs(600);
+
+/// Starts watching container `c`, whose init runs as `pid`, if it asks for a template.
+pub fn watch(c: &Arc<Container>, pid: i32) {
+    let Some(t) = c.ready_template.clone() else {
+        return;
+    };
+    let (id, name) = (c.id.clone(), t.name.clone());
+    let c = c.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ready-template".into())
+        .spawn(move || make_when_ready(&c, pid, &t));
+    if let Err(e) = spawned {
+        log::error!("container {id}: no thread to wait for template {name}: {e}");
+    }
+}
+
+fn make_when_ready(c: &Container, pid: i32, t: &ReadyTemplate) {
+    let began = Instant::now();
+    let ready = t.ready_file.display();
+    // The container's root as its init sees it; the ready file is resolved inside it
+    // (RESOLVE_IN_ROOT), so no symbolic link in the container leads out of it.
+    let root = match open(
+        format!("/proc/{pid}/root").as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        // SAFETY: open just returned this descriptor to us.
+        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        Err(e) => {
+            log::warn!(
+                "container {}: its root is gone ({e}): no template {}",
+                c.id,
+                t.name
+            );
+            return;
+        }
+    };
+    let rel = t.ready_file.strip_prefix("/").unwrap_or(&t.ready_file);
+    loop {
+        if c.init.state() == State::Stopped {
+            log::warn!(
+                "container {} exited before {ready} appeared in it: no template {}",
+                c.id,
+                t.name
+            );
+            return;
+        }
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        if let Ok(fd) = openat2(std::os::fd::AsRawFd::as_raw_fd(&root), rel, how) {
+            // SAFETY: openat2 just returned this descriptor to us.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            break;
+        }
+        if began.elapsed() > PATIENCE {
+            log::warn!(
+                "container {}: {ready} did not appear within {} s: no template {}",
+                c.id,
+                PATIENCE.as_secs(),
+                t.name
+            );
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    log::info!(
+        "container {} is ready ({ready} after {:.2} s): making template {}",
+        c.id,
+        began.elapsed().as_secs_f64(),
+        t.name
+    );
+    let made = Instant::now();
+    let req = Request::MakeTemplate {
+        at: c.at.clone(),
+        template: t.clone(),
+        criu: c.criu.clone(),
+    };
+    match zygote().call(&req, &[]) {
+        Ok(Reply::Template(summary)) => log::info!(
+            "template {} made from container {} in {:.2} s: {summary}",
+            t.name,
+            c.id,
+            made.elapsed().as_secs_f64()
+        ),
+        Ok(other) => log::error!("template {}: unexpected reply {other:?}", t.name),
+        // Several instances of one function may all ask for its template: the first makes it.
+        Err(e) if e.to_string().contains("already exists") => {
+            log::info!("template {} not made from container {}: {e}", t.name, c.id)
+        }
+        Err(e) => log::error!(
+            "template {} could not be made from container {}: {e}",
+            t.name,
+            c.id
+        ),
+    }
+}
