@@ -2,7 +2,7 @@
 //! host's cgroup2 mount otherwise exactly as it was (in the VM test bed: a cgroup v2 host
 //! whose hierarchy is mounted `nosuid,nodev,noexec` with `nsdelegate`, as systemd does).
 
-use trenv_integration::trenv_cli;
+use trenv_integration::{BUSYBOX, Ctr, RUNTIME, trenv_cli, unique_id};
 use trenv_runtime::mountinfo::{self, MountEntry};
 
 fn cgroup2() -> Option<MountEntry> {
@@ -53,5 +53,61 @@ fn tune_turns_favordynmods_on_and_keeps_every_other_mount_option() {
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+/// A CRIU dump mounts a cgroup2 hierarchy in the host's cgroup namespace, which resets the
+/// root's flags: trenv puts favordynmods back after every dump (checkpoint, template).
+#[test]
+fn a_dump_leaves_the_node_tuned() {
+    let out = trenv_cli().args(["node", "tune"]).output().unwrap();
+    assert!(out.status.success());
+    if cgroup2().is_none() {
+        return; // nothing shows the flag on a cgroup v1-only host
+    }
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let id = unique_id("node-dump");
+    let name = unique_id("node-dump");
+    struct Gone<'a>(&'a Ctr, &'a str, &'a str);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            self.0.remove(self.1);
+            let _ = trenv_cli().args(["template", "rm", self.2]).output();
+        }
+    }
+    let _gone = Gone(&c, &id, &name);
+    c.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        &id,
+        "sleep",
+        "1000",
+    ])
+    .ok();
+    let made = trenv_cli()
+        .args([
+            "template",
+            "create",
+            &name,
+            "--from",
+            &id,
+            "-n",
+            &c.namespace,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let after = cgroup2().unwrap();
+    assert!(
+        after.has_super_option("favordynmods"),
+        "favordynmods lost after a dump: {after:?}"
     );
 }

@@ -216,10 +216,12 @@ pub fn checkpoint(
     req.set_type(Criu_req_type::DUMP);
     req.opts = Some(o).into();
     let log = work.join("dump.log");
+    let tuned = crate::node::favordynmods();
     let result = criu
         .start(plan)
         .and_then(|s| s.call(req, "dump", Some(log.clone()), &mut ()));
     drop((images_fd, work_fd));
+    crate::node::keep_favordynmods(&tuned);
     if let Err(e) = result {
         // A CRIU that died mid-dump leaves the cgroup frozen: thaw what was running.
         if status == ContainerStatus::Running

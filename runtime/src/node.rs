@@ -86,6 +86,25 @@ pub fn favordynmods() -> Favordynmods {
     }
 }
 
+/// Puts favordynmods back if it was on (`before`) and is off now. A dump makes CRIU mount
+/// a cgroup2 hierarchy in the host's cgroup namespace, and such a mount applies its own
+/// (empty) root flags: it turns favordynmods off (on Linux 6.18 only the shown flag; on
+/// earlier kernels the setting itself).
+pub fn keep_favordynmods(before: &Favordynmods) {
+    if !matches!(before, Favordynmods::Enabled(_)) {
+        return;
+    }
+    if let Favordynmods::Disabled(point) = favordynmods() {
+        match enable_favordynmods(Path::new("/run/trenv")) {
+            Ok(_) => log::debug!(
+                "favordynmods put back on the cgroup2 mount at {}",
+                point.display()
+            ),
+            Err(e) => log::warn!("CRIU turned favordynmods off and it could not be put back: {e}"),
+        }
+    }
+}
+
 /// Turns favordynmods on (see the module's documentation), keeping every other option of
 /// the cgroup2 mount. Idempotent.
 pub fn enable_favordynmods(scratch: &Path) -> Result<Tuned, NodeError> {
