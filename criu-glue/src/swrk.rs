@@ -278,43 +278,15 @@ impl Session {
     /// Sends `req`, answers notifications until the final response, then waits for CRIU to
     /// exit. `op` names the operation in errors, `log` is CRIU's log file (named in errors).
     pub fn call(
-        self,
-        req: Criu_req,
-        op: &'static str,
-        log: Option<PathBuf>,
-        notify: &mut dyn Notify,
-    ) -> Result<Criu_resp, CriuError> {
-        self.call_inner(req, op, log, notify, true)
-    }
-
-    /// As [`Session::call`], but after a successful response CRIU is left to exit on its
-    /// own (0–5 ms of freeing its memory, measured) instead of being waited for: for a
-    /// caller about to exit, whose subreaper then reaps CRIU. After a failure it still
-    /// waits, to tell how CRIU died.
-    pub fn call_and_release(
-        self,
-        req: Criu_req,
-        op: &'static str,
-        log: Option<PathBuf>,
-        notify: &mut dyn Notify,
-    ) -> Result<Criu_resp, CriuError> {
-        self.call_inner(req, op, log, notify, false)
-    }
-
-    fn call_inner(
         mut self,
         req: Criu_req,
         op: &'static str,
         log: Option<PathBuf>,
         notify: &mut dyn Notify,
-        wait_on_success: bool,
     ) -> Result<Criu_resp, CriuError> {
         let result = self.exchange(&req, op, &log, notify);
         // CRIU exits when its socket closes.
         drop(self.sock);
-        if result.is_ok() && !wait_on_success {
-            return result;
-        }
         let status = self.child.wait();
         match result {
             Err(CriuError::Died { op, log, .. }) => Err(CriuError::Died {

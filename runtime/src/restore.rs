@@ -346,8 +346,7 @@ fn run(
     phases.mark("cgroup");
     let log = plan.work.join("restore.log");
     let resp = session
-        // The worker exits right after: the shim (a subreaper) reaps CRIU.
-        .call_and_release(req, "restore", Some(log.clone()), &mut notify)
+        .call(req, "restore", Some(log.clone()), &mut notify)
         .map_err(|e| {
             let kept = at.bundle.join("criu-restore.log");
             match fs::copy(&log, &kept) {
