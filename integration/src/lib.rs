@@ -5,6 +5,7 @@
 //! * `CONTAINERD_ADDRESS`: its gRPC socket;
 //! * `CONTAINERD_VERSION`: `2` or `1.7`, for messages.
 
+pub mod api;
 pub mod bench;
 pub mod cri;
 pub mod pyfn;

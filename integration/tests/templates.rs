@@ -830,3 +830,36 @@ fn bad_template_making_annotations_are_clear_errors_and_leave_nothing() {
         assert_nothing_left(&c, &id);
     }
 }
+
+#[test]
+fn a_template_restores_through_containerds_api_as_faasd_starts_a_task() {
+    // faasd (and nerdctl, and any program on containerd's client library) starts a task
+    // with Tasks.Create + Tasks.Start over containerd's gRPC API, here without stdio: the
+    // restore must work there as it does through ctr, the function's output going to
+    // /dev/null as for a cold start (it prints its check line to stdout too).
+    let c = ctr();
+    let case = Case::new(&c, "api");
+    let ready = start_function(&c, &case.src, trenv_integration::pyfn::state_mb(64));
+    create_template(&c, &case.name, &case.src);
+    c.remove(&case.src);
+
+    let annotation = format!("{ANNOTATION}={}", case.name);
+    let r = c.run(&[
+        "containers",
+        "create",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        PYFN,
+        &case.id,
+    ]);
+    assert_eq!(r.code, 0, "containers create: {}", r.stderr);
+    let api = trenv_integration::api::Containerd::from_env(&c.namespace).unwrap();
+    let started = api.start_task(&case.id).unwrap();
+    assert_eq!(api.task_status(&case.id).unwrap(), "RUNNING");
+    assert_eq!(started.pid as i32, init_pid(&c, &case.id));
+    assert_eq!(signal_state(&c, &case.id, "SIGUSR1"), ready);
+    c.remove(&case.id);
+    assert_nothing_left(&c, &case.id);
+}

@@ -248,6 +248,21 @@ fn run(
         Err(_) => Vec::new(),
     };
     for (n, (what, fd)) in recorded.iter().zip(stdio).enumerate() {
+        // No stdio (containerd's null IO, as faasd or `ctr run --null-io` ask): /dev/null,
+        // as for a cold start. Left alone, CRIU would restore the recorded pipe without its
+        // reader and the function's next write would fail (EPIPE).
+        let fd = match fd {
+            Some(fd) => Some(fd),
+            None if what.starts_with("pipe:") => Some(
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(RuntimeError::io("opening /dev/null"))?,
+            ),
+            None => None,
+        };
         if let Some(fd) = fd {
             if what.starts_with("pipe:") {
                 let mut i = Inherit_fd::new();

@@ -13,8 +13,12 @@
 //!    then times Create to ready through containerd ("e2e"): a cold start (`ctr task
 //!    start`, stdout piped) until its `ready` line; a restore (`ctr task start -d` of a
 //!    container annotated `io.trenv.template=…`) until `ctr` returns, the task running with
-//!    its initialised state. In the shim: Create + Start as the shim logs them ("started
-//!    ID …"); for a cold start that excludes the function's initialisation after Start.
+//!    its initialised state. Each restore is also timed through containerd's gRPC API, as
+//!    faasd or nerdctl start a task with containerd's client library (Containers.Get,
+//!    Snapshots.Mounts, Tasks.Create, Tasks.Start; no `ctr` process, whose own start-up is
+//!    ~12 ms of the `ctr` time). In the shim: Create + Start as the shim logs them
+//!    ("started ID …"); for a cold start that excludes the function's initialisation
+//!    after Start.
 //! 3. **Memory**, per template kind: `--instances` instances restored and running at once,
 //!    each having read all its state (SIGUSR1: checksum over everything); reported as the
 //!    sum of their Pss, the sum of their cgroups' memory usage, the pool file, and the
@@ -32,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use trenv_integration::api::Containerd;
 use trenv_integration::bench::{containerd_version, loadavg, percentile, remove_with_prefix};
 use trenv_integration::cri::{self, Cri};
 use trenv_integration::pyfn::{LOG_ENV, field, signal_state, wait_line};
@@ -217,6 +222,33 @@ fn restore(ctr: &Ctr, template: &str, id: &str) -> Result<(f64, f64), String> {
     }
     if ctr.task_status(id).as_deref() != Some("RUNNING") {
         return Err(format!("{id} is not running after its restore"));
+    }
+    Ok((created, ms))
+}
+
+/// Restore of a created container through containerd's API, as faasd or any program on
+/// containerd's client library starts it (no `ctr` process): the container record, its
+/// snapshot's mounts, Tasks.Create, Tasks.Start, until Start returns with the task running.
+/// Returns (container ms, task ms).
+fn restore_api(
+    ctr: &Ctr,
+    api: &Containerd,
+    template: &str,
+    id: &str,
+) -> Result<(f64, f64), String> {
+    let annotation = format!("io.trenv.template={template}");
+    let created = create_container(
+        ctr,
+        id,
+        &["--runtime", RUNTIME, "--annotation", &annotation],
+    )?;
+    let start = Instant::now();
+    api.start_task(id)
+        .map_err(|e| format!("restoring {id} through the API: {e}"))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let status = api.task_status(id)?;
+    if status != "RUNNING" {
+        return Err(format!("{id} is {status} after its restore, not RUNNING"));
     }
     Ok((created, ms))
 }
@@ -433,6 +465,11 @@ fn run(o: &Options) -> Result<Value, String> {
         let mut e2e: Vec<Vec<f64>> = vec![Vec::new(); 4];
         let mut with_container: Vec<Vec<f64>> = vec![Vec::new(); 4];
         let mut shim: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        // Through the API: the two restores only ([copy, map]).
+        let api = Containerd::from_env(&o.namespace)?;
+        let mut api_start: Vec<Vec<f64>> = vec![Vec::new(); 2];
+        let mut api_with_container: Vec<Vec<f64>> = vec![Vec::new(); 2];
+        let mut api_shim: Vec<Vec<f64>> = vec![Vec::new(); 2];
         for round in 0..o.runs {
             let order: Vec<Mode> = if round % 2 == 0 {
                 Mode::ALL.to_vec()
@@ -459,6 +496,19 @@ fn run(o: &Options) -> Result<Value, String> {
                     shim[i].push(s);
                 }
                 ctr.remove(&id);
+                let (j, template) = match mode {
+                    Mode::CopyRestore => (0, &copy_t),
+                    Mode::MapRestore => (1, &map_t),
+                    _ => continue,
+                };
+                let id = format!("{id}-api");
+                let (container_ms, ms) = restore_api(&ctr, &api, template, &id)?;
+                api_start[j].push(ms);
+                api_with_container[j].push(container_ms + ms);
+                if let Some(s) = shim_time(&log, &id) {
+                    api_shim[j].push(s);
+                }
+                ctr.remove(&id);
             }
             eprintln!("[bench] round {}/{} done", round + 1, o.runs);
         }
@@ -475,6 +525,19 @@ fn run(o: &Options) -> Result<Value, String> {
             );
         }
         report["latency"] = Value::Object(lat);
+        let mut lat = serde_json::Map::new();
+        for (j, mode) in [Mode::CopyRestore, Mode::MapRestore].iter().enumerate() {
+            lat.insert(
+                mode.key().into(),
+                json!({
+                    "name": mode.name(),
+                    "start_ms": stats(&mut api_start[j]),
+                    "with_container_ms": stats(&mut api_with_container[j]),
+                    "in_shim_ms": stats(&mut api_shim[j]),
+                }),
+            );
+        }
+        report["api_latency"] = Value::Object(lat);
     }
 
     if o.memory {
@@ -724,7 +787,8 @@ fn print_report(r: &Value) {
     if let Some(lat) = r.get("latency") {
         println!("\n## Create to ready (ms)\n");
         println!(
-            "e2e: Create to ready through containerd (`ctr task start`); +container: plus \
+            "e2e: Create to ready through containerd with `ctr task start` (which includes \
+             starting the ctr process itself, ~12 ms); +container: plus \
              creating the container record and snapshot (`ctr containers create`) first\n"
         );
         print_latency(lat, &Mode::ALL, "end_to_end_ms", "e2e", "");
@@ -732,6 +796,22 @@ fn print_report(r: &Value) {
         let cold =
             p("cold_runc", "end_to_end_ms", "p50") / p("map_restore", "end_to_end_ms", "p50");
         println!("template restore vs cold start on runc (e2e P50): {cold:.1}x faster");
+    }
+    if let Some(lat) = r.get("api_latency") {
+        println!("\n## Through containerd's API, as faasd starts a function (ms)\n");
+        println!(
+            "start: containerd's client library's NewTask + Start of a created container \
+             (Containers.Get, Snapshots.Mounts, Tasks.Create, Tasks.Start; no ctr process, no \
+             stdio) until Start returns with the task running restored; +container: plus \
+             `ctr containers create`\n"
+        );
+        print_latency(
+            lat,
+            &[Mode::CopyRestore, Mode::MapRestore],
+            "start_ms",
+            "start",
+            "API ",
+        );
     }
     if let Some(lat) = r.get("cri_latency") {
         println!("\n## Through CRI, as the kubelet starts a function (ms)\n");
