@@ -67,16 +67,23 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// The host's cgroup version, and whether it can serve the systemd driver if asked: what
+    /// [`Cgroup::open`] checks before anything else (microseconds, where opening takes ~1 ms).
+    pub fn check(systemd: bool) -> Result<Version, CgroupError> {
+        let version = Version::detect()?;
+        if systemd && (version == Version::V1 || !Path::new("/run/systemd/system").exists()) {
+            return Err(CgroupError::SystemdUnavailable);
+        }
+        Ok(version)
+    }
+
     /// Opens the cgroup that libcontainer uses for a container with this `cgroupsPath`.
     pub fn open(
         cgroups_path: Option<&Path>,
         id: &str,
         systemd: bool,
     ) -> Result<Cgroup, CgroupError> {
-        let version = Version::detect()?;
-        if systemd && (version == Version::V1 || !Path::new("/run/systemd/system").exists()) {
-            return Err(CgroupError::SystemdUnavailable);
-        }
+        let version = Cgroup::check(systemd)?;
         let path = libcontainer::utils::get_cgroup_path(&cgroups_path.map(Path::to_path_buf), id);
         let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
             cgroup_path: path.clone(),

@@ -108,6 +108,11 @@ pub fn restore(
     let mut phases = Phases::start();
     let spec = at.derived_spec()?;
     let criu = criu.criu()?;
+    // CRIU starts first: its exec and start-up (~2 ms) run while this worker opens the
+    // cgroup and mounts the root on the other CPU; it reads the request only when sent.
+    let (fds, inherit) = descriptors(plan, &spec, stdio)?;
+    let session = criu.start(fds)?;
+    phases.mark("criu spawn");
     make_dir(&plan.work)?;
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
     let cgroup = Cgroup::open(cgroups_path.as_deref(), &at.id, plan.systemd_cgroup)?;
@@ -133,10 +138,10 @@ pub fn restore(
         at,
         plan,
         &spec,
-        &criu,
+        session,
+        inherit,
         &cgroup,
         &root,
-        stdio,
         console,
         &mut phases,
     )
@@ -216,15 +221,15 @@ fn run(
     at: &Location,
     plan: &RestorePlan,
     spec: &Spec,
-    criu: &trenv_criu::Criu,
+    session: trenv_criu::Session,
+    inherit: Vec<Inherit_fd>,
     cgroup: &Cgroup,
     root: &Path,
-    stdio: [Option<OwnedFd>; 3],
     console: Option<&Path>,
     phases: &mut Phases,
 ) -> Result<i32, RuntimeError> {
-    let mut fds = FdPlan::default();
     let mut o = Criu_opts::new();
+    o.inherit_fd = inherit;
     // CRIU opens these through /proc/<our pid>/fd: they stay open here until it is done.
     let (images_fd, work_fd) = (open_dir(&plan.images)?, open_dir(&plan.work)?);
     o.set_images_dir_fd(images_fd.as_raw_fd());
@@ -240,72 +245,6 @@ fn run(
     o.set_manage_cgroups(true);
     o.set_manage_cgroups_mode(Criu_cg_mode::IGNORE);
 
-    // The new stdio replaces the pipes the image recorded.
-    let recorded: Vec<String> = match fs::read(plan.images.join(DESCRIPTORS)) {
-        Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
-            RuntimeError::Worker(format!("{} in the checkpoint is corrupt: {e}", DESCRIPTORS))
-        })?,
-        Err(_) => Vec::new(),
-    };
-    for (n, (what, fd)) in recorded.iter().zip(stdio).enumerate() {
-        // No stdio (containerd's null IO, as faasd or `ctr run --null-io` ask): /dev/null,
-        // as for a cold start. Left alone, CRIU would restore the recorded pipe without its
-        // reader and the function's next write would fail (EPIPE).
-        let fd = match fd {
-            Some(fd) => Some(fd),
-            None if what.starts_with("pipe:") => Some(
-                fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .map(OwnedFd::from)
-                    .map_err(RuntimeError::io("opening /dev/null"))?,
-            ),
-            None => None,
-        };
-        if let Some(fd) = fd {
-            if what.starts_with("pipe:") {
-                let mut i = Inherit_fd::new();
-                i.set_key(what.clone());
-                i.set_fd(n as i32);
-                o.inherit_fd.push(i);
-            }
-            fds.stdio(n, fd);
-        }
-    }
-    if let Some(t) = &plan.template {
-        let f = fs::File::open(&t.path).map_err(RuntimeError::io(format!(
-            "opening template {}'s pool file {}",
-            t.template,
-            t.path.display()
-        )))?;
-        let meta = f
-            .metadata()
-            .map_err(RuntimeError::io(format!("reading {}", t.path.display())))?;
-        if Stamp::of(&meta) != t.stamp {
-            return Err(TemplateError::Corrupt {
-                name: t.template.clone(),
-                what: format!("pool file {} changed", t.path.display()),
-            }
-            .into());
-        }
-        let mut i = Inherit_fd::new();
-        i.set_key(t.key.clone());
-        i.set_fd(fds.add(f.into()));
-        o.inherit_fd.push(i);
-    }
-    for (kind, key) in external_namespaces(spec) {
-        let path = namespace_path(spec, kind)
-            .ok_or_else(|| RuntimeError::Worker(format!("no {kind} namespace path")))?;
-        let f = fs::File::open(&path).map_err(RuntimeError::io(format!(
-            "opening the namespace {}",
-            path.display()
-        )))?;
-        let mut i = Inherit_fd::new();
-        i.set_key(key.into());
-        i.set_fd(fds.add(f.into()));
-        o.inherit_fd.push(i);
-    }
     for ns in spec
         .linux()
         .as_ref()
@@ -350,8 +289,6 @@ fn run(
     req.set_type(Criu_req_type::RESTORE);
     req.opts = Some(o).into();
     phases.mark("plan");
-    let session = criu.start(fds)?;
-    phases.mark("criu spawn");
     // Restored tasks inherit CRIU's cgroup: move it into the container's first.
     cgroup.add_task(session.pid())?;
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
@@ -386,6 +323,84 @@ fn run(
         ));
     }
     Ok(pid)
+}
+
+/// The descriptors CRIU inherits (the new stdio, the template's pool file, external
+/// namespaces) and the `inherit_fd` entries that name them.
+fn descriptors(
+    plan: &RestorePlan,
+    spec: &Spec,
+    stdio: [Option<OwnedFd>; 3],
+) -> Result<(FdPlan, Vec<Inherit_fd>), RuntimeError> {
+    let mut fds = FdPlan::default();
+    let mut inherit = Vec::new();
+    // The new stdio replaces the pipes the image recorded.
+    let recorded: Vec<String> = match fs::read(plan.images.join(DESCRIPTORS)) {
+        Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
+            RuntimeError::Worker(format!("{} in the checkpoint is corrupt: {e}", DESCRIPTORS))
+        })?,
+        Err(_) => Vec::new(),
+    };
+    for (n, (what, fd)) in recorded.iter().zip(stdio).enumerate() {
+        // No stdio (containerd's null IO, as faasd or `ctr run --null-io` ask): /dev/null,
+        // as for a cold start. Left alone, CRIU would restore the recorded pipe without its
+        // reader and the function's next write would fail (EPIPE).
+        let fd = match fd {
+            Some(fd) => Some(fd),
+            None if what.starts_with("pipe:") => Some(
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(RuntimeError::io("opening /dev/null"))?,
+            ),
+            None => None,
+        };
+        if let Some(fd) = fd {
+            if what.starts_with("pipe:") {
+                let mut i = Inherit_fd::new();
+                i.set_key(what.clone());
+                i.set_fd(n as i32);
+                inherit.push(i);
+            }
+            fds.stdio(n, fd);
+        }
+    }
+    if let Some(t) = &plan.template {
+        let f = fs::File::open(&t.path).map_err(RuntimeError::io(format!(
+            "opening template {}'s pool file {}",
+            t.template,
+            t.path.display()
+        )))?;
+        let meta = f
+            .metadata()
+            .map_err(RuntimeError::io(format!("reading {}", t.path.display())))?;
+        if Stamp::of(&meta) != t.stamp {
+            return Err(TemplateError::Corrupt {
+                name: t.template.clone(),
+                what: format!("pool file {} changed", t.path.display()),
+            }
+            .into());
+        }
+        let mut i = Inherit_fd::new();
+        i.set_key(t.key.clone());
+        i.set_fd(fds.add(f.into()));
+        inherit.push(i);
+    }
+    for (kind, key) in external_namespaces(spec) {
+        let path = namespace_path(spec, kind)
+            .ok_or_else(|| RuntimeError::Worker(format!("no {kind} namespace path")))?;
+        let f = fs::File::open(&path).map_err(RuntimeError::io(format!(
+            "opening the namespace {}",
+            path.display()
+        )))?;
+        let mut i = Inherit_fd::new();
+        i.set_key(key.into());
+        i.set_fd(fds.add(f.into()));
+        inherit.push(i);
+    }
+    Ok((fds, inherit))
 }
 
 /// Creates, in a fresh rootfs, the mount points of the spec's bind mounts that the image

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use containerd_shim::protos::api::CreateTaskRequest;
 use containerd_shim::protos::ttrpc;
@@ -32,7 +32,7 @@ pub struct Container {
     pub at: Location,
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
-    pub cgroup: Option<Cgroup>,
+    pub cgroup: LazyCgroup,
     mounted_rootfs: bool,
     /// The container has a PID namespace of its own (its processes die with init).
     own_pid_ns: bool,
@@ -220,7 +220,8 @@ impl Container {
         // Opening the cgroup first catches a systemd driver this host cannot honour before
         // anything is created.
         phases.mark("spec");
-        let cgroup = Cgroup::open(cgroups_path.as_deref(), &req.id, systemd).map_err(rt)?;
+        Cgroup::check(systemd).map_err(rt)?;
+        let cgroup = LazyCgroup::open(cgroups_path.clone(), &req.id, systemd);
         phases.mark("cgroup");
         let at = Location::new(&req.id, &bundle);
         let rootfs: Vec<Mount> = req
@@ -295,7 +296,7 @@ impl Container {
             at: at.clone(),
             init: Arc::new(Process::new("", paths.clone(), Vec::new())),
             execs: Mutex::new(HashMap::new()),
-            cgroup: Some(cgroup),
+            cgroup,
             mounted_rootfs: !rootfs.is_empty(),
             own_pid_ns,
             oom_reported: Mutex::new(0),
@@ -466,11 +467,29 @@ impl Container {
             }
             _ => return Err(internal("the runtime worker returned no pid")),
         };
-        if pending.plan.work.ends_with(RESTORE_WORK) {
-            let _ = fs::remove_dir_all(&pending.plan.work);
-        }
-        if pending.plan.images.ends_with(STAGED_IMAGES) {
-            let _ = fs::remove_dir_all(&pending.plan.images);
+        // CRIU's work directory and the staged images are of no more use; removing them
+        // (a few dozen files) need not delay Start's answer.
+        let leftovers: Vec<PathBuf> = [
+            (&pending.plan.work, RESTORE_WORK),
+            (&pending.plan.images, STAGED_IMAGES),
+        ]
+        .into_iter()
+        .filter(|(dir, name)| dir.ends_with(name))
+        .map(|(dir, _)| dir.clone())
+        .collect();
+        if !leftovers.is_empty() {
+            let remove = move || {
+                for dir in &leftovers {
+                    let _ = fs::remove_dir_all(dir);
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("restore-cleanup".into())
+                .spawn(remove.clone())
+            {
+                log::debug!("no clean-up thread ({e}): removing restore leftovers now");
+                remove();
+            }
         }
         let io = match console {
             Some(c) => Some(finish_io(&paths, None, Some(c))?),
@@ -642,7 +661,7 @@ impl Container {
             .map_err(|_| invalid(format!("invalid signal {signal}")))?;
         let p = self.process(exec_id)?;
         if all && exec_id.is_empty() {
-            if let Some(cg) = &self.cgroup
+            if let Some(cg) = self.cgroup.get()
                 && let Ok(pids) = cg.pids()
             {
                 for pid in pids {
@@ -685,7 +704,7 @@ impl Container {
         if self.own_pid_ns {
             return;
         }
-        if let Some(cg) = &self.cgroup
+        if let Some(cg) = self.cgroup.get()
             && let Ok(pids) = cg.pids()
         {
             for pid in pids {
@@ -739,6 +758,55 @@ impl Container {
 
     pub fn bundle(&self) -> &Path {
         &self.at.bundle
+    }
+}
+
+/// The container's cgroup, opened in the background from Create on: libcgroups reads the
+/// mount table once per v1 controller (1–1.6 ms here, more on hosts with many mounts) and
+/// nothing in Create needs it. Its first user (Start's meter) waits for it.
+pub struct LazyCgroup {
+    cell: OnceLock<Option<Cgroup>>,
+    opening: Mutex<Option<std::thread::JoinHandle<Option<Cgroup>>>>,
+}
+
+impl LazyCgroup {
+    fn open(path: Option<PathBuf>, id: &str, systemd: bool) -> LazyCgroup {
+        let id = id.to_string();
+        let open = move || match Cgroup::open(path.as_deref(), &id, systemd) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                log::warn!("container {id}: no cgroup for stats, metering and OOM events: {e}");
+                None
+            }
+        };
+        let lazy = LazyCgroup {
+            cell: OnceLock::new(),
+            opening: Mutex::new(None),
+        };
+        match std::thread::Builder::new()
+            .name("cgroup-open".into())
+            .spawn(open.clone())
+        {
+            Ok(handle) => *lazy.opening.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
+            Err(_) => {
+                let _ = lazy.cell.set(open());
+            }
+        }
+        lazy
+    }
+
+    /// The cgroup, once opened; `None` if it could not be.
+    pub fn get(&self) -> Option<&Cgroup> {
+        self.cell
+            .get_or_init(|| {
+                let handle = self
+                    .opening
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                handle.and_then(|h| h.join().ok()).flatten()
+            })
+            .as_ref()
     }
 }
 

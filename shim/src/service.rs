@@ -83,7 +83,7 @@ impl Inner {
 
     /// Publishes TaskOOM if the kernel killed something since the last report.
     fn check_oom(&self, c: &Container) {
-        let Some(kills) = c.cgroup.as_ref().and_then(|cg| cg.oom_kills()) else {
+        let Some(kills) = c.cgroup.get().and_then(|cg| cg.oom_kills()) else {
             return;
         };
         let mut reported = c.oom_reported.lock().unwrap_or_else(|e| e.into_inner());
@@ -225,7 +225,7 @@ impl Inner {
         if let Some(interval) = c.meter_interval {
             config.interval = interval;
         }
-        let cg = c.cgroup.as_ref()?;
+        let cg = c.cgroup.get()?;
         let mut identity = c.identity.clone();
         identity.namespace = self.namespace.clone();
         identity.exec_id = exec_id.to_string();
@@ -253,7 +253,7 @@ impl Inner {
     }
 
     fn watch_oom(self: &Arc<Self>, c: &Arc<Container>) {
-        let Some(watcher) = c.cgroup.as_ref().and_then(|cg| match cg.watch_oom() {
+        let Some(watcher) = c.cgroup.get().and_then(|cg| match cg.watch_oom() {
             Ok(w) => Some(w),
             Err(e) => {
                 log::warn!("no OOM events for container {}: {e}", c.id);
@@ -265,7 +265,7 @@ impl Inner {
         let this = self.clone();
         let c = c.clone();
         let _ = thread::Builder::new().name("oom".into()).spawn(move || {
-            let dir = c.cgroup.as_ref().and_then(|cg| cg.memory_dir());
+            let dir = c.cgroup.get().and_then(|cg| cg.memory_dir());
             while watcher.wait() {
                 if dir.as_ref().is_some_and(|d| !d.exists()) {
                     break;
@@ -376,7 +376,7 @@ impl Task for Service {
             // The meter is in place before the process runs: it may exit at once.
             c.init.lock().meter = self.inner.start_meter(&c, "");
             // So is the autotuner, which sets the hull's first limit.
-            if let (Some(hull), Some(cg)) = (&c.hull, &c.cgroup) {
+            if let (Some(hull), Some(cg)) = (&c.hull, c.cgroup.get()) {
                 let tuner =
                     trenv_runtime::autotune::Autotuner::start(cg, hull.clone(), Instant::now())
                         .map_err(|e| precondition(format!("memory autotuning: {e}")))?;
@@ -577,7 +577,7 @@ impl Task for Service {
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let c = self.inner.container(&req.id)?;
-        let pids = match &c.cgroup {
+        let pids = match c.cgroup.get() {
             Some(cg) => cg.pids().map_err(rt)?,
             None => vec![c.init.pid()],
         };
@@ -648,7 +648,7 @@ impl Task for Service {
             .map_err(|e| invalid(format!("invalid resources in update: {e}")))?;
         let cg = c
             .cgroup
-            .as_ref()
+            .get()
             .ok_or_else(|| precondition("the container has no cgroup"))?;
         cg.update(&resources).map_err(rt)?;
         Ok(Empty::new())
@@ -658,7 +658,7 @@ impl Task for Service {
         let c = self.inner.container(&req.id)?;
         let cg = c
             .cgroup
-            .as_ref()
+            .get()
             .ok_or_else(|| precondition("the container has no cgroup"))?;
         let stats = crate::metrics::collect(cg).map_err(rt)?;
         Ok(StatsResponse {
