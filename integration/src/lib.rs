@@ -256,6 +256,24 @@ pub fn unique_id(prefix: &str) -> String {
     )
 }
 
+/// The processes whose command name (`/proc/PID/comm`) is `name`. For CRIU, unlike its
+/// command line: `criu swrk` retitles itself (e.g. "criu: dump --rpc …") once it has a
+/// request, a few milliseconds after its exec.
+pub fn pids_named(name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Pids of running processes whose command line contains `needle`.
 pub fn pids_matching(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();

@@ -479,7 +479,7 @@ fn a_killed_criu_is_a_clear_error_and_leaves_nothing() {
     let start = Instant::now();
     let mut killed = false;
     while start.elapsed() < Duration::from_secs(20) && !killed {
-        for pid in trenv_integration::pids_matching("swrk") {
+        for pid in trenv_integration::pids_named("criu") {
             let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let ppid: i32 = stat
                 .rsplit(')')
@@ -686,7 +686,7 @@ fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
     let killer = std::thread::spawn(move || {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
-            for pid in trenv_integration::pids_matching("swrk") {
+            for pid in trenv_integration::pids_named("criu") {
                 let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
                     .ok()
                     .and_then(|s| {
