@@ -13,7 +13,9 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
 
-TRENV_SKIP_DEMO=1 "$TRENV_REPO/integration/setup.sh"
+# setup.sh takes one containerd line (for its demo and the services it starts): the first.
+versions="${TRENV_CONTAINERD:-2 1.7}"
+TRENV_SKIP_DEMO=1 TRENV_CONTAINERD="${versions%% *}" "$TRENV_REPO/integration/setup.sh"
 
 cd "$TRENV_REPO"
 results="$(mktemp)"
@@ -25,7 +27,7 @@ log "unit and kernel-level tests"
 status=0
 cargo test --locked --no-fail-fast --workspace --exclude trenv-integration 2>&1 | tee -a "$results" || status=1
 
-for version in ${TRENV_CONTAINERD:-2 1.7}; do
+for version in $versions; do
     "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
     "$TRENV_REPO/integration/scripts/build-images.sh" import "$version"
     log "end-to-end tests against containerd $version"
