@@ -15,8 +15,8 @@
 //!    container annotated `io.trenv.template=…`) until `ctr` returns, the task running with
 //!    its initialised state. Each restore is also timed through containerd's gRPC API, as
 //!    faasd or nerdctl start a task with containerd's client library (Containers.Get,
-//!    Snapshots.Mounts, Tasks.Create, Tasks.Start; no `ctr` process, whose own start-up is
-//!    ~12 ms of the `ctr` time). In the shim: Create + Start as the shim logs them
+//!    Snapshots.Mounts, Tasks.Create, Tasks.Start; no `ctr` process, whose start-up and
+//!    stdio FIFOs are part of the `ctr` time). In the shim: Create + Start as the shim logs them
 //!    ("started ID …"); for a cold start that excludes the function's initialisation
 //!    after Start.
 //! 3. **Memory**, per template kind: `--instances` instances restored and running at once,
@@ -788,7 +788,7 @@ fn print_report(r: &Value) {
         println!("\n## Create to ready (ms)\n");
         println!(
             "e2e: Create to ready through containerd with `ctr task start` (which includes \
-             starting the ctr process itself, ~12 ms); +container: plus \
+             starting the ctr process itself and its stdio FIFOs); +container: plus \
              creating the container record and snapshot (`ctr containers create`) first\n"
         );
         print_latency(lat, &Mode::ALL, "end_to_end_ms", "e2e", "");
