@@ -339,11 +339,46 @@ impl TemplateStore {
         let sum = sha256_file(pool_tmp).map_err(io(pool_tmp))?;
         let pool_path = pool.dir.join(format!("{name}-{}.tpl", &sum.sha256[..12]));
         fs::rename(pool_tmp, &pool_path).map_err(io(&pool_path))?;
-        let meta = fs::metadata(&pool_path).map_err(io(&pool_path))?;
+        // From here on a failure must take the pool file with it: nothing else refers to it.
+        let criu_version = criu_version.to_string();
+        self.finish(
+            name,
+            at,
+            pool,
+            policy,
+            staging,
+            &images,
+            &pool_path,
+            sum,
+            conversion,
+            criu_version,
+        )
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&pool_path);
+        })
+    }
+
+    /// The manifest of a template whose pool file is in place, and the template moved from
+    /// `staging` into the store.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        name: &str,
+        at: &Location,
+        pool: &Pool,
+        policy: &Policy,
+        staging: &Path,
+        images: &Path,
+        pool_path: &Path,
+        sum: FileSum,
+        conversion: Conversion,
+        criu_version: String,
+    ) -> Result<Manifest, RuntimeError> {
+        let meta = fs::metadata(pool_path).map_err(io(pool_path))?;
         let mut files = BTreeMap::new();
         let mut stamps = BTreeMap::new();
-        for e in fs::read_dir(&images).map_err(io(&images))? {
-            let e = e.map_err(io(&images))?;
+        for e in fs::read_dir(images).map_err(io(images))? {
+            let e = e.map_err(io(images))?;
             let fname = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
             fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io(&path))?;
@@ -362,7 +397,7 @@ impl TemplateStore {
             name: name.into(),
             created: now_secs(),
             source_container: at.id.clone(),
-            criu_version: criu_version.to_string(),
+            criu_version,
             kernel: kernel_release(),
             security: security_digest(&spec),
             heap_included: policy.include_heap,
@@ -370,7 +405,7 @@ impl TemplateStore {
             conversion,
             pool: PoolFile {
                 kind: pool.kind,
-                path: pool_path.clone(),
+                path: pool_path.to_path_buf(),
                 sum,
                 stamp: Stamp::of(&meta),
             },
@@ -382,10 +417,7 @@ impl TemplateStore {
         let mpath = staging.join("manifest.json");
         fs::write(&mpath, body).map_err(io(&mpath))?;
         let final_dir = self.dir(name);
-        if let Err(e) = fs::rename(staging, &final_dir) {
-            let _ = fs::remove_file(&pool_path);
-            return Err(io(&final_dir)(e).into());
-        }
+        fs::rename(staging, &final_dir).map_err(io(&final_dir))?;
         mark_verified(&manifest);
         Ok(manifest)
     }
