@@ -512,32 +512,16 @@ fn run(o: &Options) -> Result<Value, String> {
             }
             eprintln!("[bench] round {}/{} done", round + 1, o.runs);
         }
-        let mut lat = serde_json::Map::new();
-        for (i, mode) in Mode::ALL.iter().enumerate() {
-            lat.insert(
-                mode.key().into(),
-                json!({
-                    "name": mode.name(),
-                    "end_to_end_ms": stats(&mut e2e[i]),
-                    "with_container_ms": stats(&mut with_container[i]),
-                    "in_shim_ms": stats(&mut shim[i]),
-                }),
-            );
-        }
-        report["latency"] = Value::Object(lat);
-        let mut lat = serde_json::Map::new();
-        for (j, mode) in [Mode::CopyRestore, Mode::MapRestore].iter().enumerate() {
-            lat.insert(
-                mode.key().into(),
-                json!({
-                    "name": mode.name(),
-                    "start_ms": stats(&mut api_start[j]),
-                    "with_container_ms": stats(&mut api_with_container[j]),
-                    "in_shim_ms": stats(&mut api_shim[j]),
-                }),
-            );
-        }
-        report["api_latency"] = Value::Object(lat);
+        report["latency"] = latency_table(
+            &Mode::ALL,
+            "end_to_end_ms",
+            [&mut e2e, &mut with_container, &mut shim],
+        );
+        report["api_latency"] = latency_table(
+            &[Mode::CopyRestore, Mode::MapRestore],
+            "start_ms",
+            [&mut api_start, &mut api_with_container, &mut api_shim],
+        );
     }
 
     if o.memory {
@@ -572,6 +556,22 @@ fn run(o: &Options) -> Result<Value, String> {
     }
     report["loadavg_after"] = json!(loadavg());
     Ok(report)
+}
+
+/// The report of one latency phase: per mode (samples indexed like `modes`), the statistics
+/// of its first column (`first`), of "+container" and of the shim's own time.
+fn latency_table(modes: &[Mode], first: &str, samples: [&mut [Vec<f64>]; 3]) -> Value {
+    let [first_ms, with_container, shim] = samples;
+    let mut out = serde_json::Map::new();
+    for (i, mode) in modes.iter().enumerate() {
+        let mut row = serde_json::Map::new();
+        row.insert("name".into(), json!(mode.name()));
+        row.insert(first.into(), stats(&mut first_ms[i]));
+        row.insert("with_container_ms".into(), stats(&mut with_container[i]));
+        row.insert("in_shim_ms".into(), stats(&mut shim[i]));
+        out.insert(mode.key().into(), Value::Object(row));
+    }
+    Value::Object(out)
 }
 
 /// A CRI pod sandbox, stopped and removed (with its containers) on drop.
@@ -715,19 +715,12 @@ fn cri_latency(o: &Options, log: &PathBuf) -> Result<Value, String> {
         }
         eprintln!("[bench] CRI round {}/{} done", round + 1, o.runs);
     }
-    let mut out = serde_json::Map::new();
-    for (i, (mode, _)) in modes.iter().enumerate() {
-        out.insert(
-            mode.key().into(),
-            json!({
-                "name": mode.name(),
-                "start_ms": stats(&mut start[i]),
-                "with_container_ms": stats(&mut with_container[i]),
-                "in_shim_ms": stats(&mut shim[i]),
-            }),
-        );
-    }
-    Ok(Value::Object(out))
+    let modes: Vec<Mode> = modes.iter().map(|(m, _)| *m).collect();
+    Ok(latency_table(
+        &modes,
+        "start_ms",
+        [&mut start, &mut with_container, &mut shim],
+    ))
 }
 
 /// A latency table (`first`: the key of the first column pair, titled `title`) and the
