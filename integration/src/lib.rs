@@ -9,11 +9,14 @@ pub mod api;
 pub mod bench;
 pub mod cri;
 pub mod pyfn;
+pub mod terminal;
 pub mod tracefs;
 use std::path::PathBuf;
+
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+pub use terminal::InTerminal;
 
 pub const RUNTIME: &str = "io.containerd.trenv.v1";
 pub const BUSYBOX: &str = "docker.io/trenv/busybox:latest";
@@ -99,34 +102,24 @@ impl Ctr {
     }
 
     /// Runs `ctr ARGS` (one shell command line: quote as for `sh`) with a terminal as its
-    /// stdio, made by script(1), so that `-t` works; the terminal's output is `stdout`.
+    /// stdio, so that `-t` works; the terminal's output is `stdout`.
     pub fn run_in_terminal(&self, args: &str) -> Run {
-        self.in_terminal(args)
-            .output()
-            .expect("running script(1)")
-            .into()
+        self.spawn_in_terminal(args)
+            .finish(Duration::from_secs(120))
     }
 
     /// Starts `ctr ARGS` with a terminal (see [`Ctr::run_in_terminal`]) and leaves it
-    /// running (an attached `ctr`), the terminal's output piped.
-    pub fn spawn_in_terminal(&self, args: &str) -> std::process::Child {
-        self.in_terminal(args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("running script(1)")
-    }
-
-    fn in_terminal(&self, args: &str) -> Command {
+    /// running (an attached `ctr`).
+    pub fn spawn_in_terminal(&self, args: &str) -> InTerminal {
         let cmdline = format!(
-            "{} --address {} --namespace {} {args}",
+            "exec {} --address {} --namespace {} {args}",
             self.bin.display(),
             self.address,
             self.namespace
         );
-        let mut cmd = Command::new("script");
-        cmd.args(["-qec", &cmdline, "/dev/null"])
-            .stdin(std::process::Stdio::null());
-        cmd
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &cmdline]);
+        InTerminal::spawn(cmd).expect("starting ctr on a new terminal")
     }
 
     /// Makes sure the busybox test image is in this namespace (imported from the default

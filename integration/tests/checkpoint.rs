@@ -293,14 +293,7 @@ fn a_terminal_container_is_checkpointed_and_restored_with_its_terminal() {
     remove(&c, &id);
 
     // Like `ctr run -t`, the restore stays attached to the task's terminal.
-    let mut attached =
-        c.spawn_in_terminal(&format!("containers restore --live {copy} {reference}"));
-    let stdout = attached.stdout.take().expect("piped");
-    let console = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = std::io::Read::read_to_string(&mut { stdout }, &mut out);
-        out
-    });
+    let attached = c.spawn_in_terminal(&format!("containers restore --live {copy} {reference}"));
     assert!(
         c.wait_status(&copy, "RUNNING", Duration::from_secs(10)),
         "{copy} is not running: {:?}",
@@ -334,14 +327,9 @@ fn a_terminal_container_is_checkpointed_and_restored_with_its_terminal() {
     assert!(r.stdout.contains("tty-ok"), "{r:#?}");
     assert!(r.stdout.contains("/dev/pts/"), "{r:#?}");
     remove(&c, &copy);
-    // What was written to the restored shell's terminal reached the attached ctr.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while attached.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = attached.kill();
-    let _ = attached.wait();
-    let out = console.join().unwrap_or_default();
+    // What was written to the restored shell's terminal reached the attached ctr, which
+    // ends with the task.
+    let out = attached.finish(Duration::from_secs(10)).stdout;
     assert!(
         out.contains("through-the-console"),
         "the restored terminal's output did not reach ctr: {out:?}"
