@@ -15,8 +15,11 @@ fn ctr() -> Ctr {
     c
 }
 
-/// A counter that keeps its value only in memory and mirrors it into /tmp/count.
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done";
+/// A counter that keeps its value only in memory and mirrors it into /tmp/count. Each
+/// value overwrites the last in place (`1<>` does not truncate; the width is fixed), so the
+/// file is never empty: a task frozen right after a truncation would have kept it empty.
+const COUNTER: &str =
+    "i=0; while true; do i=$((i+1)); printf \"%010d\\n\" $i 1<> /tmp/count; sleep 0.1; done";
 
 /// Removes containers and checkpoint images when the test ends, however it ends.
 struct Cleanup<'a> {
@@ -47,7 +50,7 @@ fn count(c: &Ctr, id: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("{id} not listed: {ls}"));
     let path = format!("/proc/{pid}/root/tmp/count");
-    // The shell truncates the file before it writes the next value: retry briefly.
+    // The file is read while the counter may be writing it: retry briefly.
     let mut out = String::new();
     for _ in 0..50 {
         out = std::fs::read_to_string(&path).unwrap_or_default();
