@@ -448,6 +448,7 @@ impl Container {
             (None, pending.child)
         };
         let console_socket = console.as_ref().map(|c| c.path().to_path_buf());
+        let watchdog = SlowRestore::watch(&self.id, pending.plan.work.join("restore.log"));
         let reply = call_with_stdio(
             |stdio| Request::Restore {
                 at: self.at.clone(),
@@ -459,7 +460,7 @@ impl Container {
             &child,
             None,
         );
-        drop(child);
+        drop((child, watchdog));
         let pid = match reply? {
             Reply::Restored { pid, phases } => {
                 log::info!("restored {} (pid {pid}): {phases}", self.id);
@@ -807,6 +808,43 @@ impl LazyCgroup {
                 handle.and_then(|h| h.join().ok()).flatten()
             })
             .as_ref()
+    }
+}
+
+/// Says in the log when a restore takes far longer than restores do (a few hundred ms at
+/// most), with the end of CRIU's log, so a stuck CRIU can be told from a slow one.
+struct SlowRestore {
+    /// Dropped when the restore answered: the watcher ends.
+    _done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl SlowRestore {
+    const AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn watch(id: &str, log: PathBuf) -> SlowRestore {
+        let (done, rx) = std::sync::mpsc::channel::<()>();
+        let id = id.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("slow-restore".into())
+            .spawn(move || {
+                let mut waited = std::time::Duration::ZERO;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(Self::AFTER)
+                {
+                    waited += Self::AFTER;
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    log::warn!(
+                        "restoring {id} has taken {} s so far; the end of CRIU's log {}:\n{}",
+                        waited.as_secs(),
+                        log.display(),
+                        lines[lines.len().saturating_sub(8)..].join("\n")
+                    );
+                }
+            });
+        SlowRestore {
+            _done: spawned.is_ok().then_some(done),
+        }
     }
 }
 

@@ -207,6 +207,8 @@ fn copy_output(mut from: File, mut to: File, drain: Arc<Drain>) {
                     Err(_) => break,
                 }
             }
+            wait_until_read(&to);
+            drop(to);
             let mut n = drain.open.lock().unwrap_or_else(|e| e.into_inner());
             *n -= 1;
             drain.cv.notify_all();
@@ -216,6 +218,29 @@ fn copy_output(mut from: File, mut to: File, drain: Arc<Drain>) {
         *drain.open.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
         log::error!("cannot spawn an output copy thread");
     }
+}
+
+/// How long the end of a process's output waits for the client to read what is still in
+/// the FIFO.
+const READ_GRACE: Duration = Duration::from_millis(100);
+
+/// Gives the client up to [`READ_GRACE`] to read the output left in `fifo`, before the exit
+/// is reported: `ctr` closes its end of the FIFOs as soon as it learns of an exit and drops
+/// what it had not read yet (on a busy machine, the whole output of a short `ctr task
+/// exec`; with runc's shim too). Output nobody reads (a detached task) costs that delay.
+fn wait_until_read(fifo: &File) {
+    let deadline = std::time::Instant::now() + READ_GRACE;
+    while unread(fifo) > 0 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Bytes in a FIFO that no reader has taken yet.
+fn unread(fifo: &File) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes an int through a valid pointer.
+    let rc = unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 { n.max(0) as usize } else { 0 }
 }
 
 fn copy_stdin(path: String, to: Arc<Mutex<Option<File>>>) {
@@ -351,4 +376,42 @@ fn recv_fd(stream: &UnixStream) -> Result<File, RuntimeError> {
     Err(RuntimeError::Protocol(
         "the console socket message carried no descriptor".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fifo() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        (dir, path.display().to_string())
+    }
+
+    #[test]
+    fn unread_output_is_counted_until_the_client_reads_it() {
+        let (_dir, path) = fifo();
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let mut out = open_output(&path).unwrap();
+        out.write_all(b"exec-out\n").unwrap();
+        assert_eq!(unread(&out), 9);
+        let mut buf = [0u8; 16];
+        assert_eq!(reader.read(&mut buf).unwrap(), 9);
+        assert_eq!(unread(&out), 0);
+        wait_until_read(&out);
+    }
+
+    #[test]
+    fn output_nobody_reads_does_not_hold_the_exit_forever() {
+        let (_dir, path) = fifo();
+        let mut out = open_output(&path).unwrap();
+        out.write_all(b"nobody reads this\n").unwrap();
+        wait_until_read(&out);
+        assert_eq!(unread(&out), 18);
+    }
 }
