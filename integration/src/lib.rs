@@ -156,9 +156,27 @@ impl Ctr {
             file_name_part(image)
         ));
         let tar_s = tar.to_str().expect("utf-8 temp path");
-        src.run(&["images", "export", tar_s, image]).ok();
-        self.run(&["images", "import", tar_s]).ok();
-        let _ = std::fs::remove_file(&tar);
+        // Tried again on failure: in the VM test bed (TCG, an overlay over 9p), an import
+        // once read a blob of the freshly written archive as empty ("short read: expected
+        // 407 bytes but got 0"), which no other run showed.
+        let mut attempt = 1;
+        loop {
+            src.run(&["images", "export", tar_s, image]).ok();
+            let r = self.run(&["images", "import", tar_s]);
+            let _ = std::fs::remove_file(&tar);
+            if r.code == 0 {
+                return;
+            }
+            assert!(
+                attempt < 3,
+                "importing {image} failed {attempt} times: {r:#?}"
+            );
+            eprintln!(
+                "importing {image} into {} failed, again: {r:?}",
+                self.namespace
+            );
+            attempt += 1;
+        }
     }
 
     /// `ctr run -d` of busybox on trenv as container `id` running `args`; panics unless
