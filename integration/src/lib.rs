@@ -271,38 +271,31 @@ pub fn unique_id(prefix: &str) -> String {
 /// command line: `criu swrk` retitles itself (e.g. "criu: dump --rpc …") once it has a
 /// request, a few milliseconds after its exec.
 pub fn pids_named(name: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name) {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    pids_where(|proc| std::fs::read_to_string(proc.join("comm")).is_ok_and(|c| c.trim() == name))
 }
 
 /// Pids of running processes whose command line contains `needle`.
 pub fn pids_matching(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(cmd) = std::fs::read(e.path().join("cmdline"))
-                && String::from_utf8_lossy(&cmd)
-                    .replace('\0', " ")
-                    .contains(needle)
-            {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    pids_where(|proc| {
+        std::fs::read(proc.join("cmdline")).is_ok_and(|cmd| {
+            String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        })
+    })
+}
+
+/// Pids of the processes whose `/proc/PID` directory satisfies `keep`.
+fn pids_where(keep: impl Fn(&std::path::Path) -> bool) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            keep(&e.path()).then_some(pid)
+        })
+        .collect()
 }
 
 /// How much coarser than this machine's the test environment's timing is: 1, unless
