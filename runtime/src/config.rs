@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pool::PoolKind;
+use crate::error::{Classified, ErrorKind};
+
+use crate::template::mempool::MemPoolKind;
 
 pub const DEFAULT_PATH: &str = "/etc/trenv/config.toml";
 
@@ -20,6 +22,26 @@ pub enum ConfigError {
     },
     #[error("trenv's config {path} is invalid: {reason} (see config/trenv.toml for the format)")]
     Invalid { path: PathBuf, reason: String },
+    #[error(transparent)]
+    PoolKind(#[from] PoolKindError),
+}
+
+/// A `[pool]` section whose kind and node do not fit together.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolKindError {
+    #[error("pool kind \"numa\" needs `node = N`")]
+    NumaWithoutNode,
+    #[error("pool kind {0:?} takes no node (only \"numa\" does)")]
+    NodeWithout(String),
+    #[error("unknown pool kind {0:?}: use \"tmpfs\", \"dax\" or \"numa\"")]
+    Unknown(String),
+}
+
+/// A bad configuration is the node operator's to fix.
+impl Classified for ConfigError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::FailedPrecondition
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -94,27 +116,24 @@ impl Config {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        c.pool_kind().map_err(|reason| ConfigError::Invalid {
+        c.pool_kind().map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
-            reason,
+            reason: e.to_string(),
         })?;
         Ok(c)
     }
 
-    pub fn pool_kind(&self) -> Result<PoolKind, String> {
+    pub fn pool_kind(&self) -> Result<MemPoolKind, PoolKindError> {
         match (self.pool.kind.as_str(), self.pool.node) {
-            ("tmpfs", None) => Ok(PoolKind::Tmpfs),
-            ("dax", None) => Ok(PoolKind::Dax),
-            ("numa", Some(n)) => Ok(PoolKind::NumaTmpfs { node: n }),
-            ("numa", None) => Err("pool kind \"numa\" needs `node = N`".into()),
-            (k @ ("tmpfs" | "dax"), Some(_)) => Err(format!(
-                "pool kind {k:?} takes no node (only \"numa\" does)"
-            )),
-            (other, _) => Err(format!(
-                "unknown pool kind {other:?}: use \"tmpfs\", \"dax\" or \"numa\""
-            )),
+            ("tmpfs", None) => Ok(MemPoolKind::Tmpfs),
+            ("dax", None) => Ok(MemPoolKind::Dax),
+            ("numa", Some(n)) => Ok(MemPoolKind::NumaTmpfs { node: n }),
+            ("numa", None) => Err(PoolKindError::NumaWithoutNode),
+            (k @ ("tmpfs" | "dax"), Some(_)) => Err(PoolKindError::NodeWithout(k.to_string())),
+            (other, _) => Err(PoolKindError::Unknown(other.to_string())),
         }
     }
+
 }
 
 #[cfg(test)]
@@ -132,13 +151,13 @@ mod tests {
     fn defaults_need_no_file() {
         let c = parse("").unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.pool_kind().unwrap(), PoolKind::Tmpfs);
+        assert_eq!(c.pool_kind().unwrap(), MemPoolKind::Tmpfs);
     }
 
     #[test]
     fn numa_pools_name_their_node() {
         let c = parse("[pool]\nkind = \"numa\"\nnode = 1\ndir = \"/mnt/cxl\"\n").unwrap();
-        assert_eq!(c.pool_kind().unwrap(), PoolKind::NumaTmpfs { node: 1 });
+        assert_eq!(c.pool_kind().unwrap(), MemPoolKind::NumaTmpfs { node: 1 });
         let e = parse("[pool]\nkind = \"numa\"\n").unwrap_err().to_string();
         assert!(e.contains("needs `node = N`"), "{e}");
     }

@@ -1,56 +1,32 @@
-use std::io;
+//! What every domain's errors have in common: the [`ErrorKind`] that says what a caller can
+//! do about one (the shim turns it into the gRPC code containerd acts on), and
+//! [`chain`], which formats an error with its causes.
+//!
+//! Each domain owns its error enum (`ContainerError`, `SnapshotError`, `TemplateError`,
+//! …); [`crate::RuntimeError`] composes them. An error raised inside a zygote worker
+//! crosses to the shim as its kind and its message ([`RemoteError`]), so a
+//! bad spec is INVALID_ARGUMENT whichever process found it.
 
-use crate::{cgroup::CgroupError, rootfs::RootfsError, seccomp::SeccompError};
+use serde::{Deserialize, Serialize};
 
-/// Errors of the runtime layer. Messages are meant to reach the user through containerd.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("the runtime zygote is gone (the shim must be restarted): {0}")]
-    ZygoteGone(String),
-    #[error("protocol error talking to the runtime zygote: {0}")]
-    Protocol(String),
-    #[error("{0}")]
-    Worker(String),
-    #[error("invalid OCI spec {path}: {reason}; fix the container's configuration")]
-    InvalidSpec { path: String, reason: String },
-    #[error(transparent)]
-    Rootfs(#[from] RootfsError),
-    #[error(transparent)]
-    Seccomp(#[from] SeccompError),
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    #[error(transparent)]
-    Criu(#[from] trenv_criu::CriuError),
-    #[error(transparent)]
-    Template(#[from] crate::template::TemplateError),
-    #[error(transparent)]
-    Pool(#[from] crate::pool::PoolError),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{context}: {source}")]
-    Sys {
-        context: String,
-        #[source]
-        source: nix::Error,
-    },
-}
-
-impl RuntimeError {
-    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
-        let context = context.into();
-        move |source| RuntimeError::Io { context, source }
-    }
-
-    pub fn sys(context: impl Into<String>) -> impl FnOnce(nix::Error) -> Self {
-        let context = context.into();
-        move |source| RuntimeError::Sys { context, source }
-    }
+/// What went wrong, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request or the container's configuration is wrong: fix it and retry.
+    InvalidArgument,
+    /// Something the request names does not exist (a template, a container's state).
+    NotFound,
+    /// Something the request would create exists already.
+    AlreadyExists,
+    /// The request is valid but the object is not in a state that allows it.
+    FailedPrecondition,
+    /// A bounded resource is full (the memory pool).
+    ResourceExhausted,
+    /// trenv's own machinery failed (the zygote, a worker, CRIU's protocol).
+    Internal,
+    /// The container's own program or environment failed in a way trenv cannot classify
+    /// (e.g. libcontainer could not exec the entrypoint); the message says what.
+    Unknown,
 }
 
 /// Formats an error with its whole `source()` chain, which libcontainer's errors need to be
@@ -67,4 +43,27 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     msg
+}
+
+/// An error that knows its [`ErrorKind`]: every domain's error enum.
+pub trait Classified: std::error::Error + 'static {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// An error raised in a zygote worker, as it reaches the shim: its kind and everything it
+/// said (its whole cause chain).
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn of<E: Classified>(e: E) -> RemoteError {
+        RemoteError {
+            kind: e.kind(),
+            message: chain(&e),
+        }
+    }
 }

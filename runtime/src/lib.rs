@@ -1,53 +1,41 @@
-//! trenv's container runtime layer.
+//! trenv's container runtime layer: everything that touches the kernel on behalf of a
+//! container, behind one typed door, [`Runtime`].
 //!
-//! Everything that touches the kernel on behalf of a container lives here:
-//!
-//! * [`zygote`]: libcontainer clones, chdirs and waits on its children, none of which is
+//! * [`runtime`]: the facade the shim uses — one method per operation, typed results,
+//!   [`RuntimeError`] composed of the domains' errors, each with its [`ErrorKind`].
+//! * [`worker`]: libcontainer clones, chdirs and waits on its children, none of which is
 //!   safe inside the multi-threaded shim. The shim forks a single-threaded zygote before it
-//!   starts any thread; each container operation runs in a fresh child of the zygote.
-//! * [`sandbox`]: the operations themselves (create, start, exec, pause, resume, delete),
-//!   executed inside such a worker with libcontainer.
-//! * [`rootfs`]: mounting the rootfs that containerd hands over.
-//! * [`seccomp`]: compiling OCI seccomp profiles with seccompiler and installing them.
-//! * [`cgroup`]: stats, limits, pids and OOM events of a container's cgroup (v1 and v2).
-//! * [`meter`]: per-invocation records: exact memory peak, CPU, times, memory series.
-//! * [`checkpoint`], [`restore`]: containerd's checkpoint/restore with CRIU (trenv-criu).
-//! * [`template`], [`pool`], [`config`]: memory templates on a memory pool.
+//!   starts any thread; each operation runs in a fresh child of it. Its protocol is private.
+//! * [`container`]: the operations on youki's libcontainer (create, exec, start, pause,
+//!   resume, delete), the spec, the rootfs, seccomp via seccompiler, the cgroup (v1, v2).
+//! * [`snapshot`]: containerd's checkpoint and restore with CRIU (trenv-criu).
+//! * [`template`]: memory templates — building, storing, checking, made when a function is
+//!   ready — and the memory pool their files live in ([`template::mempool`]).
+//! * [`node`]: host tuning and keeping trenv's processes small.
+//! * [`sys`]: the mount table, clocks, file identities.
+//! * [`config`]: trenv's configuration file.
+//! * [`error`]: what the domains' errors share ([`ErrorKind`], the cause chain).
+//!
+//! Dependencies point one way: `sys`/`error` ← `container` ← `snapshot` ← `template` ←
+//! `worker` ← `runtime`.
 
 pub mod autotune;
-pub mod cgroup;
-pub mod checkpoint;
-pub mod clock;
 pub mod config;
+pub mod container;
 pub mod error;
-mod executor;
 pub mod hull;
 pub mod meter;
-pub mod mountinfo;
 pub mod node;
-pub mod pool;
 pub mod pricing;
-pub mod ready_template;
-pub mod restore;
-pub mod rootfs;
-pub mod sandbox;
-pub mod seccomp;
+pub mod runtime;
+pub mod snapshot;
+pub mod sys;
 pub mod template;
-pub mod trim;
-pub mod zygote;
+pub mod worker;
 
-pub use error::RuntimeError;
+pub use container::location::file_name_safe;
+pub use error::ErrorKind;
+pub use runtime::{ChildFds, CheckpointRequest, Restored, Runtime, RuntimeError};
 
-/// An id from a client made safe to use as (part of) a file name: anything but ASCII
-/// letters, digits, `-`, `_` and `.` becomes `_`.
-pub fn file_name_safe(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+/// The container's cgroup (re-exported for the metering modules).
+pub use container::cgroup;

@@ -6,15 +6,16 @@
 //! is a bug waiting to happen. So every libcontainer operation runs in a *worker*: a fresh
 //! fork of the zygote that handles exactly one [`Request`] and exits.
 //!
-//! Wire protocol: the shim sends one SEQPACKET message over the control socket carrying,
-//! as `SCM_RIGHTS`, the worker's own reply socket followed by the request's file
-//! descriptors (stdio). The request itself and the reply travel as length-prefixed JSON
-//! frames over the reply socket, so their size is not limited by the control socket.
+//! The wire is in [`wire`].
+//!
+//! The shim never sees this protocol: [`crate::Runtime`] is its door, one typed method per
+//! operation; [`protocol`] and [`dispatch`] are private to the runtime. An error raised in
+//! a worker comes back as a [`RemoteError`] with its [`ErrorKind`].
 //!
 //! A container process that a worker creates is re-parented to the shim (a child
 //! subreaper) when the worker exits, so the shim sees its exit status.
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
@@ -27,13 +28,66 @@ use nix::sys::socket::{
 use nix::unistd::{ForkResult, Pid, fork};
 use serde::{Deserialize, Serialize};
 
-use crate::error::RuntimeError;
-use crate::sandbox::{self, Reply, Request};
+use crate::error::{Classified, ErrorKind, RemoteError};
+
+mod dispatch;
+pub(crate) mod protocol;
+mod wire;
+
+use protocol::{Reply, Request};
+use wire::{read_frame, write_frame};
 
 /// Most file descriptors a single request may carry (reply socket + stdio).
 const MAX_FDS: usize = 8;
-/// Upper bound for one JSON frame; requests carry paths and mount options only.
-const MAX_FRAME: u32 = 16 << 20;
+
+/// The zygote or a worker failed to carry a request or its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the runtime zygote is gone (the shim must be restarted): {context}: {source}")]
+    ZygoteGone {
+        context: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the runtime zygote is gone (the shim must be restarted): control socket lock poisoned")]
+    Poisoned,
+    #[error("protocol error talking to the runtime zygote: too many file descriptors for one request ({0})")]
+    TooManyFds(usize),
+    #[error("protocol error talking to the runtime zygote: {context}: {source}")]
+    Frame {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("protocol error talking to the runtime zygote: {context}: {source}")]
+    Json {
+        context: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the runtime worker died before it answered ({0}); see the shim log")]
+    Died(#[source] std::io::Error),
+    #[error("protocol error talking to the runtime zygote: descriptor {0} missing")]
+    MissingFd(usize),
+    #[error("protocol error talking to the runtime zygote: a worker answered {got} to {asked}")]
+    UnexpectedReply {
+        asked: &'static str,
+        got: &'static str,
+    },
+    /// The operation itself failed in the worker.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl Classified for WorkerError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            WorkerError::Remote(e) => e.kind,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
 
 /// The shim's handle on its zygote.
 pub struct Zygote {
@@ -44,7 +98,7 @@ pub struct Zygote {
 #[derive(Serialize, Deserialize)]
 enum WireReply {
     Ok(Reply),
-    Err(String),
+    Err(RemoteError),
 }
 
 impl Zygote {
@@ -53,17 +107,24 @@ impl Zygote {
     /// # Safety
     /// The calling process must be single-threaded: the zygote is a copy of it and must be
     /// able to fork again safely for each request.
-    pub unsafe fn fork() -> Result<Zygote, RuntimeError> {
+    pub unsafe fn fork() -> Result<Zygote, WorkerError> {
         let (shim_end, zygote_end) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(RuntimeError::sys("creating the zygote's control socket"))?;
+        .map_err(|source| WorkerError::ZygoteGone {
+            context: "creating the zygote's control socket",
+            source,
+        })?;
         let parent = nix::unistd::getpid();
         // SAFETY: the caller guarantees a single-threaded process.
-        match unsafe { fork() }.map_err(RuntimeError::sys("forking the runtime zygote"))? {
+        let forked = unsafe { fork() }.map_err(|source| WorkerError::ZygoteGone {
+            context: "forking the runtime zygote",
+            source,
+        })?;
+        match forked {
             ForkResult::Parent { child } => {
                 drop(zygote_end);
                 Ok(Zygote {
@@ -98,22 +159,18 @@ impl Zygote {
 
     /// Runs `req` in a new worker and waits for its reply. `fds` are passed to the worker
     /// in order; the request refers to them by index.
-    pub fn call(&self, req: &Request, fds: &[&dyn AsFd]) -> Result<Reply, RuntimeError> {
+    pub(crate) fn call(&self, req: &Request, fds: &[&dyn AsFd]) -> Result<Reply, WorkerError> {
         if fds.len() + 1 > MAX_FDS {
-            return Err(RuntimeError::Protocol(format!(
-                "too many file descriptors for one request ({})",
-                fds.len()
-            )));
+            return Err(WorkerError::TooManyFds(fds.len()));
         }
-        let (mine, theirs) =
-            UnixStream::pair().map_err(RuntimeError::io("creating a reply socket"))?;
+        let (mine, theirs) = UnixStream::pair().map_err(|source| WorkerError::Frame {
+            context: "creating a reply socket",
+            source,
+        })?;
         let mut raw: Vec<RawFd> = vec![theirs.as_raw_fd()];
         raw.extend(fds.iter().map(|f| f.as_fd().as_raw_fd()));
         {
-            let ctrl = self
-                .ctrl
-                .lock()
-                .map_err(|_| RuntimeError::ZygoteGone("control socket lock poisoned".into()))?;
+            let ctrl = self.ctrl.lock().map_err(|_| WorkerError::Poisoned)?;
             let cmsg = [ControlMessage::ScmRights(&raw)];
             sendmsg::<()>(
                 ctrl.as_raw_fd(),
@@ -122,47 +179,30 @@ impl Zygote {
                 MsgFlags::MSG_NOSIGNAL,
                 None,
             )
-            .map_err(|e| RuntimeError::ZygoteGone(format!("sending a request: {e}")))?;
+            .map_err(|source| WorkerError::ZygoteGone {
+                context: "sending a request",
+                source,
+            })?;
         }
         drop(theirs);
         let mut stream = mine;
-        let body = serde_json::to_vec(req).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
-        write_frame(&mut stream, &body)
-            .map_err(|e| RuntimeError::Protocol(format!("sending a request to a worker: {e}")))?;
-        let frame = read_frame(&mut stream).map_err(|e| {
-            RuntimeError::Worker(format!(
-                "the runtime worker died before it answered ({e}); see the shim log"
-            ))
+        let body = serde_json::to_vec(req).map_err(|source| WorkerError::Json {
+            context: "encoding a request",
+            source,
         })?;
-        match serde_json::from_slice::<WireReply>(&frame)
-            .map_err(|e| RuntimeError::Protocol(format!("bad reply from a worker: {e}")))?
-        {
+        write_frame(&mut stream, &body).map_err(|source| WorkerError::Frame {
+            context: "sending a request to a worker",
+            source,
+        })?;
+        let frame = read_frame(&mut stream).map_err(WorkerError::Died)?;
+        match serde_json::from_slice::<WireReply>(&frame).map_err(|source| WorkerError::Json {
+            context: "bad reply from a worker",
+            source,
+        })? {
             WireReply::Ok(r) => Ok(r),
-            WireReply::Err(msg) => Err(RuntimeError::Worker(msg)),
+            WireReply::Err(e) => Err(e.into()),
         }
     }
-}
-
-fn write_frame(w: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
-    let len =
-        u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame larger than 4 GiB"))?;
-    w.write_all(&len.to_le_bytes())?;
-    w.write_all(body)?;
-    w.flush()
-}
-
-fn read_frame(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len);
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!(
-            "frame of {len} bytes is too large"
-        )));
-    }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body)?;
-    Ok(body)
 }
 
 fn zygote_main(ctrl: OwnedFd, parent: Pid) -> ! {
@@ -198,8 +238,8 @@ fn zygote_main(ctrl: OwnedFd, parent: Pid) -> ! {
                 ctrl.as_fd(),
                 nix::poll::PollFlags::POLLIN,
             )];
-            if let Ok(0) = nix::poll::poll(&mut pfd, crate::trim::IDLE_MS) {
-                crate::trim::read_only_file_pages();
+            if let Ok(0) = nix::poll::poll(&mut pfd, crate::node::trim::IDLE_MS) {
+                crate::node::trim::read_only_file_pages();
                 trimmed = true;
                 continue;
             }
@@ -259,16 +299,20 @@ fn worker_main(mut fds: Vec<OwnedFd>) -> ! {
     let mut stream = UnixStream::from(reply);
     let answer = match read_frame(&mut stream) {
         Ok(frame) => match serde_json::from_slice::<Request>(&frame) {
-            Ok(req) => match sandbox::handle(req, fds) {
+            Ok(req) => match dispatch::handle(req, fds) {
                 Ok(r) => WireReply::Ok(r),
-                Err(e) => WireReply::Err(crate::error::chain(&e)),
+                Err(e) => WireReply::Err(e),
             },
-            Err(e) => WireReply::Err(format!("malformed request: {e}")),
+            Err(e) => WireReply::Err(RemoteError {
+                kind: ErrorKind::Internal,
+                message: format!("malformed request: {e}"),
+            }),
         },
         Err(_) => exit(1),
     };
-    let body =
-        serde_json::to_vec(&answer).unwrap_or_else(|_| b"{\"Err\":\"unencodable reply\"}".to_vec());
+    let body = serde_json::to_vec(&answer).unwrap_or_else(|_| {
+        br#"{"Err":{"kind":"Internal","message":"unencodable reply"}}"#.to_vec()
+    });
     let code = if write_frame(&mut stream, &body).is_ok() {
         0
     } else {

@@ -1,4 +1,4 @@
-//! Memory pools: where template files live, and the check that a pool is what the
+//! Memory pools (the memory a template lives in; not the idle pool of sandboxes): where template files live, and the check that a pool is what the
 //! configuration says it is (a silently wrong pool would put "CXL" templates in DRAM).
 //!
 //! * tmpfs: any tmpfs directory (this machine: /run/trenv/pool);
@@ -9,27 +9,28 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use crate::mountinfo::MountEntry;
+use crate::error::{Classified, ErrorKind};
+use crate::sys::mountinfo::MountEntry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum PoolKind {
+pub enum MemPoolKind {
     Tmpfs,
     Dax,
     NumaTmpfs { node: u32 },
 }
 
-impl std::fmt::Display for PoolKind {
+impl std::fmt::Display for MemPoolKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PoolKind::Tmpfs => write!(f, "tmpfs"),
-            PoolKind::Dax => write!(f, "dax"),
-            PoolKind::NumaTmpfs { node } => write!(f, "numa (tmpfs bound to node {node})"),
+            MemPoolKind::Tmpfs => write!(f, "tmpfs"),
+            MemPoolKind::Dax => write!(f, "dax"),
+            MemPoolKind::NumaTmpfs { node } => write!(f, "numa (tmpfs bound to node {node})"),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
+pub enum MemPoolError {
     #[error("memory pool {dir}: {source}")]
     Io {
         dir: PathBuf,
@@ -41,24 +42,33 @@ pub enum PoolError {
     )]
     Mismatch {
         dir: PathBuf,
-        kind: PoolKind,
+        kind: MemPoolKind,
         fstype: String,
         options: String,
         hint: &'static str,
     },
 }
 
+impl Classified for MemPoolError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            MemPoolError::Mismatch { .. } => ErrorKind::FailedPrecondition,
+            MemPoolError::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
 /// A checked pool directory.
 #[derive(Debug, Clone)]
-pub struct Pool {
+pub struct MemPool {
     pub dir: PathBuf,
-    pub kind: PoolKind,
+    pub kind: MemPoolKind,
 }
 
 /// The mount a path lives on: (mount point, fs type, super options).
 fn mount_of(path: &Path) -> Option<(PathBuf, String, String)> {
     // Later lines over-mount earlier ones at the same point.
-    crate::mountinfo::read(None)
+    crate::sys::mountinfo::read(None)
         .into_iter()
         .filter(|m| path.starts_with(&m.mount_point))
         .fold(None, |best: Option<MountEntry>, m| match best {
@@ -68,10 +78,10 @@ fn mount_of(path: &Path) -> Option<(PathBuf, String, String)> {
         .map(|m| (m.mount_point, m.fstype, m.super_options))
 }
 
-impl Pool {
+impl MemPool {
     /// Checks `dir` against `kind`, creating the directory (0700) if it is missing.
-    pub fn open(dir: &Path, kind: PoolKind) -> Result<Pool, PoolError> {
-        let io = |source| PoolError::Io {
+    pub fn open(dir: &Path, kind: MemPoolKind) -> Result<MemPool, MemPoolError> {
+        let io = |source| MemPoolError::Io {
             dir: dir.to_path_buf(),
             source,
         };
@@ -87,7 +97,7 @@ impl Pool {
             ))
         })?;
         let opts: Vec<&str> = options.split(',').collect();
-        let mismatch = |hint| PoolError::Mismatch {
+        let mismatch = |hint| MemPoolError::Mismatch {
             dir: real.clone(),
             kind,
             fstype: fstype.clone(),
@@ -95,18 +105,18 @@ impl Pool {
             hint,
         };
         match kind {
-            PoolKind::Tmpfs if fstype != "tmpfs" => {
+            MemPoolKind::Tmpfs if fstype != "tmpfs" => {
                 return Err(mismatch(
                     "mount a tmpfs there or point [pool] dir at one (e.g. /run/trenv/pool)",
                 ));
             }
-            PoolKind::Dax if !opts.iter().any(|o| *o == "dax" || *o == "dax=always") => {
+            MemPoolKind::Dax if !opts.iter().any(|o| *o == "dax" || *o == "dax=always") => {
                 return Err(mismatch(
                     "mount the PMem/CXL filesystem with -o dax (fsdax namespace), or use \
                      kind \"tmpfs\"",
                 ));
             }
-            PoolKind::NumaTmpfs { node } => {
+            MemPoolKind::NumaTmpfs { node } => {
                 let want = format!("mpol=bind:{node}");
                 if fstype != "tmpfs" || !opts.contains(&want.as_str()) {
                     return Err(mismatch(
@@ -117,12 +127,12 @@ impl Pool {
             }
             _ => {}
         }
-        Ok(Pool { dir: real, kind })
+        Ok(MemPool { dir: real, kind })
     }
 
     /// Bytes still free in the pool.
-    pub fn free_bytes(&self) -> Result<u64, PoolError> {
-        let s = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| PoolError::Io {
+    pub fn free_bytes(&self) -> Result<u64, MemPoolError> {
+        let s = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| MemPoolError::Io {
             dir: self.dir.clone(),
             source: e.into(),
         })?;
@@ -138,11 +148,11 @@ mod tests {
     fn a_tmpfs_directory_is_a_tmpfs_pool_and_not_a_dax_one() {
         // /dev/shm is a tmpfs on every Linux machine the tests run on.
         let dir = Path::new("/dev/shm").join(format!("trenv-pool-test-{}", std::process::id()));
-        let pool = Pool::open(&dir, PoolKind::Tmpfs).unwrap();
+        let pool = MemPool::open(&dir, MemPoolKind::Tmpfs).unwrap();
         assert!(pool.free_bytes().unwrap() > 0);
-        let e = Pool::open(&dir, PoolKind::Dax).unwrap_err().to_string();
+        let e = MemPool::open(&dir, MemPoolKind::Dax).unwrap_err().to_string();
         assert!(e.contains("configured as dax but is on tmpfs"), "{e}");
-        let e = Pool::open(&dir, PoolKind::NumaTmpfs { node: 0 })
+        let e = MemPool::open(&dir, MemPoolKind::NumaTmpfs { node: 0 })
             .unwrap_err()
             .to_string();
         assert!(e.contains("mpol=bind:N"), "{e}");
@@ -155,7 +165,7 @@ mod tests {
         if mount_of(dir.path()).is_some_and(|(_, t, _)| t == "tmpfs") {
             return; // the source tree itself is on tmpfs here
         }
-        let e = Pool::open(dir.path(), PoolKind::Tmpfs)
+        let e = MemPool::open(dir.path(), MemPoolKind::Tmpfs)
             .unwrap_err()
             .to_string();
         assert!(e.contains("configured as tmpfs"), "{e}");

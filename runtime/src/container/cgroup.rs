@@ -303,7 +303,7 @@ fn read_keyed(file: &Path, key: &str) -> Option<u64> {
 
 /// Mount point of a cgroup v1 controller, from /proc/self/mountinfo.
 pub fn controller_mount(controller: &str) -> Option<PathBuf> {
-    crate::mountinfo::read(None)
+    crate::sys::mountinfo::read(None)
         .into_iter()
         .find(|m| m.fstype == "cgroup" && m.has_super_option(controller))
         .map(|m| m.mount_point)

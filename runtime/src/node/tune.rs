@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use crate::mountinfo::{self, MountEntry};
+use crate::sys::mountinfo::{self, MountEntry};
 
 const FAVORDYNMODS: &str = "favordynmods";
 

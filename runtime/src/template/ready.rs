@@ -14,7 +14,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use trenv_criu::template::Policy;
 
-use crate::template::{TemplateError, valid_name};
+use super::TemplateError;
+use super::manifest::valid_name;
 
 pub const CREATE_ANNOTATION: &str = "io.trenv.template.create";
 pub const READY_FILE_ANNOTATION: &str = "io.trenv.template.ready-file";

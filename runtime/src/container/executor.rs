@@ -7,7 +7,7 @@ use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::{LinuxCapabilities, Spec};
 
-use crate::seccomp::Filter;
+use super::seccomp::Filter;
 
 /// Installs the compiled seccomp filters, then drops the capabilities whose drop was
 /// deferred (see `sandbox::derive_spec`), then execs the payload like libcontainer's
@@ -37,7 +37,7 @@ impl Executor for TrenvExecutor {
             })?;
         }
         if let Some(fd) = &self.exec_stamp {
-            let ns = crate::clock::monotonic_ns().to_ne_bytes();
+            let ns = crate::sys::clock::monotonic_ns().to_ne_bytes();
             // SAFETY: writes 8 bytes from a live buffer; a full or closed pipe only loses
             // the stamp (the record then starts when the shim started the process).
             unsafe { libc::write(fd.as_raw_fd(), ns.as_ptr().cast(), ns.len()) };

@@ -6,10 +6,16 @@
 //! Delete work on it as on any container. Runs in a zygote worker: the restored tree is
 //! CRIU's sibling (`rst_sibling`), a child of the worker, and is re-parented to the shim
 //! (a child subreaper) when the worker exits.
+//!
+//! The steps, each a function here: the descriptors CRIU inherits ([`descriptors`]), CRIU
+//! spawned early, the cgroup opened, the root bound for CRIU ([`RootBind`]), CRIU's options
+//! ([`restore_options`]), CRIU moved into the cgroup and run ([`run_criu`]), leftovers of a
+//! failure killed ([`kill_leftovers`]), libcontainer's state written ([`adopt`]).
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use libcontainer::config::YoukiConfig;
 use libcontainer::container::{Container, ContainerStatus};
@@ -21,15 +27,12 @@ use trenv_criu::rpc::{
 };
 use trenv_criu::{FdPlan, Notify};
 
-use crate::cgroup::Cgroup;
-use crate::checkpoint::{
-    CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, bind_mounts, external_namespaces,
-    make_dir, namespace_path, open_dir, rootfs_of,
-};
-use crate::error::{RuntimeError, chain};
-use crate::mountinfo;
-use crate::sandbox::Location;
-use crate::template::{Stamp, TemplateError};
+use super::criu::{CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, external_namespaces};
+use super::{SnapshotError, make_dir, open_dir};
+use crate::container::cgroup::Cgroup;
+use crate::container::spec::{bind_mounts, namespace_path, rootfs_of};
+use crate::container::{Location, StdioFds};
+use crate::sys::{FileStamp, mountinfo};
 
 /// A restore of one container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,7 +96,7 @@ pub struct TemplateFile {
     /// The name in the image without its leading '/'.
     pub key: String,
     /// What the file must still be (checked on the opened descriptor).
-    pub stamp: Stamp,
+    pub stamp: FileStamp,
     pub template: String,
 }
 
@@ -101,10 +104,10 @@ pub struct TemplateFile {
 pub fn restore(
     at: &Location,
     plan: &RestorePlan,
-    stdio: [Option<OwnedFd>; 3],
+    stdio: StdioFds,
     console: Option<&Path>,
     criu: &CriuConfig,
-) -> Result<(i32, Phases), RuntimeError> {
+) -> Result<(i32, Phases), SnapshotError> {
     let mut phases = Phases::start();
     let spec = at.derived_spec()?;
     let criu = criu.criu()?;
@@ -115,100 +118,115 @@ pub fn restore(
     phases.mark("criu spawn");
     make_dir(&plan.work)?;
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    let cgroup = Cgroup::open(cgroups_path.as_deref(), &at.id, plan.systemd_cgroup)?;
+    let cgroup = Cgroup::open(cgroups_path.as_deref(), &at.id, plan.systemd_cgroup)
+        .map_err(crate::container::ContainerError::from)?;
     phases.mark("prepare");
-    // CRIU wants a mount point as root whose parent is not over-mounted.
-    let root = at.state_root.join("criu-root");
-    fs::create_dir_all(&root).map_err(RuntimeError::io(format!("creating {}", root.display())))?;
-    let rootfs = rootfs_of(&spec, at);
-    create_mountpoints(&spec, &rootfs)?;
-    mount(
-        Some(&rootfs),
-        &root,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(RuntimeError::sys(format!(
-        "bind-mounting {} for CRIU",
-        rootfs.display()
-    )))?;
+    let root = RootBind::mount(at, &spec)?;
     phases.mark("rootfs");
-    let result = run(
-        at,
-        plan,
-        &spec,
-        session,
-        inherit,
-        &cgroup,
-        &root,
-        console,
-        &mut phases,
-    )
-    .and_then(|pid| {
-        if plan.loopback_up {
-            loopback_up(pid)?;
-        }
-        Ok(pid)
-    });
-    let _ = umount2(&root, MntFlags::MNT_DETACH);
-    let _ = fs::remove_dir(&root);
-    let pid = match result {
-        Ok(pid) => pid,
-        Err(e) => {
-            // Whatever CRIU left in the cgroup goes with it (half-restored tasks of a CRIU
-            // that died wait forever otherwise).
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while let Ok(pids) = cgroup.pids() {
-                if pids.is_empty() || std::time::Instant::now() > deadline {
-                    break;
-                }
-                for p in pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+    let result = restore_options(plan, &spec, &cgroup, inherit, &root.0, console)
+        .and_then(|o| {
+            phases.mark("plan");
+            let target = Target {
+                at,
+                plan,
+                spec: &spec,
+                cgroup: &cgroup,
+            };
+            run_criu(&target, session, o, console, &mut phases)
+        })
+        .and_then(|pid| {
+            if plan.loopback_up {
+                loopback_up(pid)?;
             }
-            let _ = cgroup.remove();
-            return Err(e);
-        }
-    };
+            Ok(pid)
+        });
+    drop(root);
+    let pid = result.inspect_err(|_| kill_leftovers(&cgroup))?;
     adopt(at, &spec, pid, plan.systemd_cgroup)?;
     phases.mark("adopt");
     Ok((pid, phases))
 }
 
+/// The container's rootfs bound at `<state>/criu-root`: CRIU wants a mount point as root
+/// whose parent is not over-mounted. Unmounted when dropped.
+struct RootBind(PathBuf);
+
+impl RootBind {
+    fn mount(at: &Location, spec: &Spec) -> Result<RootBind, SnapshotError> {
+        let root = at.state_root.join("criu-root");
+        fs::create_dir_all(&root)
+            .map_err(SnapshotError::io(format!("creating {}", root.display())))?;
+        let rootfs = rootfs_of(spec, at);
+        create_mountpoints(spec, &rootfs)?;
+        mount(
+            Some(&rootfs),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(SnapshotError::sys(format!(
+            "bind-mounting {} for CRIU",
+            rootfs.display()
+        )))?;
+        Ok(RootBind(root))
+    }
+}
+
+impl Drop for RootBind {
+    fn drop(&mut self) {
+        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// Whatever a failed restore left in the cgroup goes with it (half-restored tasks of a
+/// CRIU that died wait forever otherwise), then the cgroup.
+fn kill_leftovers(cgroup: &Cgroup) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(pids) = cgroup.pids() {
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = cgroup.remove();
+}
+
 /// Brings up `lo` in the network namespace of `pid` (this worker is single-threaded and
 /// exits afterwards, so it may move itself into that namespace).
-fn loopback_up(pid: i32) -> Result<(), RuntimeError> {
+fn loopback_up(pid: i32) -> Result<(), SnapshotError> {
     let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(RuntimeError::io("opening the restored network namespace"))?;
+        .map_err(SnapshotError::io("opening the restored network namespace"))?;
     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(RuntimeError::sys("entering the restored network namespace"))?;
+        .map_err(SnapshotError::sys("entering the restored network namespace"))?;
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(RuntimeError::sys("opening a socket for lo"))?;
+    .map_err(SnapshotError::sys("opening a socket for lo"))?;
     // SAFETY: ifreq is plain old data; the ioctls read and write only this struct.
     unsafe {
         let mut req: libc::ifreq = std::mem::zeroed();
         for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
             *d = *s as libc::c_char;
         }
-        use std::os::fd::AsRawFd;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(RuntimeError::sys("reading the flags of lo")(
+            return Err(SnapshotError::sys("reading the flags of lo")(
                 nix::errno::Errno::last(),
             ));
         }
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
-            return Err(RuntimeError::sys("bringing up lo")(
+            return Err(SnapshotError::sys("bringing up lo")(
                 nix::errno::Errno::last(),
             ));
         }
@@ -216,24 +234,18 @@ fn loopback_up(pid: i32) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    at: &Location,
+/// CRIU's options for this restore: inherited descriptors, the root, the namespaces the
+/// container joins, the external mounts re-bound, the console.
+fn restore_options(
     plan: &RestorePlan,
     spec: &Spec,
-    session: trenv_criu::Session,
-    inherit: Vec<Inherit_fd>,
     cgroup: &Cgroup,
+    inherit: Vec<Inherit_fd>,
     root: &Path,
     console: Option<&Path>,
-    phases: &mut Phases,
-) -> Result<i32, RuntimeError> {
+) -> Result<Criu_opts, SnapshotError> {
     let mut o = Criu_opts::new();
     o.inherit_fd = inherit;
-    // CRIU opens these through /proc/<our pid>/fd: they stay open here until it is done.
-    let (images_fd, work_fd) = (open_dir(&plan.images)?, open_dir(&plan.work)?);
-    o.set_images_dir_fd(images_fd.as_raw_fd());
-    o.set_work_dir_fd(work_fd.as_raw_fd());
     o.set_log_file("restore.log".into());
     o.set_log_level(4);
     o.set_root(root.display().to_string());
@@ -244,7 +256,26 @@ fn run(
     // trenv put CRIU into the container's cgroup; the tasks stay where CRIU is.
     o.set_manage_cgroups(true);
     o.set_manage_cgroups_mode(Criu_cg_mode::IGNORE);
+    o.join_ns = joined_namespaces(spec)?;
+    for (dest, source) in bind_mounts(spec)
+        .into_iter()
+        .chain(cgroup_binds(&plan.images, cgroup)?)
+    {
+        let mut m = Ext_mount_map::new();
+        m.set_key(dest);
+        m.set_val(source);
+        o.ext_mnt.push(m);
+    }
+    if console.is_some() {
+        o.set_notify_scripts(true);
+    }
+    Ok(o)
+}
 
+/// The IPC, UTS and mount namespaces the spec joins by path, for CRIU to restore into
+/// (network and PID ones are external namespaces, handed over as descriptors).
+fn joined_namespaces(spec: &Spec) -> Result<Vec<Join_namespace>, SnapshotError> {
+    let mut out = Vec::new();
     for ns in spec
         .linux()
         .as_ref()
@@ -259,70 +290,69 @@ fn run(
             LinuxNamespaceType::Mount => "mnt",
             LinuxNamespaceType::Network | LinuxNamespaceType::Pid => continue,
             other => {
-                return Err(RuntimeError::Worker(format!(
-                    "cannot restore into the existing {other:?} namespace {}",
-                    path.display()
-                )));
+                return Err(SnapshotError::JoinedNamespace {
+                    kind: format!("{other:?}"),
+                    path: path.clone(),
+                });
             }
         };
         let mut j = Join_namespace::new();
         j.set_ns(name.into());
         j.set_ns_file(path.display().to_string());
-        o.join_ns.push(j);
+        out.push(j);
     }
-    for (dest, source) in bind_mounts(spec)
-        .into_iter()
-        .chain(cgroup_binds(&plan.images, cgroup)?)
-    {
-        let mut m = Ext_mount_map::new();
-        m.set_key(dest);
-        m.set_val(source);
-        o.ext_mnt.push(m);
-    }
-    let mut notify = Console {
-        socket: console.map(Path::to_path_buf),
-    };
-    if console.is_some() {
-        o.set_notify_scripts(true);
-    }
+    Ok(out)
+}
+
+/// What a restore restores into.
+struct Target<'a> {
+    at: &'a Location,
+    plan: &'a RestorePlan,
+    spec: &'a Spec,
+    cgroup: &'a Cgroup,
+}
+
+/// Moves CRIU into the container's cgroup (restored tasks inherit it), applies the spec's
+/// limits, and has CRIU restore; returns the restored init's pid.
+fn run_criu(
+    t: &Target<'_>,
+    session: trenv_criu::Session,
+    mut o: Criu_opts,
+    console: Option<&Path>,
+    phases: &mut Phases,
+) -> Result<i32, SnapshotError> {
+    let (at, plan, spec, cgroup) = (t.at, t.plan, t.spec, t.cgroup);
+    // CRIU opens these through /proc/<our pid>/fd: they stay open here until it is done.
+    let (images_fd, work_fd) = (open_dir(&plan.images)?, open_dir(&plan.work)?);
+    o.set_images_dir_fd(images_fd.as_raw_fd());
+    o.set_work_dir_fd(work_fd.as_raw_fd());
     let mut req = Criu_req::new();
     req.set_type(Criu_req_type::RESTORE);
     req.opts = Some(o).into();
-    phases.mark("plan");
-    // Restored tasks inherit CRIU's cgroup: move it into the container's first.
-    cgroup.add_task(session.pid())?;
-    let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
-    if let Some(r) = &resources {
-        cgroup.update(r)?;
+    let container_err = crate::container::ContainerError::from;
+    cgroup.add_task(session.pid()).map_err(container_err)?;
+    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+        cgroup.update(r).map_err(container_err)?;
     }
     phases.mark("cgroup");
     let log = plan.work.join("restore.log");
+    let mut notify = Console {
+        socket: console.map(Path::to_path_buf),
+    };
     let resp = session
         .call(req, "restore", Some(log.clone()), &mut notify)
-        .map_err(|e| {
-            let kept = at.bundle.join("criu-restore.log");
-            match fs::copy(&log, &kept) {
-                Ok(_) => RuntimeError::Worker(format!(
-                    "restoring container {}: {}; CRIU's log is kept at {}",
-                    at.id,
-                    e.to_string()
-                        .split("; CRIU's log:")
-                        .next()
-                        .unwrap_or_default(),
-                    kept.display()
-                )),
-                Err(_) => RuntimeError::Worker(format!("restoring container {}: {e}", at.id)),
-            }
-        })?;
+        .map_err(SnapshotError::criu_failed(
+            "restoring",
+            &at.id,
+            &log,
+            at.bundle.join("criu-restore.log"),
+        ))?;
     drop((images_fd, work_fd));
     phases.mark("criu restore");
-    let pid = resp.restore.as_ref().map_or(0, |r| r.pid());
-    if pid <= 0 {
-        return Err(RuntimeError::Worker(
-            "CRIU reported a restore without a pid".into(),
-        ));
+    match resp.restore.as_ref().map_or(0, |r| r.pid()) {
+        pid if pid > 0 => Ok(pid),
+        _ => Err(SnapshotError::NoRestoredPid),
     }
-    Ok(pid)
 }
 
 /// The descriptors CRIU inherits (the new stdio, the template's pool file, external
@@ -330,15 +360,14 @@ fn run(
 fn descriptors(
     plan: &RestorePlan,
     spec: &Spec,
-    stdio: [Option<OwnedFd>; 3],
-) -> Result<(FdPlan, Vec<Inherit_fd>), RuntimeError> {
+    stdio: StdioFds,
+) -> Result<(FdPlan, Vec<Inherit_fd>), SnapshotError> {
     let mut fds = FdPlan::default();
     let mut inherit = Vec::new();
     // The new stdio replaces the pipes the image recorded.
     let recorded: Vec<String> = match fs::read(plan.images.join(DESCRIPTORS)) {
-        Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
-            RuntimeError::Worker(format!("{} in the checkpoint is corrupt: {e}", DESCRIPTORS))
-        })?,
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map_err(|e| SnapshotError::CorruptImage(DESCRIPTORS, e))?,
         Err(_) => Vec::new(),
     };
     for (n, (what, fd)) in recorded.iter().zip(stdio).enumerate() {
@@ -348,12 +377,7 @@ fn descriptors(
         let fd = match fd {
             Some(fd) => Some(fd),
             None if what.starts_with("pipe:") => Some(
-                fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .map(OwnedFd::from)
-                    .map_err(RuntimeError::io("opening /dev/null"))?,
+                crate::sys::dev_null().map_err(SnapshotError::io("opening /dev/null"))?,
             ),
             None => None,
         };
@@ -368,20 +392,19 @@ fn descriptors(
         }
     }
     if let Some(t) = &plan.template {
-        let f = fs::File::open(&t.path).map_err(RuntimeError::io(format!(
+        let f = fs::File::open(&t.path).map_err(SnapshotError::io(format!(
             "opening template {}'s pool file {}",
             t.template,
             t.path.display()
         )))?;
         let meta = f
             .metadata()
-            .map_err(RuntimeError::io(format!("reading {}", t.path.display())))?;
-        if Stamp::of(&meta) != t.stamp {
-            return Err(TemplateError::Corrupt {
+            .map_err(SnapshotError::io(format!("reading {}", t.path.display())))?;
+        if FileStamp::of(&meta) != t.stamp {
+            return Err(SnapshotError::TemplateChanged {
                 name: t.template.clone(),
                 what: format!("pool file {} changed", t.path.display()),
-            }
-            .into());
+            });
         }
         let mut i = Inherit_fd::new();
         i.set_key(t.key.clone());
@@ -389,9 +412,8 @@ fn descriptors(
         inherit.push(i);
     }
     for (kind, key) in external_namespaces(spec) {
-        let path = namespace_path(spec, kind)
-            .ok_or_else(|| RuntimeError::Worker(format!("no {kind} namespace path")))?;
-        let f = fs::File::open(&path).map_err(RuntimeError::io(format!(
+        let path = namespace_path(spec, kind).ok_or(SnapshotError::NoNamespacePath(kind))?;
+        let f = fs::File::open(&path).map_err(SnapshotError::io(format!(
             "opening the namespace {}",
             path.display()
         )))?;
@@ -407,7 +429,7 @@ fn descriptors(
 /// lacks (the container of the dump had them created by libcontainer): CRIU mounts onto
 /// them and does not create them. Not below a tmpfs of the spec, whose content CRIU
 /// restores, and never through a symbolic link.
-fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<(), RuntimeError> {
+fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<(), SnapshotError> {
     let tmpfs: Vec<PathBuf> = spec
         .mounts()
         .as_ref()
@@ -448,7 +470,7 @@ fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<(), RuntimeError> {
         } else {
             fs::create_dir_all(&target)
         };
-        made.map_err(RuntimeError::io(format!(
+        made.map_err(SnapshotError::io(format!(
             "creating the mount point {}",
             target.display()
         )))?;
@@ -458,15 +480,14 @@ fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<(), RuntimeError> {
 
 /// (mount point in the container, host directory) of the cgroup mounts recorded at dump
 /// time, re-targeted from the old container's cgroup to the new one's.
-fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>, RuntimeError> {
+fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>, SnapshotError> {
     let raw = match fs::read(images.join(CGROUP_MOUNTS)) {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(RuntimeError::io(format!("reading {CGROUP_MOUNTS}"))(e)),
+        Err(e) => return Err(SnapshotError::io(format!("reading {CGROUP_MOUNTS}"))(e)),
     };
-    let recorded: CgroupMounts = serde_json::from_slice(&raw).map_err(|e| {
-        RuntimeError::Worker(format!("{CGROUP_MOUNTS} in the checkpoint is corrupt: {e}"))
-    })?;
+    let recorded: CgroupMounts = serde_json::from_slice(&raw)
+        .map_err(|e| SnapshotError::CorruptImage(CGROUP_MOUNTS, e))?;
     let host = mountinfo::read(None);
     let new_path = cgroup.path().display().to_string();
     let mut out = Vec::new();
@@ -475,11 +496,11 @@ fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>,
             .iter()
             .find(|h| h.fstype == m.fstype && h.super_options == m.options)
         else {
-            return Err(RuntimeError::Worker(format!(
-                "the checkpoint binds the cgroup hierarchy {} ({}) at {}, which this host \
-                 does not mount",
-                m.fstype, m.options, m.mountpoint
-            )));
+            return Err(SnapshotError::MissingHierarchy {
+                fstype: m.fstype,
+                options: m.options,
+                mountpoint: m.mountpoint,
+            });
         };
         let root = if m.root == recorded.cgroup_path {
             new_path.clone()
@@ -501,13 +522,13 @@ fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>,
 }
 
 /// Writes libcontainer's state for a restored init so that later operations find it.
-fn adopt(at: &Location, spec: &Spec, pid: i32, systemd: bool) -> Result<(), RuntimeError> {
+fn adopt(at: &Location, spec: &Spec, pid: i32, systemd: bool) -> Result<(), SnapshotError> {
     let dir = at.container_dir();
     make_dir(&dir)?;
-    let lc = |what: &str| {
-        let what = what.to_string();
-        move |e: &(dyn std::error::Error + 'static)| {
-            RuntimeError::Worker(format!("{what}: {}", chain(e)))
+    let lc = |context: &'static str| {
+        move |e: libcontainer::error::LibcontainerError| SnapshotError::Adopt {
+            context,
+            source: Box::new(e),
         }
     };
     let mut c = Container::new(
@@ -517,13 +538,16 @@ fn adopt(at: &Location, spec: &Spec, pid: i32, systemd: bool) -> Result<(), Runt
         &at.derived_bundle(),
         &dir,
     )
-    .map_err(|e| lc("recording the restored container")(&e))?;
+    .map_err(lc("recording the restored container"))?;
     c.set_systemd(systemd);
     c.save()
-        .map_err(|e| lc("saving the restored container's state")(&e))?;
+        .map_err(lc("saving the restored container's state"))?;
     YoukiConfig::from_spec(spec, &at.id)
         .and_then(|cfg| cfg.save(&dir))
-        .map_err(|e| lc("saving the restored container's config")(&e))?;
+        .map_err(|e| SnapshotError::Adopt {
+            context: "saving the restored container's config",
+            source: Box::new(e),
+        })?;
     Ok(())
 }
 
@@ -549,7 +573,6 @@ impl Notify for Console {
 /// with a console socket).
 fn send_fd(path: &Path, fd: OwnedFd) -> std::io::Result<()> {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    use std::os::fd::AsRawFd;
     let stream = std::os::unix::net::UnixStream::connect(path)?;
     let raw = [fd.as_raw_fd()];
     sendmsg::<()>(

@@ -1,0 +1,16 @@
+//! Small kernel helpers every domain uses: the mount table, clocks, file identities.
+
+pub mod clock;
+pub mod mountinfo;
+pub mod stamp;
+
+pub use stamp::FileStamp;
+
+/// Opens /dev/null for reading and writing (stdio of processes that get none).
+pub fn dev_null() -> std::io::Result<std::os::fd::OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(std::os::fd::OwnedFd::from)
+}

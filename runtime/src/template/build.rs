@@ -1,0 +1,214 @@
+//! Making a template from a running container: CRIU dumps it (it keeps running), the
+//! image's memory is moved into a pool file (criu-glue's rewrite), and the template is
+//! published by renaming a staging directory, so it either exists complete or not at all.
+//! The steps: [`Build::dump_and_convert`], [`Build::publish_pool_file`],
+//! [`Build::manifest`], [`Build::publish`].
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use trenv_criu::template::{Conversion, Policy};
+
+use super::manifest::{FileSum, ImageStamp, Manifest, PoolFile, security_digest, sha256_file, valid_name};
+use super::mempool::MemPool;
+use super::store::{TemplateStore, mark_verified};
+use super::{TemplateError, io};
+use crate::container::Location;
+use crate::container::spec::private_netns;
+use crate::snapshot::{self, CheckpointOptions, CriuConfig};
+use crate::sys::FileStamp;
+
+/// What to build: template `name` of the container at `at`, in `pool`.
+pub struct BuildRequest<'a> {
+    pub name: &'a str,
+    pub at: &'a Location,
+    pub pool: &'a MemPool,
+    pub criu: &'a CriuConfig,
+    pub policy: &'a Policy,
+}
+
+impl TemplateStore {
+    /// Checkpoints the running container and publishes it as a template. The container
+    /// keeps running. Nothing is left behind on failure.
+    pub fn create(&self, req: &BuildRequest<'_>) -> Result<Manifest, TemplateError> {
+        let name = req.name;
+        if !valid_name(name) {
+            return Err(TemplateError::BadName(name.into()));
+        }
+        if self.dir(name).exists() {
+            return Err(TemplateError::Exists {
+                name: name.into(),
+                store: self.root.clone(),
+            });
+        }
+        fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let b = Build {
+            store: self,
+            req,
+            staging: self
+                .root
+                .join(format!(".staging-{name}-{}", std::process::id())),
+            pool_tmp: req
+                .pool
+                .dir
+                .join(format!(".{name}-{}.tpl.tmp", std::process::id())),
+        };
+        let result = b.run();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&b.staging);
+            let _ = fs::remove_file(&b.pool_tmp);
+        }
+        result
+    }
+}
+
+/// One template being built: its staging directory in the store and its pool file's
+/// temporary name.
+struct Build<'a> {
+    store: &'a TemplateStore,
+    req: &'a BuildRequest<'a>,
+    staging: PathBuf,
+    pool_tmp: PathBuf,
+}
+
+/// What the dump and the rewrite produced.
+struct Dumped {
+    conversion: Conversion,
+    criu_version: String,
+}
+
+impl Build<'_> {
+    fn images(&self) -> PathBuf {
+        self.staging.join("images")
+    }
+
+    fn run(&self) -> Result<Manifest, TemplateError> {
+        let dumped = self.dump_and_convert()?;
+        let (pool_path, sum) = self.publish_pool_file()?;
+        // From here on a failure must take the pool file with it: nothing else refers to it.
+        self.manifest(dumped, &pool_path, sum)
+            .and_then(|m| self.publish(m))
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&pool_path);
+            })
+    }
+
+    /// CRIU dumps the container into `staging/images`; its memory moves to the pool file's
+    /// temporary name; /dev's archives are stored for CRIU to extract itself.
+    fn dump_and_convert(&self) -> Result<Dumped, TemplateError> {
+        let (name, criu) = (self.req.name, self.req.criu);
+        let images = self.images();
+        let work = self.staging.join("work");
+        let criu_version = criu.criu()?.require_version(criu.cache_dir.as_deref())?;
+        let opts = CheckpointOptions {
+            for_template: true,
+            ..Default::default()
+        };
+        snapshot::checkpoint(self.req.at, &images, &work, &opts, criu)?;
+        let convert_err = |source| TemplateError::Convert {
+            name: name.into(),
+            source,
+        };
+        let conversion = trenv_criu::template::convert(
+            &images,
+            &self.pool_tmp,
+            &Manifest::image_name(name),
+            self.req.policy,
+        )
+        .map_err(convert_err)?;
+        // /dev's content restored by CRIU itself rather than by tar (criu-glue/src/tmpfs.rs).
+        trenv_criu::tmpfs::store_archives(&images).map_err(|e| convert_err(e.into()))?;
+        let _ = fs::remove_dir_all(&work);
+        Ok(Dumped {
+            conversion,
+            criu_version: criu_version.to_string(),
+        })
+    }
+
+    /// Makes the pool file immutable and gives it its final name (with a checksum prefix).
+    fn publish_pool_file(&self) -> Result<(PathBuf, FileSum), TemplateError> {
+        let tmp = &self.pool_tmp;
+        fs::set_permissions(tmp, fs::Permissions::from_mode(0o444)).map_err(io(tmp))?;
+        let sum = sha256_file(tmp).map_err(io(tmp))?;
+        let pool_path = self.req.pool.dir.join(format!(
+            "{}-{}.tpl",
+            self.req.name,
+            &sum.sha256[..12]
+        ));
+        fs::rename(tmp, &pool_path).map_err(io(&pool_path))?;
+        Ok((pool_path, sum))
+    }
+
+    /// The manifest: every image file made read-only with its checksum and identity, the
+    /// pool file, and the source container's security fields.
+    fn manifest(
+        &self,
+        dumped: Dumped,
+        pool_path: &Path,
+        sum: FileSum,
+    ) -> Result<Manifest, TemplateError> {
+        let meta = fs::metadata(pool_path).map_err(io(pool_path))?;
+        let images = self.images();
+        let mut files = BTreeMap::new();
+        let mut stamps = BTreeMap::new();
+        for e in fs::read_dir(&images).map_err(io(&images))? {
+            let e = e.map_err(io(&images))?;
+            let fname = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io(&path))?;
+            let sum = sha256_file(&path).map_err(io(&path))?;
+            let meta = fs::metadata(&path).map_err(io(&path))?;
+            files.insert(fname.clone(), sum);
+            stamps.insert(fname, ImageStamp::of(&meta));
+        }
+        // The spec as containerd wrote it: what a restoring container's spec is compared to.
+        let spec = self.req.at.spec()?;
+        Ok(Manifest {
+            name: self.req.name.into(),
+            created: now_secs(),
+            source_container: self.req.at.id.clone(),
+            criu_version: dumped.criu_version,
+            kernel: kernel_release(),
+            security: security_digest(&spec),
+            heap_included: self.req.policy.include_heap,
+            empty_netns: private_netns(&spec),
+            conversion: dumped.conversion,
+            pool: PoolFile {
+                kind: self.req.pool.kind,
+                path: pool_path.to_path_buf(),
+                sum,
+                stamp: FileStamp::of(&meta),
+            },
+            images: files,
+            image_stamps: stamps,
+        })
+    }
+
+    /// Writes the manifest and moves the staging directory into the store.
+    fn publish(&self, manifest: Manifest) -> Result<Manifest, TemplateError> {
+        let body = serde_json::to_vec_pretty(&manifest).map_err(|source| TemplateError::Encode {
+            name: manifest.name.clone(),
+            source,
+        })?;
+        let mpath = self.staging.join("manifest.json");
+        fs::write(&mpath, body).map_err(io(&mpath))?;
+        let final_dir = self.store.dir(self.req.name);
+        fs::rename(&self.staging, &final_dir).map_err(io(&final_dir))?;
+        mark_verified(&manifest);
+        Ok(manifest)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

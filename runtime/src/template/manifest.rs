@@ -1,0 +1,155 @@
+//! What a template is: its manifest (source, conversion, pool file, every image file with
+//! its checksum and identity), and the checks that tie it to a restoring container (its
+//! name, the security fields of its spec).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use trenv_criu::template::Conversion;
+
+use super::mempool::MemPoolKind;
+use crate::sys::FileStamp;
+
+/// Size and SHA-256 of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    pub size: u64,
+    pub sha256: String,
+}
+
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolFile {
+    pub kind: MemPoolKind,
+    pub path: PathBuf,
+    pub sum: FileSum,
+    pub stamp: FileStamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub source_container: String,
+    pub criu_version: String,
+    pub kernel: String,
+    /// SHA-256 of the spec fields CRIU restores from the image (see [`security_digest`]).
+    pub security: String,
+    pub heap_included: bool,
+    /// The container's own network namespace was dumped empty: restores bring up `lo`.
+    #[serde(default)]
+    pub empty_netns: bool,
+    pub conversion: Conversion,
+    pub pool: PoolFile,
+    /// Every file of `images/`, by name.
+    pub images: BTreeMap<String, FileSum>,
+    /// Their identity (inode, size, mtime): checked on every restore, while the checksums
+    /// are checked on the first restore after a boot. Not ctime: staging a restore links
+    /// the files, which changes it.
+    pub image_stamps: BTreeMap<String, ImageStamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStamp {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+impl ImageStamp {
+    pub(crate) fn of(m: &fs::Metadata) -> ImageStamp {
+        ImageStamp {
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        }
+    }
+}
+
+impl Manifest {
+    /// The name under which the pool file appears in the image (and the `inherit_fd` key
+    /// without its leading '/').
+    pub fn image_name(name: &str) -> String {
+        format!("/trenv-template/{name}")
+    }
+}
+
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
+}
+
+pub fn sha256_file(path: &Path) -> Result<FileSum, std::io::Error> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(FileSum {
+        size,
+        sha256: format!("{:x}", h.finalize()),
+    })
+}
+
+/// The fields of a spec that a restored process takes from the image instead: the user,
+/// capabilities, no_new_privileges, LSM labels and the seccomp profile, plus masked and
+/// read-only paths (part of the restored mount tree).
+pub fn security_digest(spec: &Spec) -> String {
+    let p = spec.process().as_ref();
+    let l = spec.linux().as_ref();
+    let fields = serde_json::json!({
+        "user": p.map(|p| p.user()),
+        "capabilities": p.and_then(|p| p.capabilities().as_ref()),
+        "noNewPrivileges": p.and_then(|p| p.no_new_privileges()),
+        "apparmorProfile": p.and_then(|p| p.apparmor_profile().as_ref()),
+        "selinuxLabel": p.and_then(|p| p.selinux_label().as_ref()),
+        "seccomp": l.and_then(|l| l.seccomp().as_ref()),
+        "maskedPaths": l.and_then(|l| l.masked_paths().as_ref()),
+        "readonlyPaths": l.and_then(|l| l.readonly_paths().as_ref()),
+    });
+    format!(
+        "{:x}",
+        Sha256::digest(canonical(fields).to_string().as_bytes())
+    )
+}
+
+/// Sorts every array of strings (capability sets are hash sets in oci-spec: their order
+/// differs from process to process); object keys are already sorted by serde_json.
+fn canonical(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items.into_iter().map(canonical).collect();
+            if items.iter().all(Value::is_string) {
+                items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+            Value::Array(items)
+        }
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, canonical(v))).collect())
+        }
+        other => other,
+    }
+}
