@@ -327,8 +327,13 @@ mod tests {
         assert_eq!(entries, [(D.0, 1, PE_PRESENT), (B.0, 1, PE_PRESENT)]);
         assert!(!dir.path().join("pages-1.img.trenv-new").exists());
 
-        // files.img names the template under the next free id.
-        let files_path = dir.path().join("files.img");
+        files_img_names_the_template(dir.path(), size);
+        the_mm_maps_the_template(dir.path());
+    }
+
+    /// files.img names the template under the next free id.
+    fn files_img_names_the_template(dir: &Path, size: u64) {
+        let files_path = dir.join("files.img");
         let files: Vec<File_entry> = ImageFile::read(&files_path, FILES_MAGIC)
             .unwrap()
             .decode_all(0, &files_path)
@@ -343,9 +348,12 @@ mod tests {
         assert_eq!(reg.mode(), libc::S_IFREG | 0o444);
         assert_eq!(reg.flags(), (libc::O_RDONLY | libc::O_LARGEFILE) as u32);
         assert_eq!(reg.pos(), 0);
+    }
 
-        // The mm: A and C map the template at their offsets, the rest is untouched.
-        let mm_path = dir.path().join(format!("mm-{PID}.img"));
+    /// The mm: A and C map the template at their offsets, the rest is untouched.
+    fn the_mm_maps_the_template(dir: &Path) {
+        use fixture::*;
+        let mm_path = dir.join(format!("mm-{PID}.img"));
         let mm: Mm_entry = ImageFile::read(&mm_path, MM_MAGIC)
             .unwrap()
             .decode(0, &mm_path)
