@@ -33,7 +33,7 @@ pub enum ImageError {
         source: std::io::Error,
     },
     #[error("{path} is not a CRIU image of the expected kind ({what}); the image is corrupt")]
-    Corrupt { path: PathBuf, what: String },
+    Corrupt { path: PathBuf, what: Corruption },
     #[error("decoding an entry of {path}: {source}; the image is corrupt")]
     Decode {
         path: PathBuf,
@@ -44,6 +44,26 @@ pub enum ImageError {
         path: PathBuf,
         source: protobuf::Error,
     },
+}
+
+/// How an image file is broken.
+#[derive(Debug, thiserror::Error)]
+pub enum Corruption {
+    #[error("no CRIU image magic")]
+    NoMagic,
+    #[error("type magic {found:#x}, expected {expected:#x}")]
+    TypeMagic { found: u32, expected: u32 },
+    #[error("truncated entry length")]
+    TruncatedLength,
+    #[error("entry of {0} bytes")]
+    Oversized(usize),
+    #[error("truncated entry")]
+    TruncatedEntry,
+    #[error("entry {0} missing")]
+    MissingEntry(usize),
+    /// A tmpfs archive (`tmpfs-*.tar.gz.img`) that does not gunzip.
+    #[error("a gzip'ed tmpfs archive ({0})")]
+    Archive(std::io::Error),
 }
 
 /// The raw entries of one protobuf image file.
@@ -59,7 +79,7 @@ impl ImageFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let corrupt = |what: String| ImageError::Corrupt {
+        let corrupt = |what: Corruption| ImageError::Corrupt {
             path: path.to_path_buf(),
             what,
         };
@@ -67,24 +87,24 @@ impl ImageFile {
             Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
         };
         if word(0) != Some(IMG_COMMON_MAGIC) {
-            return Err(corrupt("no CRIU image magic".into()));
+            return Err(corrupt(Corruption::NoMagic));
         }
         if word(4) != Some(magic) {
-            return Err(corrupt(format!(
-                "type magic {:#x}, expected {magic:#x}",
-                word(4).unwrap_or(0)
-            )));
+            return Err(corrupt(Corruption::TypeMagic {
+                found: word(4).unwrap_or(0),
+                expected: magic,
+            }));
         }
         let mut entries = Vec::new();
         let mut at = 8;
         while at < bytes.len() {
-            let len = word(at).ok_or_else(|| corrupt("truncated entry length".into()))? as usize;
+            let len = word(at).ok_or_else(|| corrupt(Corruption::TruncatedLength))? as usize;
             if len > MAX_ENTRY {
-                return Err(corrupt(format!("entry of {len} bytes")));
+                return Err(corrupt(Corruption::Oversized(len)));
             }
             let body = bytes
                 .get(at + 4..at + 4 + len)
-                .ok_or_else(|| corrupt("truncated entry".into()))?;
+                .ok_or_else(|| corrupt(Corruption::TruncatedEntry))?;
             entries.push(body.to_vec());
             at += 4 + len;
         }
@@ -112,7 +132,7 @@ impl ImageFile {
     pub fn decode<M: Message>(&self, i: usize, path: &Path) -> Result<M, ImageError> {
         let raw = self.entries.get(i).ok_or_else(|| ImageError::Corrupt {
             path: path.to_path_buf(),
-            what: format!("entry {i} missing"),
+            what: Corruption::MissingEntry(i),
         })?;
         M::parse_from_bytes(raw).map_err(|source| ImageError::Decode {
             path: path.to_path_buf(),

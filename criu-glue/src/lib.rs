@@ -18,7 +18,7 @@ pub mod template;
 pub mod tmpfs;
 mod version;
 
-pub use error::CriuError;
+pub use error::{CriuError, Exit, NoAnswer, Refusal};
 pub use swrk::{Criu, FdPlan, Notify, Session};
 pub use version::{CriuVersion, MIN_VERSION};
 

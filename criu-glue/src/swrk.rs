@@ -11,7 +11,7 @@ use std::fs;
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -21,7 +21,7 @@ use nix::sys::socket::{
 };
 use protobuf::Message;
 
-use crate::error::CriuError;
+use crate::error::{CriuError, Exit, NoAnswer, Refusal};
 use crate::rpc::{Criu_req, Criu_req_type, Criu_resp};
 use crate::version::{CriuVersion, MIN_VERSION};
 
@@ -84,7 +84,7 @@ impl Criu {
     pub fn version(&self) -> Result<CriuVersion, CriuError> {
         let mut req = Criu_req::new();
         req.set_type(Criu_req_type::VERSION);
-        let no_version = |reason: String| CriuError::NoVersion {
+        let no_version = |reason: NoAnswer| CriuError::NoVersion {
             path: self.path.clone(),
             reason,
         };
@@ -93,13 +93,13 @@ impl Criu {
             .call(req, "version", None, &mut ())
         {
             Ok(r) => r,
-            Err(CriuError::Failed { .. }) => return Err(no_version("it refused".into())),
-            Err(CriuError::Died { how, .. }) => return Err(no_version(how)),
+            Err(CriuError::Failed { .. }) => return Err(no_version(NoAnswer::Refused)),
+            Err(CriuError::Died { how, .. }) => return Err(no_version(NoAnswer::Died(how))),
             Err(e) => return Err(e),
         };
         match resp.version.as_ref() {
             Some(v) => Ok(CriuVersion::from_rpc(v)),
-            None => Err(no_version("the answer carries no version".into())),
+            None => Err(no_version(NoAnswer::NoVersion)),
         }
     }
 
@@ -219,7 +219,7 @@ fn park(fd: &impl AsRawFd) -> Result<OwnedFd, CriuError> {
     let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PARK_FLOOR) };
     if raw < 0 {
         return Err(CriuError::Sys {
-            context: "duplicating a descriptor for CRIU".into(),
+            context: "duplicating a descriptor for CRIU",
             source: nix::errno::Errno::last(),
         });
     }
@@ -251,14 +251,15 @@ impl FdPlan {
 }
 
 /// Answers CRIU's notifications (`notify_scripts`). `fd` is the descriptor CRIU passed
-/// along (the pty master with `orphan-pts-master`). An `Err` aborts the operation.
+/// along (the pty master with `orphan-pts-master`). An `Err` aborts the operation; it
+/// reaches the caller as the source of [`CriuError::Notify`].
 pub trait Notify {
-    fn notify(&mut self, script: &str, pid: i32, fd: Option<OwnedFd>) -> Result<(), String>;
+    fn notify(&mut self, script: &str, pid: i32, fd: Option<OwnedFd>) -> Result<(), Refusal>;
 }
 
 /// Acknowledges everything.
 impl Notify for () {
-    fn notify(&mut self, _script: &str, _pid: i32, _fd: Option<OwnedFd>) -> Result<(), String> {
+    fn notify(&mut self, _script: &str, _pid: i32, _fd: Option<OwnedFd>) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -291,14 +292,7 @@ impl Session {
         match result {
             Err(CriuError::Died { op, log, .. }) => Err(CriuError::Died {
                 op,
-                how: match status {
-                    Ok(s) => match (s.code(), s.signal()) {
-                        (Some(c), _) => format!("exit status {c}"),
-                        (_, Some(sig)) => format!("killed by signal {sig}"),
-                        _ => s.to_string(),
-                    },
-                    Err(e) => format!("cannot wait for it: {e}"),
-                },
+                how: Exit::of(status),
                 log,
             }),
             other => other,
@@ -355,14 +349,12 @@ impl Session {
     ) -> Result<(), CriuError> {
         let bytes = msg
             .write_to_bytes()
-            .map_err(|e| CriuError::Protocol(format!("encoding a request: {e}")))?;
+            .map_err(|source| CriuError::Encode { source })?;
         match send(self.sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
             Ok(_) => Ok(()),
-            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => Err(CriuError::Died {
-                op,
-                how: String::new(),
-                log: log.clone(),
-            }),
+            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => {
+                Err(CriuError::died(op, log))
+            }
             Err(e) => Err(CriuError::sys("sending a request to CRIU")(e)),
         }
     }
@@ -379,11 +371,7 @@ impl Session {
             match poll(&mut pfd, PollTimeout::from(50u16)) {
                 Ok(0) => {
                     if let Ok(Some(_)) = self.child.try_wait() {
-                        return Err(CriuError::Died {
-                            op,
-                            how: String::new(),
-                            log: log.clone(),
-                        });
+                        return Err(CriuError::died(op, log));
                     }
                 }
                 Ok(_) => break,
@@ -421,14 +409,10 @@ impl Session {
             };
         };
         if n == 0 {
-            return Err(CriuError::Died {
-                op,
-                how: String::new(),
-                log: log.clone(),
-            });
+            return Err(CriuError::died(op, log));
         }
         let resp = Criu_resp::parse_from_bytes(&buf[..n])
-            .map_err(|e| CriuError::Protocol(format!("decoding CRIU's answer: {e}")))?;
+            .map_err(|source| CriuError::Decode { source })?;
         Ok((resp, fds.into_iter().next()))
     }
 }

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use crate::image::ImageError;
+use crate::image::{Corruption, ImageError};
 
 /// Archives larger than this (uncompressed) are left alone; CRIU's own extraction has the
 /// same limit (patch 0003).
@@ -39,7 +39,7 @@ pub fn store_archives(dir: &Path) -> Result<usize, ImageError> {
             .read_to_end(&mut tar)
             .map_err(|e| ImageError::Corrupt {
                 path: path.clone(),
-                what: format!("a gzip'ed tmpfs archive ({e})"),
+                what: Corruption::Archive(e),
             })?;
         // An empty archive is restored without tar already (patch 0002).
         if tar.len() > MAX_STORED || tar.iter().all(|&b| b == 0) {

@@ -557,7 +557,12 @@ struct Console {
 }
 
 impl Notify for Console {
-    fn notify(&mut self, script: &str, _pid: i32, fd: Option<OwnedFd>) -> Result<(), String> {
+    fn notify(
+        &mut self,
+        script: &str,
+        _pid: i32,
+        fd: Option<OwnedFd>,
+    ) -> Result<(), trenv_criu::Refusal> {
         if script != "orphan-pts-master" {
             return Ok(());
         }
@@ -565,7 +570,7 @@ impl Notify for Console {
             return Err("no console socket for the restored terminal".into());
         };
         send_fd(socket, master)
-            .map_err(|e| format!("sending the terminal to {}: {e}", socket.display()))
+            .map_err(|e| format!("sending the terminal to {}: {e}", socket.display()).into())
     }
 }
 

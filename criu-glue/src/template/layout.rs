@@ -1,0 +1,185 @@
+//! Step 1 of a conversion: which VMAs become template mappings, and where each one's pages
+//! go in the template file.
+//!
+//! Only anonymous private memory is converted: shared, file-backed, special (stack, vDSO,
+//! vvar, …) and locked or huge-page mappings keep CRIU's own restore. Small VMAs are not
+//! worth a mapping of their own (`Policy::min_vma`), and `[heap]` is opt-in because a
+//! template region reads template data, not zeros, after MADV_DONTNEED. The chosen VMAs
+//! are laid out back to back: each starts at a page-aligned offset (VMA bounds are page
+//! aligned), so CRIU maps it with one `mmap` of the file at that offset.
+
+use crate::generated::vma::Vma_entry;
+
+// VMA status bits (criu/include/image.h).
+pub const VMA_AREA_REGULAR: u32 = 1 << 0;
+pub const VMA_AREA_STACK: u32 = 1 << 1;
+pub const VMA_AREA_VSYSCALL: u32 = 1 << 2;
+pub const VMA_AREA_VDSO: u32 = 1 << 3;
+pub const VMA_AREA_HEAP: u32 = 1 << 5;
+pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
+pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
+const VMA_NOT_SHAREABLE: u32 = VMA_AREA_STACK
+    | VMA_AREA_VSYSCALL
+    | VMA_AREA_VDSO
+    | (1 << 7)  // VMA_FILE_SHARED
+    | (1 << 8)  // VMA_ANON_SHARED
+    | (1 << 10) // SYSVIPC
+    | (1 << 11) // SOCKET
+    | (1 << 12) // VVAR
+    | (1 << 13) // AIORING
+    | (1 << 14) // MEMFD
+    | (1 << 15) // SHSTK
+    | (1 << 31); // UNSUPP
+
+/// Which VMAs become template mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Smallest VMA worth mapping (smaller ones are restored by copy).
+    pub min_vma: u64,
+    /// Also map `[heap]`. Safe only for runtimes that never rely on MADV_DONTNEED zeroing
+    /// brk memory (after it, a template region reads template data, not zeros).
+    pub include_heap: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            min_vma: 1 << 20,
+            include_heap: false,
+        }
+    }
+}
+
+/// A VMA chosen for conversion and where its pages go in the template file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Slot {
+    pub start: u64,
+    pub end: u64,
+    /// Offset of `start`'s page in the template file.
+    pub offset: u64,
+}
+
+/// The template file's layout: the chosen VMAs in address order, back to back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Layout {
+    pub slots: Vec<Slot>,
+    /// Size of the template file (the chosen VMAs' sizes summed; holes included).
+    pub file_size: u64,
+}
+
+impl Layout {
+    /// Lays out the VMAs of `vmas` (CRIU dumps them in address order) that `policy` shares.
+    pub fn plan(vmas: &[Vma_entry], policy: &Policy) -> Layout {
+        let mut layout = Layout::default();
+        for v in vmas.iter().filter(|v| shareable(v, policy)) {
+            layout.slots.push(Slot {
+                start: v.start(),
+                end: v.end(),
+                offset: layout.file_size,
+            });
+            layout.file_size += v.end() - v.start();
+        }
+        layout
+    }
+
+    /// The slot whose VMA contains `addr`.
+    pub fn slot_of(&self, addr: u64) -> Option<&Slot> {
+        let i = self.slots.partition_point(|s| s.end <= addr);
+        self.slots.get(i).filter(|s| s.start <= addr)
+    }
+
+    /// The slot of the VMA that starts at `start`.
+    pub fn slot_starting_at(&self, start: u64) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.start == start)
+    }
+}
+
+pub(super) fn shareable(v: &Vma_entry, policy: &Policy) -> bool {
+    let status = v.status();
+    let flags = v.flags();
+    let heap_ok = policy.include_heap || status & VMA_AREA_HEAP == 0;
+    status & VMA_AREA_REGULAR != 0
+        && status & VMA_ANON_PRIVATE != 0
+        && status & VMA_NOT_SHAREABLE == 0
+        && heap_ok
+        && flags & (libc::MAP_GROWSDOWN | libc::MAP_HUGETLB | libc::MAP_LOCKED) as u32 == 0
+        && v.end() - v.start() >= policy.min_vma
+}
+
+#[cfg(test)]
+pub(super) fn vma(start: u64, end: u64, status: u32, flags: u32) -> Vma_entry {
+    let mut v = Vma_entry::new();
+    v.set_start(start);
+    v.set_end(end);
+    v.set_status(status);
+    v.set_flags(flags);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_large_private_anonymous_vmas_are_shared() {
+        let p = Policy::default();
+        let anon = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
+        let pa = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
+        assert!(shareable(&vma(0, 2 << 20, anon, pa), &p));
+        assert!(!shareable(&vma(0, 4096, anon, pa), &p), "too small");
+        assert!(
+            !shareable(&vma(0, 2 << 20, anon | VMA_AREA_STACK, pa), &p),
+            "stack"
+        );
+        assert!(
+            !shareable(&vma(0, 2 << 20, anon | VMA_AREA_HEAP, pa), &p),
+            "heap without the policy"
+        );
+        let heap = Policy {
+            include_heap: true,
+            ..p
+        };
+        assert!(shareable(&vma(0, 2 << 20, anon | VMA_AREA_HEAP, pa), &heap));
+        assert!(
+            !shareable(&vma(0, 2 << 20, anon, pa | libc::MAP_GROWSDOWN as u32), &p),
+            "grows down"
+        );
+        assert!(
+            !shareable(&vma(0, 2 << 20, VMA_AREA_REGULAR | VMA_FILE_PRIVATE, 2), &p),
+            "file mapping"
+        );
+    }
+
+    #[test]
+    fn chosen_vmas_are_laid_out_back_to_back_and_found_by_address() {
+        let anon = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
+        let pa = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
+        let vmas = [
+            vma(0x10_0000, 0x30_0000, anon, pa),
+            vma(0x30_0000, 0x30_1000, anon, pa),
+            vma(0x60_0000, 0x70_0000, anon, pa),
+        ];
+        let layout = Layout::plan(&vmas, &Policy::default());
+        let a = Slot {
+            start: 0x10_0000,
+            end: 0x30_0000,
+            offset: 0,
+        };
+        let c = Slot {
+            start: 0x60_0000,
+            end: 0x70_0000,
+            offset: 0x20_0000,
+        };
+        assert_eq!(layout.slots, [a, c]);
+        assert_eq!(layout.file_size, 0x30_0000);
+        assert_eq!(layout.slot_of(0x10_0000), Some(&a));
+        assert_eq!(layout.slot_of(0x2f_f000), Some(&a));
+        assert_eq!(layout.slot_of(0x30_0000), None, "the small VMA after it");
+        assert_eq!(layout.slot_of(0x0f_f000), None);
+        assert_eq!(layout.slot_of(0x6f_f000), Some(&c));
+        assert_eq!(layout.slot_of(0x70_0000), None);
+        assert_eq!(layout.slot_starting_at(0x60_0000), Some(&c));
+        assert_eq!(layout.slot_starting_at(0x60_1000), None);
+        assert_eq!(Layout::plan(&[], &Policy::default()), Layout::default());
+    }
+}
