@@ -10,23 +10,22 @@
 //! * [`rootfs`]: mounting the rootfs that containerd hands over.
 //! * [`seccomp`]: compiling OCI seccomp profiles with seccompiler and installing them.
 //! * [`cgroup`]: stats, limits, pids and OOM events of a container's cgroup (v1 and v2).
-//! * [`meter`]: per-invocation records: exact memory peak, CPU, times, memory series.
+//! * [`metering`]: live metering of each invocation (exact memory peak, CPU, times, memory
+//!   series) and memory autotuning along a hull; the records, price models and hulls
+//!   themselves are the kernel-free crate `trenv_meter`.
 //! * [`checkpoint`], [`restore`]: containerd's checkpoint/restore with CRIU (trenv-criu).
 //! * [`template`], [`pool`], [`config`]: memory templates on a memory pool.
 
-pub mod autotune;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod error;
 mod executor;
-pub mod hull;
-pub mod meter;
+pub mod metering;
 pub mod mountinfo;
 pub mod node;
 pub mod pool;
-pub mod pricing;
 pub mod ready_template;
 pub mod restore;
 pub mod rootfs;

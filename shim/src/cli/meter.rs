@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use trenv_runtime::meter::{Invocation, read_records};
-use trenv_runtime::pricing::{PriceBook, Usage};
+use trenv_meter::pricing::{PriceBook, Usage};
+use trenv_meter::record::{Invocation, read_records};
 
 #[derive(Args)]
 pub struct MeterArgs {
@@ -259,7 +259,7 @@ pub fn run(args: MeterArgs) -> anyhow::Result<()> {
         } => {
             let r = find(&recs, &container, &exec, &dir)?;
             let hull = hull
-                .map(|h| trenv_runtime::hull::Hull::load(&h))
+                .map(|h| trenv_meter::hull::Hull::load(&h))
                 .transpose()?;
             let mut title = container.clone();
             if !exec.is_empty() {
@@ -597,14 +597,14 @@ pub fn build_hull(
     recs: &[Invocation],
     bin_ms: u64,
     lookahead: usize,
-) -> anyhow::Result<trenv_runtime::hull::Hull> {
+) -> anyhow::Result<trenv_meter::hull::Hull> {
     let series: Vec<Vec<(u64, u64)>> = recs
         .iter()
         .map(|r| read_series(dir, r))
         .filter(|s| !s.is_empty())
         .collect();
     let peaks: Vec<u64> = recs.iter().map(|r| r.memory_peak_bytes).collect();
-    Ok(trenv_runtime::hull::Hull::build(
+    Ok(trenv_meter::hull::Hull::build(
         &series, &peaks, bin_ms, lookahead,
     )?)
 }

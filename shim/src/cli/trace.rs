@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use trenv_runtime::meter::{Invocation, read_records};
-use trenv_runtime::pricing::PriceBook;
+use trenv_meter::pricing::PriceBook;
+use trenv_meter::record::{Invocation, read_records};
 
 use crate::meter::{Objective, bills_table, recommend, recommend_table, show};
 

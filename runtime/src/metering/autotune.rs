@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use trenv_meter::hull::Hull;
+
 use crate::cgroup::{Cgroup, Version};
-use crate::hull::Hull;
 
 /// Headroom above the current usage that every limit keeps: one bin's worth of growth.
 pub const SAFETY_MARGIN_BYTES: u64 = 1 << 20;
@@ -476,7 +477,7 @@ mod tests {
     /// A hull given bin by bin (max and upscaling hulls equal, no look-ahead).
     fn hull(bin_ms: u64, bins: &[u64], peak: u64) -> Hull {
         Hull {
-            format: crate::hull::FORMAT,
+            format: trenv_meter::hull::FORMAT,
             bin_ms,
             lookahead_bins: 0,
             runs: 1,

@@ -1,0 +1,16 @@
+//! trenv's metering data, without the kernel.
+//!
+//! The shim measures invocations live inside a container's cgroup
+//! (`trenv_runtime::metering`); everything that only *reads* or *computes with* what it
+//! measured lives here, so that the `trenv` CLI and other tools can use it without linking
+//! libcontainer, libcgroups or nix:
+//!
+//! * [`record`]: the invocation records and memory series files of a meter directory
+//!   (format, writing, reading).
+//! * [`pricing`]: FaaS price models as data (AWS Lambda, Google, Azure, Cloudflare…) and
+//!   what one invocation costs under each.
+//! * [`hull`]: memory hulls over many runs of a function, the input of live autotuning.
+
+pub mod hull;
+pub mod pricing;
+pub mod record;
