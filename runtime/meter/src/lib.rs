@@ -10,7 +10,12 @@
 //! * [`pricing`]: FaaS price models as data (AWS Lambda, Google, Azure, Cloudflare…) and
 //!   what one invocation costs under each.
 //! * [`hull`]: memory hulls over many runs of a function, the input of live autotuning.
+//! * [`recommend`]: the memory size to allocate per price model, from runs at several
+//!   memory limits.
+//! * [`summary`]: per-function percentiles, failures and mean cost per price model.
 
 pub mod hull;
 pub mod pricing;
+pub mod recommend;
 pub mod record;
+pub mod summary;

@@ -178,6 +178,66 @@ pub fn read_records(dir: &Path) -> Result<Vec<Invocation>, RecordError> {
         .collect())
 }
 
+/// Reads a record's memory series (`(t_us, bytes)` samples): empty without one, or when
+/// its file cannot be read.
+pub fn read_series(dir: &Path, r: &Invocation) -> Vec<(u64, u64)> {
+    if r.series.is_empty() {
+        return Vec::new();
+    }
+    fs::read_to_string(dir.join(&r.series))
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let (t, v) = l.split_once(',')?;
+                    Some((t.parse().ok()?, v.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The latest record of a container's init process (`exec` empty) or of one of its execs.
+pub fn latest<'a>(recs: &'a [Invocation], container: &str, exec: &str) -> Option<&'a Invocation> {
+    recs.iter()
+        .rev()
+        .find(|r| r.identity.container_id == container && r.identity.exec_id == exec)
+}
+
+/// Which records to look at: those of a function, a container and a namespace (each when
+/// given), then only the last `last` of them.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub function: Option<String>,
+    pub container: Option<String>,
+    pub namespace: Option<String>,
+    pub last: Option<usize>,
+}
+
+impl Selection {
+    /// The selected records, in their order.
+    pub fn apply(&self, mut recs: Vec<Invocation>) -> Vec<Invocation> {
+        recs.retain(|r| {
+            self.function
+                .as_ref()
+                .is_none_or(|f| &r.identity.function == f)
+                && self
+                    .container
+                    .as_ref()
+                    .is_none_or(|c| &r.identity.container_id == c)
+                && self
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|n| &r.identity.namespace == n)
+        });
+        if let Some(n) = self.last {
+            let skip = recs.len().saturating_sub(n);
+            recs.drain(..skip);
+        }
+        recs
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
