@@ -31,8 +31,8 @@ command -v cargo >/dev/null ||
 
 "$TRENV_REPO/integration/scripts/install-deps.sh"
 
-log "building containerd-shim-trenv-v1 (release)"
-cargo build --release --locked -p trenv-shim --manifest-path "$TRENV_REPO/Cargo.toml"
+log "building containerd-shim-trenv-v1 and trenv (release)"
+cargo build --release --locked -p trenv-shim -p trenv-cli --manifest-path "$TRENV_REPO/Cargo.toml"
 target="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"
 install -m 0755 "$target/release/containerd-shim-trenv-v1" /usr/local/bin/containerd-shim-trenv-v1
 install -m 0755 "$target/release/trenv" /usr/local/bin/trenv

@@ -21,7 +21,7 @@ cd "$TRENV_REPO"
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 # The trenv CLI, for the end-to-end tests that drive it.
-cargo build --locked -p trenv-shim --bin trenv
+cargo build --locked -p trenv-cli --bin trenv
 export TRENV_CLI="${CARGO_TARGET_DIR:-$TRENV_REPO/target}/debug/trenv"
 log "unit and kernel-level tests"
 status=0

@@ -46,7 +46,7 @@ target="${CARGO_TARGET_DIR:-$TRENV_REPO/target}"
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 log "building the integration tests, benchmarks and the trenv CLI"
-cargo build --locked -p trenv-shim --bin trenv
+cargo build --locked -p trenv-cli --bin trenv
 cargo build --locked -p trenv-integration --bins
 cargo test --locked -p trenv-integration --no-run --message-format=json |
     jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .executable != null and (.target.kind | index("test")))

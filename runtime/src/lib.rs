@@ -11,31 +11,28 @@
 //! * [`snapshot`]: containerd's checkpoint and restore with CRIU (trenv-criu).
 //! * [`template`]: memory templates — building, storing, checking, made when a function is
 //!   ready — and the memory pool their files live in ([`template::mempool`]).
+//! * [`metering`]: live metering of each invocation (exact memory peak, CPU, times, memory
+//!   series) and memory autotuning along a hull; the records, price models and hulls
+//!   themselves are the kernel-free crate `trenv_meter`.
 //! * [`node`]: host tuning and keeping trenv's processes small.
 //! * [`sys`]: the mount table, clocks, file identities.
 //! * [`config`]: trenv's configuration file.
 //! * [`error`]: what the domains' errors share ([`ErrorKind`], the cause chain).
 //!
-//! Dependencies point one way: `sys`/`error` ← `container` ← `snapshot` ← `template` ←
-//! `worker` ← `runtime`.
+//! Dependencies point one way: `sys`/`error` ← `container` ← `metering`, `snapshot` ←
+//! `template` ← `worker` ← `runtime`.
 
-pub mod autotune;
 pub mod config;
 pub mod container;
 pub mod error;
-pub mod hull;
-pub mod meter;
+pub mod metering;
 pub mod node;
-pub mod pricing;
 pub mod runtime;
 pub mod snapshot;
 pub mod sys;
 pub mod template;
 pub mod worker;
 
-pub use container::location::file_name_safe;
 pub use error::ErrorKind;
-pub use runtime::{ChildFds, CheckpointRequest, Restored, Runtime, RuntimeError};
-
-/// The container's cgroup (re-exported for the metering modules).
-pub use container::cgroup;
+pub use runtime::{CheckpointRequest, ChildFds, Restored, Runtime, RuntimeError};
+pub use trenv_meter::record::file_name_safe;

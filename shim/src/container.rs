@@ -39,11 +39,11 @@ pub struct Container {
     /// OOM kills already reported to containerd.
     pub oom_reported: Mutex<u64>,
     /// Who this container is, for metering records.
-    pub identity: trenv_runtime::meter::Identity,
+    pub identity: trenv_meter::record::Identity,
     /// The memory hull to follow live (annotation `io.trenv.meter.hull`).
-    pub hull: Option<trenv_runtime::hull::Hull>,
+    pub hull: Option<trenv_meter::hull::Hull>,
     /// The running autotuner of the init process.
-    pub autotuner: Mutex<Option<trenv_runtime::autotune::Autotuner>>,
+    pub autotuner: Mutex<Option<trenv_runtime::metering::Autotuner>>,
     /// Memory sampling interval for this container's invocations (annotation
     /// `io.trenv.meter.interval-us`; 0 = exact peak only), overriding the shim's default.
     pub meter_interval: Option<std::time::Duration>,
@@ -178,7 +178,7 @@ impl Container {
                 .and_then(|a| a.get(k).cloned())
                 .unwrap_or_default()
         };
-        let identity = trenv_runtime::meter::Identity {
+        let identity = trenv_meter::record::Identity {
             container_id: req.id.clone(),
             sandbox_id: annotation("io.kubernetes.cri.sandbox-id"),
             image: annotation("io.kubernetes.cri.image-name"),
@@ -188,7 +188,7 @@ impl Container {
         let hull = match annotation(HULL_ANNOTATION) {
             p if p.is_empty() => None,
             p => Some(
-                trenv_runtime::hull::Hull::load(Path::new(&p))
+                trenv_meter::hull::Hull::load(Path::new(&p))
                     .map_err(|e| invalid(format!("annotation {HULL_ANNOTATION}: {e}")))?,
             ),
         };

@@ -47,7 +47,7 @@ pub struct Inner {
     /// For an exec not yet started: its OCI process as JSON.
     pub spec: Vec<u8>,
     /// The running invocation's meter.
-    pub meter: Option<trenv_runtime::meter::Meter>,
+    pub meter: Option<trenv_runtime::metering::Meter>,
     /// Where the process says when it exec'ed its program.
     pub exec_stamp: Option<crate::stamp::ExecStamp>,
     /// The init's mount namespace, held so that its teardown happens when the shim lets go

@@ -23,7 +23,7 @@ use crate::idle_trim::IdleTrim;
 use crate::io::StdioPaths;
 use crate::options;
 use crate::process::{Process, State, now, timestamp};
-use trenv_runtime::meter::{Meter, MeterConfig};
+use trenv_runtime::metering::{Meter, MeterConfig};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -378,7 +378,7 @@ impl Task for Service {
             // So is the autotuner, which sets the hull's first limit.
             if let (Some(hull), Some(cg)) = (&c.hull, c.cgroup.get()) {
                 let tuner =
-                    trenv_runtime::autotune::Autotuner::start(cg, hull.clone(), Instant::now())
+                    trenv_runtime::metering::Autotuner::start(cg, hull.clone(), Instant::now())
                         .map_err(|e| precondition(format!("memory autotuning: {e}")))?;
                 *c.autotuner.lock().unwrap_or_else(|e| e.into_inner()) = Some(tuner);
             }

@@ -52,17 +52,3 @@ impl Location {
         self.bundle.join("rootfs")
     }
 }
-
-/// An id from a client made safe to use as (part of) a file name: anything but ASCII
-/// letters, digits, `-`, `_` and `.` becomes `_`.
-pub fn file_name_safe(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}

@@ -1,12 +1,18 @@
 //! `trenv meter …`: list, show, summarise and export metering records.
+//!
+//! Presentation only: selecting, summarising, pricing, hulls and recommendations are
+//! `trenv_meter`'s; this module parses the arguments and prints tables, JSON and exports.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use trenv_runtime::meter::{Invocation, read_records};
-use trenv_runtime::pricing::{PriceBook, Usage};
+use trenv_meter::hull::Hull;
+use trenv_meter::pricing::{PriceBook, Usage};
+use trenv_meter::recommend::{self, Recommendation};
+use trenv_meter::record::{self, Invocation, Selection, read_records, read_series};
+use trenv_meter::summary::{SummaryRow, summarise};
 
 #[derive(Args)]
 pub struct MeterArgs {
@@ -97,8 +103,8 @@ enum MeterCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// `--objective`: [`recommend::Objective`] as a command-line value.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum Objective {
     /// The lowest median cost.
     Cost,
@@ -106,6 +112,16 @@ pub enum Objective {
     Time,
     /// A weighted balance of normalised median cost and duration.
     Balance,
+}
+
+impl From<Objective> for recommend::Objective {
+    fn from(o: Objective) -> recommend::Objective {
+        match o {
+            Objective::Cost => recommend::Objective::Cost,
+            Objective::Time => recommend::Objective::Time,
+            Objective::Balance => recommend::Objective::Balance,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -131,31 +147,20 @@ struct Filter {
 }
 
 impl Filter {
-    fn apply(&self, mut recs: Vec<Invocation>) -> Vec<Invocation> {
-        recs.retain(|r| {
-            self.function
-                .as_ref()
-                .is_none_or(|f| &r.identity.function == f)
-                && self
-                    .container
-                    .as_ref()
-                    .is_none_or(|c| &r.identity.container_id == c)
-                && self
-                    .namespace
-                    .as_ref()
-                    .is_none_or(|n| &r.identity.namespace == n)
-        });
-        if let Some(n) = self.last {
-            let skip = recs.len().saturating_sub(n);
-            recs.drain(..skip);
+    fn apply(self, recs: Vec<Invocation>) -> Vec<Invocation> {
+        Selection {
+            function: self.function,
+            container: self.container,
+            namespace: self.namespace,
+            last: self.last,
         }
-        recs
+        .apply(recs)
     }
 }
 
-fn meter_dir(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os("TRENV_METER_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"))
+/// `--dir`, else $TRENV_METER_DIR, else the shim's default meter directory.
+pub fn meter_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(record::dir_from_env)
 }
 
 fn load(dir: &Path) -> anyhow::Result<Vec<Invocation>> {
@@ -218,7 +223,7 @@ pub fn run(args: MeterArgs) -> anyhow::Result<()> {
             out: path,
         } => {
             let recs = filter.apply(recs);
-            let hull = build_hull(&dir, &recs, bin_ms, lookahead)?;
+            let hull = Hull::from_records(&dir, &recs, bin_ms, lookahead)?;
             let text = serde_json::to_string_pretty(&hull)?;
             match path {
                 Some(p) => {
@@ -244,7 +249,7 @@ pub fn run(args: MeterArgs) -> anyhow::Result<()> {
         } => {
             let recs = filter.apply(recs);
             let recs: Vec<&Invocation> = recs.iter().collect();
-            let rows = recommend(&recs, &book, objective, weight)?;
+            let rows = recommend::recommend(&recs, &book, objective.into(), weight)?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
@@ -258,9 +263,7 @@ pub fn run(args: MeterArgs) -> anyhow::Result<()> {
             hull,
         } => {
             let r = find(&recs, &container, &exec, &dir)?;
-            let hull = hull
-                .map(|h| trenv_runtime::hull::Hull::load(&h))
-                .transpose()?;
+            let hull = hull.map(|h| Hull::load(&h)).transpose()?;
             let mut title = container.clone();
             if !exec.is_empty() {
                 title.push_str(&format!(" exec {exec}"));
@@ -296,21 +299,18 @@ fn find<'a>(
     exec: &str,
     dir: &Path,
 ) -> anyhow::Result<&'a Invocation> {
-    recs.iter()
-        .rev()
-        .find(|r| r.identity.container_id == container && r.identity.exec_id == exec)
-        .with_context(|| {
-            format!(
-                "no record for container {container}{} in {}; `trenv meter list` shows what \
+    record::latest(recs, container, exec).with_context(|| {
+        format!(
+            "no record for container {container}{} in {}; `trenv meter list` shows what \
                  is recorded",
-                if exec.is_empty() {
-                    String::new()
-                } else {
-                    format!(" exec {exec}")
-                },
-                dir.display()
-            )
-        })
+            if exec.is_empty() {
+                String::new()
+            } else {
+                format!(" exec {exec}")
+            },
+            dir.display()
+        )
+    })
 }
 
 /// RFC 3339 UTC with milliseconds from µs since the epoch.
@@ -442,92 +442,6 @@ fn sparkline(values: &[u64], width: usize) -> String {
         .collect()
 }
 
-#[derive(serde::Serialize)]
-struct SummaryRow {
-    function: String,
-    count: usize,
-    duration_ms_p50: f64,
-    duration_ms_p90: f64,
-    duration_ms_p99: f64,
-    peak_mib_p50: f64,
-    peak_mib_p90: f64,
-    peak_mib_p99: f64,
-    oom_kills: u64,
-    failures: usize,
-    /// Per price model: mean cost per million invocations and waste.
-    costs: Vec<ModelCost>,
-}
-
-#[derive(serde::Serialize)]
-struct ModelCost {
-    model: String,
-    cost_per_million_usd: f64,
-    net_cost_per_million_usd: f64,
-    waste_percent: f64,
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-fn summarise(recs: &[Invocation], book: &PriceBook) -> Vec<SummaryRow> {
-    let mut groups: std::collections::BTreeMap<String, Vec<&Invocation>> = Default::default();
-    for r in recs {
-        let key = if r.identity.function.is_empty() {
-            "(no function)".to_string()
-        } else {
-            r.identity.function.clone()
-        };
-        groups.entry(key).or_default().push(r);
-    }
-    groups
-        .into_iter()
-        .map(|(function, rs)| {
-            let mut d: Vec<f64> = rs.iter().map(|r| ms(r.duration_us)).collect();
-            let mut m: Vec<f64> = rs.iter().map(|r| mib(r.memory_peak_bytes)).collect();
-            d.sort_by(f64::total_cmp);
-            m.sort_by(f64::total_cmp);
-            SummaryRow {
-                function,
-                count: rs.len(),
-                duration_ms_p50: percentile(&d, 50.0),
-                duration_ms_p90: percentile(&d, 90.0),
-                duration_ms_p99: percentile(&d, 99.0),
-                peak_mib_p50: percentile(&m, 50.0),
-                peak_mib_p90: percentile(&m, 90.0),
-                peak_mib_p99: percentile(&m, 99.0),
-                oom_kills: rs.iter().map(|r| r.oom_kills).sum(),
-                failures: rs.iter().filter(|r| r.exit_status != 0).count(),
-                costs: book
-                    .models()
-                    .iter()
-                    .map(|m| {
-                        let bills: Vec<_> = rs.iter().map(|r| m.bill(&Usage::from(*r))).collect();
-                        let n = bills.len().max(1) as f64;
-                        let cost: f64 = bills.iter().map(|b| b.cost_usd).sum();
-                        let net: f64 = bills.iter().map(|b| b.net_cost_usd).sum();
-                        ModelCost {
-                            model: m.name.clone(),
-                            cost_per_million_usd: cost / n * 1e6,
-                            net_cost_per_million_usd: net / n * 1e6,
-                            waste_percent: if cost > 0.0 {
-                                (cost - net) / cost * 100.0
-                            } else {
-                                0.0
-                            },
-                        }
-                    })
-                    .collect(),
-            }
-        })
-        .collect()
-}
-
 fn summary_table(out: &mut impl Write, rows: &[SummaryRow]) -> anyhow::Result<()> {
     writeln!(
         out,
@@ -572,133 +486,6 @@ fn summary_table(out: &mut impl Write, rows: &[SummaryRow]) -> anyhow::Result<()
         }
     }
     Ok(())
-}
-
-/// Reads a record's memory series.
-pub fn read_series(dir: &Path, r: &Invocation) -> Vec<(u64, u64)> {
-    if r.series.is_empty() {
-        return Vec::new();
-    }
-    std::fs::read_to_string(dir.join(&r.series))
-        .map(|text| {
-            text.lines()
-                .skip(1)
-                .filter_map(|l| {
-                    let (t, v) = l.split_once(',')?;
-                    Some((t.parse().ok()?, v.parse().ok()?))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn build_hull(
-    dir: &Path,
-    recs: &[Invocation],
-    bin_ms: u64,
-    lookahead: usize,
-) -> anyhow::Result<trenv_runtime::hull::Hull> {
-    let series: Vec<Vec<(u64, u64)>> = recs
-        .iter()
-        .map(|r| read_series(dir, r))
-        .filter(|s| !s.is_empty())
-        .collect();
-    let peaks: Vec<u64> = recs.iter().map(|r| r.memory_peak_bytes).collect();
-    Ok(trenv_runtime::hull::Hull::build(
-        &series, &peaks, bin_ms, lookahead,
-    )?)
-}
-
-/// For one price model: the best memory limit among those the runs were made with.
-#[derive(serde::Serialize)]
-pub struct Recommendation {
-    pub model: String,
-    pub objective: Objective,
-    pub memory_limit_mb: u64,
-    pub median_duration_ms: f64,
-    pub median_cost_usd: f64,
-    pub cost_per_million_usd: f64,
-    /// Every limit tried: (MB, median ms, median $, runs, failed runs).
-    pub candidates: Vec<(u64, f64, f64, usize, usize)>,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        0.0
-    } else {
-        v[(v.len() - 1) / 2]
-    }
-}
-
-/// Groups runs by their memory limit, drops limits where any run failed (OOM or exit
-/// status), and picks, per model, the limit minimising the objective.
-pub fn recommend(
-    recs: &[&Invocation],
-    book: &PriceBook,
-    objective: Objective,
-    weight: f64,
-) -> anyhow::Result<Vec<Recommendation>> {
-    let mut by_limit: std::collections::BTreeMap<u64, Vec<&Invocation>> = Default::default();
-    for r in recs {
-        by_limit
-            .entry(r.memory_limit_bytes >> 20)
-            .or_default()
-            .push(r);
-    }
-    if by_limit.keys().all(|&l| l == 0) {
-        bail!(
-            "the runs have no memory limit: run the function at several limits first \
-             (trenv trace IMAGE --limits 128,256,512)"
-        );
-    }
-    let weight = weight.clamp(0.0, 1.0);
-    let mut out = Vec::new();
-    for model in book.models() {
-        let mut candidates = Vec::new();
-        for (&mb, rs) in &by_limit {
-            if mb == 0 {
-                continue;
-            }
-            let failed = rs
-                .iter()
-                .filter(|r| r.exit_status != 0 || r.oom_kills > 0)
-                .count();
-            let mut d: Vec<f64> = rs.iter().map(|r| r.duration_us as f64 / 1000.0).collect();
-            let mut c: Vec<f64> = rs
-                .iter()
-                .map(|r| model.bill(&Usage::from(*r)).cost_usd)
-                .collect();
-            candidates.push((mb, median(&mut d), median(&mut c), rs.len(), failed));
-        }
-        let ok: Vec<_> = candidates.iter().filter(|c| c.4 == 0).collect();
-        let Some(max_d) = ok.iter().map(|c| c.1).reduce(f64::max) else {
-            bail!("every memory limit had failed runs (OOM or a non-zero exit): try larger limits");
-        };
-        let max_c = ok.iter().map(|c| c.2).fold(0.0, f64::max);
-        let score = |c: &(u64, f64, f64, usize, usize)| match objective {
-            Objective::Cost => c.2,
-            Objective::Time => c.1,
-            Objective::Balance => {
-                weight * c.2 / max_c.max(f64::MIN_POSITIVE)
-                    + (1.0 - weight) * c.1 / max_d.max(f64::MIN_POSITIVE)
-            }
-        };
-        let best = ok
-            .iter()
-            .min_by(|a, b| score(a).total_cmp(&score(b)).then(a.0.cmp(&b.0)))
-            .expect("non-empty");
-        out.push(Recommendation {
-            model: model.name.clone(),
-            objective,
-            memory_limit_mb: best.0,
-            median_duration_ms: best.1,
-            median_cost_usd: best.2,
-            cost_per_million_usd: best.2 * 1e6,
-            candidates: candidates.clone(),
-        });
-    }
-    Ok(out)
 }
 
 pub fn recommend_table(out: &mut impl Write, rows: &[Recommendation]) -> anyhow::Result<()> {
@@ -861,14 +648,6 @@ fn label(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&[3.0], 90.0), 3.0);
-    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

@@ -1,4 +1,9 @@
 //! `trenv`: the command line of trenv: metering records, traces, memory templates.
+//!
+//! Its own crate (`trenv-cli`) so that the shim binary does not carry clap, plotters and
+//! indicatif, and so that what it computes stays reusable: records, prices and hulls come
+//! from the kernel-free `trenv-meter`; this crate is presentation (arguments, tables,
+//! charts, progress). The runtime is linked for `template` and `node`, which act on the host.
 
 mod meter;
 mod node;

@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::meter::Invocation;
+use crate::record::Invocation;
 
 /// The built-in models.
-const BUILTIN: &str = include_str!("../../config/pricing.toml");
+const BUILTIN: &str = include_str!("../../../config/pricing.toml");
 const BUILTIN_ORIGIN: &str = "the built-in price models (config/pricing.toml)";
 
 const MIB: u64 = 1 << 20;
@@ -380,24 +380,26 @@ impl PriceModel {
     }
 
     /// Checks what serde cannot: ranges, orderings and prices.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidModel> {
         let price = |what: &str, v: f64| {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(format!(
+                Err(InvalidModel(format!(
                     "{what} is {v}; prices must be finite and not negative"
-                ))
+                )))
             }
         };
         if self.name.trim().is_empty() {
-            return Err("the name is empty; give the model a name".into());
+            return Err(InvalidModel(
+                "the name is empty; give the model a name".into(),
+            ));
         }
         if self.granularity_ms == 0 {
-            return Err(
+            return Err(InvalidModel(
                 "granularity_ms is 0; set it to the billing increment in ms (1 for per-ms billing)"
                     .into(),
-            );
+            ));
         }
         price("request_usd_per_million", self.request_usd_per_million)?;
         price("usd_per_million_ms", self.usd_per_million_ms)?;
@@ -408,10 +410,10 @@ impl PriceModel {
                 step_mb,
             } => {
                 if *step_mb == 0 || *min_mb == 0 || min_mb > max_mb {
-                    return Err(format!(
+                    return Err(InvalidModel(format!(
                         "memory has min_mb = {min_mb}, max_mb = {max_mb}, step_mb = {step_mb}; \
                          use 0 < min_mb <= max_mb and step_mb >= 1"
-                    ));
+                    )));
                 }
             }
             MemoryModel::Sizes { sizes_mb } => {
@@ -419,9 +421,9 @@ impl PriceModel {
                     || sizes_mb[0] == 0
                     || sizes_mb.windows(2).any(|w| w[0] >= w[1])
                 {
-                    return Err(format!(
+                    return Err(InvalidModel(format!(
                         "memory.sizes_mb is {sizes_mb:?}; list the sizes in MB, ascending, at least one"
-                    ));
+                    )));
                 }
             }
             MemoryModel::Observed {
@@ -430,17 +432,19 @@ impl PriceModel {
                 max_mb,
             } => {
                 if *step_mb == 0 || max_mb.is_some_and(|m| m < *min_mb) {
-                    return Err(format!(
+                    return Err(InvalidModel(format!(
                         "memory has step_mb = {step_mb}, min_mb = {min_mb}, max_mb = {max_mb:?}; \
                          use step_mb >= 1 and min_mb <= max_mb"
-                    ));
+                    )));
                 }
             }
             MemoryModel::Unbilled => {
                 if !self.gb_s_tiers.is_empty() {
-                    return Err("memory is unbilled but gb_s_tiers prices memory-time; \
+                    return Err(InvalidModel(
+                        "memory is unbilled but gb_s_tiers prices memory-time; \
                          remove gb_s_tiers or give memory a kind that bills it"
-                        .into());
+                            .into(),
+                    ));
                 }
             }
         }
@@ -449,35 +453,41 @@ impl PriceModel {
         }
         let starts: Vec<f64> = self.gb_s_tiers.iter().map(|t| t.from_gb_s).collect();
         if starts.first().is_some_and(|&s| s != 0.0) || starts.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!(
+            return Err(InvalidModel(format!(
                 "gb_s_tiers start at {starts:?} GB-s; the first tier must start at 0 and the \
                  others in ascending order"
-            ));
+            )));
         }
         if let Some(cpu) = &self.cpu {
             price("cpu.usd_per_unit_s", cpu.usd_per_unit_s)?;
             if cpu.tiers.is_empty() || cpu.tiers.windows(2).any(|w| w[0].up_to_mb >= w[1].up_to_mb)
             {
-                return Err(
+                return Err(InvalidModel(
                     "cpu.tiers must list at least one { up_to_mb, units }, ascending by \
                      up_to_mb"
                         .into(),
-                );
+                ));
             }
             if let Some(t) = cpu
                 .tiers
                 .iter()
                 .find(|t| !t.units.is_finite() || t.units < 0.0)
             {
-                return Err(format!(
+                return Err(InvalidModel(format!(
                     "cpu.tiers gives {} units for up to {} MB; units must be finite and not negative",
                     t.units, t.up_to_mb
-                ));
+                )));
             }
         }
         Ok(())
     }
 }
+
+/// Why a model that deserialized is still unusable (a range, an ordering or a price), with
+/// what to change; [`PricingError::Invalid`] adds the model and the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidModel(String);
 
 /// All price models: the built-in ones, overridden or extended by a user's file.
 #[derive(Debug, Clone, PartialEq)]
@@ -495,17 +505,16 @@ struct RawModel {
 impl PriceBook {
     /// The built-in models of config/pricing.toml.
     pub fn builtin() -> PriceBook {
-        let raw = raw_models(BUILTIN, BUILTIN_ORIGIN)
-            .and_then(|raw| {
-                build(
-                    raw.into_iter()
-                        .map(|(name, table)| (name, table, BUILTIN_ORIGIN)),
-                )
-            })
-            .map_err(|e| e.to_string());
+        let raw = raw_models(BUILTIN, BUILTIN_ORIGIN).and_then(|raw| {
+            build(
+                raw.into_iter()
+                    .map(|(name, table)| (name, table, BUILTIN_ORIGIN)),
+            )
+        });
         // config/pricing.toml is embedded and checked by the unit tests.
         PriceBook {
-            models: raw.expect("the built-in config/pricing.toml is valid"),
+            models: raw
+                .unwrap_or_else(|e| panic!("the built-in config/pricing.toml is valid: {e}")),
         }
     }
 
@@ -662,7 +671,7 @@ fn build<'a>(
             model.validate().map_err(|problem| PricingError::Invalid {
                 origin: origin.to_string(),
                 model: name,
-                problem,
+                problem: problem.to_string(),
             })?;
             Ok(model)
         })
@@ -964,7 +973,7 @@ mod tests {
     #[test]
     fn usage_from_an_invocation_adds_user_and_system_cpu() {
         let inv = Invocation {
-            format: crate::meter::FORMAT,
+            format: crate::record::FORMAT,
             identity: Default::default(),
             pid: 1,
             started_at_us: 0,

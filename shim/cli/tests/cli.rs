@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use trenv_runtime::meter::{FORMAT, Identity, Invocation, write_record};
+use trenv_meter::record::{FORMAT, Identity, Invocation, write_record};
 
 fn record(
     container: &str,

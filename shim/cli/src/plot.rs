@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use anyhow::{Context, anyhow, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use trenv_runtime::hull::Hull;
+use trenv_meter::hull::Hull;
 
 /// Size of the chart in pixels (SVG: user units).
 const SIZE: (u32, u32) = (1200, 700);

@@ -14,6 +14,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::{Invocation, read_series};
+
 pub const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,23 @@ impl Hull {
             upscaling_hull_bytes: upscaling,
             peak_bytes: peaks.iter().copied().max().unwrap_or(0),
         })
+    }
+
+    /// Builds hulls from the memory series of `recs` in the meter directory `dir` (records
+    /// without a series add only their exact peak).
+    pub fn from_records(
+        dir: &Path,
+        recs: &[Invocation],
+        bin_ms: u64,
+        lookahead_bins: usize,
+    ) -> Result<Hull, HullError> {
+        let series: Vec<Vec<(u64, u64)>> = recs
+            .iter()
+            .map(|r| read_series(dir, r))
+            .filter(|s| !s.is_empty())
+            .collect();
+        let peaks: Vec<u64> = recs.iter().map(|r| r.memory_peak_bytes).collect();
+        Hull::build(&series, &peaks, bin_ms, lookahead_bins)
     }
 
     pub fn load(path: &Path) -> Result<Hull, HullError> {

@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cgroup::{Cgroup, Version};
-use crate::hull::Hull;
+use trenv_meter::hull::Hull;
+
+use crate::container::cgroup::{Cgroup, Version};
 
 /// Headroom above the current usage that every limit keeps: one bin's worth of growth.
 pub const SAFETY_MARGIN_BYTES: u64 = 1 << 20;
@@ -476,7 +477,7 @@ mod tests {
     /// A hull given bin by bin (max and upscaling hulls equal, no look-ahead).
     fn hull(bin_ms: u64, bins: &[u64], peak: u64) -> Hull {
         Hull {
-            format: crate::hull::FORMAT,
+            format: trenv_meter::hull::FORMAT,
             bin_ms,
             lookahead_bins: 0,
             runs: 1,
@@ -597,7 +598,7 @@ mod tests {
                 return None;
             };
             let root = match version {
-                Version::V1 => crate::cgroup::controller_mount("memory"),
+                Version::V1 => crate::container::cgroup::controller_mount("memory"),
                 Version::V2 => Some(PathBuf::from(libcgroups::common::DEFAULT_CGROUP_ROOT)),
             };
             let Some(root) = root else {

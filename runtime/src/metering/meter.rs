@@ -1,11 +1,12 @@
-//! Metering: one record per invocation (a container's init process, or an exec), with the
-//! exact memory peak from the kernel, CPU time, wall and monotonic times, OOM kills, the
-//! exit status, and a memory time series sampled from an open cgroup file.
+//! Live metering: while an invocation (a container's init process, or an exec) runs, reads
+//! the exact memory peak from its cgroup, its CPU time, wall and monotonic times, OOM
+//! kills and the exit status, and samples a memory time series from an open cgroup file.
 //!
-//! Records are appended to `invocations.jsonl` in the meter directory (one `write(2)` per
-//! line, then `fdatasync`; a torn last line left by a crash is closed before the next
-//! append and skipped by readers). Each series is a CSV file written to a temporary name
-//! and renamed into place before its record is appended. Format: see docs/metering.md.
+//! [`Meter::start`] begins just before the process is released; [`Meter::finish`] reads the
+//! counters when its exit is seen (before the cgroup goes away) and gives a [`Measured`],
+//! whose [`Measured::write`] stores the record. The record format and its files are
+//! `trenv_meter::record` (kernel-free, shared with the CLI); this module is the part that
+//! needs a cgroup.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -17,27 +18,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use trenv_meter::record::{self, FORMAT, Identity, Invocation, RecordError};
 
-use crate::cgroup::{Cgroup, Version};
-
-/// Version of the record format (docs/metering.md).
-pub const FORMAT: u32 = 1;
+use crate::container::cgroup::{Cgroup, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeterError {
-    #[error("metering directory {dir}: {source}; set TRENV_METER_DIR to a writable directory")]
-    Dir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("writing the metering record to {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("the container has no memory cgroup to meter")]
     NoCgroup,
 }
@@ -58,56 +46,13 @@ impl MeterConfig {
         if std::env::var("TRENV_METER").is_ok_and(|v| v == "off" || v == "0") {
             return None;
         }
-        let dir = std::env::var_os("TRENV_METER_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"));
+        let dir = record::dir_from_env();
         let interval = std::env::var("TRENV_METER_INTERVAL_US")
             .ok()
             .and_then(|v| v.parse().ok())
             .map_or(Duration::from_millis(10), Duration::from_micros);
         Some(MeterConfig { dir, interval })
     }
-}
-
-/// Who the invocation was.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Identity {
-    pub namespace: String,
-    pub container_id: String,
-    /// Empty for the init process.
-    pub exec_id: String,
-    pub sandbox_id: String,
-    pub image: String,
-    pub function: String,
-}
-
-/// One invocation's record (one line of invocations.jsonl).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Invocation {
-    pub format: u32,
-    #[serde(flatten)]
-    pub identity: Identity,
-    pub pid: i32,
-    /// Wall-clock start and end, microseconds since the Unix epoch.
-    pub started_at_us: i64,
-    pub ended_at_us: i64,
-    /// Duration on the monotonic clock, microseconds.
-    pub duration_us: u64,
-    pub cpu_user_us: u64,
-    pub cpu_system_us: u64,
-    /// Exact peak of the cgroup's memory (v2 `memory.peak`, v1 `memory.max_usage_in_bytes`).
-    pub memory_peak_bytes: u64,
-    /// The largest sampled value (for comparison with sampling-based tools).
-    pub memory_sampled_max_bytes: u64,
-    /// Memory limit in force at the end; 0 = unlimited.
-    pub memory_limit_bytes: u64,
-    pub oom_kills: u64,
-    pub exit_status: u32,
-    pub cgroup_version: u32,
-    pub sample_interval_us: u64,
-    pub samples: usize,
-    /// The memory series, relative to the meter directory ("" without sampling).
-    pub series: String,
 }
 
 /// Files of the cgroup that metering reads.
@@ -135,12 +80,12 @@ impl Files {
     fn cpu(&self) -> (u64, u64) {
         match self.version {
             Version::V1 => {
-                let Some(cpuacct) = crate::cgroup::controller_mount("cpuacct") else {
+                let Some(cpuacct) = crate::container::cgroup::controller_mount("cpuacct") else {
                     return (0, 0);
                 };
                 let rel = self
                     .dir
-                    .strip_prefix(crate::cgroup::controller_mount("memory").unwrap_or_default())
+                    .strip_prefix(crate::container::cgroup::controller_mount("memory").unwrap_or_default())
                     .unwrap_or(Path::new(""));
                 let d = cpuacct.join(rel);
                 let ns = |f: &str| read_u64(&d.join(f)).unwrap_or(0) / 1000;
@@ -438,7 +383,7 @@ pub struct Measured {
 
 impl Measured {
     pub fn write(self) -> Result<Invocation, MeterError> {
-        write_record(&self.dir, self.record, &self.series)
+        Ok(record::write_record(&self.dir, self.record, &self.series)?)
     }
 }
 
@@ -477,82 +422,6 @@ fn sample(file: File, interval: Duration, t0: Instant, stop: &AtomicBool, series
             next = now; // fell behind: do not burst
         }
     }
-}
-
-/// Writes the series (atomically, by rename) and appends the record.
-pub fn write_record(
-    dir: &Path,
-    mut rec: Invocation,
-    series: &[(u64, u64)],
-) -> Result<Invocation, MeterError> {
-    let dir_err = |source| MeterError::Dir {
-        dir: dir.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(dir.join("series")).map_err(dir_err)?;
-    if !series.is_empty() {
-        let name = format!(
-            "series/{}-{}-{}.csv",
-            rec.started_at_us,
-            crate::file_name_safe(&rec.identity.container_id),
-            crate::file_name_safe(&rec.identity.exec_id)
-        );
-        let path = dir.join(&name);
-        let tmp = path.with_extension("csv.tmp");
-        let werr = |source| MeterError::Write {
-            path: path.clone(),
-            source,
-        };
-        let mut text = String::with_capacity(series.len() * 16 + 32);
-        text.push_str("t_us,memory_bytes\n");
-        for (t, v) in series {
-            text.push_str(&format!("{t},{v}\n"));
-        }
-        let mut f = File::create(&tmp).map_err(werr)?;
-        f.write_all(text.as_bytes()).map_err(werr)?;
-        f.sync_data().map_err(werr)?;
-        fs::rename(&tmp, &path).map_err(werr)?;
-        rec.series = name;
-    }
-    let path = dir.join("invocations.jsonl");
-    let werr = |source| MeterError::Write {
-        path: path.clone(),
-        source,
-    };
-    let mut line = serde_json::to_string(&rec).map_err(|e| werr(std::io::Error::other(e)))?;
-    line.push('\n');
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .open(&path)
-        .map_err(werr)?;
-    // A crash during an earlier append may have left a torn last line: close it first.
-    let len = f.metadata().map_err(werr)?.len();
-    if len > 0 {
-        let mut last = [0u8; 1];
-        f.read_exact_at(&mut last, len - 1).map_err(werr)?;
-        if last[0] != b'\n' {
-            line.insert(0, '\n');
-        }
-    }
-    f.write_all(line.as_bytes()).map_err(werr)?;
-    f.sync_data().map_err(werr)?;
-    Ok(rec)
-}
-
-/// Reads every complete record of a meter directory (torn lines are skipped).
-pub fn read_records(dir: &Path) -> Result<Vec<Invocation>, MeterError> {
-    let path = dir.join("invocations.jsonl");
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(MeterError::Write { path, source }),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
 }
 
 #[cfg(test)]
@@ -612,60 +481,5 @@ mod tests {
         fs::write(&path, "47000000").unwrap();
         assert_eq!(init.read(), 98_000_000, "the init keeps its spike");
         drop(exec);
-    }
-
-    fn record(id: &str) -> Invocation {
-        Invocation {
-            format: FORMAT,
-            identity: Identity {
-                container_id: id.into(),
-                ..Default::default()
-            },
-            pid: 1,
-            started_at_us: 1,
-            ended_at_us: 2,
-            duration_us: 1,
-            cpu_user_us: 0,
-            cpu_system_us: 0,
-            memory_peak_bytes: 10,
-            memory_sampled_max_bytes: 9,
-            memory_limit_bytes: 0,
-            oom_kills: 0,
-            exit_status: 0,
-            cgroup_version: 1,
-            sample_interval_us: 10_000,
-            samples: 0,
-            series: String::new(),
-        }
-    }
-
-    #[test]
-    fn records_round_trip_and_series_are_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = write_record(dir.path(), record("a"), &[(0, 5), (10, 9)]).unwrap();
-        assert!(r.series.starts_with("series/"));
-        let csv = fs::read_to_string(dir.path().join(&r.series)).unwrap();
-        assert_eq!(csv, "t_us,memory_bytes\n0,5\n10,9\n");
-        write_record(dir.path(), record("b"), &[]).unwrap();
-        let all = read_records(dir.path()).unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!(all[0], r);
-        assert_eq!(all[1].identity.container_id, "b");
-    }
-
-    #[test]
-    fn a_torn_last_line_is_closed_and_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        write_record(dir.path(), record("a"), &[]).unwrap();
-        let path = dir.path().join("invocations.jsonl");
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"format\":1,\"contai").unwrap();
-        write_record(dir.path(), record("c"), &[]).unwrap();
-        let ids: Vec<String> = read_records(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|r| r.identity.container_id)
-            .collect();
-        assert_eq!(ids, vec!["a".to_string(), "c".to_string()]);
     }
 }

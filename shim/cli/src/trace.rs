@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use trenv_runtime::meter::{Invocation, read_records};
-use trenv_runtime::pricing::PriceBook;
+use trenv_meter::hull::Hull;
+use trenv_meter::pricing::PriceBook;
+use trenv_meter::recommend::{Objective, recommend};
+use trenv_meter::record::{self, Invocation, read_records};
 
-use crate::meter::{Objective, bills_table, recommend, recommend_table, show};
+use crate::meter::{bills_table, meter_dir, recommend_table, show};
 
 #[derive(Args)]
 pub struct TraceArgs {
@@ -56,12 +58,8 @@ fn ctr() -> String {
 fn record_of(dir: &std::path::Path, id: &str) -> anyhow::Result<Invocation> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
-        if let Some(r) = read_records(dir)?
-            .into_iter()
-            .rev()
-            .find(|r| r.identity.container_id == id && r.identity.exec_id.is_empty())
-        {
-            return Ok(r);
+        if let Some(r) = record::latest(&read_records(dir)?, id, "") {
+            return Ok(r.clone());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -73,11 +71,7 @@ fn record_of(dir: &std::path::Path, id: &str) -> anyhow::Result<Invocation> {
 }
 
 pub fn run(a: TraceArgs) -> anyhow::Result<()> {
-    let dir = a
-        .dir
-        .clone()
-        .or_else(|| std::env::var_os("TRENV_METER_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"));
+    let dir = meter_dir(a.dir.clone());
     let book = match &a.prices {
         Some(p) => PriceBook::load(p)?,
         None => PriceBook::builtin(),
@@ -164,7 +158,7 @@ pub fn run(a: TraceArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(path) = &a.hull {
-        let hull = crate::meter::build_hull(&dir, &recs, 100, 2)?;
+        let hull = Hull::from_records(&dir, &recs, 100, 2)?;
         std::fs::write(path, serde_json::to_string_pretty(&hull)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         writeln!(
