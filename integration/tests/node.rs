@@ -3,7 +3,7 @@
 //! whose hierarchy is mounted `nosuid,nodev,noexec` with `nsdelegate`, as systemd does).
 
 use trenv_integration::{BUSYBOX, Ctr, RUNTIME, trenv_cli, unique_id};
-use trenv_runtime::mountinfo::{self, MountEntry};
+use trenv_runtime::sys::mountinfo::{self, MountEntry};
 
 fn cgroup2() -> Option<MountEntry> {
     mountinfo::read(None)

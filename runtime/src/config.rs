@@ -133,7 +133,6 @@ impl Config {
             (other, _) => Err(PoolKindError::Unknown(other.to_string())),
         }
     }
-
 }
 
 #[cfg(test)]

@@ -301,6 +301,9 @@ mod tests {
         let back: RemoteError = serde_json::from_str(&wire).unwrap();
         let e = RuntimeError::from(WorkerError::from(back));
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-        assert!(e.to_string().contains("fix the container's configuration"), "{e}");
+        assert!(
+            e.to_string().contains("fix the container's configuration"),
+            "{e}"
+        );
     }
 }

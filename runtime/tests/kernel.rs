@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde_json::json;
-use trenv_runtime::cgroup::{Cgroup, Version};
-use trenv_runtime::rootfs::{self, Mount};
-use trenv_runtime::sandbox::{Location, Reply, Request, Stdio};
-use trenv_runtime::zygote::Zygote;
+use trenv_runtime::container::Location;
+use trenv_runtime::container::cgroup::{Cgroup, Version};
+use trenv_runtime::container::create::NewContainer;
+use trenv_runtime::container::rootfs::{self, Mount};
+use trenv_runtime::{ChildFds, Runtime};
 
 type TestResult = Result<(), String>;
 type TestFn = fn(&Env) -> TestResult;
 
 struct Env {
-    zygote: Zygote,
+    runtime: Runtime,
     root: PathBuf,
 }
 
@@ -114,26 +115,20 @@ impl Env {
         let at = self.bundle(id, args, seccomp)?;
         let (out_r, out_w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
         let (err_r, err_w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
-        let req = Request::Create {
+        let new = NewContainer {
             at: at.clone(),
             rootfs: Vec::new(),
             systemd_cgroup: false,
             console_socket: None,
-            stdio: Stdio {
-                stdin: None,
-                stdout: Some(0),
-                stderr: Some(1),
-                exec_stamp: None,
-            },
         };
-        let reply = self
-            .zygote
-            .call(&req, &[&out_w, &err_w])
-            .map_err(|e| e.to_string())?;
+        let fds = ChildFds {
+            stdout: Some(&out_w),
+            stderr: Some(&err_w),
+            ..Default::default()
+        };
+        let created = self.runtime.create(new, fds);
         drop((out_w, err_w));
-        let Reply::Pid(pid) = reply else {
-            return Err("create returned no pid".into());
-        };
+        let pid = created.map_err(|e| e.to_string())?;
         Ok(Container {
             env: self,
             at,
@@ -146,16 +141,7 @@ impl Env {
 
 impl Container<'_> {
     fn start(&self) -> TestResult {
-        self.env
-            .zygote
-            .call(
-                &Request::Start {
-                    at: self.at.clone(),
-                },
-                &[],
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.env.runtime.start(&self.at).map_err(|e| e.to_string())
     }
 
     /// Waits for the init process (re-parented to this subreaper) and returns its status.
@@ -183,22 +169,15 @@ impl Container<'_> {
 
     fn delete(&self) -> TestResult {
         self.env
-            .zygote
-            .call(
-                &Request::Delete {
-                    at: self.at.clone(),
-                    unmount_rootfs: false,
-                },
-                &[],
-            )
-            .map(|_| ())
+            .runtime
+            .delete(&self.at, false)
             .map_err(|e| e.to_string())
     }
 }
 
 fn memory_cgroup(id: &str) -> Option<PathBuf> {
     match Version::detect().ok()? {
-        Version::V1 => trenv_runtime::cgroup::controller_mount("memory")
+        Version::V1 => trenv_runtime::container::cgroup::controller_mount("memory")
             .map(|m| m.join("trenv-kernel-test").join(id)),
         Version::V2 => Some(Path::new("/sys/fs/cgroup/trenv-kernel-test").join(id)),
     }
@@ -395,10 +374,10 @@ fn main() {
     // SAFETY: nothing has started a thread yet.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     // SAFETY: single-threaded here.
-    let zygote = unsafe { Zygote::fork() }.expect("forking the zygote");
+    let runtime = unsafe { Runtime::fork() }.expect("forking the runtime's zygote");
     let root = std::env::temp_dir().join(format!("trenv-kernel-{}", std::process::id()));
     fs::create_dir_all(&root).expect("temp dir");
-    let env = Env { zygote, root };
+    let env = Env { runtime, root };
     let tests: &[(&str, TestFn)] = &[
         (
             "container_runs_and_is_cleaned_up",

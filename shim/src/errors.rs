@@ -1,7 +1,11 @@
-//! Mapping of trenv's errors to ttrpc status codes containerd understands.
+//! Mapping of trenv's errors to the ttrpc status codes containerd understands: the one
+//! place where an [`ErrorKind`] becomes a gRPC code.
 
 use containerd_shim::protos::ttrpc::{self, Code};
-use trenv_runtime::RuntimeError;
+use trenv_runtime::error::chain;
+use trenv_runtime::{ErrorKind, RuntimeError};
+
+use crate::io::StdioError;
 
 pub fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
@@ -23,31 +27,66 @@ pub fn internal(msg: impl ToString) -> ttrpc::Error {
     status(Code::INTERNAL, msg)
 }
 
-impl From<RuntimeErrorStatus> for ttrpc::Error {
-    fn from(e: RuntimeErrorStatus) -> Self {
-        let msg = trenv_runtime::error::chain(&e.0);
-        match e.0 {
-            RuntimeError::InvalidSpec { .. } | RuntimeError::Seccomp(_) => invalid(msg),
-            RuntimeError::Cgroup(trenv_runtime::cgroup::CgroupError::SystemdUnavailable) => {
-                invalid(msg)
-            }
-            // Worker errors are mostly the container's configuration (binary not found,
-            // bad mounts); containerd shows the message either way.
-            RuntimeError::Worker(_) => status(Code::UNKNOWN, msg),
-            _ => internal(msg),
+/// The gRPC code containerd acts on for an error of this kind.
+pub fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::INVALID_ARGUMENT,
+        ErrorKind::NotFound => Code::NOT_FOUND,
+        ErrorKind::AlreadyExists => Code::ALREADY_EXISTS,
+        ErrorKind::FailedPrecondition => Code::FAILED_PRECONDITION,
+        ErrorKind::ResourceExhausted => Code::RESOURCE_EXHAUSTED,
+        ErrorKind::Internal => Code::INTERNAL,
+        // libcontainer's failures that trenv cannot classify (the entrypoint cannot be
+        // executed, a mount fails): containerd shows the message either way.
+        ErrorKind::Unknown => Code::UNKNOWN,
+    }
+}
+
+/// A runtime error on its way to containerd, with its cause chain.
+pub fn rt(e: impl Into<RuntimeError>) -> ttrpc::Error {
+    let e = e.into();
+    status(code(e.kind()), chain(&e))
+}
+
+/// The shim could not set up or serve a process's stdio.
+pub fn stdio(e: StdioError) -> ttrpc::Error {
+    internal(chain(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trenv_runtime::container::ContainerError;
+
+    fn code_of(e: ttrpc::Error) -> Code {
+        match e {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
         }
     }
-}
 
-/// A runtime error on its way to containerd.
-pub struct RuntimeErrorStatus(pub RuntimeError);
-
-impl From<RuntimeError> for RuntimeErrorStatus {
-    fn from(e: RuntimeError) -> Self {
-        RuntimeErrorStatus(e)
+    #[test]
+    fn a_bad_spec_found_anywhere_is_invalid_argument() {
+        let e = ContainerError::InvalidSpec {
+            path: "/b/config.json".into(),
+            reason: "no args".into(),
+        };
+        assert_eq!(code_of(rt(e)), Code::INVALID_ARGUMENT);
     }
-}
 
-pub fn rt(e: impl Into<RuntimeError>) -> ttrpc::Error {
-    RuntimeErrorStatus(e.into()).into()
+    #[test]
+    fn every_kind_has_its_own_code() {
+        let kinds = [
+            ErrorKind::InvalidArgument,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::FailedPrecondition,
+            ErrorKind::ResourceExhausted,
+            ErrorKind::Internal,
+            ErrorKind::Unknown,
+        ];
+        let codes: std::collections::HashSet<_> = kinds.iter().map(|k| code(*k)).collect();
+        assert_eq!(codes.len(), kinds.len());
+        assert_eq!(code(ErrorKind::ResourceExhausted), Code::RESOURCE_EXHAUSTED);
+    }
 }

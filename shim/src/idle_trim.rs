@@ -4,7 +4,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use trenv_runtime::trim;
+use trenv_runtime::node::trim;
 
 pub struct IdleTrim {
     last_request: Mutex<Option<Instant>>,

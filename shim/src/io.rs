@@ -17,7 +17,6 @@ use std::thread;
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-use trenv_runtime::RuntimeError;
 
 /// FIFO paths containerd gave for a process (empty = not wanted).
 #[derive(Debug, Clone, Default)]
@@ -59,19 +58,42 @@ pub struct ProcessIo {
 /// Descriptors to hand to the process (via the zygote) for stdin, stdout and stderr.
 pub type ChildStdio = [Option<OwnedFd>; 3];
 
-fn io_err(ctx: String) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    RuntimeError::io(ctx)
+/// Errors setting up or serving a process's stdio.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Sys {
+        context: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the console socket message carried no descriptor")]
+    NoPtyMaster,
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StdioError {
+    move |source| StdioError::Io { context, source }
+}
+
+fn sys_err(context: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
+    move |source| StdioError::Sys { context, source }
 }
 
 impl ProcessIo {
     /// Prepares pipes for a process without a terminal and starts the copy threads.
-    pub fn pipes(paths: StdioPaths) -> Result<(ProcessIo, ChildStdio), RuntimeError> {
+    pub fn pipes(paths: StdioPaths) -> Result<(ProcessIo, ChildStdio), StdioError> {
         let drain = Arc::new(Drain::default());
         let stdin = Arc::new(Mutex::new(None));
         let mut child: ChildStdio = [None, None, None];
         if !paths.stdin.is_empty() {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(RuntimeError::sys("creating the stdin pipe"))?;
+                .map_err(sys_err("creating the stdin pipe"))?;
             child[0] = Some(r);
             *stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(File::from(w));
             copy_stdin(paths.stdin.clone(), stdin.clone());
@@ -81,7 +103,7 @@ impl ProcessIo {
                 continue;
             }
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(RuntimeError::sys("creating an output pipe"))?;
+                .map_err(sys_err("creating an output pipe"))?;
             let fifo = open_output(path)?;
             child[i] = Some(w);
             copy_output(File::from(r), fifo, drain.clone());
@@ -99,7 +121,7 @@ impl ProcessIo {
 
     /// Serves a process's terminal: `master` is the pty master it sent over the console
     /// socket.
-    pub fn terminal(paths: StdioPaths, master: File) -> Result<ProcessIo, RuntimeError> {
+    pub fn terminal(paths: StdioPaths, master: File) -> Result<ProcessIo, StdioError> {
         let drain = Arc::new(Drain::default());
         let stdin = Arc::new(Mutex::new(None));
         if !paths.stdin.is_empty() {
@@ -143,7 +165,7 @@ impl ProcessIo {
     }
 
     /// Resizes the terminal, if the process has one.
-    pub fn resize(&self, width: u32, height: u32) -> Result<(), RuntimeError> {
+    pub fn resize(&self, width: u32, height: u32) -> Result<(), StdioError> {
         let Some(console) = &self.console else {
             return Ok(());
         };
@@ -156,7 +178,7 @@ impl ProcessIo {
         // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
         let rc = unsafe { libc::ioctl(console.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         if rc != 0 {
-            return Err(RuntimeError::Io {
+            return Err(StdioError::Io {
                 context: "resizing the terminal".into(),
                 source: std::io::Error::last_os_error(),
             });
@@ -178,7 +200,7 @@ impl ProcessIo {
 
 /// Opens an output FIFO read-write: never blocks, and writes never fail with EPIPE when
 /// the client has gone (its data then waits in the FIFO like with runc's shim).
-fn open_output(path: &str) -> Result<File, RuntimeError> {
+fn open_output(path: &str) -> Result<File, StdioError> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -304,7 +326,7 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    pub fn new() -> Result<ConsoleSocket, RuntimeError> {
+    pub fn new() -> Result<ConsoleSocket, StdioError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         // Socket paths are limited to 108 bytes: keep them short and out of the bundle.
         let dir = Path::new("/run/trenv/console");
@@ -328,7 +350,7 @@ impl ConsoleSocket {
 
     /// Receives the pty master the process sent. Called after the process was created, so
     /// the connection is already waiting.
-    pub fn receive(&self) -> Result<File, RuntimeError> {
+    pub fn receive(&self) -> Result<File, StdioError> {
         self.listener
             .set_nonblocking(true)
             .map_err(io_err("console socket".into()))?;
@@ -351,7 +373,7 @@ impl Drop for ConsoleSocket {
     }
 }
 
-fn recv_fd(stream: &UnixStream) -> Result<File, RuntimeError> {
+fn recv_fd(stream: &UnixStream) -> Result<File, StdioError> {
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
@@ -361,11 +383,8 @@ fn recv_fd(stream: &UnixStream) -> Result<File, RuntimeError> {
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(RuntimeError::sys("receiving the pty master"))?;
-    for c in msg
-        .cmsgs()
-        .map_err(RuntimeError::sys("receiving the pty master"))?
-    {
+    .map_err(sys_err("receiving the pty master"))?;
+    for c in msg.cmsgs().map_err(sys_err("receiving the pty master"))? {
         if let ControlMessageOwned::ScmRights(fds) = c
             && let Some(fd) = fds.first()
         {
@@ -373,9 +392,7 @@ fn recv_fd(stream: &UnixStream) -> Result<File, RuntimeError> {
             return Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(*fd) });
         }
     }
-    Err(RuntimeError::Protocol(
-        "the console socket message carried no descriptor".into(),
-    ))
+    Err(StdioError::NoPtyMaster)
 }
 
 #[cfg(test)]

@@ -1,36 +1,38 @@
 //! `containerd-shim-trenv-v1`, the runtime `io.containerd.trenv.v1`.
 
+mod annotations;
 mod container;
 mod errors;
 mod events;
 mod exit_clock;
+mod hooks;
 mod idle_trim;
 mod io;
 mod metrics;
 mod options;
 mod process;
-mod ready_template;
-mod service;
 mod shim;
 mod stamp;
+mod task;
 
 use std::path::Path;
 use std::sync::OnceLock;
 
-use trenv_runtime::zygote::Zygote;
+use trenv_runtime::Runtime;
 
-/// The runtime zygote, forked before the shim starts any thread.
-static ZYGOTE: OnceLock<Zygote> = OnceLock::new();
+/// The runtime (its zygote forked before the shim starts any thread): the shim's only
+/// door into the kernel work of containers.
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
-pub(crate) fn zygote() -> &'static Zygote {
-    ZYGOTE
+pub(crate) fn runtime() -> &'static Runtime {
+    RUNTIME
         .get()
-        .expect("the zygote is forked in main before the shim starts")
+        .expect("the runtime is forked in main before the shim starts")
 }
 
-/// The zygote, if this process forked one.
-pub(crate) fn zygote_if_forked() -> Option<&'static Zygote> {
-    ZYGOTE.get()
+/// The runtime, if this process forked one.
+pub(crate) fn runtime_if_forked() -> Option<&'static Runtime> {
+    RUNTIME.get()
 }
 
 fn main() {
@@ -57,14 +59,14 @@ fn main() {
     if let (Some(flags), "start") = (flags, action.as_str()) {
         shim::start_command(flags);
     }
-    // `start` only spawns the long-lived shim and exits: it needs no zygote. The server
+    // `start` only spawns the long-lived shim and exits: it needs no runtime. The server
     // does; `delete` (containerd's cleanup after the shim is gone) only when the bundle
     // still holds something to remove.
     if action != "start" && (action != "delete" || shim::leftovers_in(Path::new("."))) {
         // SAFETY: nothing has started a thread yet.
-        match unsafe { Zygote::fork() } {
-            Ok(z) => {
-                let _ = ZYGOTE.set(z);
+        match unsafe { Runtime::fork() } {
+            Ok(r) => {
+                let _ = RUNTIME.set(r);
             }
             Err(e) => {
                 eprintln!("containerd-shim-trenv-v1: {e}");

@@ -8,7 +8,7 @@ use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use libcgroups::stats::Stats;
-use trenv_runtime::cgroup::{Cgroup, Version};
+use trenv_runtime::container::cgroup::{Cgroup, Version};
 
 fn any<M: Message>(type_url: &str, m: &M) -> Any {
     let mut a = Any::new();
@@ -18,7 +18,7 @@ fn any<M: Message>(type_url: &str, m: &M) -> Any {
 }
 
 /// Reads the cgroup's stats and encodes them for containerd.
-pub fn collect(cg: &Cgroup) -> Result<Any, trenv_runtime::cgroup::CgroupError> {
+pub fn collect(cg: &Cgroup) -> Result<Any, trenv_runtime::container::cgroup::CgroupError> {
     let stats = cg.stats()?;
     Ok(match cg.version() {
         Version::V1 => any(

@@ -178,8 +178,8 @@ pub fn checkpoint(options: Option<&Any>) -> Result<CheckpointOptions, OptionsErr
 /// What the runtime layer needs of containerd's checkpoint options.
 pub fn criu_checkpoint_options(
     o: &CheckpointOptions,
-) -> trenv_runtime::checkpoint::CheckpointOptions {
-    trenv_runtime::checkpoint::CheckpointOptions {
+) -> trenv_runtime::snapshot::CheckpointOptions {
+    trenv_runtime::snapshot::CheckpointOptions {
         exit: o.exit,
         open_tcp: o.open_tcp,
         external_unix_sockets: o.external_unix_sockets,

@@ -1,4 +1,6 @@
-//! One process of a container (its init, or an exec) as containerd sees it.
+//! One process of a container (its init, or an exec) as containerd sees it, and its
+//! lifecycle: states change only along the transitions containerd's task model allows
+//! ([`State::can_become`]); any other is an error naming both states.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -16,7 +18,30 @@ pub enum State {
     Stopped,
 }
 
+/// A state change the lifecycle does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid state transition: {from:?} => {to:?}")]
+pub struct InvalidTransition {
+    pub from: State,
+    pub to: State,
+}
+
 impl State {
+    /// Created → Running (Start) or Stopped (never started, or exited before Start
+    /// answered); Running ⇄ Paused; Running or Paused → Stopped (exit). Stopped is final.
+    pub fn can_become(self, to: State) -> bool {
+        use State::*;
+        matches!(
+            (self, to),
+            (Created, Running)
+                | (Created, Stopped)
+                | (Running, Paused)
+                | (Paused, Running)
+                | (Running, Stopped)
+                | (Paused, Stopped)
+        )
+    }
+
     pub fn status(self) -> Status {
         match self {
             State::Created => Status::CREATED,
@@ -63,6 +88,29 @@ pub struct Process {
     exited: Condvar,
 }
 
+impl Inner {
+    /// Moves to `to` if the lifecycle allows it.
+    pub fn transition(&mut self, to: State) -> Result<(), InvalidTransition> {
+        if !self.state.can_become(to) {
+            return Err(InvalidTransition {
+                from: self.state,
+                to,
+            });
+        }
+        self.state = to;
+        Ok(())
+    }
+
+    /// Start answered with `pid`: Running, unless the process already exited (its exit
+    /// may be reported before Start returns), which stays Stopped.
+    pub fn started(&mut self, pid: i32) {
+        self.pid = pid;
+        if self.state == State::Created {
+            self.state = State::Running;
+        }
+    }
+}
+
 impl Process {
     pub fn new(exec_id: &str, stdio: StdioPaths, spec: Vec<u8>) -> Process {
         Process {
@@ -94,10 +142,13 @@ impl Process {
         self.lock().state
     }
 
-    /// Records the exit and wakes every waiter.
+    /// Records the exit and wakes every waiter. A second exit of the same process (a
+    /// process that never ran, then deleted) keeps the first.
     pub fn set_exited(&self, status: u32, at: Timestamp) {
         let mut g = self.lock();
-        g.state = State::Stopped;
+        if g.transition(State::Stopped).is_err() {
+            return;
+        }
         g.exit = Some(Exit { status, at });
         self.exited.notify_all();
     }
@@ -122,4 +173,45 @@ pub fn timestamp(t: std::time::SystemTime) -> Timestamp {
     t.seconds = d.as_secs() as i64;
     t.nanos = d.subsec_nanos() as i32;
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_task_models_transitions_are_allowed() {
+        use State::*;
+        let all = [Created, Running, Paused, Stopped];
+        let allowed: Vec<(State, State)> = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| a.can_become(*b))
+            .collect();
+        assert_eq!(
+            allowed,
+            vec![
+                (Created, Running),
+                (Created, Stopped),
+                (Running, Paused),
+                (Running, Stopped),
+                (Paused, Running),
+                (Paused, Stopped),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_invalid_transition_names_both_states() {
+        let p = Process::new("", StdioPaths::default(), Vec::new());
+        let e = p.lock().transition(State::Paused).unwrap_err();
+        assert_eq!(e.to_string(), "invalid state transition: Created => Paused");
+        p.set_exited(137, now());
+        p.set_exited(0, now());
+        assert_eq!(p.wait().status, 137);
+        assert_eq!(
+            p.lock().transition(State::Running).unwrap_err().to_string(),
+            "invalid state transition: Stopped => Running"
+        );
+    }
 }

@@ -9,13 +9,11 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::write_address;
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts, spawn};
 use oci_spec::runtime::Spec;
-use trenv_runtime::sandbox::{Location, Request};
+use trenv_runtime::container::Location;
 
+use crate::annotations::SANDBOX_ID;
 use crate::events::Events;
-use crate::service::Service;
-
-/// CRI puts every container of a pod in the same sandbox; one shim serves the whole pod.
-const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+use crate::task::Service;
 
 pub struct TrenvShim {
     exit: Arc<ExitSignal>,
@@ -87,7 +85,7 @@ fn grouping(bundle: &Path, id: &str) -> String {
     Spec::load(bundle.join("config.json"))
         .ok()
         .and_then(|s| s.annotations().clone())
-        .and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned())
+        .and_then(|a| a.get(SANDBOX_ID).cloned())
         .unwrap_or_else(|| id.to_string())
 }
 
@@ -110,21 +108,18 @@ impl Shim for TrenvShim {
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         // containerd runs this in the bundle once the shim is gone: remove what is left
         // (processes, cgroup, state, rootfs mount) if the shim could not.
-        if let Some(zygote) = crate::zygote_if_forked() {
+        if let Some(runtime) = crate::runtime_if_forked() {
             let bundle = std::env::current_dir()
                 .map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-            let req = Request::Delete {
-                at: Location::new(&self.id, &bundle),
-                unmount_rootfs: is_mount_point(&bundle.join("rootfs")),
-            };
-            if let Err(e) = zygote.call(&req, &[]) {
+            let at = Location::new(&self.id, &bundle);
+            if let Err(e) = runtime.delete(&at, is_mount_point(&bundle.join("rootfs"))) {
                 log::warn!(
                     "cleaning up container {} in {}: {e}",
                     self.id,
                     self.namespace
                 );
             }
-            zygote.terminate(std::time::Duration::from_secs(1));
+            runtime.terminate(std::time::Duration::from_secs(1));
         }
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
@@ -143,7 +138,7 @@ impl Shim for TrenvShim {
             let _ = std::fs::remove_file(path);
         }
         // The shim's reaper thread is still running: let it reap the zygote now.
-        crate::zygote().terminate(std::time::Duration::from_secs(1));
+        crate::runtime().terminate(std::time::Duration::from_secs(1));
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {

@@ -1,5 +1,5 @@
 //! Exec stamps: when a process exec'ed its program, as the process itself wrote it (see
-//! `trenv_runtime::sandbox::Stdio::exec_stamp`). Metering starts an invocation there, so
+//! `trenv_runtime::ChildFds::exec_stamp`). Metering starts an invocation there, so
 //! that its duration is the program's run, not the runtime's work to start it.
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -21,7 +21,7 @@ impl ExecStamp {
     pub fn read(&self) -> Option<Instant> {
         let mut buf = [0u8; 8];
         let n = nix::unistd::read(self.0.as_raw_fd(), &mut buf).ok()?;
-        (n == buf.len()).then(|| trenv_runtime::clock::instant_of(u64::from_ne_bytes(buf)))
+        (n == buf.len()).then(|| trenv_runtime::sys::clock::instant_of(u64::from_ne_bytes(buf)))
     }
 }
 
@@ -34,7 +34,7 @@ mod tests {
         let (stamp, write) = ExecStamp::pipe().unwrap();
         assert!(stamp.read().is_none());
         let before = Instant::now();
-        let ns = trenv_runtime::clock::monotonic_ns();
+        let ns = trenv_runtime::sys::clock::monotonic_ns();
         nix::unistd::write(&write, &ns.to_ne_bytes()).unwrap();
         let at = stamp.read().unwrap();
         assert!(at + std::time::Duration::from_micros(50) >= before);

@@ -44,10 +44,8 @@ pub fn exec(
         path: adapted.display().to_string(),
         reason: e.to_string(),
     })?;
-    fs::write(&adapted, body).map_err(ContainerError::io(format!(
-        "writing {}",
-        adapted.display()
-    )))?;
+    fs::write(&adapted, body)
+        .map_err(ContainerError::io(format!("writing {}", adapted.display())))?;
     let pid = builder(&p.at, executor, p.console_socket.clone(), stdio)?
         .as_tenant()
         .with_process(Some(&adapted))

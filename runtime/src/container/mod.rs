@@ -33,11 +33,11 @@ pub use stdio::StdioFds;
 pub enum ContainerError {
     #[error("invalid OCI spec {path}: {reason}; fix the container's configuration")]
     InvalidSpec { path: String, reason: String },
-    #[error("{context}: {}", chain(.source))]
+    #[error("{context}: {}{}", chain(.source.as_ref()), spec_hint(.source))]
     Libcontainer {
         context: &'static str,
         #[source]
-        source: LibcontainerError,
+        source: Box<LibcontainerError>,
     },
     #[error("writing the derived spec: {}", chain(.0))]
     SaveSpec(#[source] oci_spec::OciSpecError),
@@ -65,9 +65,11 @@ impl ContainerError {
 
     /// A libcontainer failure while doing `context`.
     pub(crate) fn lc(context: &'static str) -> impl FnOnce(LibcontainerError) -> Self {
-        move |source| ContainerError::Libcontainer { context, source }
+        move |source| ContainerError::Libcontainer {
+            context,
+            source: Box::new(source),
+        }
     }
-
 }
 
 impl Classified for ContainerError {
@@ -86,6 +88,15 @@ impl Classified for ContainerError {
             | ContainerError::NoInitPid
             | ContainerError::Io { .. } => ErrorKind::Internal,
         }
+    }
+}
+
+/// For libcontainer's refusals of the spec: what to do about them.
+fn spec_hint(e: &LibcontainerError) -> &'static str {
+    if libcontainer_kind(e) == ErrorKind::InvalidArgument {
+        "; fix the container's configuration"
+    } else {
+        ""
     }
 }
 
@@ -123,10 +134,16 @@ mod tests {
         ));
         assert_eq!(lc.kind(), ErrorKind::InvalidArgument);
         assert!(lc.to_string().contains("missing args"), "{lc}");
+        assert!(
+            lc.to_string()
+                .ends_with("; fix the container's configuration"),
+            "{lc}"
+        );
         let other = ContainerError::lc("starting the container")(LibcontainerError::Other(
             "exec failed".into(),
         ));
         assert_eq!(other.kind(), ErrorKind::Unknown);
+        assert_eq!(other.to_string(), "starting the container: exec failed");
         assert_eq!(
             ContainerError::Cgroup(cgroup::CgroupError::SystemdUnavailable).kind(),
             ErrorKind::InvalidArgument

@@ -85,7 +85,9 @@ impl Files {
                 };
                 let rel = self
                     .dir
-                    .strip_prefix(crate::container::cgroup::controller_mount("memory").unwrap_or_default())
+                    .strip_prefix(
+                        crate::container::cgroup::controller_mount("memory").unwrap_or_default(),
+                    )
                     .unwrap_or(Path::new(""));
                 let d = cpuacct.join(rel);
                 let ns = |f: &str| read_u64(&d.join(f)).unwrap_or(0) / 1000;

@@ -26,9 +26,7 @@ pub enum SnapshotError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     Criu(#[from] trenv_criu::CriuError),
-    #[error(
-        "container {id} is {status}: only a running or paused container can be checkpointed"
-    )]
+    #[error("container {id} is {status}: only a running or paused container can be checkpointed")]
     NotRunning { id: String, status: String },
     #[error("the container has no init pid")]
     NoPid,
@@ -134,7 +132,6 @@ impl SnapshotError {
             Err(_) => SnapshotError::CriuFailed { verb, id, source },
         }
     }
-
 }
 
 impl Classified for SnapshotError {

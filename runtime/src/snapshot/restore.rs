@@ -204,8 +204,9 @@ fn kill_leftovers(cgroup: &Cgroup) {
 fn loopback_up(pid: i32) -> Result<(), SnapshotError> {
     let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(SnapshotError::io("opening the restored network namespace"))?;
-    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(SnapshotError::sys("entering the restored network namespace"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(SnapshotError::sys(
+        "entering the restored network namespace",
+    ))?;
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
@@ -366,8 +367,9 @@ fn descriptors(
     let mut inherit = Vec::new();
     // The new stdio replaces the pipes the image recorded.
     let recorded: Vec<String> = match fs::read(plan.images.join(DESCRIPTORS)) {
-        Ok(raw) => serde_json::from_slice(&raw)
-            .map_err(|e| SnapshotError::CorruptImage(DESCRIPTORS, e))?,
+        Ok(raw) => {
+            serde_json::from_slice(&raw).map_err(|e| SnapshotError::CorruptImage(DESCRIPTORS, e))?
+        }
         Err(_) => Vec::new(),
     };
     for (n, (what, fd)) in recorded.iter().zip(stdio).enumerate() {
@@ -376,9 +378,9 @@ fn descriptors(
         // reader and the function's next write would fail (EPIPE).
         let fd = match fd {
             Some(fd) => Some(fd),
-            None if what.starts_with("pipe:") => Some(
-                crate::sys::dev_null().map_err(SnapshotError::io("opening /dev/null"))?,
-            ),
+            None if what.starts_with("pipe:") => {
+                Some(crate::sys::dev_null().map_err(SnapshotError::io("opening /dev/null"))?)
+            }
             None => None,
         };
         if let Some(fd) = fd {
@@ -486,8 +488,8 @@ fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(SnapshotError::io(format!("reading {CGROUP_MOUNTS}"))(e)),
     };
-    let recorded: CgroupMounts = serde_json::from_slice(&raw)
-        .map_err(|e| SnapshotError::CorruptImage(CGROUP_MOUNTS, e))?;
+    let recorded: CgroupMounts =
+        serde_json::from_slice(&raw).map_err(|e| SnapshotError::CorruptImage(CGROUP_MOUNTS, e))?;
     let host = mountinfo::read(None);
     let new_path = cgroup.path().display().to_string();
     let mut out = Vec::new();

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use trenv_criu::template::{Conversion, Policy};
 
-use super::manifest::{FileSum, ImageStamp, Manifest, PoolFile, security_digest, sha256_file, valid_name};
+use super::manifest::{
+    FileSum, ImageStamp, Manifest, PoolFile, security_digest, sha256_file, valid_name,
+};
 use super::mempool::MemPool;
 use super::store::{TemplateStore, mark_verified};
 use super::{TemplateError, io};
@@ -132,11 +134,11 @@ impl Build<'_> {
         let tmp = &self.pool_tmp;
         fs::set_permissions(tmp, fs::Permissions::from_mode(0o444)).map_err(io(tmp))?;
         let sum = sha256_file(tmp).map_err(io(tmp))?;
-        let pool_path = self.req.pool.dir.join(format!(
-            "{}-{}.tpl",
-            self.req.name,
-            &sum.sha256[..12]
-        ));
+        let pool_path =
+            self.req
+                .pool
+                .dir
+                .join(format!("{}-{}.tpl", self.req.name, &sum.sha256[..12]));
         fs::rename(tmp, &pool_path).map_err(io(&pool_path))?;
         Ok((pool_path, sum))
     }
@@ -188,10 +190,11 @@ impl Build<'_> {
 
     /// Writes the manifest and moves the staging directory into the store.
     fn publish(&self, manifest: Manifest) -> Result<Manifest, TemplateError> {
-        let body = serde_json::to_vec_pretty(&manifest).map_err(|source| TemplateError::Encode {
-            name: manifest.name.clone(),
-            source,
-        })?;
+        let body =
+            serde_json::to_vec_pretty(&manifest).map_err(|source| TemplateError::Encode {
+                name: manifest.name.clone(),
+                source,
+            })?;
         let mpath = self.staging.join("manifest.json");
         fs::write(&mpath, body).map_err(io(&mpath))?;
         let final_dir = self.store.dir(self.req.name);

@@ -23,7 +23,6 @@ pub struct FileSum {
     pub sha256: String,
 }
 
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolFile {
     pub kind: MemPoolKind,
@@ -83,8 +82,9 @@ impl Manifest {
     }
 }
 
-
-pub(crate) fn valid_name(name: &str) -> bool {
+/// A template name: 1-63 lower-case letters, digits, '.', '_' or '-', starting with a
+/// letter or digit.
+pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 63

@@ -150,7 +150,9 @@ mod tests {
         let dir = Path::new("/dev/shm").join(format!("trenv-pool-test-{}", std::process::id()));
         let pool = MemPool::open(&dir, MemPoolKind::Tmpfs).unwrap();
         assert!(pool.free_bytes().unwrap() > 0);
-        let e = MemPool::open(&dir, MemPoolKind::Dax).unwrap_err().to_string();
+        let e = MemPool::open(&dir, MemPoolKind::Dax)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("configured as dax but is on tmpfs"), "{e}");
         let e = MemPool::open(&dir, MemPoolKind::NumaTmpfs { node: 0 })
             .unwrap_err()

@@ -81,7 +81,6 @@ pub enum TemplateError {
     },
 }
 
-
 impl Classified for TemplateError {
     fn kind(&self) -> ErrorKind {
         match self {
@@ -102,9 +101,7 @@ impl Classified for TemplateError {
             TemplateError::Checkpoint(e) => e.kind(),
             TemplateError::Container(e) => e.kind(),
             TemplateError::Criu(e) => e.kind(),
-            TemplateError::Io { .. }
-
-            | TemplateError::Encode { .. } => ErrorKind::Internal,
+            TemplateError::Io { .. } | TemplateError::Encode { .. } => ErrorKind::Internal,
         }
     }
 }

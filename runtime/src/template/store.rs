@@ -37,7 +37,6 @@ impl TemplateStore {
         self.root.join(name)
     }
 
-
     pub fn get(&self, name: &str) -> Result<Manifest, TemplateError> {
         if !valid_name(name) {
             return Err(TemplateError::BadName(name.into()));
@@ -164,7 +163,8 @@ fn check_pool_file(m: &Manifest) -> Result<(), TemplateError> {
         what,
     };
     let path = &m.pool.path;
-    let meta = fs::metadata(path).map_err(|e| corrupt(format!("pool file {}: {e}", path.display())))?;
+    let meta =
+        fs::metadata(path).map_err(|e| corrupt(format!("pool file {}: {e}", path.display())))?;
     if FileStamp::of(&meta) != m.pool.stamp {
         return Err(corrupt(format!(
             "pool file {} was modified after the template was made",

@@ -18,7 +18,8 @@ pub(super) fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RemoteErr
     match req {
         Request::Create { container, stdio } => {
             let (child, stamp) = take_stdio(&mut fds, &stdio)?;
-            let pid = container::create::create(&container, child, stamp).map_err(RemoteError::of)?;
+            let pid =
+                container::create::create(&container, child, stamp).map_err(RemoteError::of)?;
             Ok(Reply::Pid(pid))
         }
         Request::Start { at } => done(container::lifecycle::start(&at)),

@@ -49,9 +49,13 @@ pub enum WorkerError {
         #[source]
         source: nix::Error,
     },
-    #[error("the runtime zygote is gone (the shim must be restarted): control socket lock poisoned")]
+    #[error(
+        "the runtime zygote is gone (the shim must be restarted): control socket lock poisoned"
+    )]
     Poisoned,
-    #[error("protocol error talking to the runtime zygote: too many file descriptors for one request ({0})")]
+    #[error(
+        "protocol error talking to the runtime zygote: too many file descriptors for one request ({0})"
+    )]
     TooManyFds(usize),
     #[error("protocol error talking to the runtime zygote: {context}: {source}")]
     Frame {
@@ -87,7 +91,6 @@ impl Classified for WorkerError {
         }
     }
 }
-
 
 /// The shim's handle on its zygote.
 pub struct Zygote {

@@ -83,7 +83,10 @@ pub(crate) enum Reply {
     Pid(i32),
     Done,
     /// A restored init and where the restore spent its time.
-    Restored { pid: i32, phases: Phases },
+    Restored {
+        pid: i32,
+        phases: Phases,
+    },
     /// A template was made: one line on what it holds.
     Template(String),
 }

@@ -29,4 +29,3 @@ pub(super) fn read_frame(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
     r.read_exact(&mut body)?;
     Ok(body)
 }
-

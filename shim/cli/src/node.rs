@@ -1,4 +1,4 @@
-//! `trenv node …`: host kernel settings a trenv node should have (runtime/src/node.rs).
+//! `trenv node …`: host kernel settings a trenv node should have (runtime/src/node/tune.rs).
 
 use std::path::PathBuf;
 

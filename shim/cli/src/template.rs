@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use trenv_criu::template::Policy;
-use trenv_runtime::checkpoint::CriuConfig;
 use trenv_runtime::config::Config;
-use trenv_runtime::pool::Pool;
-use trenv_runtime::sandbox::Location;
-use trenv_runtime::template::TemplateStore;
+use trenv_runtime::container::Location;
+use trenv_runtime::snapshot::CriuConfig;
+use trenv_runtime::template::build::BuildRequest;
+use trenv_runtime::template::{MemPool, TemplateStore};
 
 #[derive(Args)]
 pub struct TemplateArgs {
@@ -80,8 +80,8 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 None => find_bundle(&namespace, &from)?,
             };
             let at = Location::new(&from, &bundle);
-            let kind = config.pool_kind().map_err(anyhow::Error::msg)?;
-            let pool = Pool::open(&config.pool.dir, kind)?;
+            let kind = config.pool_kind()?;
+            let pool = MemPool::open(&config.pool.dir, kind)?;
             let criu = CriuConfig {
                 binary: config.criu.binary.clone(),
                 cache_dir: Some(PathBuf::from("/run/trenv")),
@@ -90,8 +90,15 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 min_vma: if copy { u64::MAX } else { min_vma_kib * 1024 },
                 include_heap: heap,
             };
+            let req = BuildRequest {
+                name: &name,
+                at: &at,
+                pool: &pool,
+                criu: &criu,
+                policy: &policy,
+            };
             let m = store
-                .create(&name, &at, &pool, &criu, &policy)
+                .create(&req)
                 .with_context(|| format!("creating template {name} from {from}"))?;
             println!(
                 "template {}: {} VMAs, {} MiB mapped from {} ({}), {} MiB still copied",

@@ -1,5 +1,5 @@
 //! The template a container asks for with `io.trenv.template.create=NAME`
-//! (runtime/src/ready_template.rs): a thread waits for the ready file to appear inside the
+//! (runtime/src/template/ready.rs): once its init started, a thread waits for the ready file to appear inside the
 //! container, then a zygote worker checkpoints the running function (it keeps running)
 //! into template NAME, exactly as `trenv template create` does.
 
@@ -9,21 +9,30 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
 use nix::sys::stat::Mode;
-use trenv_runtime::ready_template::ReadyTemplate;
-use trenv_runtime::sandbox::{Reply, Request};
+use trenv_runtime::template::ready::ReadyTemplate;
 
+use super::{Hook, Invocation};
 use crate::container::Container;
 use crate::process::State;
-use crate::zygote;
 
 /// How often the ready file is looked for.
 const POLL: Duration = Duration::from_millis(10);
 /// How long a function may take to get ready.
 const PATIENCE: Duration = Duration::from_secs(600);
 
+pub struct ReadyTemplateHook;
+
+impl Hook for ReadyTemplateHook {
+    fn started(&self, inv: &Invocation<'_>, pid: i32) {
+        if inv.is_init() {
+            watch(inv.container, pid);
+        }
+    }
+}
+
 /// Starts watching container `c`, whose init runs as `pid`, if it asks for a template.
-pub fn watch(c: &Arc<Container>, pid: i32) {
-    let Some(t) = c.ready_template.clone() else {
+fn watch(c: &Arc<Container>, pid: i32) {
+    let Some(t) = c.annotations.make_template.clone() else {
         return;
     };
     let (id, name) = (c.id.clone(), t.name.clone());
@@ -93,21 +102,15 @@ fn make_when_ready(c: &Container, pid: i32, t: &ReadyTemplate) {
         t.name
     );
     let made = Instant::now();
-    let req = Request::MakeTemplate {
-        at: c.at.clone(),
-        template: t.clone(),
-        criu: c.criu.clone(),
-    };
-    match zygote().call(&req, &[]) {
-        Ok(Reply::Template(summary)) => log::info!(
+    match crate::runtime().make_template(&c.at, t, &c.criu) {
+        Ok(summary) => log::info!(
             "template {} made from container {} in {:.2} s: {summary}",
             t.name,
             c.id,
             made.elapsed().as_secs_f64()
         ),
-        Ok(other) => log::error!("template {}: unexpected reply {other:?}", t.name),
         // Several instances of one function may all ask for its template: the first makes it.
-        Err(e) if e.to_string().contains("already exists") => {
+        Err(e) if e.kind() == trenv_runtime::ErrorKind::AlreadyExists => {
             log::info!("template {} not made from container {}: {e}", t.name, c.id)
         }
         Err(e) => log::error!(

@@ -1,12 +1,12 @@
-//! The shim v2 Task service: every method containerd may call.
+//! The shim v2 Task service: every method containerd may call. Exits are watched and
+//! reported in [`exits`]; the per-invocation work (metering, autotuning, OOM events,
+//! templates made when ready) is the [`crate::hooks`] list, called at each step.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use containerd_shim::api::*;
-use containerd_shim::monitor::{Subject, Topic, monitor_subscribe};
 use containerd_shim::protos::events::task::*;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics::*;
@@ -19,11 +19,18 @@ use crate::container::Container;
 use crate::errors::{invalid, not_found, precondition, rt, status};
 use crate::events::Events;
 use crate::exit_clock::ExitClock;
+use crate::hooks::autotune::AutotuneHook;
+use crate::hooks::meter::MeterHook;
+use crate::hooks::oom::OomHook;
+use crate::hooks::ready_template::ReadyTemplateHook;
+use crate::hooks::{Hooks, Invocation};
 use crate::idle_trim::IdleTrim;
 use crate::io::StdioPaths;
 use crate::options;
-use crate::process::{Process, State, now, timestamp};
-use trenv_runtime::metering::{Meter, MeterConfig};
+use crate::process::{Process, State, now};
+use trenv_runtime::metering::MeterConfig;
+
+mod exits;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -40,8 +47,8 @@ struct Inner {
     unclaimed: Mutex<Unclaimed>,
     events: Events,
     exit: Arc<ExitSignal>,
-    namespace: String,
-    meter: Option<MeterConfig>,
+    /// Work attached to every process's start and exit.
+    hooks: Hooks,
     /// When processes exited, stamped as it happens (see exit_clock.rs).
     exit_clock: Option<Arc<ExitClock>>,
     /// Unmaps the shim's code once it is idle after requests.
@@ -65,215 +72,6 @@ impl Inner {
     fn unclaimed(&self) -> MutexGuard<'_, Unclaimed> {
         self.unclaimed.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// Finds the process with this pid.
-    fn find(&self, pid: i32) -> Option<(Arc<Container>, Arc<Process>)> {
-        for c in self.containers().values() {
-            if c.init.pid() == pid && c.init.state() != State::Stopped {
-                return Some((c.clone(), c.init.clone()));
-            }
-            for p in c.execs().values() {
-                if p.pid() == pid && p.state() != State::Stopped {
-                    return Some((c.clone(), p.clone()));
-                }
-            }
-        }
-        None
-    }
-
-    /// Publishes TaskOOM if the kernel killed something since the last report.
-    fn check_oom(&self, c: &Container) {
-        let Some(kills) = c.cgroup.get().and_then(|cg| cg.oom_kills()) else {
-            return;
-        };
-        let mut reported = c.oom_reported.lock().unwrap_or_else(|e| e.into_inner());
-        if kills > *reported {
-            *reported = kills;
-            self.events.publish(
-                TASK_OOM_EVENT_TOPIC,
-                Box::new(TaskOOM {
-                    container_id: c.id.clone(),
-                    ..Default::default()
-                }),
-            );
-        }
-    }
-
-    /// Reports an exit: TaskOOM (if any) first, then TaskExit, then wakes Wait callers.
-    fn exited(self: &Arc<Self>, c: Arc<Container>, p: Arc<Process>, code: i32) {
-        let this = self.clone();
-        // When it exited, which may be a little before now.
-        let ended = self
-            .exit_clock
-            .as_ref()
-            .and_then(|clock| clock.take(p.pid()))
-            .unwrap_or_else(Instant::now);
-        let ended_wall = std::time::SystemTime::now() - ended.elapsed();
-        let at = timestamp(ended_wall);
-        let (meter, exec_stamp) = {
-            let mut g = p.lock();
-            (g.meter.take(), g.exec_stamp.take())
-        };
-        *self
-            .exits_in_flight
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) += 1;
-        let spawned = thread::Builder::new().name("exit".into()).spawn(move || {
-            let is_init = p.exec_id.is_empty();
-            if is_init {
-                // First end what holds the container's stdio open, then drain it.
-                c.reap_leftovers();
-                if let Some(t) = c.autotuner.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    let report = t.stop();
-                    log::info!(
-                        "container {}: memory limit followed the hull with {} changes ({} refused)",
-                        c.id,
-                        report.changes.len(),
-                        report.refused
-                    );
-                }
-            }
-            if let Some(io) = p.lock().io.as_ref().map(|io| io.waiter()) {
-                io.wait(Duration::from_millis(500));
-            }
-            this.check_oom(&c);
-            this.events.publish(
-                TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
-                    container_id: c.id.clone(),
-                    id: if is_init {
-                        c.id.clone()
-                    } else {
-                        p.exec_id.clone()
-                    },
-                    pid: p.pid() as u32,
-                    exit_status: code as u32,
-                    exited_at: MessageField::some(at.clone()),
-                    ..Default::default()
-                }),
-            );
-            // Read the counters while the cgroup exists; write after Wait is answered.
-            let execed = exec_stamp.and_then(|s| s.read());
-            let measured = meter.map(|m| m.finish(p.pid(), code as u32, execed, ended, ended_wall));
-            // Let the mount namespace go before anyone is told (Delete may follow at once).
-            drop(p.lock().mount_ns.take());
-            p.set_exited(code as u32, at);
-            if let Some(m) = measured
-                && let Err(e) = m.write()
-            {
-                log::error!("metering record of {} lost: {e}", c.id);
-            }
-            this.exit_done();
-        });
-        if let Err(e) = spawned {
-            log::error!("cannot spawn the exit handler: {e}");
-            self.exit_done();
-        }
-    }
-
-    fn exit_done(&self) {
-        let (count, cv) = &self.exits_in_flight;
-        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
-        *n = n.saturating_sub(1);
-        cv.notify_all();
-    }
-
-    /// Waits (at most `timeout`) until no exit is being handled.
-    fn wait_exits(&self, timeout: Duration) {
-        let (count, cv) = &self.exits_in_flight;
-        let guard = count.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = cv.wait_timeout_while(guard, timeout, |n| *n > 0);
-    }
-
-    fn watch_exits(self: Arc<Self>) {
-        let sub = match monitor_subscribe(Topic::Pid) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot watch process exits: {e}");
-                return;
-            }
-        };
-        thread::Builder::new()
-            .name("exits".into())
-            .spawn(move || {
-                for ev in sub.rx.iter() {
-                    let Subject::Pid(pid) = ev.subject else {
-                        continue;
-                    };
-                    let mut unclaimed = self.unclaimed();
-                    match self.find(pid) {
-                        Some((c, p)) => {
-                            drop(unclaimed);
-                            self.exited(c, p, ev.exit_code);
-                        }
-                        None => {
-                            // A worker's child we do not know yet (an exec whose start is
-                            // still returning) or one we never will: keep it for a while.
-                            unclaimed.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(60));
-                            unclaimed.insert(pid, (ev.exit_code, Instant::now()));
-                        }
-                    }
-                }
-            })
-            .expect("spawning the exit watcher");
-    }
-
-    /// Starts metering an invocation of `c` (a no-op when metering is off).
-    fn start_meter(&self, c: &Container, exec_id: &str) -> Option<Meter> {
-        let mut config = self.meter.clone()?;
-        if let Some(interval) = c.meter_interval {
-            config.interval = interval;
-        }
-        let cg = c.cgroup.get()?;
-        let mut identity = c.identity.clone();
-        identity.namespace = self.namespace.clone();
-        identity.exec_id = exec_id.to_string();
-        match Meter::start(identity, cg, &config) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                log::warn!("no metering for {}: {e}", c.id);
-                None
-            }
-        }
-    }
-
-    /// Called with a freshly learnt pid: reports its exit if that already happened.
-    fn claim(self: &Arc<Self>, c: &Arc<Container>, p: &Arc<Process>, pid: i32) {
-        if let Some(clock) = &self.exit_clock {
-            clock.watch(pid);
-        }
-        if p.exec_id.is_empty() && pid > 0 {
-            p.lock().mount_ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok();
-        }
-        let code = self.unclaimed().remove(&pid);
-        if let Some((code, _)) = code {
-            self.exited(c.clone(), p.clone(), code);
-        }
-    }
-
-    fn watch_oom(self: &Arc<Self>, c: &Arc<Container>) {
-        let Some(watcher) = c.cgroup.get().and_then(|cg| match cg.watch_oom() {
-            Ok(w) => Some(w),
-            Err(e) => {
-                log::warn!("no OOM events for container {}: {e}", c.id);
-                None
-            }
-        }) else {
-            return;
-        };
-        let this = self.clone();
-        let c = c.clone();
-        let _ = thread::Builder::new().name("oom".into()).spawn(move || {
-            let dir = c.cgroup.get().and_then(|cg| cg.memory_dir());
-            while watcher.wait() {
-                if dir.as_ref().is_some_and(|d| !d.exists()) {
-                    break;
-                }
-                this.check_oom(&c);
-            }
-        });
-    }
 }
 
 impl Service {
@@ -281,16 +79,42 @@ impl Service {
         let inner = Arc::new(Inner {
             containers: Mutex::new(HashMap::new()),
             unclaimed: Mutex::new(HashMap::new()),
+            hooks: Hooks::new(vec![
+                Box::new(MeterHook {
+                    config: MeterConfig::from_env(),
+                    namespace,
+                }),
+                Box::new(AutotuneHook),
+                Box::new(OomHook {
+                    events: events.clone(),
+                }),
+                Box::new(ReadyTemplateHook),
+            ]),
             events,
             exit,
-            namespace,
-            meter: MeterConfig::from_env(),
             exit_clock: ExitClock::start(),
             idle_trim: IdleTrim::start(),
             exits_in_flight: (Mutex::new(0), std::sync::Condvar::new()),
         });
         inner.clone().watch_exits();
         Service { inner }
+    }
+}
+
+impl Service {
+    /// Starts a process between the hooks' `before_start` and `start_failed`.
+    fn start_process(
+        &self,
+        c: &Arc<Container>,
+        p: &Arc<Process>,
+        start: impl FnOnce() -> TtrpcResult<i32>,
+    ) -> TtrpcResult<i32> {
+        let inv = Invocation {
+            container: c,
+            process: p,
+        };
+        self.inner.hooks.before_start(&inv)?;
+        start().inspect_err(|_| self.inner.hooks.start_failed(&inv))
     }
 }
 
@@ -356,10 +180,7 @@ impl Task for Service {
                 ..Default::default()
             }),
         );
-        // A restored container's cgroup exists only once Start restored it.
-        if !c.restores_at_start() {
-            self.inner.watch_oom(&c);
-        }
+        self.inner.hooks.created(&c);
         self.inner.claim(&c, &c.init, pid);
         Ok(CreateTaskResponse {
             pid: pid as u32,
@@ -372,22 +193,7 @@ impl Task for Service {
         let c = self.inner.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
             let began = Instant::now();
-            let restored = c.restores_at_start();
-            // The meter is in place before the process runs: it may exit at once.
-            c.init.lock().meter = self.inner.start_meter(&c, "");
-            // So is the autotuner, which sets the hull's first limit.
-            if let (Some(hull), Some(cg)) = (&c.hull, c.cgroup.get()) {
-                let tuner =
-                    trenv_runtime::metering::Autotuner::start(cg, hull.clone(), Instant::now())
-                        .map_err(|e| precondition(format!("memory autotuning: {e}")))?;
-                *c.autotuner.lock().unwrap_or_else(|e| e.into_inner()) = Some(tuner);
-            }
-            let pid = c.start_init().inspect_err(|_| {
-                c.init.lock().meter = None;
-                if let Some(t) = c.autotuner.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    t.stop();
-                }
-            })?;
+            let pid = self.start_process(&c, &c.init, || c.start_init())?;
             self.inner.events.publish(
                 TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
@@ -396,12 +202,7 @@ impl Task for Service {
                     ..Default::default()
                 }),
             );
-            // A restored init learns its pid only now, and has a cgroup only now.
-            if restored {
-                self.inner.watch_oom(&c);
-            }
-            self.inner.claim(&c, &c.init, pid);
-            crate::ready_template::watch(&c, pid);
+            self.inner.started(&c, &c.init, pid);
             // Benchmarks read this line (integration/src/bin/bench-templates.rs).
             let created = c
                 .create_time
@@ -411,19 +212,19 @@ impl Task for Service {
             log::info!(
                 "started {} (pid {pid}, {}): create {:.1} ms, start {:.1} ms",
                 c.id,
-                c.start_kind(),
+                c.plan,
                 created.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 began.elapsed().as_secs_f64() * 1e3
             );
             pid
         } else {
             let p = c.process(&req.exec_id)?;
-            p.lock().meter = self.inner.start_meter(&c, &req.exec_id);
-            let pid = c.start_exec(&p, |_| {}).inspect_err(|_| {
-                p.lock().meter = None;
-                // It will never run: answer its waiters (runc's shim reports 255 too).
-                p.set_exited(255, now());
-            })?;
+            let pid = self
+                .start_process(&c, &p, || c.start_exec(&p))
+                .inspect_err(|_| {
+                    // It will never run: answer its waiters (runc's shim reports 255 too).
+                    p.set_exited(255, now());
+                })?;
             self.inner.events.publish(
                 TASK_EXEC_STARTED_EVENT_TOPIC,
                 Box::new(TaskExecStarted {
@@ -433,7 +234,7 @@ impl Task for Service {
                     ..Default::default()
                 }),
             );
-            self.inner.claim(&c, &p, pid);
+            self.inner.started(&c, &p, pid);
             pid
         };
         Ok(StartResponse {
@@ -559,7 +360,8 @@ impl Task for Service {
         let c = self.inner.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         if let Some(io) = p.lock().io.as_ref() {
-            io.resize(req.width, req.height).map_err(rt)?;
+            io.resize(req.width, req.height)
+                .map_err(crate::errors::stdio)?;
         }
         Ok(Empty::new())
     }

@@ -1,0 +1,235 @@
+//! Every annotation trenv reads from a container's spec, in one place, parsed once at
+//! Create into [`Annotations`]. A value trenv cannot use fails Create with an error naming
+//! the annotation and what it accepts; nothing else reads annotations.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use trenv_criu::template::Policy;
+use trenv_meter::hull::{Hull, HullError};
+use trenv_runtime::template::manifest::valid_name;
+use trenv_runtime::template::ready::{DEFAULT_READY_FILE, ReadyTemplate};
+use trenv_runtime::template::{TEMPLATE_ANNOTATION, TemplateError};
+
+/// The function a container runs (metering records, templates).
+pub const FUNCTION: &str = "io.trenv.function";
+/// The template a container is restored from.
+pub const TEMPLATE: &str = TEMPLATE_ANNOTATION;
+/// Make a template of this name once the function is ready.
+pub const TEMPLATE_CREATE: &str = "io.trenv.template.create";
+/// The file whose existence inside the container says the function is ready.
+pub const TEMPLATE_READY_FILE: &str = "io.trenv.template.ready-file";
+/// What the template made by the shim maps: map, heap or copy.
+pub const TEMPLATE_POLICY: &str = "io.trenv.template.policy";
+/// The memory sampling interval of the container's invocations, in microseconds.
+pub const METER_INTERVAL: &str = "io.trenv.meter.interval-us";
+/// A hull file (`trenv meter hull`) whose upscaling hull the memory limit follows.
+pub const METER_HULL: &str = "io.trenv.meter.hull";
+/// CRI's pod sandbox id: containers with the same one share a shim.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's image name, for metering records.
+pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+
+/// A value trenv cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnotationError {
+    #[error("annotation {METER_HULL}: {0}")]
+    Hull(#[source] HullError),
+    #[error(
+        "annotation {METER_INTERVAL}={0:?}: expected a whole number of microseconds (e.g. 10000 \
+         for 10 ms, 0 to sample nothing)"
+    )]
+    Interval(String),
+    #[error("annotation {TEMPLATE_CREATE}: {0}")]
+    TemplateName(#[source] TemplateError),
+    #[error(
+        "annotation {TEMPLATE_READY_FILE}={0:?}: give an absolute path inside the container \
+         without `..` (e.g. /tmp/.lock)"
+    )]
+    ReadyFile(String),
+    #[error(
+        "annotation {TEMPLATE_POLICY}={0:?}: expected map (default), heap (map [heap] too) or \
+         copy (map nothing)"
+    )]
+    Policy(String),
+    #[error("annotations {TEMPLATE_READY_FILE} and {TEMPLATE_POLICY} need {TEMPLATE_CREATE}=NAME")]
+    Orphan,
+}
+
+/// What a container's annotations ask of trenv.
+#[derive(Debug, Default)]
+pub struct Annotations {
+    /// `io.trenv.function` (empty: unnamed).
+    pub function: String,
+    /// CRI's pod sandbox id (empty outside a pod).
+    pub sandbox_id: String,
+    /// CRI's image name (empty outside CRI).
+    pub image: String,
+    /// The template to restore from.
+    pub template: Option<String>,
+    /// The template to make once the function is ready.
+    pub make_template: Option<ReadyTemplate>,
+    /// The memory hull to follow live.
+    pub hull: Option<Hull>,
+    /// The memory sampling interval, overriding the shim's default.
+    pub meter_interval: Option<Duration>,
+}
+
+impl Annotations {
+    /// Parses a spec's annotations.
+    pub fn parse(map: Option<&HashMap<String, String>>) -> Result<Annotations, AnnotationError> {
+        let get = |k: &str| map.and_then(|m| m.get(k)).cloned().unwrap_or_default();
+        let hull = match get(METER_HULL) {
+            p if p.is_empty() => None,
+            p => Some(Hull::load(Path::new(&p)).map_err(AnnotationError::Hull)?),
+        };
+        let meter_interval = match get(METER_INTERVAL) {
+            v if v.is_empty() => None,
+            v => Some(Duration::from_micros(
+                v.parse::<u64>().map_err(|_| AnnotationError::Interval(v))?,
+            )),
+        };
+        Ok(Annotations {
+            function: get(FUNCTION),
+            sandbox_id: get(SANDBOX_ID),
+            image: get(IMAGE_NAME),
+            template: Some(get(TEMPLATE)).filter(|t| !t.is_empty()),
+            make_template: ready_template(
+                &get(TEMPLATE_CREATE),
+                &get(TEMPLATE_READY_FILE),
+                &get(TEMPLATE_POLICY),
+            )?,
+            hull,
+            meter_interval,
+        })
+    }
+}
+
+/// The template to make when ready, from `io.trenv.template.create`, `…ready-file` and
+/// `…policy` ("" for a missing one); `None` when none is asked for.
+fn ready_template(
+    name: &str,
+    file: &str,
+    policy: &str,
+) -> Result<Option<ReadyTemplate>, AnnotationError> {
+    if name.is_empty() {
+        return if file.is_empty() && policy.is_empty() {
+            Ok(None)
+        } else {
+            Err(AnnotationError::Orphan)
+        };
+    }
+    if !valid_name(name) {
+        return Err(AnnotationError::TemplateName(TemplateError::BadName(
+            name.into(),
+        )));
+    }
+    let ready_file = if file.is_empty() {
+        PathBuf::from(DEFAULT_READY_FILE)
+    } else {
+        let p = PathBuf::from(file);
+        let plain = p.is_absolute()
+            && p.components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+            && p.components().count() > 1;
+        if !plain {
+            return Err(AnnotationError::ReadyFile(file.into()));
+        }
+        p
+    };
+    let default = Policy::default();
+    let (min_vma, include_heap) = match policy {
+        "" | "map" => (default.min_vma, false),
+        "heap" => (default.min_vma, true),
+        "copy" => (u64::MAX, false),
+        _ => return Err(AnnotationError::Policy(policy.into())),
+    };
+    Ok(Some(ReadyTemplate {
+        name: name.into(),
+        ready_file,
+        min_vma,
+        include_heap,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Annotations, AnnotationError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Annotations::parse(Some(&m))
+    }
+
+    fn ready(pairs: &[(&str, &str)]) -> Result<Option<ReadyTemplate>, AnnotationError> {
+        parse(pairs).map(|a| a.make_template)
+    }
+
+    #[test]
+    fn no_annotation_no_template() {
+        let a = Annotations::parse(None).unwrap();
+        assert!(a.make_template.is_none() && a.template.is_none() && a.hull.is_none());
+    }
+
+    #[test]
+    fn defaults_follow_the_openfaas_watchdog_and_the_cli() {
+        let t = ready(&[(TEMPLATE_CREATE, "fn-a")]).unwrap().unwrap();
+        assert_eq!(t.ready_file, PathBuf::from("/tmp/.lock"));
+        assert_eq!(t.policy(), Policy::default());
+    }
+
+    #[test]
+    fn policies() {
+        let with = |p| {
+            ready(&[(TEMPLATE_CREATE, "f"), (TEMPLATE_POLICY, p)])
+                .unwrap()
+                .unwrap()
+        };
+        assert!(with("heap").include_heap);
+        assert_eq!(with("copy").min_vma, u64::MAX);
+        assert_eq!(with("map").policy(), Policy::default());
+        assert!(matches!(
+            ready(&[(TEMPLATE_CREATE, "f"), (TEMPLATE_POLICY, "mapp")]),
+            Err(AnnotationError::Policy(p)) if p == "mapp"
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_what_to_do() {
+        for file in ["tmp/ready", "/tmp/../../etc/passwd", "/", "../x"] {
+            let e = ready(&[(TEMPLATE_CREATE, "f"), (TEMPLATE_READY_FILE, file)]);
+            assert!(
+                matches!(&e, Err(AnnotationError::ReadyFile(f)) if f == file),
+                "{file}: {e:?}"
+            );
+        }
+        let e = ready(&[(TEMPLATE_CREATE, "Bad Name")]).unwrap_err();
+        assert!(e.to_string().contains("invalid template name"), "{e}");
+        assert!(matches!(
+            ready(&[(TEMPLATE_READY_FILE, "/tmp/x")]),
+            Err(AnnotationError::Orphan)
+        ));
+        let e = parse(&[(METER_INTERVAL, "10ms")]).unwrap_err().to_string();
+        assert!(e.contains("expected a whole number of microseconds"), "{e}");
+    }
+
+    #[test]
+    fn identity_comes_from_trenv_and_cri_annotations() {
+        let a = parse(&[
+            (FUNCTION, "fn"),
+            (SANDBOX_ID, "pod1"),
+            (IMAGE_NAME, "img"),
+            (TEMPLATE, "tpl"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.function.as_str(), a.sandbox_id.as_str(), a.image.as_str()),
+            ("fn", "pod1", "img")
+        );
+        assert_eq!(a.template.as_deref(), Some("tpl"));
+    }
+}

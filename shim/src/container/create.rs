@@ -1,0 +1,312 @@
+//! Create: the spec read and its annotations parsed, the cgroup driver checked, then one of
+//! two paths chosen by the [`StartPlan`]: a cold start's init created now (released at
+//! Start), or a restore prepared (rootfs and spec now, processes at Start, as runc's shim
+//! does for checkpoints). Each step is a function here; a failure leaves nothing behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::protos::api::CreateTaskRequest;
+use containerd_shim::protos::ttrpc;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use trenv_runtime::ChildFds;
+use trenv_runtime::config::Config;
+use trenv_runtime::container::create::NewContainer;
+use trenv_runtime::container::rootfs::Mount;
+use trenv_runtime::container::spec::{has_own_namespace, load_spec};
+use trenv_runtime::container::{Location, cgroup::Cgroup};
+use trenv_runtime::snapshot::{CriuConfig, Phases, RestorePlan, TemplateFile};
+use trenv_runtime::template::{Manifest, TemplateError, TemplateStore, stage_images};
+
+use super::stdio::{finish_io, prepare_io};
+use super::{Container, LazyCgroup, PendingRestore, StartPlan, criu_config};
+use crate::annotations::{self, Annotations};
+use crate::errors::{internal, invalid, precondition, rt, stdio};
+use crate::io::{ProcessIo, StdioPaths};
+use crate::options::RuntimeOptions;
+use crate::process::Process;
+use crate::stamp::ExecStamp;
+
+/// CRIU's work directory for a restore, below containerd's work directory of the task;
+/// removed after a successful restore.
+pub(super) const RESTORE_WORK: &str = "criu-restore";
+
+/// A template's images linked for one restore, below containerd's work directory.
+pub(super) const STAGED_IMAGES: &str = "criu-images";
+
+/// What Create learnt from the request, the spec and the options.
+struct Request<'a> {
+    req: &'a CreateTaskRequest,
+    opts: &'a RuntimeOptions,
+    spec: Spec,
+    at: Location,
+    rootfs: Vec<Mount>,
+    paths: StdioPaths,
+    /// The systemd cgroup driver is asked for.
+    systemd: bool,
+}
+
+/// Where a restore's images come from.
+struct RestoreSource {
+    images: PathBuf,
+    template: Option<TemplateFile>,
+    loopback_up: bool,
+}
+
+impl Container {
+    /// Creates the container (its init process waits for Start).
+    pub fn create(
+        req: &CreateTaskRequest,
+        opts: &RuntimeOptions,
+    ) -> Result<Container, ttrpc::Error> {
+        let mut phases = Phases::start();
+        let r = Request::read(req, opts)?;
+        let annotations = Annotations::parse(r.spec.annotations().as_ref())
+            .map_err(|e| invalid(e.to_string()))?;
+        phases.mark("spec");
+        // Checking the driver first catches a systemd driver this host cannot honour
+        // before anything is created.
+        Cgroup::check(r.systemd).map_err(rt)?;
+        let cgroups_path = r
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone());
+        let cgroup = LazyCgroup::open(cgroups_path, &req.id, r.systemd);
+        phases.mark("cgroup");
+        let mut criu = criu_config(opts);
+        let source = r.restore_source(&annotations, &mut criu, &mut phases)?;
+        let mut container = Container {
+            id: req.id.clone(),
+            at: r.at.clone(),
+            init: Arc::new(Process::new("", r.paths.clone(), Vec::new())),
+            execs: Mutex::new(HashMap::new()),
+            cgroup,
+            mounted_rootfs: !r.rootfs.is_empty(),
+            own_pid_ns: has_own_namespace(&r.spec, LinuxNamespaceType::Pid),
+            oom_reported: Mutex::new(0),
+            annotations,
+            autotuner: Mutex::new(None),
+            criu,
+            plan: match &source {
+                Some(RestoreSource {
+                    template: Some(t), ..
+                }) => StartPlan::Template(t.template.clone()),
+                Some(_) => StartPlan::Checkpoint,
+                None => StartPlan::Cold,
+            },
+            pending_restore: Mutex::new(None),
+            create_time: Mutex::new(None),
+        };
+        match source {
+            Some(source) => {
+                r.prepare_restore(&mut container, source, &mut phases)?;
+                log::debug!("created {} for a restore: {phases}", req.id);
+            }
+            None => r.create_init(&container)?,
+        }
+        Ok(container)
+    }
+}
+
+impl<'a> Request<'a> {
+    /// The spec (a spec that does not parse is the user's to fix), rootfs mounts, stdio.
+    fn read(
+        req: &'a CreateTaskRequest,
+        opts: &'a RuntimeOptions,
+    ) -> Result<Request<'a>, ttrpc::Error> {
+        if !req.parent_checkpoint.is_empty() {
+            return Err(invalid(
+                "restoring from a parent (incremental) checkpoint is not supported by trenv; \
+                 restore from a full checkpoint",
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = load_spec(&bundle.join("config.json")).map_err(rt)?;
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        // containerd's CRI passes runc-typed options (SystemdCgroup) only to runc itself;
+        // with the kubelet's systemd driver it writes cgroupsPath as "slice:prefix:name",
+        // which asks for the systemd driver just as clearly.
+        let systemd = opts.systemd_cgroup || cgroups_path.as_deref().is_some_and(is_systemd_path);
+        Ok(Request {
+            req,
+            opts,
+            at: Location::new(&req.id, &bundle),
+            spec,
+            rootfs: req
+                .rootfs
+                .iter()
+                .map(|m| Mount {
+                    kind: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                })
+                .collect(),
+            paths: StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            },
+            systemd,
+        })
+    }
+
+    /// What Start restores from, if anything: a template (annotation), containerd's
+    /// checkpoint, or runc's `CriuImagePath` option.
+    fn restore_source(
+        &self,
+        annotations: &Annotations,
+        criu: &mut CriuConfig,
+        phases: &mut Phases,
+    ) -> Result<Option<RestoreSource>, ttrpc::Error> {
+        let Some(name) = &annotations.template else {
+            let images = if !self.req.checkpoint.is_empty() {
+                Some(PathBuf::from(&self.req.checkpoint))
+            } else {
+                self.opts.criu_image_path.as_ref().map(PathBuf::from)
+            };
+            return Ok(images.map(|images| RestoreSource {
+                images,
+                template: None,
+                loopback_up: false,
+            }));
+        };
+        if !self.req.checkpoint.is_empty() || self.opts.criu_image_path.is_some() {
+            return Err(invalid(format!(
+                "container {} asks for both a checkpoint and template {name}; choose one",
+                self.req.id
+            )));
+        }
+        let config = Config::load().map_err(|e| precondition(e.to_string()))?;
+        phases.mark("config");
+        if criu.binary.is_none() {
+            criu.binary = config.criu.binary.clone();
+        }
+        let checked = TemplateStore::new(&config.templates.dir)
+            .check(name, &self.spec)
+            .map_err(|e| match e {
+                TemplateError::BadName(_) => {
+                    invalid(format!("annotation {}: {e}", annotations::TEMPLATE))
+                }
+                e => rt(e),
+            })?;
+        phases.mark("template check");
+        let staged = self.at.bundle.join("work").join(STAGED_IMAGES);
+        stage_images(&checked.images, &staged).map_err(|e| internal(e.to_string()))?;
+        phases.mark("staging");
+        let m = checked.manifest;
+        Ok(Some(RestoreSource {
+            images: staged,
+            loopback_up: m.empty_netns,
+            template: Some(TemplateFile {
+                key: Manifest::image_name(&m.name)
+                    .trim_start_matches('/')
+                    .to_string(),
+                path: m.pool.path,
+                stamp: m.pool.stamp,
+                template: m.name,
+            }),
+        }))
+    }
+
+    /// A restored container's Create, like runc's shim: rootfs and stdio pipes now, the
+    /// processes at Start (pid 0 until then).
+    fn prepare_restore(
+        &self,
+        c: &mut Container,
+        source: RestoreSource,
+        phases: &mut Phases,
+    ) -> Result<(), ttrpc::Error> {
+        crate::runtime()
+            .prepare_restore(&self.at, &self.rootfs)
+            .map_err(rt)?;
+        phases.mark("rootfs");
+        let (io, child) = if self.paths.terminal {
+            (None, [None, None, None])
+        } else {
+            match ProcessIo::pipes(self.paths.clone()) {
+                Ok((io, child)) => (Some(io), child),
+                Err(e) => {
+                    let _ = c.destroy();
+                    return Err(stdio(e));
+                }
+            }
+        };
+        c.init.lock().io = io;
+        // `<bundle>/work` is containerd's per-task work directory (a symlink).
+        let work = self
+            .opts
+            .criu_work_path
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.at.bundle.join("work").join(RESTORE_WORK));
+        c.pending_restore = Mutex::new(Some(PendingRestore {
+            plan: RestorePlan {
+                images: source.images,
+                work,
+                systemd_cgroup: self.systemd,
+                terminal: self.paths.terminal,
+                template: source.template,
+                loopback_up: source.loopback_up,
+            },
+            child,
+        }));
+        phases.mark("stdio");
+        Ok(())
+    }
+
+    /// A cold start's Create: the init process, created and waiting for Start.
+    fn create_init(&self, c: &Container) -> Result<(), ttrpc::Error> {
+        let (io, console, child) = prepare_io(&self.paths)?;
+        let (stamp, stamp_end) = ExecStamp::pipe()
+            .map_err(|e| internal(format!("creating the exec stamp pipe: {e}")))?;
+        let new = NewContainer {
+            at: self.at.clone(),
+            rootfs: self.rootfs.clone(),
+            systemd_cgroup: self.systemd,
+            console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
+        };
+        let fds = ChildFds {
+            exec_stamp: Some(&stamp_end),
+            ..ChildFds::stdio(&child)
+        };
+        let created = crate::runtime().create(new, fds);
+        drop((child, stamp_end));
+        c.init.lock().exec_stamp = Some(stamp);
+        let pid = created.map_err(rt)?;
+        match finish_io(&self.paths, io, console) {
+            Ok(io) => {
+                let mut g = c.init.lock();
+                g.pid = pid;
+                g.io = io;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = c.destroy();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A systemd-style cgroups path: "slice:prefix:name" (relative, three fields).
+fn is_systemd_path(p: &Path) -> bool {
+    let s = p.to_string_lossy();
+    !s.starts_with('/') && s.split(':').count() == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_cgroups_paths_are_recognised() {
+        assert!(is_systemd_path(Path::new(
+            "kubepods-besteffort-pod1.slice:cri-containerd:abc"
+        )));
+        assert!(!is_systemd_path(Path::new("/k8s.io/abc")));
+        assert!(!is_systemd_path(Path::new("/default/abc")));
+    }
+}

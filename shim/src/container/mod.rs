@@ -1,0 +1,203 @@
+//! A container served by this shim: its init process, its execs and its cgroup. One file
+//! per verb: [`create`] (the Create path as named steps, ending in a [`StartPlan`]),
+//! [`start`] (cold start or restore), [`exec`], [`signal`] (kill, pause, resume),
+//! [`checkpoint`], [`delete`]; [`stdio`] sets up a process's stdio.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use containerd_shim::protos::ttrpc;
+use trenv_runtime::container::Location;
+use trenv_runtime::container::cgroup::Cgroup;
+use trenv_runtime::snapshot::{CriuConfig, RestorePlan};
+
+use crate::annotations::Annotations;
+use crate::io::ChildStdio;
+use crate::options::RuntimeOptions;
+use crate::process::Process;
+
+pub mod checkpoint;
+pub mod create;
+pub mod delete;
+pub mod exec;
+pub mod signal;
+pub mod start;
+mod stdio;
+
+pub use start::NEVER_STARTED;
+
+pub struct Container {
+    pub id: String,
+    pub at: Location,
+    pub init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    pub cgroup: LazyCgroup,
+    mounted_rootfs: bool,
+    /// The container has a PID namespace of its own (its processes die with init).
+    own_pid_ns: bool,
+    /// OOM kills already reported to containerd.
+    pub oom_reported: Mutex<u64>,
+    /// What the spec's annotations ask of trenv.
+    pub annotations: Annotations,
+    /// The running autotuner of the init process.
+    pub autotuner: Mutex<Option<trenv_runtime::metering::Autotuner>>,
+    /// Which CRIU checkpoints and restores this container.
+    pub criu: CriuConfig,
+    /// How the init process starts.
+    pub plan: StartPlan,
+    /// Created from a checkpoint or template: what Start restores (taken by Start).
+    pending_restore: Mutex<Option<PendingRestore>>,
+    /// How long Create took in the shim (logged at Start).
+    pub create_time: Mutex<Option<std::time::Duration>>,
+}
+
+/// How a container's init process starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPlan {
+    /// The image's entrypoint, created at Create and released at Start.
+    Cold,
+    /// Restored by CRIU from a checkpoint's images at Start.
+    Checkpoint,
+    /// Restored at Start from a memory template.
+    Template(String),
+}
+
+impl std::fmt::Display for StartPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartPlan::Cold => write!(f, "cold"),
+            StartPlan::Checkpoint => write!(f, "checkpoint"),
+            StartPlan::Template(name) => write!(f, "template {name}"),
+        }
+    }
+}
+
+/// A container created from a checkpoint, waiting for Start to restore it.
+struct PendingRestore {
+    plan: RestorePlan,
+    /// The restored process's end of its stdio pipes (none with a terminal).
+    child: ChildStdio,
+}
+
+/// Where trenv's CRIU runs cache what they learnt (a tmpfs).
+const CRIU_CACHE_DIR: &str = "/run/trenv";
+
+/// The CRIU to use: runc's `CriuPath` option, else `TRENV_CRIU`, else `criu` on PATH.
+fn criu_config(opts: &RuntimeOptions) -> CriuConfig {
+    CriuConfig {
+        binary: opts
+            .criu_path
+            .clone()
+            .or_else(|| std::env::var("TRENV_CRIU").ok())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+        cache_dir: Some(PathBuf::from(CRIU_CACHE_DIR)),
+    }
+}
+
+impl Container {
+    pub fn execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.execs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The init process or an exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>, ttrpc::Error> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs().get(exec_id).cloned().ok_or_else(|| {
+            crate::errors::not_found(format!("exec {exec_id} of container {}", self.id))
+        })
+    }
+
+    /// The container was created from a checkpoint or template and Start restores it.
+    pub fn restores_at_start(&self) -> bool {
+        self.pending_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    pub fn bundle(&self) -> &Path {
+        &self.at.bundle
+    }
+}
+
+/// The container's cgroup, opened in the background from Create on: libcgroups reads the
+/// mount table once per v1 controller (1–1.6 ms here, more on hosts with many mounts) and
+/// nothing in Create needs it. Its first user (Start's meter) waits for it.
+pub struct LazyCgroup {
+    cell: OnceLock<Option<Cgroup>>,
+    opening: Mutex<Option<std::thread::JoinHandle<Option<Cgroup>>>>,
+}
+
+impl LazyCgroup {
+    fn open(path: Option<PathBuf>, id: &str, systemd: bool) -> LazyCgroup {
+        let id = id.to_string();
+        let open = move || match Cgroup::open(path.as_deref(), &id, systemd) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                log::warn!("container {id}: no cgroup for stats, metering and OOM events: {e}");
+                None
+            }
+        };
+        let lazy = LazyCgroup {
+            cell: OnceLock::new(),
+            opening: Mutex::new(None),
+        };
+        match std::thread::Builder::new()
+            .name("cgroup-open".into())
+            .spawn(open.clone())
+        {
+            Ok(handle) => *lazy.opening.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
+            Err(_) => {
+                let _ = lazy.cell.set(open());
+            }
+        }
+        lazy
+    }
+
+    /// The cgroup, once opened; `None` if it could not be.
+    pub fn get(&self) -> Option<&Cgroup> {
+        self.cell
+            .get_or_init(|| {
+                let handle = self
+                    .opening
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                handle.and_then(|h| h.join().ok()).flatten()
+            })
+            .as_ref()
+    }
+}
+
+#[cfg(test)]
+pub mod test_support {
+    use super::*;
+    use crate::io::StdioPaths;
+
+    /// A container record with no kernel objects behind it (no cgroup, nothing mounted).
+    pub fn container(id: &str) -> Arc<Container> {
+        Arc::new(Container {
+            id: id.into(),
+            at: Location::new(id, Path::new("/nonexistent/bundle")),
+            init: Arc::new(Process::new("", StdioPaths::default(), Vec::new())),
+            execs: Mutex::new(HashMap::new()),
+            cgroup: LazyCgroup {
+                cell: OnceLock::from(None),
+                opening: Mutex::new(None),
+            },
+            mounted_rootfs: false,
+            own_pid_ns: true,
+            oom_reported: Mutex::new(0),
+            annotations: Annotations::default(),
+            autotuner: Mutex::new(None),
+            criu: CriuConfig::default(),
+            plan: StartPlan::Cold,
+            pending_restore: Mutex::new(None),
+            create_time: Mutex::new(None),
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! Start of a container's init: a cold start releases the process created at Create; a
+//! restore has CRIU restore it from a checkpoint or template.
+
+use std::fs;
+use std::path::PathBuf;
+
+use containerd_shim::protos::ttrpc;
+use trenv_runtime::ChildFds;
+use trenv_runtime::snapshot::RestorePlan;
+
+use super::create::{RESTORE_WORK, STAGED_IMAGES};
+use super::stdio::finish_io;
+use super::{Container, PendingRestore};
+use crate::errors::{precondition, rt, stdio};
+use crate::io::ConsoleSocket;
+use crate::process::State;
+
+/// Exit status reported for a process that never started (as runc's shim does for a task
+/// deleted before Start: killed).
+pub const NEVER_STARTED: u32 = 128 + libc::SIGKILL as u32;
+
+impl Container {
+    /// Starts the init process; its pid.
+    pub fn start_init(&self) -> Result<i32, ttrpc::Error> {
+        let state = self.init.state();
+        if state != State::Created {
+            return Err(precondition(format!(
+                "container {} cannot be started: it is {state:?}",
+                self.id
+            )));
+        }
+        let pending = self
+            .pending_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(pending) = pending {
+            return self.restore_init(pending);
+        }
+        crate::runtime().start(&self.at).map_err(rt)?;
+        let mut g = self.init.lock();
+        let pid = g.pid;
+        g.started(pid);
+        Ok(pid)
+    }
+
+    /// Start of a container created from a checkpoint: CRIU restores its processes.
+    fn restore_init(&self, pending: PendingRestore) -> Result<i32, ttrpc::Error> {
+        let paths = self.init.stdio.clone();
+        let (console, child) = if paths.terminal {
+            (
+                Some(ConsoleSocket::new().map_err(stdio)?),
+                [None, None, None],
+            )
+        } else {
+            (None, pending.child)
+        };
+        let console_socket = console.as_ref().map(|c| c.path().to_path_buf());
+        let watchdog = SlowRestore::watch(&self.id, pending.plan.work.join("restore.log"));
+        let restored = crate::runtime().restore(
+            &self.at,
+            &pending.plan,
+            console_socket,
+            ChildFds::stdio(&child),
+            &self.criu,
+        );
+        drop((child, watchdog));
+        let restored = restored.map_err(rt)?;
+        let pid = restored.pid;
+        log::info!("restored {} (pid {pid}): {}", self.id, restored.phases);
+        remove_leftovers(&pending.plan);
+        let io = match console {
+            Some(c) => finish_io(&paths, None, Some(c))?,
+            None => None,
+        };
+        let mut g = self.init.lock();
+        g.started(pid);
+        if let Some(io) = io {
+            g.io = Some(io);
+        }
+        Ok(pid)
+    }
+}
+
+/// CRIU's work directory and the staged images are of no more use; removing them (a few
+/// dozen files) need not delay Start's answer.
+fn remove_leftovers(plan: &RestorePlan) {
+    let leftovers: Vec<PathBuf> = [(&plan.work, RESTORE_WORK), (&plan.images, STAGED_IMAGES)]
+        .into_iter()
+        .filter(|(dir, name)| dir.ends_with(name))
+        .map(|(dir, _)| dir.clone())
+        .collect();
+    if leftovers.is_empty() {
+        return;
+    }
+    let remove = move || {
+        for dir in &leftovers {
+            let _ = fs::remove_dir_all(dir);
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("restore-cleanup".into())
+        .spawn(remove.clone())
+    {
+        log::debug!("no clean-up thread ({e}): removing restore leftovers now");
+        remove();
+    }
+}
+
+/// Says in the log when a restore takes far longer than restores do (a few hundred ms at
+/// most), with the end of CRIU's log, so a stuck CRIU can be told from a slow one.
+struct SlowRestore {
+    /// Dropped when the restore answered: the watcher ends.
+    _done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl SlowRestore {
+    const AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn watch(id: &str, log: PathBuf) -> SlowRestore {
+        let (done, rx) = std::sync::mpsc::channel::<()>();
+        let id = id.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("slow-restore".into())
+            .spawn(move || {
+                let mut waited = std::time::Duration::ZERO;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(Self::AFTER)
+                {
+                    waited += Self::AFTER;
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    log::warn!(
+                        "restoring {id} has taken {} s so far; the end of CRIU's log {}:\n{}",
+                        waited.as_secs(),
+                        log.display(),
+                        lines[lines.len().saturating_sub(8)..].join("\n")
+                    );
+                }
+            });
+        SlowRestore {
+            _done: spawned.is_ok().then_some(done),
+        }
+    }
+}

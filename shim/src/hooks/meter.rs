@@ -1,0 +1,77 @@
+//! Metering: each invocation (an init or an exec) is metered from just before it runs to
+//! its exit; its record is written once Wait callers have their answer.
+
+use trenv_meter::record::Identity;
+use trenv_runtime::metering::{Meter, MeterConfig};
+
+use super::{AfterExit, Ending, Hook, Invocation};
+
+pub struct MeterHook {
+    /// `None`: metering is off.
+    pub config: Option<MeterConfig>,
+    /// The containerd namespace of this shim's containers.
+    pub namespace: String,
+}
+
+impl MeterHook {
+    fn start(&self, inv: &Invocation<'_>) -> Option<Meter> {
+        let c = inv.container;
+        let mut config = self.config.clone()?;
+        if let Some(interval) = c.annotations.meter_interval {
+            config.interval = interval;
+        }
+        let cg = c.cgroup.get()?;
+        let identity = Identity {
+            container_id: c.id.clone(),
+            sandbox_id: c.annotations.sandbox_id.clone(),
+            image: c.annotations.image.clone(),
+            function: c.annotations.function.clone(),
+            namespace: self.namespace.clone(),
+            exec_id: inv.process.exec_id.clone(),
+        };
+        match Meter::start(identity, cg, &config) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!("no metering for {}: {e}", c.id);
+                None
+            }
+        }
+    }
+}
+
+impl Hook for MeterHook {
+    /// The meter is in place before the process runs: it may exit at once.
+    fn before_start(
+        &self,
+        inv: &Invocation<'_>,
+    ) -> Result<(), containerd_shim::protos::ttrpc::Error> {
+        inv.process.lock().meter = self.start(inv);
+        Ok(())
+    }
+
+    fn start_failed(&self, inv: &Invocation<'_>) {
+        inv.process.lock().meter = None;
+    }
+
+    /// Reads the counters while the cgroup exists; the record is written afterwards.
+    fn exited(&self, inv: &Invocation<'_>, ending: &Ending) -> Option<AfterExit> {
+        let (meter, stamp) = {
+            let mut g = inv.process.lock();
+            (g.meter.take(), g.exec_stamp.take())
+        };
+        let execed = stamp.and_then(|s| s.read());
+        let measured = meter?.finish(
+            inv.process.pid(),
+            ending.code as u32,
+            execed,
+            ending.at,
+            ending.at_wall,
+        );
+        let id = inv.container.id.clone();
+        Some(Box::new(move || {
+            if let Err(e) = measured.write() {
+                log::error!("metering record of {id} lost: {e}");
+            }
+        }))
+    }
+}
