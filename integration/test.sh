@@ -4,6 +4,7 @@
 #   integration/test.sh
 #
 # Unit tests of every crate, then the end-to-end suites (ctr, CRI, containerd restart,
+# errors at Create through ctr, containerd's API and CRI (tests/errors.rs),
 # 200-lifecycle leak check) against a real containerd 2.x AND 1.7, each started on its
 # private socket with the freshly built shim installed; then the VM test bed. Environment:
 #   TRENV_CONTAINERD="2 1.7"   which containerd lines to test
@@ -31,6 +32,8 @@ for version in $versions; do
     "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
     "$TRENV_REPO/integration/scripts/build-images.sh" import "$version"
     log "end-to-end tests against containerd $version"
+    # Every file in integration/tests/ is one suite (tests/errors.rs among them); cargo
+    # runs them one after another, each with up to 4 tests at a time.
     if ! (
         eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$version")"
         cargo test --locked --no-fail-fast -p trenv-integration -- --test-threads 4

@@ -72,35 +72,10 @@ impl Containerd {
     /// container record, its snapshot's mounts, Tasks.Create with those as the rootfs,
     /// Tasks.Start. No stdio (a function's platform reads its answers elsewhere).
     pub fn start_task(&self, id: &str) -> Result<Started, String> {
+        self.create_task(id)
+            .map_err(|e| format!("creating the task of {id}: {}", e.message()))?;
         let client = &self.client;
         self.rt.block_on(async {
-            let container = client
-                .containers()
-                .get(self.request(GetContainerRequest { id: id.to_string() }))
-                .await
-                .map_err(|e| format!("getting container {id}: {}", e.message()))?
-                .into_inner()
-                .container
-                .ok_or_else(|| format!("containerd answered no container for {id}"))?;
-            let mounts = client
-                .snapshots()
-                .mounts(self.request(MountsRequest {
-                    snapshotter: container.snapshotter.clone(),
-                    key: container.snapshot_key.clone(),
-                }))
-                .await
-                .map_err(|e| format!("mounts of {id}'s snapshot: {}", e.message()))?
-                .into_inner()
-                .mounts;
-            client
-                .tasks()
-                .create(self.request(CreateTaskRequest {
-                    container_id: id.to_string(),
-                    rootfs: mounts,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|e| format!("creating the task of {id}: {}", e.message()))?;
             let started = client
                 .tasks()
                 .start(self.request(StartRequest {
@@ -111,6 +86,46 @@ impl Containerd {
                 .map_err(|e| format!("starting the task of {id}: {}", e.message()))?
                 .into_inner();
             Ok(Started { pid: started.pid })
+        })
+    }
+
+    /// Tasks.Create for container `id` (which must exist): the container record, its
+    /// snapshot's mounts as the rootfs (none for a container without a snapshot, whose
+    /// spec names its root directory), no stdio. Answers the task's pid, or containerd's
+    /// status as it came, so that tests can check its gRPC code.
+    pub fn create_task(&self, id: &str) -> Result<u32, tonic::Status> {
+        let client = &self.client;
+        self.rt.block_on(async {
+            let container = client
+                .containers()
+                .get(self.request(GetContainerRequest { id: id.to_string() }))
+                .await?
+                .into_inner()
+                .container
+                .ok_or_else(|| tonic::Status::internal(format!("no container record for {id}")))?;
+            let mounts = if container.snapshot_key.is_empty() {
+                Vec::new()
+            } else {
+                client
+                    .snapshots()
+                    .mounts(self.request(MountsRequest {
+                        snapshotter: container.snapshotter.clone(),
+                        key: container.snapshot_key.clone(),
+                    }))
+                    .await?
+                    .into_inner()
+                    .mounts
+            };
+            let created = client
+                .tasks()
+                .create(self.request(CreateTaskRequest {
+                    container_id: id.to_string(),
+                    rootfs: mounts,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner();
+            Ok(created.pid)
         })
     }
 
