@@ -1,7 +1,10 @@
-//! trenv's own configuration: where templates live and which memory pool holds them.
+//! trenv's own configuration, in one place: where templates live, which memory pool holds
+//! them, which CRIU runs, where metering records go.
 //!
-//! Read from `TRENV_CONFIG` or `/etc/trenv/config.toml` when it exists; every key has a
-//! default, so no file is needed on a machine that uses tmpfs (see config/trenv.toml).
+//! [`Config::load`] reads `TRENV_CONFIG` or `/etc/trenv/config.toml` when it exists, then
+//! applies the environment (`TRENV_CRIU`, `TRENV_METER`, `TRENV_METER_DIR`,
+//! `TRENV_METER_INTERVAL_US`, which win over the file); every key has a default, so no
+//! file is needed on a machine that uses tmpfs (see config/trenv.toml).
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +53,29 @@ pub struct Config {
     pub templates: TemplatesConfig,
     pub pool: PoolConfig,
     pub criu: CriuSection,
+    pub meter: MeterSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeterSection {
+    /// Meter every invocation (`TRENV_METER=off` or `0` turns it off).
+    pub enabled: bool,
+    /// Where records and series go (`TRENV_METER_DIR`).
+    pub dir: PathBuf,
+    /// Memory sampling interval in microseconds; 0 records the exact peak only
+    /// (`TRENV_METER_INTERVAL_US`).
+    pub interval_us: u64,
+}
+
+impl Default for MeterSection {
+    fn default() -> MeterSection {
+        MeterSection {
+            enabled: true,
+            dir: PathBuf::from(trenv_meter::record::DEFAULT_DIR),
+            interval_us: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -96,14 +122,45 @@ impl Default for PoolConfig {
     }
 }
 
+/// A set, non-empty environment variable.
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
 impl Config {
     /// The configuration in effect: `TRENV_CONFIG`, else the default path if it exists,
     /// else the defaults.
     pub fn load() -> Result<Config, ConfigError> {
-        match std::env::var_os("TRENV_CONFIG") {
-            Some(p) if !p.is_empty() => Config::from_file(Path::new(&p)),
-            _ if Path::new(DEFAULT_PATH).exists() => Config::from_file(Path::new(DEFAULT_PATH)),
-            _ => Ok(Config::default()),
+        let mut c = match std::env::var_os("TRENV_CONFIG") {
+            Some(p) if !p.is_empty() => Config::from_file(Path::new(&p))?,
+            _ if Path::new(DEFAULT_PATH).exists() => Config::from_file(Path::new(DEFAULT_PATH))?,
+            _ => Config::default(),
+        };
+        c.apply_env(env);
+        Ok(c)
+    }
+
+    /// The defaults with the environment applied: what is in effect where the file cannot
+    /// be read (the caller says so).
+    pub fn defaults_with_env() -> Config {
+        let mut c = Config::default();
+        c.apply_env(env);
+        c
+    }
+
+    /// The environment's settings over the file's (`get` reads one variable).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(criu) = get("TRENV_CRIU") {
+            self.criu.binary = Some(PathBuf::from(criu));
+        }
+        if get("TRENV_METER").is_some_and(|v| v == "off" || v == "0") {
+            self.meter.enabled = false;
+        }
+        if let Some(dir) = get("TRENV_METER_DIR") {
+            self.meter.dir = PathBuf::from(dir);
+        }
+        if let Some(us) = get("TRENV_METER_INTERVAL_US").and_then(|v| v.parse().ok()) {
+            self.meter.interval_us = us;
         }
     }
 
@@ -159,6 +216,31 @@ mod tests {
         assert_eq!(c.pool_kind().unwrap(), MemPoolKind::NumaTmpfs { node: 1 });
         let e = parse("[pool]\nkind = \"numa\"\n").unwrap_err().to_string();
         assert!(e.contains("needs `node = N`"), "{e}");
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let mut c = parse("[meter]\ninterval_us = 5000\n[criu]\nbinary = \"/opt/criu\"\n").unwrap();
+        assert_eq!(c.meter.interval_us, 5000);
+        let env = [
+            ("TRENV_CRIU", "/usr/local/sbin/criu"),
+            ("TRENV_METER", "off"),
+            ("TRENV_METER_DIR", "/tmp/m"),
+            ("TRENV_METER_INTERVAL_US", "0"),
+        ];
+        c.apply_env(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        });
+        assert_eq!(c.criu.binary, Some(PathBuf::from("/usr/local/sbin/criu")));
+        assert!(!c.meter.enabled);
+        assert_eq!(c.meter.dir, PathBuf::from("/tmp/m"));
+        assert_eq!(c.meter.interval_us, 0);
+        let mut d = Config::default();
+        d.apply_env(|_| None);
+        assert_eq!(d, Config::default());
+        assert!(d.meter.enabled);
     }
 
     #[test]

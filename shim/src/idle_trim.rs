@@ -1,5 +1,5 @@
 //! The shim's code pages, unmapped once it falls idle after serving requests (see
-//! `trenv_runtime::trim`): a shim mostly waits for its container, running a few pages.
+//! `trenv_runtime::node::trim`): a shim mostly waits for its container, running a few pages.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

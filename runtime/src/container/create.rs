@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::rootfs::{self, Mount};
-use super::spec::{derive, save_derived};
+use super::spec::derive;
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds};
 
@@ -38,7 +38,7 @@ pub fn create(
     let result = (|| {
         let (derived, mut executor) = derive(spec, &at.bundle)?;
         executor.exec_stamp = exec_stamp.map(Arc::new);
-        let dir = save_derived(at, &derived)?;
+        let dir = at.save_derived(&derived)?;
         let container = builder(at, executor, c.console_socket.clone(), stdio)?
             .validate_id()
             .map_err(ContainerError::lc("checking the container id"))?
@@ -62,7 +62,7 @@ pub fn prepare_restore(at: &Location, mounts: &[Mount]) -> Result<(), ContainerE
     let spec = at.spec()?;
     let mounted = mount_rootfs(at, mounts)?;
     // The seccomp filters and capabilities of a restored process come from the image.
-    let result = derive(spec, &at.bundle).and_then(|(derived, _)| save_derived(at, &derived));
+    let result = derive(spec, &at.bundle).and_then(|(derived, _)| at.save_derived(&derived));
     if result.is_err() {
         undo(at, mounted);
     }

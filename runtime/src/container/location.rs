@@ -51,4 +51,25 @@ impl Location {
     pub fn rootfs(&self) -> PathBuf {
         self.bundle.join("rootfs")
     }
+
+    /// Writes the derived spec where libcontainer reads it ([`Location::derived_bundle`]);
+    /// that directory.
+    pub(crate) fn save_derived(&self, derived: &Spec) -> Result<PathBuf, ContainerError> {
+        let dir = self.derived_bundle();
+        std::fs::create_dir_all(&dir)
+            .map_err(ContainerError::io(format!("creating {}", dir.display())))?;
+        derived
+            .save(dir.join("config.json"))
+            .map_err(ContainerError::SaveSpec)?;
+        Ok(dir)
+    }
+
+    /// The container's root filesystem: the spec's root (absolute in the derived spec),
+    /// else the bundle's.
+    pub(crate) fn rootfs_of(&self, spec: &Spec) -> PathBuf {
+        spec.root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| self.rootfs())
+    }
 }

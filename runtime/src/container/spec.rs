@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::executor::TrenvExecutor;
-use super::{ContainerError, Location, seccomp};
+use super::{ContainerError, seccomp};
 use crate::error::chain;
 
 /// Loads the spec at `path`; a spec that does not parse is the user's to fix.
@@ -50,25 +50,6 @@ pub(crate) fn derive(
         }
     }
     Ok((spec, executor))
-}
-
-/// Writes the derived spec where libcontainer reads it ([`Location::derived_bundle`]).
-pub(crate) fn save_derived(at: &Location, derived: &Spec) -> Result<PathBuf, ContainerError> {
-    let dir = at.derived_bundle();
-    std::fs::create_dir_all(&dir)
-        .map_err(ContainerError::io(format!("creating {}", dir.display())))?;
-    derived
-        .save(dir.join("config.json"))
-        .map_err(ContainerError::SaveSpec)?;
-    Ok(dir)
-}
-
-/// The container's root filesystem (absolute in the derived spec).
-pub(crate) fn rootfs_of(spec: &Spec, at: &Location) -> PathBuf {
-    spec.root()
-        .as_ref()
-        .map(|r| r.path().clone())
-        .unwrap_or_else(|| at.rootfs())
 }
 
 /// The container has a network namespace of its own (not a pod's, not the host's).

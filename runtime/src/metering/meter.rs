@@ -40,18 +40,12 @@ pub struct MeterConfig {
 }
 
 impl MeterConfig {
-    /// From the environment: `TRENV_METER=off` disables metering, `TRENV_METER_DIR`
-    /// (default /var/lib/trenv/meter), `TRENV_METER_INTERVAL_US` (default 10000).
-    pub fn from_env() -> Option<MeterConfig> {
-        if std::env::var("TRENV_METER").is_ok_and(|v| v == "off" || v == "0") {
-            return None;
-        }
-        let dir = record::dir_from_env();
-        let interval = std::env::var("TRENV_METER_INTERVAL_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(Duration::from_millis(10), Duration::from_micros);
-        Some(MeterConfig { dir, interval })
+    /// From trenv's configuration (file and environment); `None` when metering is off.
+    pub fn from_config(c: &crate::config::Config) -> Option<MeterConfig> {
+        c.meter.enabled.then(|| MeterConfig {
+            dir: c.meter.dir.clone(),
+            interval: Duration::from_micros(c.meter.interval_us),
+        })
     }
 }
 

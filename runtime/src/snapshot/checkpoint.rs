@@ -21,7 +21,7 @@ use super::criu::{
 };
 use super::{SnapshotError, make_dir, open_dir};
 use crate::container::cgroup::Cgroup;
-use crate::container::spec::{bind_mount_destinations, private_netns, rootfs_of};
+use crate::container::spec::{bind_mount_destinations, private_netns};
 use crate::container::{ContainerError, Location};
 
 /// Dumps the container into `images` (created if needed), using `work` for CRIU's log and
@@ -112,7 +112,7 @@ fn dump_options(
     o.set_pid(pid);
     o.set_log_file("dump.log".into());
     o.set_log_level(4);
-    o.set_root(rootfs_of(spec, at).display().to_string());
+    o.set_root(at.rootfs_of(spec).display().to_string());
     o.set_leave_running(!opts.exit);
     o.set_ext_unix_sk(opts.external_unix_sockets);
     o.set_tcp_established(opts.open_tcp);

@@ -30,7 +30,7 @@ use trenv_criu::{FdPlan, Notify};
 use super::criu::{CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, external_namespaces};
 use super::{SnapshotError, make_dir, open_dir};
 use crate::container::cgroup::Cgroup;
-use crate::container::spec::{bind_mounts, namespace_path, rootfs_of};
+use crate::container::spec::{bind_mounts, namespace_path};
 use crate::container::{Location, StdioFds};
 use crate::sys::{FileStamp, mountinfo};
 
@@ -156,7 +156,7 @@ impl RootBind {
         let root = at.state_root.join("criu-root");
         fs::create_dir_all(&root)
             .map_err(SnapshotError::io(format!("creating {}", root.display())))?;
-        let rootfs = rootfs_of(spec, at);
+        let rootfs = at.rootfs_of(spec);
         create_mountpoints(spec, &rootfs)?;
         mount(
             Some(&rootfs),

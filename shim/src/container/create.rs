@@ -16,7 +16,7 @@ use trenv_runtime::container::create::NewContainer;
 use trenv_runtime::container::rootfs::Mount;
 use trenv_runtime::container::spec::{has_own_namespace, load_spec};
 use trenv_runtime::container::{Location, cgroup::Cgroup};
-use trenv_runtime::snapshot::{CriuConfig, Phases, RestorePlan, TemplateFile};
+use trenv_runtime::snapshot::{Phases, RestorePlan, TemplateFile};
 use trenv_runtime::template::{Manifest, TemplateError, TemplateStore, stage_images};
 
 use super::stdio::{finish_io, prepare_io};
@@ -75,8 +75,19 @@ impl Container {
             .and_then(|l| l.cgroups_path().clone());
         let cgroup = LazyCgroup::open(cgroups_path, &req.id, r.systemd);
         phases.mark("cgroup");
-        let mut criu = criu_config(opts);
-        let source = r.restore_source(&annotations, &mut criu, &mut phases)?;
+        // trenv's configuration: a template needs it readable; anything else runs with
+        // the defaults and the environment if it is not.
+        let config = match (Config::load(), &annotations.template) {
+            (Ok(c), _) => c,
+            (Err(e), Some(_)) => return Err(precondition(e.to_string())),
+            (Err(e), None) => {
+                log::warn!("{e}; container {} runs with the defaults", req.id);
+                Config::defaults_with_env()
+            }
+        };
+        phases.mark("config");
+        let criu = criu_config(opts, &config);
+        let source = r.restore_source(&annotations, &config, &mut phases)?;
         let mut container = Container {
             id: req.id.clone(),
             at: r.at.clone(),
@@ -158,7 +169,7 @@ impl<'a> Request<'a> {
     fn restore_source(
         &self,
         annotations: &Annotations,
-        criu: &mut CriuConfig,
+        config: &Config,
         phases: &mut Phases,
     ) -> Result<Option<RestoreSource>, ttrpc::Error> {
         let Some(name) = &annotations.template else {
@@ -178,11 +189,6 @@ impl<'a> Request<'a> {
                 "container {} asks for both a checkpoint and template {name}; choose one",
                 self.req.id
             )));
-        }
-        let config = Config::load().map_err(|e| precondition(e.to_string()))?;
-        phases.mark("config");
-        if criu.binary.is_none() {
-            criu.binary = config.criu.binary.clone();
         }
         let checked = TemplateStore::new(&config.templates.dir)
             .check(name, &self.spec)

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use containerd_shim::protos::ttrpc;
+use trenv_runtime::config::Config;
 use trenv_runtime::container::Location;
 use trenv_runtime::container::cgroup::Cgroup;
 use trenv_runtime::snapshot::{CriuConfig, RestorePlan};
@@ -83,15 +84,16 @@ struct PendingRestore {
 /// Where trenv's CRIU runs cache what they learnt (a tmpfs).
 const CRIU_CACHE_DIR: &str = "/run/trenv";
 
-/// The CRIU to use: runc's `CriuPath` option, else `TRENV_CRIU`, else `criu` on PATH.
-fn criu_config(opts: &RuntimeOptions) -> CriuConfig {
+/// The CRIU to use: runc's `CriuPath` option, else trenv's configuration (`TRENV_CRIU`,
+/// then the file), else `criu` on PATH.
+fn criu_config(opts: &RuntimeOptions, config: &Config) -> CriuConfig {
     CriuConfig {
         binary: opts
             .criu_path
             .clone()
-            .or_else(|| std::env::var("TRENV_CRIU").ok())
             .filter(|p| !p.is_empty())
-            .map(PathBuf::from),
+            .map(PathBuf::from)
+            .or_else(|| config.criu.binary.clone()),
         cache_dir: Some(PathBuf::from(CRIU_CACHE_DIR)),
     }
 }

@@ -28,6 +28,7 @@ use crate::idle_trim::IdleTrim;
 use crate::io::StdioPaths;
 use crate::options;
 use crate::process::{Process, State, now};
+use trenv_runtime::config::Config;
 use trenv_runtime::metering::MeterConfig;
 
 mod exits;
@@ -81,7 +82,10 @@ impl Service {
             unclaimed: Mutex::new(HashMap::new()),
             hooks: Hooks::new(vec![
                 Box::new(MeterHook {
-                    config: MeterConfig::from_env(),
+                    config: MeterConfig::from_config(&Config::load().unwrap_or_else(|e| {
+                        log::warn!("{e}; metering with the defaults and the environment");
+                        Config::defaults_with_env()
+                    })),
                     namespace,
                 }),
                 Box::new(AutotuneHook),
