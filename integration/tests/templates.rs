@@ -731,6 +731,88 @@ fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
     assert_nothing_left(&c, id);
 }
 
+/// The parent of `pid`, from /proc.
+fn parent_of(pid: i32) -> Option<i32> {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()?
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The zygote worker that drives a restore dies while CRIU restores: whatever got restored
+/// is killed by Delete, which succeeds and leaves no mount, cgroup or shim.
+#[test]
+fn a_worker_killed_mid_restore_leaves_nothing_and_a_deletable_task() {
+    let c = ctr();
+    let case = Case::new(&c, "wkill");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    start_function(&c, src, 200);
+    // A copy template: its restore copies 200 MiB, long enough to be caught.
+    let r = case.create(&["--copy"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    c.remove(src);
+    let annotation = format!("{ANNOTATION}={name}");
+    let mine = format!("/{id}");
+    let procs = [
+        format!("/sys/fs/cgroup/memory/{}/{id}/cgroup.procs", c.namespace),
+        format!("/sys/fs/cgroup/{}/{id}/cgroup.procs", c.namespace),
+    ];
+    let killer = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            for criu in trenv_integration::pids_named("criu") {
+                let Some(worker) = parent_of(criu) else {
+                    continue;
+                };
+                let parent = fs::read_to_string(format!("/proc/{worker}/comm")).unwrap_or_default();
+                let cwd = fs::read_link(format!("/proc/{criu}/cwd")).unwrap_or_default();
+                if parent.trim() != "trenv-worker" || !cwd.to_string_lossy().contains(&mine) {
+                    continue;
+                }
+                // Once CRIU has put restored tasks into the container's cgroup, the
+                // worker goes: the function is restored with nobody left to adopt it.
+                let restoring = procs.iter().any(|p| {
+                    fs::read_to_string(p)
+                        .unwrap_or_default()
+                        .lines()
+                        .filter_map(|l| l.trim().parse::<i32>().ok())
+                        .any(|p| p != criu)
+                });
+                if restoring && nix_kill(worker).is_ok() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    });
+    let r = c.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        PYFN,
+        id,
+    ]);
+    assert!(killer.join().unwrap(), "never caught the restoring worker");
+    assert_ne!(r.code, 0, "{r:#?}");
+    assert_ne!(c.task_status(id).as_deref(), Some("RUNNING"));
+    let d = c.run(&["task", "delete", "-f", id]);
+    assert!(
+        d.code == 0 || d.stderr.contains("not found"),
+        "the task must be deletable: {d:#?}"
+    );
+    let d = c.run(&["containers", "rm", id]);
+    assert_eq!(d.code, 0, "{d:#?}");
+    assert_nothing_left(&c, id);
+}
+
 /// `io.trenv.template.create`: the shim makes the template itself once the function is
 /// ready (here: its ready file, the log pyfn creates with its `ready` line, exists), while
 /// the function keeps running; an instance restored from it holds the same state.

@@ -174,7 +174,7 @@ fn autotuning_follows_the_hull_and_keeps_the_process_alive() {
         "upscaling_hull_bytes": [40 * MIB, 40 * MIB, 80 * MIB, 80 * MIB, 80 * MIB, 80 * MIB],
         "peak_bytes": 80 * MIB
     });
-    let hull_file = std::env::temp_dir().join(format!("{id}.json"));
+    let hull_file = hull_dir().join(format!("{id}.json"));
     std::fs::write(&hull_file, hull.to_string()).unwrap();
     let limit_file = if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
         PathBuf::from(format!(
@@ -231,6 +231,138 @@ fn autotuning_follows_the_hull_and_keeps_the_process_alive() {
     assert!(
         first.is_some() && second.is_some() && first < second,
         "limits seen: {seen:?}"
+    );
+    let _ = std::fs::remove_file(hull_file);
+}
+
+/// Where the shim reads hull files from (trenv's default `[meter] hull_dir`).
+fn hull_dir() -> PathBuf {
+    let dir = PathBuf::from("/var/lib/trenv/hulls");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Host files that a hull annotation names outside the hull directory are refused before
+/// anything reads them: no content in the error, no hang on a FIFO, no gigabytes from
+/// /dev/zero; a FIFO inside the directory is refused at once too.
+#[test]
+fn hull_files_outside_the_hull_directory_are_refused_unread() {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let fifo_out = std::env::temp_dir().join(unique_id("hullfifo"));
+    let fifo_in = hull_dir().join(format!("{}.json", unique_id("hullfifo")));
+    for f in [&fifo_out, &fifo_in] {
+        assert!(Command::new("mkfifo").arg(f).status().unwrap().success());
+    }
+    let cases = [
+        ("/etc/shadow".to_string(), "hull files are read only from"),
+        ("/dev/zero".to_string(), "hull files are read only from"),
+        (
+            "../../../etc/passwd".to_string(),
+            "hull files are read only from",
+        ),
+        (
+            fifo_out.display().to_string(),
+            "hull files are read only from",
+        ),
+        (fifo_in.display().to_string(), "is not a regular file"),
+    ];
+    for (value, says) in cases {
+        let id = unique_id("hullpath");
+        let ann = format!("io.trenv.meter.hull={value}");
+        let began = std::time::Instant::now();
+        let r = c.run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &ann,
+            BUSYBOX,
+            &id,
+            "true",
+        ]);
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{value}: took {:?}",
+            began.elapsed()
+        );
+        assert_ne!(r.code, 0, "{value}: {r:#?}");
+        assert!(
+            r.stderr.contains("io.trenv.meter.hull") && r.stderr.contains(says),
+            "{value}: {r:#?}"
+        );
+        assert!(
+            !r.stderr.contains("root:"),
+            "{value}: the error shows file content: {r:#?}"
+        );
+        assert_eq!(c.task_status(&id), None, "{value}");
+        c.remove(&id);
+    }
+    for f in [&fifo_out, &fifo_in] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// A hull that asks for more memory than the spec's limit never gets it.
+#[test]
+fn a_hull_never_raises_the_memory_limit_above_the_specs() {
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let id = unique_id("hullcap");
+    const MIB: u64 = 1 << 20;
+    let hull = serde_json::json!({
+        "format": 1, "bin_ms": 50, "lookahead_bins": 0, "runs": 1,
+        "max_hull_bytes": vec![1024 * MIB; 8], "upscaling_hull_bytes": vec![1024 * MIB; 8],
+        "peak_bytes": 1024 * MIB
+    });
+    let hull_file = hull_dir().join(format!("{id}.json"));
+    std::fs::write(&hull_file, hull.to_string()).unwrap();
+    let limit_file = if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/{}/{id}/memory.limit_in_bytes",
+            c.namespace
+        ))
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup/{}/{id}/memory.max", c.namespace))
+    };
+    let watcher = std::thread::spawn(move || {
+        let mut seen: Vec<u64> = Vec::new();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Some(v) = std::fs::read_to_string(&limit_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                && seen.last() != Some(&v)
+            {
+                seen.push(v);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen
+    });
+    let ann = format!("io.trenv.meter.hull={}", hull_file.display());
+    let limit = (64 * MIB).to_string();
+    let r = c.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit,
+        "--annotation",
+        &ann,
+        BUSYBOX,
+        &id,
+        "sleep",
+        "1",
+    ]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    let seen = watcher.join().unwrap();
+    assert!(!seen.is_empty(), "the limit file was never read");
+    assert!(
+        seen.iter().all(|&v| v <= 64 * MIB),
+        "the hull raised the limit above the spec's 64 MiB: {seen:?}"
     );
     let _ = std::fs::remove_file(hull_file);
 }

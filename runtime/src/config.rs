@@ -66,6 +66,9 @@ pub struct MeterSection {
     /// Memory sampling interval in microseconds; 0 records the exact peak only
     /// (`TRENV_METER_INTERVAL_US`).
     pub interval_us: u64,
+    /// The only directory from which `io.trenv.meter.hull` files are read (the shim
+    /// reads them as root; a container must not name any other host file).
+    pub hull_dir: PathBuf,
 }
 
 impl Default for MeterSection {
@@ -74,6 +77,7 @@ impl Default for MeterSection {
             enabled: true,
             dir: PathBuf::from(trenv_meter::record::DEFAULT_DIR),
             interval_us: 10_000,
+            hull_dir: PathBuf::from("/var/lib/trenv/hulls"),
         }
     }
 }

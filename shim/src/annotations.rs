@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use trenv_criu::template::Policy;
 use trenv_meter::hull::{Hull, HullError};
+use trenv_runtime::sys::confined::{ConfinedError, read_beneath};
 use trenv_runtime::template::manifest::valid_name;
 use trenv_runtime::template::ready::{DEFAULT_READY_FILE, ReadyTemplate};
 use trenv_runtime::template::{TEMPLATE_ANNOTATION, TemplateError};
@@ -36,6 +37,18 @@ pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 pub enum AnnotationError {
     #[error("annotation {METER_HULL}: {0}")]
     Hull(#[source] HullError),
+    #[error(
+        "annotation {METER_HULL}={value:?}: {source}; hull files are read only from {} \
+         (trenv's [meter] hull_dir): write one there with `trenv meter hull --out {}/NAME.json`",
+        .dir.display(),
+        .dir.display()
+    )]
+    HullFile {
+        value: String,
+        dir: PathBuf,
+        #[source]
+        source: ConfinedError,
+    },
     #[error(
         "annotation {METER_INTERVAL}={0:?}: expected a whole number of microseconds (e.g. 10000 \
          for 10 ms, 0 to sample nothing)"
@@ -77,12 +90,15 @@ pub struct Annotations {
 }
 
 impl Annotations {
-    /// Parses a spec's annotations.
-    pub fn parse(map: Option<&HashMap<String, String>>) -> Result<Annotations, AnnotationError> {
+    /// Parses a spec's annotations; hull files are read from `hull_dir` only.
+    pub fn parse(
+        map: Option<&HashMap<String, String>>,
+        hull_dir: &Path,
+    ) -> Result<Annotations, AnnotationError> {
         let get = |k: &str| map.and_then(|m| m.get(k)).cloned().unwrap_or_default();
         let hull = match get(METER_HULL) {
             p if p.is_empty() => None,
-            p => Some(Hull::load(Path::new(&p)).map_err(AnnotationError::Hull)?),
+            p => Some(load_hull(hull_dir, p)?),
         };
         let meter_interval = match get(METER_INTERVAL) {
             v if v.is_empty() => None,
@@ -103,6 +119,22 @@ impl Annotations {
             hull,
             meter_interval,
         })
+    }
+}
+
+/// Most bytes a hull file may have (an hour in 100 ms bins is ~0.5 MB of JSON).
+const MAX_HULL_BYTES: u64 = 4 << 20;
+
+/// The hull file `value` names, read confined to `dir` without blocking.
+fn load_hull(dir: &Path, value: String) -> Result<Hull, AnnotationError> {
+    match read_beneath(dir, &value, MAX_HULL_BYTES) {
+        Ok(bytes) => Hull::parse(&bytes, &dir.join(&value).display().to_string())
+            .map_err(AnnotationError::Hull),
+        Err(source) => Err(AnnotationError::HullFile {
+            value,
+            dir: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -162,7 +194,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Annotations::parse(Some(&m))
+        Annotations::parse(Some(&m), Path::new("/nonexistent/hulls"))
     }
 
     fn ready(pairs: &[(&str, &str)]) -> Result<Option<ReadyTemplate>, AnnotationError> {
@@ -171,7 +203,7 @@ mod tests {
 
     #[test]
     fn no_annotation_no_template() {
-        let a = Annotations::parse(None).unwrap();
+        let a = Annotations::parse(None, Path::new("/nonexistent")).unwrap();
         assert!(a.make_template.is_none() && a.template.is_none() && a.hull.is_none());
     }
 
@@ -215,6 +247,26 @@ mod tests {
         ));
         let e = parse(&[(METER_INTERVAL, "10ms")]).unwrap_err().to_string();
         assert!(e.contains("expected a whole number of microseconds"), "{e}");
+    }
+
+    #[test]
+    fn hull_files_come_only_from_the_hull_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = serde_json::json!({"format": 1, "bin_ms": 100, "lookahead_bins": 2, "runs": 1,
+            "max_hull_bytes": [1], "upscaling_hull_bytes": [1], "peak_bytes": 1});
+        std::fs::write(dir.path().join("fn.json"), ok.to_string()).unwrap();
+        let with = |v: &str| {
+            let m: HashMap<String, String> = [(METER_HULL.to_string(), v.to_string())].into();
+            Annotations::parse(Some(&m), dir.path())
+        };
+        assert!(with("fn.json").unwrap().hull.is_some());
+        let abs = dir.path().join("fn.json").display().to_string();
+        assert!(with(&abs).unwrap().hull.is_some());
+        for bad in ["/etc/shadow", "/dev/zero", "../fn.json", "/etc/passwd"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("hull files are read only from"), "{bad}: {e}");
+            assert!(!e.contains("root:"), "{bad}: {e}");
+        }
     }
 
     #[test]

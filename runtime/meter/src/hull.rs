@@ -106,13 +106,31 @@ impl Hull {
 
     pub fn load(path: &Path) -> Result<Hull, HullError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| HullError::Read {
+        let text = std::fs::read(path).map_err(|e| HullError::Read {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        let hull: Hull = serde_json::from_str(&text).map_err(|e| HullError::Invalid {
+        Hull::parse(&text, &p)
+    }
+
+    /// A hull from the bytes of a hull file read from `origin`. Errors say where the file
+    /// stops being a hull, never what it holds (the shim reads files that containers name,
+    /// as root: an error must not reveal another file's content).
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Hull, HullError> {
+        let p = origin.to_string();
+        let hull: Hull = serde_json::from_slice(bytes).map_err(|e| HullError::Invalid {
             path: p.clone(),
-            reason: e.to_string(),
+            reason: format!(
+                "not a hull file ({} error at line {} column {})",
+                match e.classify() {
+                    serde_json::error::Category::Io => "read",
+                    serde_json::error::Category::Syntax => "syntax",
+                    serde_json::error::Category::Data => "data",
+                    serde_json::error::Category::Eof => "unexpected end of file",
+                },
+                e.line(),
+                e.column()
+            ),
         })?;
         if hull.format != FORMAT {
             return Err(HullError::Invalid {
@@ -149,6 +167,19 @@ impl Hull {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_is_no_hull_is_refused_without_echoing_it() {
+        for text in [
+            "root:$6$secret:19000:0:99999:7:::",
+            "\"root:$6$secret\"",
+            "{\"format\": \"root:$6$secret\"}",
+        ] {
+            let e = Hull::parse(text.as_bytes(), "/x").unwrap_err().to_string();
+            assert!(e.contains("not a hull file"), "{e}");
+            assert!(!e.contains("secret") && !e.contains("root"), "{e}");
+        }
+    }
 
     const MIB: u64 = 1 << 20;
 

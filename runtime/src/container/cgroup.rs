@@ -38,6 +38,13 @@ pub enum CgroupError {
     },
 }
 
+/// A systemd-style cgroups path: "slice:prefix:name" (relative, three fields), what CRI
+/// writes for the kubelet's systemd driver.
+pub fn is_systemd_path(p: &Path) -> bool {
+    let s = p.to_string_lossy();
+    !s.starts_with('/') && s.split(':').count() == 3
+}
+
 /// Which cgroup API this host offers for resource control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -153,6 +160,24 @@ impl Cgroup {
     }
 
     /// Removes the (empty) cgroup.
+    /// Kills every process in the cgroup and waits (at most `patience`) until none is
+    /// left.
+    pub fn kill_all(&self, patience: std::time::Duration) {
+        let deadline = std::time::Instant::now() + patience;
+        while let Ok(pids) = self.pids() {
+            if pids.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            for p in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     pub fn remove(&self) -> Result<(), CgroupError> {
         self.manager.remove().map_err(self.op_err("removing"))
     }
@@ -312,6 +337,15 @@ pub fn controller_mount(controller: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn systemd_cgroups_paths_are_recognised() {
+        assert!(is_systemd_path(Path::new(
+            "kubepods-besteffort-pod1.slice:cri-containerd:abc"
+        )));
+        assert!(!is_systemd_path(Path::new("/k8s.io/abc")));
+        assert!(!is_systemd_path(Path::new("/default/abc")));
+    }
 
     #[test]
     fn keyed_files_are_parsed() {

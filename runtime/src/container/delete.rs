@@ -1,25 +1,47 @@
 //! Delete: libcontainer's state and cgroup, the rootfs mount, trenv's state directory.
 //! Every step is tried; the first failure is reported.
+//!
+//! Delete must clean up whether or not libcontainer's state was ever written: a restore
+//! whose worker died after CRIU restored the function leaves a running process tree in the
+//! container's cgroup, CRIU's root bind mount, and no state. So whatever libcontainer did
+//! not remove is swept from the spec: every process in the container's cgroup killed, the
+//! cgroup removed, leftover mounts below the state directory detached.
 
 use std::fs;
+use std::time::Duration;
 
 use libcontainer::container::Container;
+use nix::mount::{MntFlags, umount2};
 
+use super::cgroup::{Cgroup, is_systemd_path};
 use super::{ContainerError, Location, rootfs};
+
+/// How long killed processes get to leave the cgroup.
+const KILL_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Removes the container at `at`; `unmount_rootfs` when trenv mounted its rootfs.
 pub fn delete(at: &Location, unmount_rootfs: bool) -> Result<(), ContainerError> {
     let mut first_err = None;
+    let mut swept = false;
     if at.container_dir().exists() {
         match Container::load(at.container_dir()) {
-            Ok(mut c) => {
-                if let Err(e) = c.delete(true) {
-                    first_err = Some(ContainerError::lc("deleting the container")(e));
-                }
-            }
-            Err(e) => first_err = Some(ContainerError::lc("loading the container's state")(e)),
+            Ok(mut c) => match c.delete(true) {
+                Ok(()) => swept = true,
+                Err(e) => first_err = Some(ContainerError::lc("deleting the container")(e)),
+            },
+            // Unreadable state: the sweep below does the work.
+            Err(e) => log::warn!(
+                "container {}: {}",
+                at.id,
+                ContainerError::lc("loading the container's state")(e)
+            ),
         }
     }
+    if !swept && let Err(e) = sweep(at) {
+        log::warn!("container {}: {e}", at.id);
+    }
+    // What a restore left mounted (CRIU's root) goes before the rootfs it binds.
+    let _ = umount2(&at.state_root.join("criu-root"), MntFlags::MNT_DETACH);
     if unmount_rootfs && let Err(e) = rootfs::unmount(&at.rootfs()) {
         first_err.get_or_insert(e.into());
     }
@@ -35,4 +57,18 @@ pub fn delete(at: &Location, unmount_rootfs: bool) -> Result<(), ContainerError>
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Kills every process in the container's cgroup (as the spec names it) and removes the
+/// cgroup; nothing to do when it does not exist.
+fn sweep(at: &Location) -> Result<(), ContainerError> {
+    let spec = at.derived_spec().or_else(|_| at.spec())?;
+    let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    let systemd = path.as_deref().is_some_and(is_systemd_path);
+    let Ok(cgroup) = Cgroup::open(path.as_deref(), &at.id, systemd) else {
+        return Ok(());
+    };
+    cgroup.kill_all(KILL_PATIENCE);
+    cgroup.remove()?;
+    Ok(())
 }

@@ -103,6 +103,11 @@ pub fn target_limit(hull: &Hull, elapsed_ms: u64, usage: u64, page: u64) -> u64 
         .unwrap_or(u64::MAX / page * page)
 }
 
+/// `limit`, but never above `ceiling`.
+pub fn capped(limit: u64, ceiling: Option<u64>) -> u64 {
+    ceiling.map_or(limit, |c| limit.min(c))
+}
+
 /// Index of the next bin boundary to wake at after bin boundary `k`, having woken at
 /// `elapsed_ms`: the following one, or when the thread fell behind, the first one still
 /// in the future (skipped boundaries are not caught up in a burst).
@@ -283,7 +288,14 @@ impl Autotuner {
     /// starts the thread that follows the hull. Call before the process is released.
     ///
     /// If starting the thread fails, the first limit stays in force.
-    pub fn start(cg: &Cgroup, hull: Hull, started: Instant) -> Result<Autotuner, AutotuneError> {
+    /// Starts following `hull` from `started`; never above `ceiling` (the spec's memory
+    /// limit: a hull file must not give a container more memory than its spec allows).
+    pub fn start(
+        cg: &Cgroup,
+        hull: Hull,
+        started: Instant,
+        ceiling: Option<u64>,
+    ) -> Result<Autotuner, AutotuneError> {
         if hull.bin_ms == 0 {
             return Err(AutotuneError::InvalidHull("its bin_ms is 0".into()));
         }
@@ -305,7 +317,7 @@ impl Autotuner {
             source,
         })?;
         let at = elapsed_ms(started);
-        let first = target_limit(&hull, at, usage, page);
+        let first = capped(target_limit(&hull, at, usage, page), ceiling);
         match files.set(first) {
             Outcome::Written => {}
             Outcome::Refused { error, .. } | Outcome::Gone(error) => {
@@ -331,6 +343,7 @@ impl Autotuner {
             let tuner = Tuner {
                 files,
                 hull,
+                ceiling,
                 started,
                 page,
                 last: first,
@@ -381,6 +394,8 @@ impl Drop for Autotuner {
 struct Tuner {
     files: Files,
     hull: Hull,
+    /// The spec's limit, never exceeded.
+    ceiling: Option<u64>,
     started: Instant,
     page: u64,
     /// The limit last written.
@@ -422,7 +437,7 @@ impl Tuner {
                 }
             };
             let at = elapsed_ms(self.started);
-            let want = target_limit(&self.hull, at, usage, self.page);
+            let want = capped(target_limit(&self.hull, at, usage, self.page), self.ceiling);
             if want != self.last || self.retry {
                 match self.files.set(want) {
                     Outcome::Written => {
@@ -513,6 +528,8 @@ mod tests {
     fn the_limit_is_never_below_usage_plus_the_margin() {
         let h = hull(100, &[8 * MIB, 8 * MIB], 8 * MIB);
         assert_eq!(target_limit(&h, 0, 0, PAGE), 8 * MIB);
+        assert_eq!(capped(target_limit(&h, 0, 0, PAGE), Some(4 * MIB)), 4 * MIB);
+        assert_eq!(capped(target_limit(&h, 0, 0, PAGE), None), 8 * MIB);
         assert_eq!(target_limit(&h, 0, 7 * MIB, PAGE), 8 * MIB);
         assert_eq!(target_limit(&h, 0, 7 * MIB + 1, PAGE), 8 * MIB + PAGE);
         assert_eq!(target_limit(&h, 50, 100 * MIB, PAGE), 101 * MIB);
@@ -565,11 +582,13 @@ mod tests {
             return; // no cgroup manager on this host: nothing to check
         };
         let bad = hull(0, &[MIB], 0);
-        let err = Autotuner::start(&cg, bad, Instant::now()).err().unwrap();
+        let err = Autotuner::start(&cg, bad, Instant::now(), None)
+            .err()
+            .unwrap();
         assert!(matches!(err, AutotuneError::InvalidHull(_)), "{err}");
         assert!(err.to_string().contains("trenv meter hull"));
         // A valid hull on a cgroup that does not exist.
-        let err = Autotuner::start(&cg, hull(50, &[MIB], 0), Instant::now())
+        let err = Autotuner::start(&cg, hull(50, &[MIB], 0), Instant::now(), None)
             .err()
             .unwrap();
         assert!(
@@ -673,7 +692,7 @@ mod tests {
         }
         let h = hull(50, &[8 * MIB, 8 * MIB, 64 * MIB, 16 * MIB], 0);
         let started = Instant::now();
-        let tuner = Autotuner::start(&t.cg, h, started).unwrap();
+        let tuner = Autotuner::start(&t.cg, h, started, None).unwrap();
         // Limited from the start, before any process could have been released.
         assert_eq!(t.read(t.limit_file()), 8 * MIB);
         std::thread::sleep(Duration::from_millis(330));
@@ -698,7 +717,7 @@ mod tests {
         let Some(t) = TestCgroup::create("gone") else {
             return;
         };
-        let tuner = Autotuner::start(&t.cg, hull(20, &[8 * MIB], 0), Instant::now()).unwrap();
+        let tuner = Autotuner::start(&t.cg, hull(20, &[8 * MIB], 0), Instant::now(), None).unwrap();
         assert!(tuner.is_running());
         std::fs::remove_dir(&t.dir).unwrap();
         let deadline = Instant::now() + Duration::from_secs(2);

@@ -15,7 +15,7 @@
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libcontainer::config::YoukiConfig;
 use libcontainer::container::{Container, ContainerStatus};
@@ -183,19 +183,7 @@ impl Drop for RootBind {
 /// Whatever a failed restore left in the cgroup goes with it (half-restored tasks of a
 /// CRIU that died wait forever otherwise), then the cgroup.
 fn kill_leftovers(cgroup: &Cgroup) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while let Ok(pids) = cgroup.pids() {
-        if pids.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        for p in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    cgroup.kill_all(Duration::from_secs(2));
     let _ = cgroup.remove();
 }
 

@@ -1,6 +1,7 @@
 //! Small kernel helpers every domain uses: the mount table, clocks, file identities.
 
 pub mod clock;
+pub mod confined;
 pub mod mountinfo;
 pub mod stamp;
 

@@ -4,7 +4,7 @@
 //! does for checkpoints). Each step is a function here; a failure leaves nothing behind.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use containerd_shim::protos::api::CreateTaskRequest;
@@ -12,10 +12,11 @@ use containerd_shim::protos::ttrpc;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use trenv_runtime::ChildFds;
 use trenv_runtime::config::Config;
+use trenv_runtime::container::Location;
+use trenv_runtime::container::cgroup::{Cgroup, is_systemd_path};
 use trenv_runtime::container::create::NewContainer;
 use trenv_runtime::container::rootfs::Mount;
 use trenv_runtime::container::spec::{has_own_namespace, load_spec};
-use trenv_runtime::container::{Location, cgroup::Cgroup};
 use trenv_runtime::snapshot::{Phases, RestorePlan, TemplateFile};
 use trenv_runtime::template::{Manifest, TemplateError, TemplateStore, stage_images};
 
@@ -62,8 +63,19 @@ impl Container {
     ) -> Result<Container, ttrpc::Error> {
         let mut phases = Phases::start();
         let r = Request::read(req, opts)?;
-        let annotations = Annotations::parse(r.spec.annotations().as_ref())
+        // trenv's configuration: a template needs it readable; anything else runs with
+        // the defaults and the environment if it is not.
+        let loaded = Config::load();
+        let config = loaded
+            .as_ref()
+            .map_or_else(|_| Config::defaults_with_env(), Config::clone);
+        let annotations = Annotations::parse(r.spec.annotations().as_ref(), &config.meter.hull_dir)
             .map_err(|e| invalid(e.to_string()))?;
+        match (loaded, &annotations.template) {
+            (Err(e), Some(_)) => return Err(precondition(e.to_string())),
+            (Err(e), None) => log::warn!("{e}; container {} runs with the defaults", req.id),
+            (Ok(_), _) => {}
+        }
         phases.mark("spec");
         // Checking the driver first catches a systemd driver this host cannot honour
         // before anything is created.
@@ -75,17 +87,6 @@ impl Container {
             .and_then(|l| l.cgroups_path().clone());
         let cgroup = LazyCgroup::open(cgroups_path, &req.id, r.systemd);
         phases.mark("cgroup");
-        // trenv's configuration: a template needs it readable; anything else runs with
-        // the defaults and the environment if it is not.
-        let config = match (Config::load(), &annotations.template) {
-            (Ok(c), _) => c,
-            (Err(e), Some(_)) => return Err(precondition(e.to_string())),
-            (Err(e), None) => {
-                log::warn!("{e}; container {} runs with the defaults", req.id);
-                Config::defaults_with_env()
-            }
-        };
-        phases.mark("config");
         let criu = criu_config(opts, &config);
         let source = r.restore_source(&annotations, &config, &mut phases)?;
         let mut container = Container {
@@ -96,6 +97,14 @@ impl Container {
             cgroup,
             mounted_rootfs: !r.rootfs.is_empty(),
             own_pid_ns: has_own_namespace(&r.spec, LinuxNamespaceType::Pid),
+            memory_limit: r
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .and_then(|r| r.memory().as_ref())
+                .and_then(|m| m.limit())
+                .and_then(|l| u64::try_from(l).ok().filter(|l| *l > 0)),
             oom_reported: Mutex::new(0),
             annotations,
             autotuner: Mutex::new(None),
@@ -294,25 +303,5 @@ impl<'a> Request<'a> {
                 Err(e)
             }
         }
-    }
-}
-
-/// A systemd-style cgroups path: "slice:prefix:name" (relative, three fields).
-fn is_systemd_path(p: &Path) -> bool {
-    let s = p.to_string_lossy();
-    !s.starts_with('/') && s.split(':').count() == 3
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn systemd_cgroups_paths_are_recognised() {
-        assert!(is_systemd_path(Path::new(
-            "kubepods-besteffort-pod1.slice:cri-containerd:abc"
-        )));
-        assert!(!is_systemd_path(Path::new("/k8s.io/abc")));
-        assert!(!is_systemd_path(Path::new("/default/abc")));
     }
 }

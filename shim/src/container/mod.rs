@@ -37,6 +37,8 @@ pub struct Container {
     mounted_rootfs: bool,
     /// The container has a PID namespace of its own (its processes die with init).
     own_pid_ns: bool,
+    /// The spec's memory limit: autotuning never raises the limit above it.
+    pub memory_limit: Option<u64>,
     /// OOM kills already reported to containerd.
     pub oom_reported: Mutex<u64>,
     /// What the spec's annotations ask of trenv.
@@ -193,6 +195,7 @@ pub mod test_support {
             },
             mounted_rootfs: false,
             own_pid_ns: true,
+            memory_limit: None,
             oom_reported: Mutex::new(0),
             annotations: Annotations::default(),
             autotuner: Mutex::new(None),

@@ -19,7 +19,7 @@ impl Hook for AutotuneHook {
             return Ok(());
         }
         if let (Some(hull), Some(cg)) = (&c.annotations.hull, c.cgroup.get()) {
-            let tuner = Autotuner::start(cg, hull.clone(), Instant::now())
+            let tuner = Autotuner::start(cg, hull.clone(), Instant::now(), c.memory_limit)
                 .map_err(|e| precondition(format!("memory autotuning: {e}")))?;
             *c.autotuner.lock().unwrap_or_else(|e| e.into_inner()) = Some(tuner);
         }
