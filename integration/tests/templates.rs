@@ -731,6 +731,39 @@ fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
     assert_nothing_left(&c, id);
 }
 
+/// `--read-only` (Kubernetes' readOnlyRootFilesystem) holds for an instance restored from
+/// a template made from a writable container, as for a cold start.
+#[test]
+fn a_read_only_root_holds_after_a_template_restore() {
+    let c = ctr();
+    let case = Case::new(&c, "ro");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    start_function(&c, src, 8);
+    create_template(&c, name, src);
+    c.remove(src);
+    let annotation = format!("{ANNOTATION}={name}");
+    run_detached(
+        &c,
+        id,
+        &["--read-only", "--annotation", &annotation],
+        PYFN,
+        &[],
+    );
+    let r = c.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "probe",
+        id,
+        "touch",
+        "/trenv-ro-probe",
+    ]);
+    assert_ne!(r.code, 0, "the restored root is writable: {r:#?}");
+    assert!(r.stderr.contains("Read-only file system"), "{r:#?}");
+    c.remove(id);
+    assert_nothing_left(&c, id);
+}
+
 /// The parent of `pid`, from /proc.
 fn parent_of(pid: i32) -> Option<i32> {
     fs::read_to_string(format!("/proc/{pid}/stat"))

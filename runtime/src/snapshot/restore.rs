@@ -169,7 +169,21 @@ impl RootBind {
             "bind-mounting {} for CRIU",
             rootfs.display()
         )))?;
-        Ok(RootBind(root))
+        let bind = RootBind(root);
+        // A read-only root (Kubernetes' readOnlyRootFilesystem, `ctr run --read-only`) is
+        // read-only before CRIU restores anything into it, as a cold start's is before its
+        // process runs: the restored function never sees it writable.
+        if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+            mount(
+                None::<&str>,
+                &bind.0,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(SnapshotError::sys("making the restored root read-only"))?;
+        }
+        Ok(bind)
     }
 }
 
