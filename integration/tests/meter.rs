@@ -6,10 +6,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use trenv_integration::api::Containerd;
+use trenv_integration::cri::{containerd_state_dir, shim_processes, wait_for};
 use trenv_integration::tracefs::ExecExitTrace;
 use trenv_integration::{BUSYBOX, Ctr, RUNTIME, memphase, pids_matching, unique_id};
+
+/// The annotation of the sampling interval, and its bounds (docs/metering.md).
+const INTERVAL: &str = "io.trenv.meter.interval-us";
+const MAX_INTERVAL_US: u64 = 10_000_000;
+const MIN_INTERVAL_US: u64 = 1_000;
 
 /// The duration test measures to the millisecond against the kernel: the other tests of
 /// this file (which load the machine with containers) do not run beside it.
@@ -30,7 +37,11 @@ fn meter_dir() -> PathBuf {
 }
 
 fn record_of(id: &str, exec_id: &str) -> serde_json::Value {
-    let path = meter_dir().join("invocations.jsonl");
+    record_in(&meter_dir(), id, exec_id)
+}
+
+fn record_in(dir: &Path, id: &str, exec_id: &str) -> serde_json::Value {
+    let path = dir.join("invocations.jsonl");
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
         if let Ok(text) = std::fs::read_to_string(&path)
@@ -360,4 +371,300 @@ fn sampling_interval_per_container_and_bad_values() {
     );
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("io.trenv.meter.interval-us"), "{r:#?}");
+}
+
+/// An interval above the longest or below the shortest allowed is refused at Create with
+/// INVALID_ARGUMENT (checked through containerd's API, which carries the code on both
+/// lines), naming the annotation and the range; nothing of the container is left.
+#[test]
+fn an_interval_outside_the_bounds_is_refused_at_create_and_leaves_nothing() {
+    let _quiet = beside_others();
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let api = Containerd::from_env(&c.namespace).unwrap_or_else(|e| panic!("{e}"));
+    for us in [MAX_INTERVAL_US + 1, 3_600_000_000, MIN_INTERVAL_US - 1, 1] {
+        let id = unique_id("meterrange");
+        let annotation = format!("{INTERVAL}={us}");
+        c.run(&[
+            "containers",
+            "create",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &annotation,
+            BUSYBOX,
+            &id,
+            "true",
+        ])
+        .ok();
+        let created = api.create_task(&id);
+        let left_task = c.task_status(&id);
+        c.remove(&id);
+        let status = match created {
+            Ok(pid) => panic!("{annotation}: the task was created (pid {pid})"),
+            Err(status) => status,
+        };
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{annotation}: {status:?}"
+        );
+        let msg = status.message();
+        assert!(
+            msg.contains(INTERVAL) && msg.contains("1000 to 10000000 microseconds"),
+            "{annotation}: the message must name the annotation and the range: {msg:?}"
+        );
+        assert!(
+            left_task.is_none(),
+            "{annotation}: a task is left: {left_task:?}"
+        );
+        assert_nothing_left(&c, &id);
+    }
+}
+
+/// Nothing of container `id` (already removed) is left: no container, shim, mount,
+/// bundle, cgroup or metering record.
+fn assert_nothing_left(c: &Ctr, id: &str) {
+    let listed = c.run(&["containers", "ls", "-q"]).ok().stdout;
+    assert!(
+        !listed.lines().any(|l| l.trim() == id),
+        "container {id} still listed"
+    );
+    let needle = format!("-id {id} ");
+    assert!(
+        wait_for(Duration::from_secs(10), || shim_processes(&needle)
+            .is_empty()),
+        "the shim of {id} still runs"
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(
+        !info.lines().any(|l| l.contains(&format!("/{id}/"))),
+        "a mount of {id} is left"
+    );
+    let bundle = containerd_state_dir()
+        .join("io.containerd.runtime.v2.task")
+        .join(&c.namespace)
+        .join(id);
+    assert!(!bundle.exists(), "bundle {} left", bundle.display());
+    let cgroups = ["memory", "pids", "freezer", "cpu", "devices"]
+        .iter()
+        .map(|ctl| {
+            Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join(&c.namespace)
+                .join(id)
+        })
+        .chain([Path::new("/sys/fs/cgroup").join(&c.namespace).join(id)]);
+    for dir in cgroups {
+        assert!(!dir.exists(), "cgroup {} left", dir.display());
+    }
+    let log = std::fs::read_to_string(meter_dir().join("invocations.jsonl")).unwrap_or_default();
+    assert!(
+        !log.contains(&format!("\"container_id\":\"{id}\"")),
+        "a metering record of {id}, which never ran"
+    );
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// With the longest allowed interval (10 s) the sampler is asleep when the process exits:
+/// the exit is reported, and `ctr run` returns, at once rather than when the sleep ends.
+#[test]
+fn a_container_with_the_longest_interval_exits_promptly() {
+    let _quiet = beside_others();
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let id = unique_id("meterlong");
+    let annotation = format!("{INTERVAL}={MAX_INTERVAL_US}");
+    let r = c.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        BUSYBOX,
+        &id,
+        "sh",
+        "-c",
+        "sleep 0.5",
+    ]);
+    let returned = now_us();
+    r.ok();
+    let rec = record_of(&id, "");
+    assert_eq!(rec["sample_interval_us"], MAX_INTERVAL_US, "{rec}");
+    // From the process's exit (the record's end) to ctr's return: a correctness bound,
+    // well under the interval, not a benchmark.
+    let bound_us =
+        (2_000_000 * trenv_integration::time_scale() as i64).min(MAX_INTERVAL_US as i64 / 2);
+    let late = returned - rec["ended_at_us"].as_i64().unwrap();
+    assert!(
+        late < bound_us,
+        "ctr run returned {late} µs after the process exited (bound {bound_us} µs)"
+    );
+}
+
+/// A tmpfs mounted for the test, unmounted (lazily if busy) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "trenv-test-meter",
+            ])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs on {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// trenv's config file (/etc/trenv/config.toml, which every new shim reads at its start)
+/// replaced for the test, and put back as it was when dropped.
+struct ConfigFile {
+    path: PathBuf,
+    before: Option<Vec<u8>>,
+    made_dir: bool,
+}
+
+impl ConfigFile {
+    fn write(text: &str) -> ConfigFile {
+        let path = PathBuf::from("/etc/trenv/config.toml");
+        let dir = path.parent().unwrap();
+        let made_dir = !dir.exists();
+        std::fs::create_dir_all(dir).unwrap();
+        let before = std::fs::read(&path).ok();
+        let tmp = path.with_extension("toml.test");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        ConfigFile {
+            path,
+            before,
+            made_dir,
+        }
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        match &self.before {
+            Some(b) => {
+                let _ = std::fs::write(&self.path, b);
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.path);
+                if self.made_dir {
+                    let _ = std::fs::remove_dir(self.path.parent().unwrap());
+                }
+            }
+        }
+    }
+}
+
+/// Fills the filesystem of `dir` until a write fails for want of space.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0xa5u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+}
+
+/// A meter directory with no space left keeps every record: each record (one line, which
+/// fits in the slack of the log's last page) is written before its series (which needs a
+/// page of its own and cannot be written), names its missing series, and no temporary
+/// series file is left. The directory is a tiny tmpfs that trenv's config file names
+/// while the test's shims start (containerd passes no TRENV_METER_DIR here).
+#[test]
+fn a_full_meter_directory_keeps_every_record() {
+    let _quiet = alone();
+    let c = Ctr::from_env();
+    c.ensure_images();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("meter");
+    let tmpfs = Tmpfs::mount(&dir, "64k");
+    // The log exists and its page has room; the series directory exists; no space else.
+    std::fs::write(dir.join("invocations.jsonl"), "\n").unwrap();
+    std::fs::create_dir(dir.join("series")).unwrap();
+    fill(&dir);
+    let config = ConfigFile::write(&format!("[meter]\ndir = \"{}\"\n", dir.display()));
+
+    let long = unique_id("meterfull");
+    c.run_busybox_detached(&long, &["sleep", "300"]);
+    assert!(c.wait_status(&long, "RUNNING", Duration::from_secs(10)));
+    let short = unique_id("meterfull");
+    c.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        &short,
+        "sh",
+        "-c",
+        "sleep 0.3",
+    ])
+    .ok();
+    drop(config); // both shims have read it
+    c.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x1",
+        &long,
+        "sh",
+        "-c",
+        "sleep 0.3",
+    ])
+    .ok();
+    std::thread::sleep(Duration::from_millis(300));
+    c.remove(&long);
+
+    let records = [
+        record_in(&dir, &short, ""),
+        record_in(&dir, &long, "x1"),
+        record_in(&dir, &long, ""),
+    ];
+    for rec in &records {
+        assert!(rec["samples"].as_u64().unwrap() > 0, "{rec}");
+        let series = rec["series"].as_str().unwrap();
+        assert!(!series.is_empty(), "{rec}");
+        assert!(
+            !dir.join(series).exists(),
+            "a series was written on a full disk: {rec}"
+        );
+    }
+    let left: Vec<String> = std::fs::read_dir(dir.join("series"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left in series/: {left:?}");
+    drop(tmpfs);
 }

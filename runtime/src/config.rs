@@ -64,7 +64,8 @@ pub struct MeterSection {
     /// Where records and series go (`TRENV_METER_DIR`).
     pub dir: PathBuf,
     /// Memory sampling interval in microseconds; 0 records the exact peak only
-    /// (`TRENV_METER_INTERVAL_US`).
+    /// (`TRENV_METER_INTERVAL_US`). Otherwise 1000..=10000000 (1 ms to 10 s): a value
+    /// outside is clamped with a warning (`metering::MeterConfig::from_config`).
     pub interval_us: u64,
     /// The only directory from which `io.trenv.meter.hull` files are read (the shim
     /// reads them as root; a container must not name any other host file).

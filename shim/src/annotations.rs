@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use trenv_criu::template::Policy;
 use trenv_meter::hull::{Hull, HullError};
+use trenv_runtime::metering::meter::{MAX_INTERVAL, MIN_INTERVAL, interval_allowed};
 use trenv_runtime::sys::confined::{ConfinedError, read_beneath};
 use trenv_runtime::template::manifest::valid_name;
 use trenv_runtime::template::ready::{DEFAULT_READY_FILE, ReadyTemplate};
@@ -54,6 +55,13 @@ pub enum AnnotationError {
          for 10 ms, 0 to sample nothing)"
     )]
     Interval(String),
+    #[error(
+        "annotation {METER_INTERVAL}={0}: out of range: use 0 (the exact peak only, no series) \
+         or {min} to {max} microseconds (1 ms to 10 s)",
+        min = MIN_INTERVAL.as_micros(),
+        max = MAX_INTERVAL.as_micros()
+    )]
+    IntervalRange(u64),
     #[error("annotation {TEMPLATE_CREATE}: {0}")]
     TemplateName(#[source] TemplateError),
     #[error(
@@ -102,9 +110,14 @@ impl Annotations {
         };
         let meter_interval = match get(METER_INTERVAL) {
             v if v.is_empty() => None,
-            v => Some(Duration::from_micros(
-                v.parse::<u64>().map_err(|_| AnnotationError::Interval(v))?,
-            )),
+            v => {
+                let us = v.parse::<u64>().map_err(|_| AnnotationError::Interval(v))?;
+                let interval = Duration::from_micros(us);
+                if !interval_allowed(interval) {
+                    return Err(AnnotationError::IntervalRange(us));
+                }
+                Some(interval)
+            }
         };
         Ok(Annotations {
             function: get(FUNCTION),
@@ -266,6 +279,26 @@ mod tests {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains("hull files are read only from"), "{bad}: {e}");
             assert!(!e.contains("root:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn intervals_outside_the_bounds_are_refused_naming_the_range() {
+        for bad in ["1", "999", "10000001", "3600000000", &u64::MAX.to_string()] {
+            let e = parse(&[(METER_INTERVAL, bad)]).unwrap_err();
+            assert!(
+                matches!(e, AnnotationError::IntervalRange(_)),
+                "{bad}: {e:?}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains(METER_INTERVAL) && msg.contains("1000 to 10000000 microseconds"),
+                "{msg}"
+            );
+        }
+        for (ok, want) in [("0", 0), ("1000", 1_000), ("10000000", 10_000_000)] {
+            let a = parse(&[(METER_INTERVAL, ok)]).unwrap();
+            assert_eq!(a.meter_interval, Some(Duration::from_micros(want)));
         }
     }
 

@@ -4,8 +4,12 @@
 //!
 //! Records are appended to `invocations.jsonl` in the meter directory (one `write(2)` per
 //! line, then `fdatasync`; a torn last line left by a crash is closed before the next
-//! append and skipped by readers). Each series is a CSV file written to a temporary name
-//! and renamed into place before its record is appended. Format: see docs/metering.md.
+//! append and skipped by readers). The record goes first: it is what a platform bills, and
+//! a series (a CSV file, written to a temporary name and renamed into place) is hundreds of
+//! times larger, so on a filling disk the series must not take the space the record needs.
+//! A record whose series could not be written names a file that does not exist (readers
+//! treat it as missing, [`series_missing`]); no temporary file is left behind. Format: see
+//! docs/metering.md.
 //!
 //! This is the file format only: the shim's live side (sampling a cgroup while the
 //! invocation runs) is `trenv_runtime::metering`, which produces these records.
@@ -44,6 +48,24 @@ pub enum RecordError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "writing the memory series to {path}: {source}; its record is kept, the series is \
+         missing (free space in the metering directory)"
+    )]
+    Series {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`write_record`] stored.
+#[derive(Debug)]
+pub struct Written {
+    /// The record as appended (its `series` names its series file, if it has one).
+    pub record: Invocation,
+    /// Why the series file is missing, when it could not be written; the record is kept.
+    pub series_lost: Option<RecordError>,
 }
 
 /// Who the invocation was.
@@ -102,47 +124,59 @@ pub fn file_name_safe(id: &str) -> String {
         .collect()
 }
 
-/// Writes the series (atomically, by rename) and appends the record.
+/// Appends the record, then writes its series (atomically, by rename). The record does not
+/// depend on the series: when the series cannot be written (a full disk), the record is
+/// kept, the temporary file removed, and [`Written::series_lost`] says why.
 pub fn write_record(
+    dir: &Path,
+    rec: Invocation,
+    series: &[(u64, u64)],
+) -> Result<Written, RecordError> {
+    write_record_with(dir, rec, series, |f, bytes| {
+        f.write_all(bytes)?;
+        f.sync_data()
+    })
+}
+
+/// [`write_record`] with the series' bytes written by `write` (tests inject a full disk).
+fn write_record_with(
     dir: &Path,
     mut rec: Invocation,
     series: &[(u64, u64)],
-) -> Result<Invocation, RecordError> {
-    let dir_err = |source| RecordError::Dir {
+    write: impl FnOnce(&mut File, &[u8]) -> std::io::Result<()>,
+) -> Result<Written, RecordError> {
+    fs::create_dir_all(dir).map_err(|source| RecordError::Dir {
         dir: dir.to_path_buf(),
         source,
-    };
-    fs::create_dir_all(dir.join("series")).map_err(dir_err)?;
+    })?;
     if !series.is_empty() {
-        let name = format!(
+        rec.series = format!(
             "series/{}-{}-{}.csv",
             rec.started_at_us,
             file_name_safe(&rec.identity.container_id),
             file_name_safe(&rec.identity.exec_id)
         );
-        let path = dir.join(&name);
-        let tmp = path.with_extension("csv.tmp");
-        let werr = |source| RecordError::Write {
-            path: path.clone(),
-            source,
-        };
-        let mut text = String::with_capacity(series.len() * 16 + 32);
-        text.push_str("t_us,memory_bytes\n");
-        for (t, v) in series {
-            text.push_str(&format!("{t},{v}\n"));
-        }
-        let mut f = File::create(&tmp).map_err(werr)?;
-        f.write_all(text.as_bytes()).map_err(werr)?;
-        f.sync_data().map_err(werr)?;
-        fs::rename(&tmp, &path).map_err(werr)?;
-        rec.series = name;
     }
+    append(dir, &rec)?;
+    let series_lost = if series.is_empty() {
+        None
+    } else {
+        write_series(&dir.join(&rec.series), series, write).err()
+    };
+    Ok(Written {
+        record: rec,
+        series_lost,
+    })
+}
+
+/// Appends one record line to `invocations.jsonl`.
+fn append(dir: &Path, rec: &Invocation) -> Result<(), RecordError> {
     let path = dir.join("invocations.jsonl");
     let werr = |source| RecordError::Write {
         path: path.clone(),
         source,
     };
-    let mut line = serde_json::to_string(&rec).map_err(|e| werr(std::io::Error::other(e)))?;
+    let mut line = serde_json::to_string(rec).map_err(|e| werr(std::io::Error::other(e)))?;
     line.push('\n');
     let mut f = OpenOptions::new()
         .create(true)
@@ -161,7 +195,37 @@ pub fn write_record(
     }
     f.write_all(line.as_bytes()).map_err(werr)?;
     f.sync_data().map_err(werr)?;
-    Ok(rec)
+    Ok(())
+}
+
+/// Writes a series CSV to a temporary name and renames it into place; on failure the
+/// temporary file is removed.
+fn write_series(
+    path: &Path,
+    series: &[(u64, u64)],
+    write: impl FnOnce(&mut File, &[u8]) -> std::io::Result<()>,
+) -> Result<(), RecordError> {
+    let mut text = String::with_capacity(series.len() * 16 + 32);
+    text.push_str("t_us,memory_bytes\n");
+    for (t, v) in series {
+        text.push_str(&format!("{t},{v}\n"));
+    }
+    let tmp = path.with_extension("csv.tmp");
+    let written = (|| {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut f = File::create(&tmp)?;
+        write(&mut f, text.as_bytes())?;
+        fs::rename(&tmp, path)
+    })();
+    written.map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        RecordError::Series {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Reads every complete record of a meter directory (torn lines are skipped).
@@ -178,8 +242,14 @@ pub fn read_records(dir: &Path) -> Result<Vec<Invocation>, RecordError> {
         .collect())
 }
 
+/// Whether a record names a series whose file is not there (it could not be written, e.g.
+/// on a full disk: the record was kept without it).
+pub fn series_missing(dir: &Path, r: &Invocation) -> bool {
+    !r.series.is_empty() && !dir.join(&r.series).exists()
+}
+
 /// Reads a record's memory series (`(t_us, bytes)` samples): empty without one, or when
-/// its file cannot be read.
+/// its file cannot be read or is missing ([`series_missing`]).
 pub fn read_series(dir: &Path, r: &Invocation) -> Vec<(u64, u64)> {
     if r.series.is_empty() {
         return Vec::new();
@@ -270,8 +340,11 @@ mod tests {
     #[test]
     fn records_round_trip_and_series_are_written() {
         let dir = tempfile::tempdir().unwrap();
-        let r = write_record(dir.path(), record("a"), &[(0, 5), (10, 9)]).unwrap();
+        let w = write_record(dir.path(), record("a"), &[(0, 5), (10, 9)]).unwrap();
+        assert!(w.series_lost.is_none(), "{:?}", w.series_lost);
+        let r = w.record;
         assert!(r.series.starts_with("series/"));
+        assert!(!series_missing(dir.path(), &r));
         let csv = fs::read_to_string(dir.path().join(&r.series)).unwrap();
         assert_eq!(csv, "t_us,memory_bytes\n0,5\n10,9\n");
         write_record(dir.path(), record("b"), &[]).unwrap();
@@ -295,5 +368,76 @@ mod tests {
             .map(|r| r.identity.container_id)
             .collect();
         assert_eq!(ids, vec!["a".to_string(), "c".to_string()]);
+    }
+
+    /// The names left in a directory.
+    fn names(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_record_is_appended_before_its_series_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let w = write_record_with(&d, record("first"), &[(0, 5)], |f, bytes| {
+            let recs = read_records(&d).unwrap();
+            assert_eq!(recs.len(), 1, "the record is not there before the series");
+            assert_eq!(recs[0].identity.container_id, "first");
+            f.write_all(bytes)
+        })
+        .unwrap();
+        assert!(w.series_lost.is_none());
+        assert_eq!(read_series(&d, &w.record), vec![(0, 5)]);
+    }
+
+    /// A full disk: the series' write fails half-way (as `write(2)` does with ENOSPC).
+    #[test]
+    fn a_series_that_cannot_be_written_keeps_its_record_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let series = [(0, 5), (10_000, 9), (20_000, 7)];
+        let w = write_record_with(dir.path(), record("full"), &series, |f, bytes| {
+            f.write_all(&bytes[..bytes.len() / 2])?;
+            Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+        })
+        .unwrap();
+        let lost = w.series_lost.expect("the series is reported lost");
+        assert!(matches!(lost, RecordError::Series { .. }), "{lost:?}");
+        assert!(lost.to_string().contains("its record is kept"), "{lost}");
+        let recs = read_records(dir.path()).unwrap();
+        assert_eq!(recs, vec![w.record.clone()], "the record is kept");
+        assert!(series_missing(dir.path(), &recs[0]));
+        assert!(read_series(dir.path(), &recs[0]).is_empty());
+        assert!(
+            names(&dir.path().join("series")).is_empty(),
+            "left in series/: {:?}",
+            names(&dir.path().join("series"))
+        );
+    }
+
+    /// The series directory cannot be made (a file stands in its way): the record is kept.
+    #[test]
+    fn a_series_directory_that_cannot_be_made_keeps_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("series"), "not a directory").unwrap();
+        let w = write_record(dir.path(), record("nodir"), &[(0, 1)]).unwrap();
+        assert!(w.series_lost.is_some());
+        assert_eq!(read_records(dir.path()).unwrap().len(), 1);
+        assert!(series_missing(dir.path(), &w.record));
+        assert_eq!(names(dir.path()).len(), 2, "{:?}", names(dir.path()));
+    }
+
+    /// Records written without a series need no series directory and name no series.
+    #[test]
+    fn a_record_without_samples_names_no_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = write_record(dir.path(), record("peak-only"), &[]).unwrap();
+        assert!(w.record.series.is_empty() && w.series_lost.is_none());
+        assert!(!series_missing(dir.path(), &w.record));
     }
 }

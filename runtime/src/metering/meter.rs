@@ -7,6 +7,14 @@
 //! whose [`Measured::write`] stores the record. The record format and its files are
 //! `trenv_meter::record` (kernel-free, shared with the CLI); this module is the part that
 //! needs a cgroup.
+//!
+//! What a pod author's annotation can make the sampler cost is bounded: the interval is 0
+//! (the exact peak only) or [`MIN_INTERVAL`]..=[`MAX_INTERVAL`] (a shorter one burns a core
+//! for nothing the exact peak does not give; a longer one is no series), the sampler is
+//! woken at the exit instead of finishing its sleep (the exit is reported only after the
+//! meter stops), and a series holds at most [`MAX_SERIES_POINTS`] points: a long-running
+//! invocation's series is downsampled (each pair of points merged into its larger value,
+//! the interval doubled) rather than growing the shim without end.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use trenv_meter::record::{self, FORMAT, Identity, Invocation, RecordError};
+use trenv_meter::record::{self, FORMAT, Identity, Invocation, RecordError, Written};
 
 use crate::container::cgroup::{Cgroup, Version};
 
@@ -30,21 +38,62 @@ pub enum MeterError {
     NoCgroup,
 }
 
+/// The shortest sampling interval (other than 0, no sampling): 1 ms. At 1 µs a sampler
+/// took ~40 % of a core and grew the shim by 1.6 MB/s.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest sampling interval: 10 s.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// The most points a series holds in memory (256 KiB): 164 s at the default 10 ms, after
+/// which it is downsampled ([`Series`]).
+pub const MAX_SERIES_POINTS: usize = 1 << 14;
+
+/// Whether `interval` may be used: 0 (the exact peak only, no series) or
+/// [`MIN_INTERVAL`]..=[`MAX_INTERVAL`].
+pub fn interval_allowed(interval: Duration) -> bool {
+    interval.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&interval)
+}
+
+/// The allowed interval nearest to `interval`.
+pub fn clamp_interval(interval: Duration) -> Duration {
+    if interval.is_zero() {
+        interval
+    } else {
+        interval.clamp(MIN_INTERVAL, MAX_INTERVAL)
+    }
+}
+
 /// Where records go and how often memory is sampled.
 #[derive(Debug, Clone)]
 pub struct MeterConfig {
     pub dir: PathBuf,
     /// Sampling interval of the memory series; zero disables sampling (the exact peak is
-    /// still recorded).
+    /// still recorded). Allowed: [`interval_allowed`].
     pub interval: Duration,
 }
 
 impl MeterConfig {
     /// From trenv's configuration (file and environment); `None` when metering is off.
+    ///
+    /// An interval outside the allowed range is clamped to it, with a warning: the setting
+    /// is the node operator's and applies to every container on the node, so refusing it
+    /// would fail Creates (or drop the whole file) over a tuning value whose nearest safe
+    /// setting is plain; an annotation outside the range is refused at Create instead.
     pub fn from_config(c: &crate::config::Config) -> Option<MeterConfig> {
+        let asked = Duration::from_micros(c.meter.interval_us);
+        let interval = clamp_interval(asked);
+        if interval != asked {
+            log::warn!(
+                "metering interval {} µs ([meter] interval_us or TRENV_METER_INTERVAL_US) is \
+                 outside 0 or {}..={} µs: sampling every {} µs",
+                c.meter.interval_us,
+                MIN_INTERVAL.as_micros(),
+                MAX_INTERVAL.as_micros(),
+                interval.as_micros()
+            );
+        }
         c.meter.enabled.then(|| MeterConfig {
             dir: c.meter.dir.clone(),
-            interval: Duration::from_micros(c.meter.interval_us),
+            interval,
         })
     }
 }
@@ -240,7 +289,126 @@ impl Peak {
     }
 }
 
-type Series = Arc<Mutex<Vec<(u64, u64)>>>;
+/// An invocation's memory series in bounded memory: at most `cap` points. When it fills,
+/// each pair of points becomes one (the first's time, the larger value: a peak is never
+/// lost, only placed up to one point early, which keeps an upscaling hull safe) and each
+/// point from then on stands for twice as many samples, so the effective interval doubles.
+#[derive(Debug)]
+struct Series {
+    points: Vec<(u64, u64)>,
+    cap: usize,
+    /// Samples per point: 2^(halvings so far).
+    per_point: u64,
+    /// The point being filled: the time of its first sample, the largest value, samples.
+    pending: Option<(u64, u64, u64)>,
+}
+
+impl Series {
+    /// `cap` is rounded up to an even number of at least 2.
+    fn new(cap: usize) -> Series {
+        Series {
+            points: Vec::new(),
+            cap: cap.max(2).next_multiple_of(2),
+            per_point: 1,
+            pending: None,
+        }
+    }
+
+    fn push(&mut self, t: u64, v: u64) {
+        let (t0, max, n) = match self.pending.take() {
+            Some((t0, max, n)) => (t0, max.max(v), n + 1),
+            None => (t, v, 1),
+        };
+        if n < self.per_point {
+            self.pending = Some((t0, max, n));
+            return;
+        }
+        self.points.push((t0, max));
+        if self.points.len() >= self.cap {
+            self.halve();
+        }
+    }
+
+    fn halve(&mut self) {
+        let half = self.points.len() / 2;
+        for i in 0..half {
+            let (a, b) = (self.points[2 * i], self.points[2 * i + 1]);
+            self.points[i] = (a.0, a.1.max(b.1));
+        }
+        self.points.truncate(half);
+        self.per_point *= 2;
+    }
+
+    /// The points (a last, partly filled one included) and the samples each stands for.
+    fn finish(mut self) -> (Vec<(u64, u64)>, u64) {
+        if let Some((t0, max, _)) = self.pending.take() {
+            self.points.push((t0, max));
+        }
+        (self.points, self.per_point)
+    }
+}
+
+type SharedSeries = Arc<Mutex<Series>>;
+
+/// The thread that samples memory usage into a series; [`Sampler::stop`] wakes it (it may
+/// be sleeping out a 10 s interval) and waits for it.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Samples `path` every `interval` (not zero), times relative to `t0`.
+    fn spawn(path: PathBuf, interval: Duration, t0: Instant, series: SharedSeries) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("meter".into())
+            .spawn(move || {
+                // A container restored from a checkpoint or template gets its cgroup
+                // only while Start runs: wait for it.
+                let file = loop {
+                    match File::open(&path) {
+                        Ok(f) => break f,
+                        Err(_) if sleep_until(Instant::now() + interval, &flag) => return,
+                        Err(_) => {}
+                    }
+                };
+                sample(&file, interval, t0, &flag, &series)
+            })
+            .ok();
+        Sampler { stop, thread }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sleeps until `deadline` unless `stop` is set (then, or when set meanwhile and the
+/// thread unparked, returns true at once).
+fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
 
 /// A running invocation's meter.
 pub struct Meter {
@@ -251,9 +419,8 @@ pub struct Meter {
     started: Instant,
     cpu_at_start: (u64, u64),
     peak: Option<Peak>,
-    stop: Arc<AtomicBool>,
-    series: Series,
-    sampler: Option<JoinHandle<()>>,
+    series: SharedSeries,
+    sampler: Option<Sampler>,
 }
 
 impl Meter {
@@ -266,33 +433,11 @@ impl Meter {
         let files = Files::of(cg)?;
         let peak = Peak::start(&files);
         let cpu_at_start = files.cpu();
-        let stop = Arc::new(AtomicBool::new(false));
-        let series: Series = Arc::new(Mutex::new(Vec::new()));
+        let series: SharedSeries = Arc::new(Mutex::new(Series::new(MAX_SERIES_POINTS)));
         let started = Instant::now();
         let started_wall = SystemTime::now();
-        let sampler = if config.interval.is_zero() {
-            None
-        } else {
-            let path = files.usage_file();
-            let (stop, series, interval) = (stop.clone(), series.clone(), config.interval);
-            std::thread::Builder::new()
-                .name("meter".into())
-                .spawn(move || {
-                    // A container restored from a checkpoint or template gets its cgroup
-                    // only while Start runs: wait for it.
-                    let file = loop {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        match File::open(&path) {
-                            Ok(f) => break f,
-                            Err(_) => std::thread::sleep(interval),
-                        }
-                    };
-                    sample(file, interval, started, &stop, &series)
-                })
-                .ok()
-        };
+        let sampler = (!config.interval.is_zero())
+            .then(|| Sampler::spawn(files.usage_file(), config.interval, started, series.clone()));
         Ok(Meter {
             identity,
             files,
@@ -301,7 +446,6 @@ impl Meter {
             started,
             cpu_at_start,
             peak,
-            stop,
             series,
             sampler,
         })
@@ -319,14 +463,16 @@ impl Meter {
         ended: Instant,
         ended_wall: SystemTime,
     ) -> Measured {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.sampler.take() {
-            let _ = h.join();
+        if let Some(mut s) = self.sampler.take() {
+            s.stop();
         }
         let (user, system) = self.files.cpu();
         let peak = self.peak.as_mut().map_or(0, Peak::read);
-        let mut series =
-            std::mem::take(&mut *self.series.lock().unwrap_or_else(|e| e.into_inner()));
+        let (mut series, per_point) = std::mem::replace(
+            &mut *self.series.lock().unwrap_or_else(|e| e.into_inner()),
+            Series::new(2),
+        )
+        .finish();
         // Start at the exec when it is known: series times are shifted to it (samples
         // taken before it, of the runtime's own set-up, are dropped).
         let mut started_wall = self.started_wall;
@@ -358,7 +504,8 @@ impl Meter {
                 Version::V1 => 1,
                 Version::V2 => 2,
             },
-            sample_interval_us: self.config.interval.as_micros() as u64,
+            // The series' effective interval (longer than asked once downsampled).
+            sample_interval_us: (self.config.interval.as_micros() as u64).saturating_mul(per_point),
             samples: series.len(),
             series: String::new(),
         };
@@ -378,14 +525,10 @@ pub struct Measured {
 }
 
 impl Measured {
-    pub fn write(self) -> Result<Invocation, MeterError> {
+    /// Appends the record, then writes its series; a series that cannot be written (a full
+    /// disk) leaves the record in place and is reported in [`Written::series_lost`].
+    pub fn write(self) -> Result<Written, MeterError> {
         Ok(record::write_record(&self.dir, self.record, &self.series)?)
-    }
-}
-
-impl Drop for Meter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -395,27 +538,25 @@ fn micros(t: SystemTime) -> i64 {
 }
 
 /// Samples memory usage on absolute deadlines (no drift) until told to stop.
-fn sample(file: File, interval: Duration, t0: Instant, stop: &AtomicBool, series: &Series) {
+fn sample(file: &File, interval: Duration, t0: Instant, stop: &AtomicBool, series: &SharedSeries) {
     let mut buf = [0u8; 32];
     let mut next = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::SeqCst) {
         if let Ok(n) = file.read_at(&mut buf, 0)
             && let Some(v) = std::str::from_utf8(&buf[..n])
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
         {
             let at = t0.elapsed().as_micros() as u64;
-            series
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((at, v));
+            series.lock().unwrap_or_else(|e| e.into_inner()).push(at, v);
         }
         next += interval;
         let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
+        if next <= now {
             next = now; // fell behind: do not burst
+        }
+        if sleep_until(next, stop) {
+            return;
         }
     }
 }
@@ -477,5 +618,118 @@ mod tests {
         fs::write(&path, "47000000").unwrap();
         assert_eq!(init.read(), 98_000_000, "the init keeps its spike");
         drop(exec);
+    }
+
+    #[test]
+    fn intervals_are_zero_or_between_one_millisecond_and_ten_seconds() {
+        let us = Duration::from_micros;
+        for ok in [0, 1_000, 10_000, 10_000_000] {
+            assert!(interval_allowed(us(ok)), "{ok} µs");
+        }
+        for bad in [1, 999, 10_000_001, 3_600_000_000, u64::MAX] {
+            assert!(!interval_allowed(us(bad)), "{bad} µs");
+        }
+        assert_eq!(clamp_interval(us(1)), MIN_INTERVAL);
+        assert_eq!(clamp_interval(us(u64::MAX)), MAX_INTERVAL);
+        assert_eq!(clamp_interval(us(0)), Duration::ZERO);
+        assert_eq!(clamp_interval(us(20_000)), us(20_000));
+    }
+
+    #[test]
+    fn a_configured_interval_outside_the_bounds_is_clamped() {
+        let with = |us| {
+            let mut c = crate::config::Config::default();
+            c.meter.interval_us = us;
+            MeterConfig::from_config(&c).unwrap().interval
+        };
+        assert_eq!(with(1), MIN_INTERVAL);
+        assert_eq!(with(u64::MAX), MAX_INTERVAL);
+        assert_eq!(with(0), Duration::ZERO);
+        assert_eq!(with(5_000), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_full_series_is_downsampled_keeping_every_peak() {
+        let mut s = Series::new(8);
+        // 100 samples 10 ms apart, flat at 100 but for one spike of 999 at sample 37.
+        for i in 0..100u64 {
+            s.push(i * 10_000, if i == 37 { 999 } else { 100 });
+            assert!(s.points.len() < 8, "{} points held", s.points.len());
+        }
+        let (points, per_point) = s.finish();
+        // 8 → 4 points at 2 samples each, → 4 at 4, → 4 at 8, → 4 at 16: 100 samples fit
+        // in 6 full points of 16 and one partial.
+        assert_eq!(per_point, 16);
+        assert_eq!(points.len(), 7, "{points:?}");
+        assert_eq!(
+            points.iter().map(|p| p.1).max(),
+            Some(999),
+            "the spike is kept"
+        );
+        let spike = points.iter().find(|p| p.1 == 999).unwrap();
+        assert_eq!(
+            spike.0, 320_000,
+            "placed at the start of its point (samples 32..48)"
+        );
+        assert!(points.windows(2).all(|w| w[1].0 - w[0].0 == 160_000));
+        assert_eq!(points[0], (0, 100));
+    }
+
+    #[test]
+    fn a_short_series_is_kept_whole() {
+        let mut s = Series::new(MAX_SERIES_POINTS);
+        for i in 0..1000u64 {
+            s.push(i, i);
+        }
+        let (points, per_point) = s.finish();
+        assert_eq!(per_point, 1);
+        assert_eq!(points, (0..1000).map(|i| (i, i)).collect::<Vec<_>>());
+    }
+
+    fn sampler_on(path: PathBuf) -> (Sampler, SharedSeries) {
+        let series = Arc::new(Mutex::new(Series::new(MAX_SERIES_POINTS)));
+        let s = Sampler::spawn(path, MAX_INTERVAL, Instant::now(), series.clone());
+        (s, series)
+    }
+
+    /// The sampler sleeps out the longest interval between samples; stopping it (at the
+    /// exit) wakes it instead of waiting for the sleep to end.
+    #[test]
+    fn stopping_a_sampler_wakes_it_from_the_longest_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.current");
+        fs::write(&path, "4096\n").unwrap();
+        let (mut sampler, series) = sampler_on(path);
+        let t = Instant::now();
+        while series.lock().unwrap().points.is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(5), "no first sample");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t = Instant::now();
+        sampler.stop();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "stop took {:?}",
+            t.elapsed()
+        );
+        let values: Vec<u64> = series.lock().unwrap().points.iter().map(|p| p.1).collect();
+        assert_eq!(values, vec![4096], "one sample, then asleep until stopped");
+    }
+
+    /// A restored container's cgroup appears only during Start: the sampler waiting for it
+    /// is woken too.
+    #[test]
+    fn stopping_a_sampler_that_waits_for_its_cgroup_wakes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut sampler, series) = sampler_on(dir.path().join("not-yet"));
+        std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
+        sampler.stop();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "stop took {:?}",
+            t.elapsed()
+        );
+        assert!(series.lock().unwrap().points.is_empty());
     }
 }

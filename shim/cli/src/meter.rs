@@ -413,7 +413,12 @@ pub fn show(out: &mut impl Write, dir: &Path, r: &Invocation) -> anyhow::Result<
             ms(r.sample_interval_us),
             dir.join(&r.series).display()
         )?;
-        if let Ok(text) = std::fs::read_to_string(dir.join(&r.series)) {
+        if record::series_missing(dir, r) {
+            writeln!(
+                out,
+                "            missing: not written (see the shim's log; e.g. a full disk)"
+            )?;
+        } else if let Ok(text) = std::fs::read_to_string(dir.join(&r.series)) {
             let values: Vec<u64> = text
                 .lines()
                 .skip(1)

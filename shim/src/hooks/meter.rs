@@ -68,10 +68,13 @@ impl Hook for MeterHook {
             ending.at_wall,
         );
         let id = inv.container.id.clone();
-        Some(Box::new(move || {
-            if let Err(e) = measured.write() {
-                log::error!("metering record of {id} lost: {e}");
+        Some(Box::new(move || match measured.write() {
+            Ok(w) => {
+                if let Some(e) = w.series_lost {
+                    log::warn!("metering series of {id}: {e}");
+                }
             }
+            Err(e) => log::error!("metering record of {id} lost: {e}"),
         }))
     }
 }
