@@ -377,6 +377,12 @@ fn multi_process_functions_are_refused_clearly() {
         BUSYBOX,
         &["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
     );
+    // RUNNING is before sh forked its children: a dump then holds one process.
+    let start = Instant::now();
+    while c.run(&["task", "ps", src]).stdout.lines().count() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(10), "sh never forked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = case.create(&[]);
     assert_ne!(r.code, 0);
     assert!(
