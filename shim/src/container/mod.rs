@@ -194,7 +194,7 @@ pub mod test_support {
             mounted_rootfs: false,
             own_pid_ns: true,
             oom_reported: Mutex::new(0),
-            annotations: Annotations::default(),
+            annotations: Annotations::parse(None, "default").expect("no annotations parse"),
             autotuner: Mutex::new(None),
             criu: CriuConfig::default(),
             plan: StartPlan::Cold,
