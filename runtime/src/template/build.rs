@@ -77,11 +77,8 @@ impl TemplateStore {
         if result.is_err() {
             let _ = fs::remove_dir_all(&b.staging);
             let _ = fs::remove_file(&b.pool_tmp);
-            // The tenant's directories too if this was its first template: bad input leaves
-            // nothing (rmdir removes only an empty directory; another build of the tenant
-            // starting at this instant could lose its directory and fail, not corrupt).
-            let _ = fs::remove_dir(&store_dir);
-            let _ = fs::remove_dir(&pool_dir);
+            // The tenant's (empty) directories stay, as the store's own does: removing them
+            // would race with another build of the tenant that just created them.
         }
         // Two builds of one name at once: the second finds the first's directory.
         result.map_err(|e| match e {
