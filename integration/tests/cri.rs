@@ -441,11 +441,15 @@ fn a_pod_container_restores_from_a_template() {
     impl Drop for Rm {
         fn drop(&mut self) {
             let _ = trenv_integration::trenv_cli()
-                .args(["template", "rm", &self.0])
+                .args(["template", "rm", &self.0, "--tenant", &tenant()])
                 .output();
         }
     }
     let _rm = Rm(template.clone());
+    // The pods' tenant: CRI's namespace, narrowed by the pod's Kubernetes namespace.
+    fn tenant() -> String {
+        format!("{NAMESPACE}/default")
+    }
     let out = trenv_integration::trenv_cli()
         .args([
             "template", "create", &template, "--from", &src, "-n", NAMESPACE,

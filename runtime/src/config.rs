@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::error::{Classified, ErrorKind};
 
+use crate::template::TenantLimits;
 use crate::template::mempool::MemPoolKind;
 
 pub const DEFAULT_PATH: &str = "/etc/trenv/config.toml";
@@ -88,6 +89,10 @@ impl Default for MeterSection {
 pub struct TemplatesConfig {
     /// Where template images and manifests are kept.
     pub dir: PathBuf,
+    /// At most this many templates per tenant (0: no bound).
+    pub max_per_tenant: u64,
+    /// At most this many bytes of pool files per tenant (0: no bound).
+    pub max_bytes_per_tenant: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -113,6 +118,8 @@ impl Default for TemplatesConfig {
     fn default() -> TemplatesConfig {
         TemplatesConfig {
             dir: PathBuf::from("/var/lib/trenv/templates"),
+            max_per_tenant: 64,
+            max_bytes_per_tenant: 8 << 30,
         }
     }
 }
@@ -185,6 +192,14 @@ impl Config {
         Ok(c)
     }
 
+    /// How much of the pool each tenant may take.
+    pub fn tenant_limits(&self) -> TenantLimits {
+        TenantLimits {
+            max_templates: self.templates.max_per_tenant,
+            max_bytes: self.templates.max_bytes_per_tenant,
+        }
+    }
+
     pub fn pool_kind(&self) -> Result<MemPoolKind, PoolKindError> {
         match (self.pool.kind.as_str(), self.pool.node) {
             ("tmpfs", None) => Ok(MemPoolKind::Tmpfs),
@@ -246,6 +261,20 @@ mod tests {
         d.apply_env(|_| None);
         assert_eq!(d, Config::default());
         assert!(d.meter.enabled);
+    }
+
+    #[test]
+    fn templates_are_bounded_per_tenant_by_default_and_by_the_file() {
+        let d = Config::default().tenant_limits();
+        assert!(d.max_templates > 0 && d.max_bytes > 0, "{d:?}");
+        let c = parse("[templates]\nmax_per_tenant = 3\nmax_bytes_per_tenant = 0\n").unwrap();
+        assert_eq!(
+            c.tenant_limits(),
+            TenantLimits {
+                max_templates: 3,
+                max_bytes: 0
+            }
+        );
     }
 
     #[test]

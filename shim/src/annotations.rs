@@ -12,7 +12,8 @@ use trenv_runtime::metering::meter::{MAX_INTERVAL, MIN_INTERVAL, interval_allowe
 use trenv_runtime::sys::confined::{ConfinedError, read_beneath};
 use trenv_runtime::template::manifest::valid_name;
 use trenv_runtime::template::ready::{DEFAULT_READY_FILE, ReadyTemplate};
-use trenv_runtime::template::{TEMPLATE_ANNOTATION, TemplateError};
+use trenv_runtime::template::tenant::{KUBE_NAMESPACE_ANNOTATION, TENANT_ANNOTATION};
+use trenv_runtime::template::{TEMPLATE_ANNOTATION, TemplateError, Tenant, TenantError};
 
 /// The function a container runs (metering records, templates).
 pub const FUNCTION: &str = "io.trenv.function";
@@ -32,6 +33,12 @@ pub const METER_HULL: &str = "io.trenv.meter.hull";
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// CRI's image name, for metering records.
 pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+/// CRI's pod namespace: part of the container's tenant. containerd's CRI writes it after
+/// the pod's and container's own annotations, so a pod author cannot choose it
+/// (runtime/src/template/tenant.rs).
+pub const KUBE_NAMESPACE: &str = KUBE_NAMESPACE_ANNOTATION;
+/// Narrows the container's tenant (templates it makes and restores).
+pub const TENANT: &str = TENANT_ANNOTATION;
 
 /// A value trenv cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +83,12 @@ pub enum AnnotationError {
     Policy(String),
     #[error("annotations {TEMPLATE_READY_FILE} and {TEMPLATE_POLICY} need {TEMPLATE_CREATE}=NAME")]
     Orphan,
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
 }
 
 /// What a container's annotations ask of trenv.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Annotations {
     /// `io.trenv.function` (empty: unnamed).
     pub function: String,
@@ -87,6 +96,9 @@ pub struct Annotations {
     pub sandbox_id: String,
     /// CRI's image name (empty outside CRI).
     pub image: String,
+    /// Whose templates the container restores and makes: its containerd namespace,
+    /// narrowed by CRI's pod namespace and `io.trenv.tenant`.
+    pub tenant: Tenant,
     /// The template to restore from.
     pub template: Option<String>,
     /// The template to make once the function is ready.
@@ -98,12 +110,15 @@ pub struct Annotations {
 }
 
 impl Annotations {
-    /// Parses a spec's annotations; hull files are read from `hull_dir` only.
+    /// Parses the annotations of a spec of containerd namespace `namespace`; hull files
+    /// are read from `hull_dir` only.
     pub fn parse(
         map: Option<&HashMap<String, String>>,
+        namespace: &str,
         hull_dir: &Path,
     ) -> Result<Annotations, AnnotationError> {
         let get = |k: &str| map.and_then(|m| m.get(k)).cloned().unwrap_or_default();
+        let tenant = Tenant::new(namespace, &get(KUBE_NAMESPACE), &get(TENANT))?;
         let hull = match get(METER_HULL) {
             p if p.is_empty() => None,
             p => Some(load_hull(hull_dir, p)?),
@@ -128,7 +143,9 @@ impl Annotations {
                 &get(TEMPLATE_CREATE),
                 &get(TEMPLATE_READY_FILE),
                 &get(TEMPLATE_POLICY),
+                &tenant,
             )?,
+            tenant,
             hull,
             meter_interval,
         })
@@ -152,11 +169,13 @@ fn load_hull(dir: &Path, value: String) -> Result<Hull, AnnotationError> {
 }
 
 /// The template to make when ready, from `io.trenv.template.create`, `…ready-file` and
-/// `…policy` ("" for a missing one); `None` when none is asked for.
+/// `…policy` ("" for a missing one), for the container's `tenant`; `None` when none is
+/// asked for.
 fn ready_template(
     name: &str,
     file: &str,
     policy: &str,
+    tenant: &Tenant,
 ) -> Result<Option<ReadyTemplate>, AnnotationError> {
     if name.is_empty() {
         return if file.is_empty() && policy.is_empty() {
@@ -192,6 +211,7 @@ fn ready_template(
     };
     Ok(Some(ReadyTemplate {
         name: name.into(),
+        tenant: tenant.clone(),
         ready_file,
         min_vma,
         include_heap,
@@ -207,7 +227,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Annotations::parse(Some(&m), Path::new("/nonexistent/hulls"))
+        Annotations::parse(Some(&m), "default", Path::new("/nonexistent/hulls"))
     }
 
     fn ready(pairs: &[(&str, &str)]) -> Result<Option<ReadyTemplate>, AnnotationError> {
@@ -216,7 +236,7 @@ mod tests {
 
     #[test]
     fn no_annotation_no_template() {
-        let a = Annotations::parse(None, Path::new("/nonexistent")).unwrap();
+        let a = Annotations::parse(None, "default", Path::new("/nonexistent")).unwrap();
         assert!(a.make_template.is_none() && a.template.is_none() && a.hull.is_none());
     }
 
@@ -270,7 +290,7 @@ mod tests {
         std::fs::write(dir.path().join("fn.json"), ok.to_string()).unwrap();
         let with = |v: &str| {
             let m: HashMap<String, String> = [(METER_HULL.to_string(), v.to_string())].into();
-            Annotations::parse(Some(&m), dir.path())
+            Annotations::parse(Some(&m), "default", dir.path())
         };
         assert!(with("fn.json").unwrap().hull.is_some());
         let abs = dir.path().join("fn.json").display().to_string();
@@ -316,5 +336,40 @@ mod tests {
             ("fn", "pod1", "img")
         );
         assert_eq!(a.template.as_deref(), Some("tpl"));
+    }
+
+    #[test]
+    fn the_tenant_is_the_namespace_narrowed_by_cri_and_io_trenv_tenant() {
+        let m = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = Annotations::parse(
+            Some(&m(&[
+                (KUBE_NAMESPACE, "team-a"),
+                (TENANT, "blue"),
+                (TEMPLATE_CREATE, "f"),
+            ])),
+            "k8s.io",
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(a.tenant.to_string(), "k8s.io/team-a/blue");
+        // The template a container makes is its own tenant's.
+        assert_eq!(a.make_template.unwrap().tenant, a.tenant);
+        let plain = Annotations::parse(None, "ns-b", Path::new("/nonexistent")).unwrap();
+        assert_eq!(plain.tenant.to_string(), "ns-b");
+        // io.trenv.tenant cannot climb out: no separators, no `..`.
+        for bad in ["../x", "a/b", "a+b", ".."] {
+            let e = Annotations::parse(
+                Some(&m(&[(TENANT, bad)])),
+                "ns-b",
+                Path::new("/nonexistent"),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("annotation io.trenv.tenant"), "{e}");
+        }
     }
 }

@@ -149,13 +149,17 @@ struct Cleanup {
     ctr: Ctr,
     prefix: String,
     templates: Vec<String>,
+    /// The templates' tenant (`trenv template rm --tenant`).
+    tenant: String,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         remove_with_prefix(&self.ctr, &self.prefix);
         for t in &self.templates {
-            let _ = trenv_cli().args(["template", "rm", t]).output();
+            let _ = trenv_cli()
+                .args(["template", "rm", t, "--tenant", &self.tenant])
+                .output();
         }
     }
 }
@@ -401,9 +405,10 @@ fn make_templates(src: &str, ns: &str, copy: &str, map: &str) -> Result<(), Stri
     Ok(())
 }
 
-fn template_info(name: &str) -> Result<Value, String> {
+/// Template `name`'s manifest; `tenant` as `trenv template list` shows it.
+fn template_info(name: &str, tenant: &str) -> Result<Value, String> {
     let out = trenv_cli()
-        .args(["template", "inspect", name])
+        .args(["template", "inspect", name, "--tenant", tenant])
         .output()
         .map_err(|e| format!("running trenv: {e}"))?;
     serde_json::from_slice(&out.stdout).map_err(|e| format!("trenv template inspect {name}: {e}"))
@@ -425,6 +430,7 @@ fn run(o: &Options) -> Result<Value, String> {
         ctr: ctr.clone(),
         prefix: format!("{prefix}-"),
         templates: vec![copy_t.clone(), map_t.clone()],
+        tenant: o.namespace.clone(),
     };
     let log = PathBuf::from(std::env::var("TRENV_CACHE").unwrap_or("/var/cache/trenv".into()))
         .join(format!(
@@ -456,8 +462,8 @@ fn run(o: &Options) -> Result<Value, String> {
         "state_mb": o.mb,
         "loadavg_before": loadavg(),
         "templates": {
-            "copy": template_info(&copy_t)?["conversion"],
-            "map": template_info(&map_t)?["conversion"],
+            "copy": template_info(&copy_t, &o.namespace)?["conversion"],
+            "map": template_info(&map_t, &o.namespace)?["conversion"],
         },
     });
 
@@ -525,7 +531,7 @@ fn run(o: &Options) -> Result<Value, String> {
     }
 
     if o.memory {
-        let info = template_info(&map_t)?;
+        let info = template_info(&map_t, &o.namespace)?;
         let pool_path = info["pool"]["path"]
             .as_str()
             .unwrap_or_default()
@@ -645,6 +651,8 @@ fn cri_latency(o: &Options, log: &PathBuf) -> Result<Value, String> {
         ctr: Ctr::from_env().with_namespace(cri::NAMESPACE),
         prefix: format!("{ID_PREFIX}-cri-{pid}-"),
         templates: vec![copy_t.clone(), map_t.clone()],
+        // The pods' tenant: namespace k8s.io, Kubernetes namespace of cri::pod_config.
+        tenant: format!("{}/default", cri::NAMESPACE),
     };
     {
         let src_pod = pod(&format!("{ID_PREFIX}-cri-{pid}-src"))?;

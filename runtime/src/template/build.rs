@@ -1,30 +1,38 @@
 //! Making a template from a running container: CRIU dumps it (it keeps running), the
 //! image's memory is moved into a pool file (criu-glue's rewrite), and the template is
 //! published by renaming a staging directory, so it either exists complete or not at all.
-//! The steps: [`Build::dump_and_convert`], [`Build::publish_pool_file`],
-//! [`Build::manifest`], [`Build::publish`].
+//! Everything happens in the tenant's own directories of the store and the pool, whose
+//! bounds are checked before the dump and again once the template's size is known.
+//! The steps: [`Build::dump_and_convert`], [`Build::within_bounds`],
+//! [`Build::publish_pool_file`], [`Build::manifest`], [`Build::publish`].
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use trenv_criu::template::{Conversion, Policy};
 
 use super::manifest::{
-    FileSum, ImageStamp, Manifest, PoolFile, security_digest, sha256_file, valid_name,
+    FileSum, MANIFEST, MANIFEST_SUM, Manifest, PoolFile, security_digest, sha256_file, valid_name,
 };
 use super::mempool::MemPool;
-use super::store::{TemplateStore, mark_verified};
+use super::store::{
+    STAGING_PREFIX, TemplateStore, TenantLimits, Usage, mark_verified, pool_file_name,
+};
+use super::tenant::Tenant;
 use super::{TemplateError, io};
 use crate::container::Location;
 use crate::container::spec::private_netns;
 use crate::snapshot::{self, CheckpointOptions, CriuConfig};
 use crate::sys::FileStamp;
 
-/// What to build: template `name` of the container at `at`, in `pool`.
+/// What to build: template `name` of `tenant` from the container at `at`, in `pool`,
+/// within `limits`.
 pub struct BuildRequest<'a> {
     pub name: &'a str,
+    pub tenant: &'a Tenant,
+    pub limits: TenantLimits,
     pub at: &'a Location,
     pub pool: &'a MemPool,
     pub criu: &'a CriuConfig,
@@ -35,34 +43,55 @@ impl TemplateStore {
     /// Checkpoints the running container and publishes it as a template. The container
     /// keeps running. Nothing is left behind on failure.
     pub fn create(&self, req: &BuildRequest<'_>) -> Result<Manifest, TemplateError> {
-        let name = req.name;
+        let (name, tenant) = (req.name, req.tenant);
         if !valid_name(name) {
             return Err(TemplateError::BadName(name.into()));
         }
-        if self.dir(name).exists() {
-            return Err(TemplateError::Exists {
-                name: name.into(),
-                store: self.root.clone(),
-            });
+        let exists = || TemplateError::Exists {
+            name: name.into(),
+            tenant: tenant.to_string(),
+            store: self.root.clone(),
+        };
+        if self.dir(tenant, name).exists() {
+            return Err(exists());
         }
-        fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let store_dir = self.tenant_dir(tenant);
+        let pool_dir = req.pool.dir.join(tenant.dir_name());
+        for dir in [&store_dir, &pool_dir] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
+        }
+        // Before anything is dumped: a tenant at its bound makes nothing.
+        req.limits
+            .admit(tenant, self.usage(tenant, &req.pool.dir)?, 0)?;
         let b = Build {
             store: self,
             req,
-            staging: self
-                .root
-                .join(format!(".staging-{name}-{}", std::process::id())),
-            pool_tmp: req
-                .pool
-                .dir
-                .join(format!(".{name}-{}.tpl.tmp", std::process::id())),
+            staging: store_dir.join(format!("{STAGING_PREFIX}{name}-{}", std::process::id())),
+            pool_tmp: pool_dir.join(format!(".{name}-{}.tpl.tmp", std::process::id())),
         };
         let result = b.run();
         if result.is_err() {
             let _ = fs::remove_dir_all(&b.staging);
             let _ = fs::remove_file(&b.pool_tmp);
+            // The tenant's (empty) directories stay, as the store's own does: removing them
+            // would race with another build of the tenant that just created them.
         }
-        result
+        // Two builds of one name at once: the second finds the first's directory.
+        result.map_err(|e| match e {
+            TemplateError::Io { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
+                ) =>
+            {
+                exists()
+            }
+            e => e,
+        })
     }
 }
 
@@ -88,6 +117,7 @@ impl Build<'_> {
 
     fn run(&self) -> Result<Manifest, TemplateError> {
         let dumped = self.dump_and_convert()?;
+        self.within_bounds()?;
         let (pool_path, sum) = self.publish_pool_file()?;
         // From here on a failure must take the pool file with it: nothing else refers to it.
         self.manifest(dumped, &pool_path, sum)
@@ -129,22 +159,41 @@ impl Build<'_> {
         })
     }
 
+    /// The tenant's pool files with this template's must stay within its bound of bytes
+    /// (the pool file is written now: its size is known).
+    fn within_bounds(&self) -> Result<(), TemplateError> {
+        let tmp = &self.pool_tmp;
+        let mine = fs::metadata(tmp).map_err(io(tmp))?.blocks() * 512;
+        let used = self.store.usage(self.req.tenant, &self.req.pool.dir)?;
+        let others = Usage {
+            templates: 0,
+            bytes: used.bytes.saturating_sub(mine),
+        };
+        TenantLimits {
+            max_templates: 0,
+            ..self.req.limits
+        }
+        .admit(self.req.tenant, others, mine)
+    }
+
     /// Makes the pool file immutable and gives it its final name (with a checksum prefix).
     fn publish_pool_file(&self) -> Result<(PathBuf, FileSum), TemplateError> {
         let tmp = &self.pool_tmp;
         fs::set_permissions(tmp, fs::Permissions::from_mode(0o444)).map_err(io(tmp))?;
         let sum = sha256_file(tmp).map_err(io(tmp))?;
-        let pool_path =
-            self.req
-                .pool
-                .dir
-                .join(format!("{}-{}.tpl", self.req.name, &sum.sha256[..12]));
+        let pool_path = self
+            .req
+            .pool
+            .dir
+            .join(self.req.tenant.dir_name())
+            .join(pool_file_name(self.req.name, &sum.sha256));
         fs::rename(tmp, &pool_path).map_err(io(&pool_path))?;
         Ok((pool_path, sum))
     }
 
-    /// The manifest: every image file made read-only with its checksum and identity, the
-    /// pool file, and the source container's security fields.
+    /// The manifest: every image file made read-only with its checksum and identity (taken
+    /// after the chmod: nothing changes their ctime after this), the pool file, the owner,
+    /// and the source container's security fields.
     fn manifest(
         &self,
         dumped: Dumped,
@@ -163,12 +212,13 @@ impl Build<'_> {
             let sum = sha256_file(&path).map_err(io(&path))?;
             let meta = fs::metadata(&path).map_err(io(&path))?;
             files.insert(fname.clone(), sum);
-            stamps.insert(fname, ImageStamp::of(&meta));
+            stamps.insert(fname, FileStamp::of(&meta));
         }
         // The spec as containerd wrote it: what a restoring container's spec is compared to.
         let spec = self.req.at.spec()?;
         Ok(Manifest {
             name: self.req.name.into(),
+            tenant: self.req.tenant.clone(),
             created: now_secs(),
             source_container: self.req.at.id.clone(),
             criu_version: dumped.criu_version,
@@ -188,18 +238,24 @@ impl Build<'_> {
         })
     }
 
-    /// Writes the manifest and moves the staging directory into the store.
+    /// Writes the manifest and its digest and moves the staging directory into the
+    /// tenant's directory (renaming the directory leaves its files' ctimes alone).
     fn publish(&self, manifest: Manifest) -> Result<Manifest, TemplateError> {
-        let body =
-            serde_json::to_vec_pretty(&manifest).map_err(|source| TemplateError::Encode {
-                name: manifest.name.clone(),
-                source,
-            })?;
-        let mpath = self.staging.join("manifest.json");
-        fs::write(&mpath, body).map_err(io(&mpath))?;
-        let final_dir = self.store.dir(self.req.name);
+        let (body, digest) = manifest.encode().map_err(|source| TemplateError::Encode {
+            name: manifest.name.clone(),
+            source,
+        })?;
+        for (file, bytes) in [
+            (MANIFEST, body.as_slice()),
+            (MANIFEST_SUM, digest.as_bytes()),
+        ] {
+            let path = self.staging.join(file);
+            fs::write(&path, bytes).map_err(io(&path))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io(&path))?;
+        }
+        let final_dir = self.store.dir(self.req.tenant, self.req.name);
         fs::rename(&self.staging, &final_dir).map_err(io(&final_dir))?;
-        mark_verified(&manifest);
+        mark_verified(&manifest, &digest);
         Ok(manifest)
     }
 }

@@ -1,11 +1,15 @@
-//! What a template is: its manifest (source, conversion, pool file, every image file with
-//! its checksum and identity), and the checks that tie it to a restoring container (its
-//! name, the security fields of its spec).
+//! What a template is: its manifest (owner, source, conversion, pool file, every image file
+//! with its checksum and identity), and the checks that tie it to a restoring container
+//! (its name, the security fields of its spec).
+//!
+//! The manifest is stored as `manifest.json` beside `manifest.sha256`, its SHA-256, which
+//! every read checks ([`MANIFEST_SUM`]); the pool's verification record holds the same
+//! digest (store.rs), so a manifest rewritten together with its sum after the template was
+//! verified is caught too.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
@@ -14,7 +18,13 @@ use sha2::{Digest, Sha256};
 use trenv_criu::template::Conversion;
 
 use super::mempool::MemPoolKind;
+use super::tenant::Tenant;
 use crate::sys::FileStamp;
+
+/// The manifest's file in a template's directory.
+pub const MANIFEST: &str = "manifest.json";
+/// The file holding the SHA-256 (hex) of [`MANIFEST`].
+pub const MANIFEST_SUM: &str = "manifest.sha256";
 
 /// Size and SHA-256 of a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +44,8 @@ pub struct PoolFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub name: String,
+    /// Who made it: the only tenant that sees, restores and removes it.
+    pub tenant: Tenant,
     /// Seconds since the epoch.
     pub created: u64,
     pub source_container: String,
@@ -49,32 +61,23 @@ pub struct Manifest {
     pub pool: PoolFile,
     /// Every file of `images/`, by name.
     pub images: BTreeMap<String, FileSum>,
-    /// Their identity (inode, size, mtime): checked on every restore, while the checksums
-    /// are checked on the first restore after a boot. Not ctime: staging a restore links
-    /// the files, which changes it.
-    pub image_stamps: BTreeMap<String, ImageStamp>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageStamp {
-    pub ino: u64,
-    pub size: u64,
-    pub mtime: i64,
-    pub mtime_nsec: i64,
-}
-
-impl ImageStamp {
-    pub(crate) fn of(m: &fs::Metadata) -> ImageStamp {
-        ImageStamp {
-            ino: m.ino(),
-            size: m.size(),
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-        }
-    }
+    /// Their identity (device, inode, size, ctime): checked on every restore, on the
+    /// descriptor the restore copies from, while the checksums are checked on the first
+    /// restore after a boot. ctime, not mtime: any write, `touch -d`, chmod or link changes
+    /// ctime, and no system call sets it back, so a file edited in place with its mtime
+    /// restored is caught. (Restores copy the images rather than link them, since a link
+    /// would change the ctime too: store.rs, [`super::store::stage_images`].)
+    pub image_stamps: BTreeMap<String, FileStamp>,
 }
 
 impl Manifest {
+    /// The manifest as stored, and its SHA-256.
+    pub fn encode(&self) -> Result<(Vec<u8>, String), serde_json::Error> {
+        let body = serde_json::to_vec_pretty(self)?;
+        let sum = sha256_hex(&body);
+        Ok((body, sum))
+    }
+
     /// The name under which the pool file appears in the image (and the `inherit_fd` key
     /// without its leading '/').
     pub fn image_name(name: &str) -> String {
@@ -92,6 +95,11 @@ pub fn valid_name(name: &str) -> bool {
         && b.iter().all(|c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
         })
+}
+
+/// SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 pub fn sha256_file(path: &Path) -> Result<FileSum, std::io::Error> {

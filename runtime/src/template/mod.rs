@@ -1,9 +1,10 @@
 //! Memory templates: a function checkpointed once, its memory moved to a file in a memory
 //! pool, restored by mapping that file copy-on-write (docs/templates.md).
 //!
-//! * [`manifest`]: what a template is (its files, checksums, source, conversion);
-//! * [`build`]: making one from a running container (dump, rewrite, publish);
-//! * [`store`]: finding, listing, checking and removing templates;
+//! * [`tenant`]: who a template belongs to (the only tenant that sees and restores it);
+//! * [`manifest`]: what a template is (its owner, files, checksums, source, conversion);
+//! * [`build`]: making one from a running container (bounds, dump, rewrite, publish);
+//! * [`store`]: finding, listing, checking, staging and removing templates;
 //! * [`ready`]: templates the shim makes once a function reports ready;
 //! * [`mempool`]: the memory the pool files live in (tmpfs, DAX, NUMA-bound tmpfs).
 
@@ -20,10 +21,12 @@ pub mod manifest;
 pub mod mempool;
 pub mod ready;
 pub mod store;
+pub mod tenant;
 
 pub use manifest::{FileSum, Manifest, PoolFile, security_digest, sha256_file};
 pub use mempool::{MemPool, MemPoolError, MemPoolKind};
-pub use store::{Checked, TemplateStore, stage_images};
+pub use store::{Checked, TemplateStore, TenantLimits, Usage, stage_images};
+pub use tenant::{Tenant, TenantError};
 
 /// Annotation naming the template a container is restored from.
 pub const TEMPLATE_ANNOTATION: &str = "io.trenv.template";
@@ -36,14 +39,45 @@ pub enum TemplateError {
     )]
     BadName(String),
     #[error(
-        "template {name} already exists in {store}; remove it first (trenv template rm {name})"
+        "template {name} of tenant {tenant} already exists in {store}; remove it first \
+         (trenv template rm {name} --tenant {tenant})"
     )]
-    Exists { name: String, store: PathBuf },
+    Exists {
+        name: String,
+        /// The tenant as displayed (kept small: every Result of the runtime carries this).
+        tenant: String,
+        store: PathBuf,
+    },
     #[error(
-        "template {name} not found in {store}; create it with `trenv template create {name} \
-         --from CONTAINER`"
+        "template {name} not found for tenant {tenant} in {store} (a template is restored only \
+         in the tenant that made it); create it with `trenv template create {name} --from \
+         CONTAINER -n NAMESPACE`"
     )]
-    NotFound { name: String, store: PathBuf },
+    NotFound {
+        name: String,
+        /// The tenant as displayed (kept small: every Result of the runtime carries this).
+        tenant: String,
+        store: PathBuf,
+    },
+    #[error(
+        "no template {name} of the layout before tenants in {store}; `trenv template list` \
+         shows them"
+    )]
+    LegacyNotFound { name: String, store: PathBuf },
+    #[error(
+        "template {name} ({dir}) is of the layout before tenants: it has no owner and is never \
+         restored; re-create it from a running container (trenv template create {name} --from \
+         CONTAINER -n NAMESPACE) and remove this one (trenv template rm --legacy {name})"
+    )]
+    Legacy { name: String, dir: PathBuf },
+    #[error(
+        "tenant {tenant} cannot make another template: {what}; remove some of its templates \
+         (trenv template list --tenant {tenant}, trenv template rm NAME --tenant {tenant}) or \
+         raise the bound in trenv's config"
+    )]
+    TenantFull { tenant: String, what: String },
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
     #[error(
         "template {name} failed its checksum ({what}); it was modified or corrupted: remove \
          and re-create it"
@@ -85,11 +119,15 @@ impl Classified for TemplateError {
     fn kind(&self) -> ErrorKind {
         match self {
             TemplateError::BadName(_) => ErrorKind::InvalidArgument,
+            TemplateError::Tenant(e) => e.kind(),
             TemplateError::Exists { .. } => ErrorKind::AlreadyExists,
-            TemplateError::NotFound { .. } => ErrorKind::NotFound,
-            TemplateError::Corrupt { .. } | TemplateError::SpecMismatch { .. } => {
-                ErrorKind::FailedPrecondition
+            TemplateError::NotFound { .. } | TemplateError::LegacyNotFound { .. } => {
+                ErrorKind::NotFound
             }
+            TemplateError::TenantFull { .. } => ErrorKind::ResourceExhausted,
+            TemplateError::Corrupt { .. }
+            | TemplateError::SpecMismatch { .. }
+            | TemplateError::Legacy { .. } => ErrorKind::FailedPrecondition,
             TemplateError::Io { source, .. } if is_full(source) => ErrorKind::ResourceExhausted,
             TemplateError::Convert { source, .. } => match source {
                 ConvertError::PoolFull { .. } => ErrorKind::ResourceExhausted,

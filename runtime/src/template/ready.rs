@@ -8,12 +8,17 @@
 //! `io.trenv.template.ready-file`. `io.trenv.template.policy` chooses what is mapped: `map`
 //! (default: large anonymous VMAs but not `[heap]`), `heap` (`[heap]` too) or `copy`
 //! (nothing: a plain CRIU restore), as the CLI's `--heap`/`--copy`. The annotations are
-//! parsed by the shim (shim/src/annotations.rs); this is what they ask for.
+//! parsed by the shim (shim/src/annotations.rs); this is what they ask for. The template
+//! belongs to the container's tenant (tenant.rs), which the shim derives from its
+//! containerd namespace and CRI's annotations: a container can make templates only for
+//! itself, never replace or shadow another tenant's.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use trenv_criu::template::Policy;
+
+use super::tenant::Tenant;
 
 /// The file OpenFaaS's classic and of-watchdog create when the function is ready.
 pub const DEFAULT_READY_FILE: &str = "/tmp/.lock";
@@ -22,6 +27,8 @@ pub const DEFAULT_READY_FILE: &str = "/tmp/.lock";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadyTemplate {
     pub name: String,
+    /// Whose it is: the container's own tenant.
+    pub tenant: Tenant,
     /// Absolute, inside the container.
     pub ready_file: PathBuf,
     pub min_vma: u64,
@@ -54,6 +61,7 @@ mod tests {
     fn the_ready_file_is_seen_through_the_process_root() {
         let t = ReadyTemplate {
             name: "fn-a".into(),
+            tenant: Tenant::namespace("default").unwrap(),
             ready_file: PathBuf::from(DEFAULT_READY_FILE),
             min_vma: Policy::default().min_vma,
             include_heap: false,

@@ -1,22 +1,36 @@
-//! The template store: `<store>/<NAME>/` holding `images/` (the rewritten CRIU image) and
-//! `manifest.json`, plus the template's file in the pool, `<pool>/<NAME>-<sha256
-//! prefix>.tpl` (mode 0444). Templates are published whole by [`super::build`] and never
-//! modified; here they are found, listed, checked before a restore, and removed.
+//! The template store. A template belongs to a tenant (tenant.rs) and lives in that
+//! tenant's directory: `<store>/@TENANT/<NAME>/` holds `images/` (the rewritten CRIU image),
+//! `manifest.json` and `manifest.sha256`; its file in the pool is
+//! `<pool>/@TENANT/<NAME>-<sha256 prefix>.tpl` (mode 0444). Templates are published whole by
+//! [`super::build`] and never modified; here they are found, listed, counted against the
+//! tenant's bounds, checked before a restore, staged for one, and removed.
+//!
+//! Templates of the layout before tenants (`<store>/<NAME>/`, `<pool>/<NAME>-….tpl`) have
+//! no owner that could be trusted: they are listed as such, never restored, and removed
+//! with `trenv template rm --legacy NAME` (docs/templates.md).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use super::manifest::{ImageStamp, Manifest, security_digest, sha256_file, valid_name};
+use super::manifest::{
+    MANIFEST, MANIFEST_SUM, Manifest, security_digest, sha256_file, sha256_hex, valid_name,
+};
+use super::tenant::Tenant;
 use super::{TemplateError, io};
 use crate::sys::FileStamp;
 
-/// Directory (on a tmpfs) remembering which pool files were fully verified since boot.
+/// Directory (on a tmpfs) remembering which pool files were fully verified since boot, and
+/// the digest of the manifest they were verified against.
 const VERIFIED_DIR: &str = "/run/trenv/verified";
 
-/// A template ready to restore: its images (checked) and its pool file (opened, checked).
+/// The start of a build's staging directory's name, in its tenant's directory.
+pub(crate) const STAGING_PREFIX: &str = ".staging-";
+
+/// A template ready to restore: its manifest and images (checked); its pool file checked.
 pub struct Checked {
     pub manifest: Manifest,
     pub images: PathBuf,
@@ -26,6 +40,51 @@ pub struct TemplateStore {
     pub root: PathBuf,
 }
 
+/// What a tenant holds: its templates (with builds in progress) and the pool memory their
+/// files take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub templates: u64,
+    pub bytes: u64,
+}
+
+/// How much of the pool one tenant may take (`[templates]` in trenv's config): at most
+/// `max_templates` templates and `max_bytes` bytes of pool files; 0 leaves a bound off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TenantLimits {
+    pub max_templates: u64,
+    pub max_bytes: u64,
+}
+
+impl TenantLimits {
+    /// Whether `tenant`, holding `used`, may add a template of `adding` bytes.
+    pub fn admit(&self, tenant: &Tenant, used: Usage, adding: u64) -> Result<(), TemplateError> {
+        let full = |what: String| TemplateError::TenantFull {
+            tenant: tenant.to_string(),
+            what,
+        };
+        if self.max_templates > 0 && used.templates >= self.max_templates {
+            return Err(full(format!(
+                "it has {} templates, the most [templates] max_per_tenant = {} allows",
+                used.templates, self.max_templates
+            )));
+        }
+        if self.max_bytes > 0 && used.bytes.saturating_add(adding) > self.max_bytes {
+            return Err(full(format!(
+                "its pool files take {} MiB{}, over [templates] max_bytes_per_tenant = {} MiB",
+                used.bytes >> 20,
+                if adding > 0 {
+                    format!(" and this template {} MiB more", adding >> 20)
+                } else {
+                    String::new()
+                },
+                self.max_bytes >> 20
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl TemplateStore {
     pub fn new(root: &Path) -> TemplateStore {
         TemplateStore {
@@ -33,82 +92,207 @@ impl TemplateStore {
         }
     }
 
-    pub(crate) fn dir(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+    /// The directory of `tenant`'s templates.
+    pub fn tenant_dir(&self, tenant: &Tenant) -> PathBuf {
+        self.root.join(tenant.dir_name())
     }
 
-    pub fn get(&self, name: &str) -> Result<Manifest, TemplateError> {
+    pub(crate) fn dir(&self, tenant: &Tenant, name: &str) -> PathBuf {
+        self.tenant_dir(tenant).join(name)
+    }
+
+    fn not_found(&self, tenant: &Tenant, name: &str) -> TemplateError {
+        TemplateError::NotFound {
+            name: name.into(),
+            tenant: tenant.to_string(),
+            store: self.root.clone(),
+        }
+    }
+
+    pub fn get(&self, tenant: &Tenant, name: &str) -> Result<Manifest, TemplateError> {
+        self.read(tenant, name).map(|(m, _)| m)
+    }
+
+    /// The manifest of `tenant`'s template `name` and its digest, checked against
+    /// `manifest.sha256` and against the place it was found in.
+    fn read(&self, tenant: &Tenant, name: &str) -> Result<(Manifest, String), TemplateError> {
         if !valid_name(name) {
             return Err(TemplateError::BadName(name.into()));
         }
-        let path = self.dir(name).join("manifest.json");
+        let dir = self.dir(tenant, name);
+        let path = dir.join(MANIFEST);
         let raw = match fs::read(&path) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(TemplateError::NotFound {
-                    name: name.into(),
-                    store: self.root.clone(),
-                });
+                return Err(self.not_found(tenant, name));
             }
             Err(e) => return Err(io(&path)(e)),
         };
-        serde_json::from_slice(&raw).map_err(|e| TemplateError::Corrupt {
-            name: name.into(),
-            what: format!("manifest.json: {e}"),
-        })
-    }
-
-    /// Every template, and the errors of those that cannot be read (a damaged template
-    /// must not hide the others).
-    pub fn list(&self) -> Result<(Vec<Manifest>, Vec<TemplateError>), TemplateError> {
-        let mut out = Vec::new();
-        let mut broken = Vec::new();
-        let entries = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, broken)),
-            Err(e) => return Err(io(&self.root)(e)),
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            match self.get(&name) {
-                Ok(m) => out.push(m),
-                // Removed while we were listing.
-                Err(TemplateError::NotFound { .. }) => {}
-                Err(e) => broken.push(e),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((out, broken))
-    }
-
-    /// Removes a template. Running instances keep their mappings of the (unlinked) file.
-    pub fn remove(&self, name: &str) -> Result<(), TemplateError> {
-        let m = self.get(name)?;
-        match fs::remove_file(&m.pool.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&m.pool.path)(e)),
-        }
-        let _ = fs::remove_file(verified_path(&m));
-        let dir = self.dir(name);
-        fs::remove_dir_all(&dir).map_err(io(&dir))
-    }
-
-    /// Checks a template before a restore into a container with `spec`: every image file
-    /// and the pool file against their stamps and, on the first restore after a boot (the
-    /// pool may be persistent memory), against their checksums; the spec's security fields
-    /// against the source's.
-    pub fn check(&self, name: &str, spec: &Spec) -> Result<Checked, TemplateError> {
-        let m = self.get(name)?;
         let corrupt = |what: String| TemplateError::Corrupt {
             name: name.into(),
             what,
         };
-        let images = self.dir(name).join("images");
-        let full = !verified_path(&m).exists();
+        let sum_path = dir.join(MANIFEST_SUM);
+        let want =
+            fs::read_to_string(&sum_path).map_err(|e| corrupt(format!("{MANIFEST_SUM}: {e}")))?;
+        let digest = sha256_hex(&raw);
+        if want.trim() != digest {
+            return Err(corrupt(format!("{MANIFEST} does not match {MANIFEST_SUM}")));
+        }
+        let m: Manifest =
+            serde_json::from_slice(&raw).map_err(|e| corrupt(format!("{MANIFEST}: {e}")))?;
+        if m.name != name || &m.tenant != tenant {
+            return Err(corrupt(format!(
+                "{MANIFEST} is template {} of tenant {}, found as {name} of tenant {tenant}",
+                m.name, m.tenant
+            )));
+        }
+        if let Some(bad) = m.images.keys().find(|f| !plain_file_name(f)) {
+            return Err(corrupt(format!("{MANIFEST} names image file {bad:?}")));
+        }
+        Ok((m, digest))
+    }
+
+    /// The templates of `only` (every tenant's if `None`), and the errors of those that
+    /// cannot be read (a damaged template must not hide the others), with the templates of
+    /// the layout before tenants among them when every tenant is listed.
+    pub fn list(
+        &self,
+        only: Option<&Tenant>,
+    ) -> Result<(Vec<Manifest>, Vec<TemplateError>), TemplateError> {
+        let mut out = Vec::new();
+        let mut broken = Vec::new();
+        let tenants: Vec<Tenant> = match only {
+            Some(t) => vec![t.clone()],
+            None => {
+                let mut all = Vec::new();
+                for (entry, path) in entries(&self.root)? {
+                    match Tenant::from_dir_name(&entry) {
+                        Some(t) => all.push(t),
+                        None if path.join(MANIFEST).exists() => {
+                            broken.push(TemplateError::Legacy {
+                                name: entry,
+                                dir: path,
+                            })
+                        }
+                        None => {}
+                    }
+                }
+                all
+            }
+        };
+        for t in &tenants {
+            for (name, _) in entries(&self.tenant_dir(t))? {
+                match self.get(t, &name) {
+                    Ok(m) => out.push(m),
+                    // Removed while we were listing.
+                    Err(TemplateError::NotFound { .. }) => {}
+                    Err(e) => broken.push(e),
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+        Ok((out, broken))
+    }
+
+    /// Removes `tenant`'s template `name` and its file in the pool (`pool_dir` is the
+    /// configured pool's directory). Works whatever state the template is in: a manifest
+    /// that cannot be read or fails its checks does not keep the pool file, which is found
+    /// by its name. Running instances keep their mappings of the (unlinked) file.
+    pub fn remove(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        pool_dir: &Path,
+    ) -> Result<(), TemplateError> {
+        if !valid_name(name) {
+            return Err(TemplateError::BadName(name.into()));
+        }
+        let dir = self.dir(tenant, name);
+        if fs::symlink_metadata(&dir).is_err() {
+            return Err(self.not_found(tenant, name));
+        }
+        let mut files = pool_files_of(&pool_dir.join(tenant.dir_name()), name);
+        // The manifest's record too, when it reads: the pool's directory may have been
+        // configured elsewhere since. Only a file of this template's name and tenant.
+        if let Ok((m, _)) = self.read(tenant, name) {
+            let p = m.pool.path;
+            let ours = p
+                .file_name()
+                .is_some_and(|f| is_pool_file_of(&f.to_string_lossy(), name))
+                && p.parent()
+                    .and_then(Path::file_name)
+                    .map(|d| d.to_string_lossy())
+                    == Some(tenant.dir_name().into());
+            if ours && !files.contains(&p) {
+                files.push(p);
+            }
+        }
+        remove_pool_files(&files)?;
+        fs::remove_dir_all(&dir).map_err(io(&dir))
+    }
+
+    /// Removes a template of the layout before tenants, `<store>/<NAME>/`, and its pool file
+    /// `<pool>/<NAME>-….tpl`, without reading its manifest.
+    pub fn remove_legacy(&self, name: &str, pool_dir: &Path) -> Result<(), TemplateError> {
+        if !valid_name(name) {
+            return Err(TemplateError::BadName(name.into()));
+        }
+        let dir = self.root.join(name);
+        if fs::symlink_metadata(&dir).is_err() {
+            return Err(TemplateError::LegacyNotFound {
+                name: name.into(),
+                store: self.root.clone(),
+            });
+        }
+        remove_pool_files(&pool_files_of(pool_dir, name))?;
+        fs::remove_dir_all(&dir).map_err(io(&dir))
+    }
+
+    /// What `tenant` holds now: its templates and builds in progress (directories of its
+    /// store directory) and the space its pool files take (allocated blocks: they are
+    /// sparse).
+    pub fn usage(&self, tenant: &Tenant, pool_dir: &Path) -> Result<Usage, TemplateError> {
+        let templates = entries_all(&self.tenant_dir(tenant))?
+            .iter()
+            .filter(|(n, _)| !n.starts_with('.') || n.starts_with(STAGING_PREFIX))
+            .count() as u64;
+        let pool = pool_dir.join(tenant.dir_name());
+        let mut bytes = 0u64;
+        for (_, path) in entries(&pool)? {
+            if let Ok(m) = fs::symlink_metadata(&path) {
+                bytes = bytes.saturating_add(m.blocks() * 512);
+            }
+        }
+        Ok(Usage { templates, bytes })
+    }
+
+    /// Checks `tenant`'s template `name` before a restore into a container with `spec`:
+    /// the manifest against its digest, every image file and the pool file against their
+    /// identities and, on the first restore after a boot (the pool may be persistent
+    /// memory), against their checksums; the spec's security fields against the source's.
+    pub fn check(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: &Spec,
+    ) -> Result<Checked, TemplateError> {
+        let (m, digest) = self.read(tenant, name)?;
+        let corrupt = |what: String| TemplateError::Corrupt {
+            name: name.into(),
+            what,
+        };
+        let marker = verified_path(&m.pool.path);
+        let full = match fs::read_to_string(&marker) {
+            Ok(d) if d == digest => false,
+            Ok(_) => {
+                return Err(corrupt(format!(
+                    "{MANIFEST} changed after the template was verified"
+                )));
+            }
+            Err(_) => true,
+        };
+        let images = self.dir(tenant, name).join("images");
         let mut seen = 0;
         for e in fs::read_dir(&images).map_err(io(&images))?.flatten() {
             let fname = e.file_name().to_string_lossy().into_owned();
@@ -117,7 +301,7 @@ impl TemplateStore {
                 return Err(corrupt(format!("unexpected file images/{fname}")));
             };
             let meta = e.metadata().map_err(io(&e.path()))?;
-            if &ImageStamp::of(&meta) != stamp {
+            if &FileStamp::of(&meta) != stamp {
                 return Err(corrupt(format!("images/{fname} was modified")));
             }
             if full && &sha256_file(&e.path()).map_err(io(&e.path()))? != want {
@@ -125,12 +309,15 @@ impl TemplateStore {
             }
             seen += 1;
         }
-        if seen != m.images.len() {
+        if seen != m.images.len() || seen != m.image_stamps.len() {
             return Err(corrupt("files missing from images/".into()));
         }
-        check_pool_file(&m)?;
-        let digest = security_digest(spec);
-        if digest != m.security {
+        check_pool_file(&m, full)?;
+        if full {
+            mark_verified(&m, &digest);
+        }
+        let security = security_digest(spec);
+        if security != m.security {
             return Err(TemplateError::SpecMismatch {
                 name: name.into(),
                 fields: "user, capabilities, no_new_privileges, LSM labels, seccomp, masked or \
@@ -145,19 +332,84 @@ impl TemplateStore {
     }
 }
 
-fn verified_path(m: &Manifest) -> PathBuf {
-    Path::new(VERIFIED_DIR).join(format!("{}-{}", m.name, &m.pool.sum.sha256[..16]))
+/// The entries of `dir` that are not hidden, by name; none if it does not exist.
+fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, TemplateError> {
+    Ok(entries_all(dir)?
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with('.'))
+        .collect())
 }
 
-pub(crate) fn mark_verified(m: &Manifest) {
+fn entries_all(dir: &Path) -> Result<Vec<(String, PathBuf)>, TemplateError> {
+    match fs::read_dir(dir) {
+        Ok(rd) => Ok(rd
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
+/// A file name without a directory part.
+fn plain_file_name(f: &str) -> bool {
+    !f.is_empty() && f != "." && f != ".." && !f.contains('/')
+}
+
+/// The pool file name of template `name` whose content has SHA-256 `sum`.
+pub(crate) fn pool_file_name(name: &str, sum: &str) -> String {
+    format!("{name}-{}.tpl", &sum[..12])
+}
+
+/// Whether `file` is the name of a pool file of template `name`: `NAME-` twelve hex digits
+/// `.tpl`, which no other template's file matches (the digits end the name).
+fn is_pool_file_of(file: &str, name: &str) -> bool {
+    file.strip_prefix(name)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(".tpl"))
+        .is_some_and(|h| h.len() == 12 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Template `name`'s files in pool directory `dir`.
+fn pool_files_of(dir: &Path, name: &str) -> Vec<PathBuf> {
+    entries_all(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(f, _)| is_pool_file_of(f, name))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+fn remove_pool_files(files: &[PathBuf]) -> Result<(), TemplateError> {
+    for p in files {
+        match fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(p)(e)),
+        }
+        let _ = fs::remove_file(verified_path(p));
+    }
+    Ok(())
+}
+
+/// Where the verification of pool file `pool` is recorded: named by a digest of its path
+/// (a tenant's directory and a template's name may be long together).
+fn verified_path(pool: &Path) -> PathBuf {
+    let key = sha256_hex(pool.as_os_str().as_encoded_bytes());
+    Path::new(VERIFIED_DIR).join(&key[..32])
+}
+
+/// Records that `m`'s files were verified against the manifest of digest `digest`.
+pub(crate) fn mark_verified(m: &Manifest, digest: &str) {
     if fs::create_dir_all(VERIFIED_DIR).is_ok() {
-        let _ = fs::write(verified_path(m), b"");
+        let _ = fs::write(verified_path(&m.pool.path), digest);
     }
 }
 
 /// The pool file is what was published: same inode and ctime (any write or chmod changes
-/// ctime), and — once per boot, since the pool may be persistent memory — same content.
-fn check_pool_file(m: &Manifest) -> Result<(), TemplateError> {
+/// ctime), and — when `full`, once per boot, since the pool may be persistent memory —
+/// same content.
+fn check_pool_file(m: &Manifest, full: bool) -> Result<(), TemplateError> {
     let corrupt = |what: String| TemplateError::Corrupt {
         name: m.name.clone(),
         what,
@@ -174,7 +426,7 @@ fn check_pool_file(m: &Manifest) -> Result<(), TemplateError> {
     if meta.permissions().mode() & 0o222 != 0 {
         return Err(corrupt(format!("pool file {} is writable", path.display())));
     }
-    if !verified_path(m).exists() {
+    if full {
         let sum =
             sha256_file(path).map_err(|e| corrupt(format!("pool file {}: {e}", path.display())))?;
         if sum != m.pool.sum {
@@ -183,22 +435,44 @@ fn check_pool_file(m: &Manifest) -> Result<(), TemplateError> {
                 path.display()
             )));
         }
-        mark_verified(m);
     }
     Ok(())
 }
 
-/// Makes a per-restore image directory of hard links to the template's files (copies when
-/// they are on another filesystem), so that what CRIU writes during a restore (its
-/// statistics) never lands in the template. Not symbolic links: CRIU reads some images
-/// from inside the restored mount namespace, where the template's path does not exist.
-pub fn stage_images(images: &Path, dest: &Path) -> Result<(), TemplateError> {
+/// Makes a per-restore image directory holding copies of the template's files, so that
+/// what CRIU writes during a restore (its statistics) never lands in the template. Copies,
+/// not links: a link changes the file's ctime, which is what proves the template's images
+/// were not edited (manifest.rs), and not symbolic links: CRIU reads some images from
+/// inside the restored mount namespace, where the template's path does not exist. Each
+/// file is checked against its identity on the descriptor it is copied from, before and
+/// after the copy, so what is staged is what was checked. (Costs: docs/templates.md.)
+pub fn stage_images(checked: &Checked, dest: &Path) -> Result<(), TemplateError> {
+    let corrupt = |what: String| TemplateError::Corrupt {
+        name: checked.manifest.name.clone(),
+        what,
+    };
     fs::create_dir_all(dest).map_err(io(dest))?;
-    for e in fs::read_dir(images).map_err(io(images))?.flatten() {
-        let target = dest.join(e.file_name());
+    for (fname, want) in &checked.manifest.image_stamps {
+        let from = checked.images.join(fname);
+        let mut src = fs::File::open(&from).map_err(io(&from))?;
+        let before = FileStamp::of(&src.metadata().map_err(io(&from))?);
+        if &before != want {
+            return Err(corrupt(format!("images/{fname} was modified")));
+        }
+        let target = dest.join(fname);
         let _ = fs::remove_file(&target);
-        if fs::hard_link(e.path(), &target).is_err() {
-            fs::copy(e.path(), &target).map_err(io(&target))?;
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&target)
+            .map_err(io(&target))?;
+        std::io::copy(&mut src, &mut out).map_err(io(&target))?;
+        out.flush().map_err(io(&target))?;
+        if FileStamp::of(&src.metadata().map_err(io(&from))?) != before {
+            return Err(corrupt(format!(
+                "images/{fname} changed while it was staged"
+            )));
         }
     }
     Ok(())
@@ -223,12 +497,328 @@ mod tests {
     fn a_missing_template_says_how_to_make_one() {
         let dir = tempfile::tempdir().unwrap();
         let store = TemplateStore::new(dir.path());
-        let e = store.get("nope").unwrap_err().to_string();
+        let t = Tenant::namespace("default").unwrap();
+        let e = store.get(&t, "nope").unwrap_err().to_string();
         assert!(
             e.contains("trenv template create nope --from CONTAINER"),
             "{e}"
         );
-        assert!(store.list().unwrap().0.is_empty());
+        assert!(store.list(None).unwrap().0.is_empty());
+    }
+
+    use crate::error::{Classified, ErrorKind};
+    use crate::template::mempool::MemPoolKind;
+    use crate::template::{FileSum, PoolFile};
+    use std::collections::BTreeMap;
+
+    fn spec() -> Spec {
+        serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/"}}"#,
+        )
+        .unwrap()
+    }
+
+    /// A store and a pool in a temporary directory.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: TemplateStore,
+        pool: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let pool = dir.path().join("pool");
+            Fixture {
+                store: TemplateStore::new(&dir.path().join("store")),
+                pool,
+                _dir: dir,
+            }
+        }
+
+        /// Publishes template `name` of `tenant` as build.rs does, without CRIU: two image
+        /// files and a pool file, read-only, with their sums and identities.
+        fn publish(&self, tenant: &Tenant, name: &str) -> Manifest {
+            let dir = self.store.dir(tenant, name);
+            let images = dir.join("images");
+            fs::create_dir_all(&images).unwrap();
+            let mut files = BTreeMap::new();
+            let mut stamps = BTreeMap::new();
+            for (f, body) in [
+                ("core-1.img", &b"core of the process"[..]),
+                ("pages-1.img", &[7u8; 8192][..]),
+            ] {
+                let p = images.join(f);
+                fs::write(&p, body).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+                files.insert(f.to_string(), sha256_file(&p).unwrap());
+                stamps.insert(f.to_string(), FileStamp::of(&fs::metadata(&p).unwrap()));
+            }
+            let pool_dir = self.pool.join(tenant.dir_name());
+            fs::create_dir_all(&pool_dir).unwrap();
+            let body = format!("memory of {tenant} {name}");
+            let sum = FileSum {
+                size: body.len() as u64,
+                sha256: sha256_hex(body.as_bytes()),
+            };
+            let pool_path = pool_dir.join(pool_file_name(name, &sum.sha256));
+            fs::write(&pool_path, &body).unwrap();
+            fs::set_permissions(&pool_path, fs::Permissions::from_mode(0o444)).unwrap();
+            let m = Manifest {
+                name: name.into(),
+                tenant: tenant.clone(),
+                created: 0,
+                source_container: "src".into(),
+                criu_version: "4.1.1".into(),
+                kernel: "test".into(),
+                security: security_digest(&spec()),
+                heap_included: false,
+                empty_netns: false,
+                conversion: Default::default(),
+                pool: PoolFile {
+                    kind: MemPoolKind::Tmpfs,
+                    stamp: FileStamp::of(&fs::metadata(&pool_path).unwrap()),
+                    path: pool_path,
+                    sum,
+                },
+                images: files,
+                image_stamps: stamps,
+            };
+            let (body, digest) = m.encode().unwrap();
+            fs::write(dir.join(MANIFEST), body).unwrap();
+            fs::write(dir.join(MANIFEST_SUM), &digest).unwrap();
+            mark_verified(&m, &digest);
+            m
+        }
+    }
+
+    fn tenant(s: &str) -> Tenant {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn another_tenants_template_is_not_found_and_not_listed_for_it() {
+        let f = Fixture::new();
+        let (a, b) = (tenant("ns-a"), tenant("k8s.io/team-b"));
+        f.publish(&a, "fn");
+        assert!(f.store.check(&a, "fn", &spec()).is_ok());
+        for e in [
+            f.store.get(&b, "fn").unwrap_err(),
+            f.store.check(&b, "fn", &spec()).err().unwrap(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+            assert!(e.to_string().contains("tenant k8s.io/team-b"), "{e}");
+        }
+        assert!(f.store.list(Some(&b)).unwrap().0.is_empty());
+        // B's own template of the same name is another template.
+        f.publish(&b, "fn");
+        let (all, broken) = f.store.list(None).unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
+        let owners: Vec<String> = all
+            .iter()
+            .map(|m| format!("{}:{}", m.tenant, m.name))
+            .collect();
+        assert_eq!(owners, ["k8s.io/team-b:fn", "ns-a:fn"]);
+        assert_ne!(all[0].pool.path, all[1].pool.path);
+        // A template moved into another tenant's directory is not that tenant's.
+        let stolen = f.store.dir(&tenant("ns-c"), "fn");
+        fs::create_dir_all(stolen.parent().unwrap()).unwrap();
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(f.store.dir(&a, "fn"))
+            .arg(&stolen)
+            .status()
+            .unwrap();
+        let e = f.store.check(&tenant("ns-c"), "fn", &spec()).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("of tenant ns-a, found as fn of tenant ns-c"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_image_edited_in_place_with_its_mtime_restored_is_caught() {
+        let f = Fixture::new();
+        let t = tenant("default");
+        f.publish(&t, "fn");
+        let p = f.store.dir(&t, "fn").join("images/pages-1.img");
+        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[100] ^= 0xff;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, &bytes).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+        fs::File::open(&p)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(mtime))
+            .unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), mtime);
+        let e = f.store.check(&t, "fn", &spec()).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.to_string().contains("modified or corrupted"), "{e}");
+        assert!(
+            e.to_string().contains("images/pages-1.img was modified"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn staging_copies_so_the_template_stays_checkable_and_catches_a_late_edit() {
+        let f = Fixture::new();
+        let t = tenant("default");
+        f.publish(&t, "fn");
+        let checked = f.store.check(&t, "fn", &spec()).unwrap();
+        let dest = f._dir.path().join("staged");
+        stage_images(&checked, &dest).unwrap();
+        assert_eq!(
+            fs::read(dest.join("pages-1.img")).unwrap(),
+            fs::read(checked.images.join("pages-1.img")).unwrap()
+        );
+        // A copy, not a link: the template's files keep their identity.
+        assert_eq!(fs::metadata(dest.join("core-1.img")).unwrap().nlink(), 1);
+        let again = f.store.check(&t, "fn", &spec()).unwrap();
+        // An edit between the check and the staging is caught by the staging.
+        fs::set_permissions(
+            again.images.join("core-1.img"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let e = stage_images(&again, &dest).err().unwrap();
+        assert!(
+            e.to_string().contains("images/core-1.img was modified"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tampered_manifest_is_caught() {
+        let f = Fixture::new();
+        let t = tenant("default");
+        f.publish(&t, "fn");
+        let dir = f.store.dir(&t, "fn");
+        let original = fs::read_to_string(dir.join(MANIFEST)).unwrap();
+        let edited = original.replace("\"src\"", "\"evil\"");
+        assert_ne!(edited, original);
+        fs::write(dir.join(MANIFEST), &edited).unwrap();
+        let e = f.store.check(&t, "fn", &spec()).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(
+            e.to_string()
+                .contains("manifest.json does not match manifest.sha256"),
+            "{e}"
+        );
+        // Rewritten with its sum after it was verified: the verification record catches it.
+        fs::write(dir.join(MANIFEST_SUM), sha256_hex(edited.as_bytes())).unwrap();
+        let e = f.store.check(&t, "fn", &spec()).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("changed after the template was verified"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_template_with_a_corrupt_manifest_is_removed_with_its_pool_file_only() {
+        let f = Fixture::new();
+        let t = tenant("default");
+        let m = f.publish(&t, "a");
+        let other = f.publish(&t, "a-b");
+        let elsewhere = f.publish(&tenant("ns-b"), "a");
+        fs::write(f.store.dir(&t, "a").join(MANIFEST), "{ not json").unwrap();
+        assert!(f.store.get(&t, "a").is_err());
+        f.store.remove(&t, "a", &f.pool).unwrap();
+        assert!(!f.store.dir(&t, "a").exists());
+        assert!(!m.pool.path.exists(), "pool file of a left");
+        assert!(other.pool.path.exists() && elsewhere.pool.path.exists());
+        assert!(f.store.check(&t, "a-b", &spec()).is_ok());
+        let e = f.store.remove(&t, "a", &f.pool).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        // A manifest pointing elsewhere does not make rm remove that file.
+        let victim = f._dir.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let dir = f.store.dir(&t, "a-b");
+        let raw = fs::read_to_string(dir.join(MANIFEST)).unwrap();
+        let raw = raw.replace(
+            &other.pool.path.display().to_string(),
+            &victim.display().to_string(),
+        );
+        fs::write(dir.join(MANIFEST_SUM), sha256_hex(raw.as_bytes())).unwrap();
+        fs::write(dir.join(MANIFEST), raw).unwrap();
+        f.store.remove(&t, "a-b", &f.pool).unwrap();
+        assert!(victim.exists() && !other.pool.path.exists());
+    }
+
+    #[test]
+    fn pool_files_are_found_by_their_exact_name() {
+        assert!(is_pool_file_of("fn-0123456789ab.tpl", "fn"));
+        assert!(!is_pool_file_of("fn-b-0123456789ab.tpl", "fn"));
+        assert!(!is_pool_file_of("fn-0123456789ab.tpl.tmp", "fn"));
+        assert!(!is_pool_file_of(".fn-12.tpl.tmp", "fn"));
+        assert!(!is_pool_file_of("fn-0123456789a.tpl", "fn"));
+        assert_eq!(
+            pool_file_name("fn", &"ab".repeat(32)),
+            "fn-abababababab.tpl"
+        );
+    }
+
+    #[test]
+    fn a_tenant_at_its_bound_is_refused_with_what_to_do() {
+        let f = Fixture::new();
+        let t = tenant("ns-a");
+        assert_eq!(f.store.usage(&t, &f.pool).unwrap(), Usage::default());
+        f.publish(&t, "one");
+        f.publish(&tenant("ns-b"), "two");
+        let used = f.store.usage(&t, &f.pool).unwrap();
+        assert_eq!(used.templates, 1);
+        assert!(used.bytes > 0);
+        let count = TenantLimits {
+            max_templates: 1,
+            max_bytes: 0,
+        };
+        let e = count.admit(&t, used, 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        let msg = e.to_string();
+        assert!(msg.contains("max_per_tenant = 1"), "{msg}");
+        assert!(
+            msg.contains("trenv template rm NAME --tenant ns-a"),
+            "{msg}"
+        );
+        let bytes = TenantLimits {
+            max_templates: 0,
+            max_bytes: used.bytes + 10,
+        };
+        assert!(bytes.admit(&t, used, 10).is_ok());
+        let e = bytes.admit(&t, used, 11 << 20).unwrap_err();
+        assert!(e.to_string().contains("this template 11 MiB more"), "{e}");
+        assert!(TenantLimits::default().admit(&t, used, u64::MAX).is_ok());
+    }
+
+    #[test]
+    fn templates_of_the_layout_before_tenants_are_named_and_removable() {
+        let f = Fixture::new();
+        let old = f.store.root.join("oldfn");
+        fs::create_dir_all(old.join("images")).unwrap();
+        fs::write(old.join(MANIFEST), "{}").unwrap();
+        fs::create_dir_all(&f.pool).unwrap();
+        let pool_file = f.pool.join("oldfn-0123456789ab.tpl");
+        fs::write(&pool_file, "x").unwrap();
+        let (all, broken) = f.store.list(None).unwrap();
+        assert!(all.is_empty());
+        assert!(matches!(&broken[..], [TemplateError::Legacy { name, .. }] if name == "oldfn"));
+        assert!(
+            broken[0]
+                .to_string()
+                .contains("trenv template rm --legacy oldfn")
+        );
+        // No tenant finds it.
+        assert_eq!(
+            f.store.get(&tenant("default"), "oldfn").unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        f.store.remove_legacy("oldfn", &f.pool).unwrap();
+        assert!(!old.exists() && !pool_file.exists());
     }
 
     #[test]

@@ -64,7 +64,8 @@ fn done<E: Classified>(r: Result<(), E>) -> Result<Reply, RemoteError> {
     r.map(|()| Reply::Done).map_err(RemoteError::of)
 }
 
-/// Makes template `t` of the container at `at`, in the store and pool of trenv's config.
+/// Makes template `t` of the container at `at`, for its tenant, in the store and pool of
+/// trenv's config and within its per-tenant bounds.
 fn make_template(
     at: &container::Location,
     t: &ReadyTemplate,
@@ -81,6 +82,8 @@ fn make_template(
     };
     let req = BuildRequest {
         name: &t.name,
+        tenant: &t.tenant,
+        limits: config.tenant_limits(),
         at,
         pool: &pool,
         criu: &criu,

@@ -1,5 +1,9 @@
 //! `trenv template …`: make memory templates from running containers, list, inspect and
-//! remove them (docs/templates.md).
+//! remove them (docs/templates.md). Every template belongs to a tenant: `create` gives it
+//! the source container's (its namespace, narrowed by its CRI pod namespace and
+//! `io.trenv.tenant`, as the shim does); `inspect` and `rm` act in the tenant given by
+//! `-n NAMESPACE` or `--tenant TENANT` (default: namespace `default`); `list` shows every
+//! tenant's unless one is given.
 
 use std::path::{Path, PathBuf};
 
@@ -8,9 +12,11 @@ use clap::{Args, Subcommand};
 use trenv_criu::template::Policy;
 use trenv_runtime::config::Config;
 use trenv_runtime::container::Location;
+use trenv_runtime::container::spec::load_spec;
 use trenv_runtime::snapshot::CriuConfig;
 use trenv_runtime::template::build::BuildRequest;
-use trenv_runtime::template::{MemPool, TemplateStore};
+use trenv_runtime::template::tenant::DEFAULT_NAMESPACE;
+use trenv_runtime::template::{MemPool, TemplateStore, Tenant};
 
 #[derive(Args)]
 pub struct TemplateArgs {
@@ -21,10 +27,41 @@ pub struct TemplateArgs {
     command: TemplateCommand,
 }
 
+/// Which tenant's templates.
+#[derive(Args)]
+struct TenantArg {
+    /// The tenant that is a whole containerd namespace (default: "default").
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// The tenant in full, as `trenv template list` shows it:
+    /// NAMESPACE[/K8S-NAMESPACE][/SUB] (NAMESPACE//SUB without a Kubernetes namespace).
+    #[arg(long, conflicts_with = "namespace")]
+    tenant: Option<Tenant>,
+}
+
+impl TenantArg {
+    /// The tenant asked for, if any.
+    fn given(&self) -> anyhow::Result<Option<Tenant>> {
+        Ok(match (&self.tenant, &self.namespace) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(ns)) => Some(Tenant::namespace(ns)?),
+            (None, None) => None,
+        })
+    }
+
+    /// The tenant asked for, or namespace `default`.
+    fn or_default(&self) -> anyhow::Result<Tenant> {
+        match self.given()? {
+            Some(t) => Ok(t),
+            None => Ok(Tenant::namespace(DEFAULT_NAMESPACE)?),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum TemplateCommand {
     /// Checkpoint a running trenv container (it keeps running) and publish its memory as a
-    /// template in the configured pool.
+    /// template in the configured pool, owned by the container's tenant.
     Create {
         name: String,
         /// The container (its task must be running on trenv).
@@ -48,15 +85,29 @@ enum TemplateCommand {
         #[arg(long, conflicts_with = "heap")]
         copy: bool,
     },
-    /// One line per template.
+    /// One line per template, with its tenant (every tenant's unless one is given).
     List {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tenant: TenantArg,
     },
     /// A template's manifest (JSON).
-    Inspect { name: String },
-    /// Remove a template (running instances keep their memory).
-    Rm { name: String },
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
+    /// Remove a template and its pool file (running instances keep their memory); works
+    /// on a damaged template too.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// A template of the layout before tenants (`trenv template list` names them).
+        #[arg(long, conflicts_with_all = ["namespace", "tenant"])]
+        legacy: bool,
+    },
 }
 
 pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
@@ -80,6 +131,11 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 None => find_bundle(&namespace, &from)?,
             };
             let at = Location::new(&from, &bundle);
+            // The container's own tenant, derived as the shim derives it.
+            let spec = load_spec(&bundle.join("config.json"))?;
+            let annotations = spec.annotations().clone().unwrap_or_default();
+            let tenant =
+                Tenant::of_container(&namespace, |k| annotations.get(k).map(String::as_str))?;
             let kind = config.pool_kind()?;
             let pool = MemPool::open(&config.pool.dir, kind)?;
             let criu = CriuConfig {
@@ -92,6 +148,8 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
             };
             let req = BuildRequest {
                 name: &name,
+                tenant: &tenant,
+                limits: config.tenant_limits(),
                 at: &at,
                 pool: &pool,
                 criu: &criu,
@@ -101,8 +159,10 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 .create(&req)
                 .with_context(|| format!("creating template {name} from {from}"))?;
             println!(
-                "template {}: {} VMAs, {} MiB mapped from {} ({}), {} MiB still copied",
+                "template {} of tenant {}: {} VMAs, {} MiB mapped from {} ({}), {} MiB still \
+                 copied",
                 m.name,
+                m.tenant,
                 m.conversion.vmas.len(),
                 m.conversion.bytes_moved >> 20,
                 m.pool.path.display(),
@@ -110,8 +170,8 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 m.conversion.bytes_copied >> 20
             );
         }
-        TemplateCommand::List { json } => {
-            let (all, broken) = store.list()?;
+        TemplateCommand::List { json, tenant } => {
+            let (all, broken) = store.list(tenant.given()?.as_ref())?;
             for e in &broken {
                 eprintln!("warning: {e}");
             }
@@ -121,13 +181,14 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 }
             } else {
                 println!(
-                    "{:<24} {:>10} {:>10} {:<8} FILE",
-                    "NAME", "MAPPED", "COPIED", "POOL"
+                    "{:<24} {:<24} {:>10} {:>10} {:<8} FILE",
+                    "NAME", "TENANT", "MAPPED", "COPIED", "POOL"
                 );
                 for m in &all {
                     println!(
-                        "{:<24} {:>9}M {:>9}M {:<8} {}",
+                        "{:<24} {:<24} {:>9}M {:>9}M {:<8} {}",
                         m.name,
+                        m.tenant.to_string(),
                         m.conversion.bytes_moved >> 20,
                         m.conversion.bytes_copied >> 20,
                         m.pool.kind.to_string(),
@@ -136,12 +197,23 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        TemplateCommand::Inspect { name } => {
-            println!("{}", serde_json::to_string_pretty(&store.get(&name)?)?);
+        TemplateCommand::Inspect { name, tenant } => {
+            let m = store.get(&tenant.or_default()?, &name)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
         }
-        TemplateCommand::Rm { name } => {
-            store.remove(&name)?;
-            println!("removed template {name}");
+        TemplateCommand::Rm {
+            name,
+            tenant,
+            legacy,
+        } => {
+            if legacy {
+                store.remove_legacy(&name, &config.pool.dir)?;
+                println!("removed template {name} (layout before tenants)");
+            } else {
+                let tenant = tenant.or_default()?;
+                store.remove(&tenant, &name, &config.pool.dir)?;
+                println!("removed template {name} of tenant {tenant}");
+            }
         }
     }
     Ok(())

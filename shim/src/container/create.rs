@@ -33,7 +33,7 @@ use crate::stamp::ExecStamp;
 /// removed after a successful restore.
 pub(super) const RESTORE_WORK: &str = "criu-restore";
 
-/// A template's images linked for one restore, below containerd's work directory.
+/// A template's images copied for one restore, below containerd's work directory.
 pub(super) const STAGED_IMAGES: &str = "criu-images";
 
 /// What Create learnt from the request, the spec and the options.
@@ -56,10 +56,12 @@ struct RestoreSource {
 }
 
 impl Container {
-    /// Creates the container (its init process waits for Start).
+    /// Creates the container (its init process waits for Start) in containerd namespace
+    /// `namespace`, the root of its tenant.
     pub fn create(
         req: &CreateTaskRequest,
         opts: &RuntimeOptions,
+        namespace: &str,
     ) -> Result<Container, ttrpc::Error> {
         let mut phases = Phases::start();
         let r = Request::read(req, opts)?;
@@ -69,8 +71,12 @@ impl Container {
         let config = loaded
             .as_ref()
             .map_or_else(|_| Config::defaults_with_env(), Config::clone);
-        let annotations = Annotations::parse(r.spec.annotations().as_ref(), &config.meter.hull_dir)
-            .map_err(|e| invalid(e.to_string()))?;
+        let annotations = Annotations::parse(
+            r.spec.annotations().as_ref(),
+            namespace,
+            &config.meter.hull_dir,
+        )
+        .map_err(|e| invalid(e.to_string()))?;
         match (loaded, &annotations.template) {
             (Err(e), Some(_)) => return Err(precondition(e.to_string())),
             (Err(e), None) => log::warn!("{e}; container {} runs with the defaults", req.id),
@@ -199,8 +205,10 @@ impl<'a> Request<'a> {
                 self.req.id
             )));
         }
+        // Only the container's own tenant's templates: another tenant's of the same name
+        // is NOT_FOUND, as if it did not exist.
         let checked = TemplateStore::new(&config.templates.dir)
-            .check(name, &self.spec)
+            .check(&annotations.tenant, name, &self.spec)
             .map_err(|e| match e {
                 TemplateError::BadName(_) => {
                     invalid(format!("annotation {}: {e}", annotations::TEMPLATE))
@@ -209,7 +217,7 @@ impl<'a> Request<'a> {
             })?;
         phases.mark("template check");
         let staged = self.at.bundle.join("work").join(STAGED_IMAGES);
-        stage_images(&checked.images, &staged).map_err(|e| internal(e.to_string()))?;
+        stage_images(&checked, &staged).map_err(rt)?;
         phases.mark("staging");
         let m = checked.manifest;
         Ok(Some(RestoreSource {

@@ -197,7 +197,8 @@ pub mod test_support {
             own_pid_ns: true,
             memory_limit: None,
             oom_reported: Mutex::new(0),
-            annotations: Annotations::default(),
+            annotations: Annotations::parse(None, "default", Path::new("/nonexistent"))
+                .expect("no annotations parse"),
             autotuner: Mutex::new(None),
             criu: CriuConfig::default(),
             plan: StartPlan::Cold,

@@ -56,6 +56,9 @@ struct Inner {
     idle_trim: Arc<IdleTrim>,
     /// Exit handlers still running (they write metering records): Shutdown waits for them.
     exits_in_flight: (Mutex<usize>, std::sync::Condvar),
+    /// The containerd namespace this shim serves (containerd's `-namespace`): the first
+    /// part of every container's tenant, which no annotation can change.
+    namespace: String,
 }
 
 impl Inner {
@@ -86,7 +89,7 @@ impl Service {
                         log::warn!("{e}; metering with the defaults and the environment");
                         Config::defaults_with_env()
                     })),
-                    namespace,
+                    namespace: namespace.clone(),
                 }),
                 Box::new(AutotuneHook),
                 Box::new(OomHook {
@@ -99,6 +102,7 @@ impl Service {
             exit_clock: ExitClock::start(),
             idle_trim: IdleTrim::start(),
             exits_in_flight: (Mutex::new(0), std::sync::Condvar::new()),
+            namespace,
         });
         inner.clone().watch_exits();
         Service { inner }
@@ -163,7 +167,7 @@ impl Task for Service {
         }
         let opts = options::parse(req.options.as_ref()).map_err(invalid)?;
         let began = Instant::now();
-        let c = Arc::new(Container::create(&req, &opts)?);
+        let c = Arc::new(Container::create(&req, &opts, &self.inner.namespace)?);
         *c.create_time.lock().unwrap_or_else(|e| e.into_inner()) = Some(began.elapsed());
         let pid = c.init.pid();
         self.inner.containers().insert(req.id.clone(), c.clone());
