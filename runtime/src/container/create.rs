@@ -1,5 +1,6 @@
-//! Create: the rootfs mounted, the spec derived for libcontainer, the init process created
-//! and waiting for Start. Also the Create of a container that a checkpoint or template
+//! Create: the spec checked (before anything is made), the rootfs mounted, the spec derived
+//! for libcontainer, a missing working directory made in the root as runc makes it, the
+//! init process created and waiting for Start. Also the Create of a container that a checkpoint or template
 //! restores at Start (rootfs and spec only). Nothing is left behind on failure.
 
 use std::fs;

@@ -79,11 +79,84 @@ pub enum SpecError {
     SystemdCgroupSlash(String),
 }
 
-/// Loads the spec at `path`; a spec that does not parse is the user's to fix.
+/// Loads the spec at `path`; a spec that does not parse is the user's to fix, told which
+/// field is wrong (serde alone only gives a line and column of a one-line file).
 pub fn load_spec(path: &Path) -> Result<Spec, ContainerError> {
     Spec::load(path).map_err(|e| ContainerError::InvalidSpec {
         path: path.display().to_string(),
-        reason: chain(&e),
+        reason: match std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|v| failing_field(&v))
+        {
+            Some((field, why)) => format!("{field}: {why}"),
+            None => chain(&e),
+        },
+    })
+}
+
+/// The innermost of the spec's sections that does not deserialize, and why.
+fn failing_field(spec: &serde_json::Value) -> Option<(&'static str, String)> {
+    use oci_spec::runtime as oci;
+    use serde::de::DeserializeOwned;
+    fn check<T: DeserializeOwned>(v: &serde_json::Value) -> Option<String> {
+        serde_json::from_value::<T>(v.clone())
+            .err()
+            .map(|e| e.to_string())
+    }
+    type Check = fn(&serde_json::Value) -> Option<String>;
+    // Innermost first.
+    let sections: [(&'static str, &str, Check); 14] = [
+        (
+            "linux.seccomp",
+            "/linux/seccomp",
+            check::<oci::LinuxSeccomp>,
+        ),
+        (
+            "linux.resources",
+            "/linux/resources",
+            check::<oci::LinuxResources>,
+        ),
+        (
+            "linux.namespaces",
+            "/linux/namespaces",
+            check::<Vec<oci::LinuxNamespace>>,
+        ),
+        (
+            "linux.devices",
+            "/linux/devices",
+            check::<Vec<oci::LinuxDevice>>,
+        ),
+        (
+            "linux.uidMappings",
+            "/linux/uidMappings",
+            check::<Vec<oci::LinuxIdMapping>>,
+        ),
+        (
+            "linux.gidMappings",
+            "/linux/gidMappings",
+            check::<Vec<oci::LinuxIdMapping>>,
+        ),
+        (
+            "process.rlimits",
+            "/process/rlimits",
+            check::<Vec<oci::PosixRlimit>>,
+        ),
+        (
+            "process.capabilities",
+            "/process/capabilities",
+            check::<oci::LinuxCapabilities>,
+        ),
+        ("process.user", "/process/user", check::<oci::User>),
+        ("process", "/process", check::<oci::Process>),
+        ("linux", "/linux", check::<oci::Linux>),
+        ("mounts", "/mounts", check::<Vec<oci::Mount>>),
+        ("hooks", "/hooks", check::<oci::Hooks>),
+        ("root", "/root", check::<oci::Root>),
+    ];
+    sections.iter().find_map(|(field, pointer, check)| {
+        let why = check(spec.pointer(pointer)?)?;
+        Some((*field, why))
     })
 }
 
@@ -430,6 +503,27 @@ mod tests {
     fn refused(edit: impl FnOnce(&mut serde_json::Value)) -> String {
         let e = validate(&valid(edit)).expect_err("validation passed");
         ContainerError::from(e).to_string()
+    }
+
+    #[test]
+    fn a_spec_that_does_not_parse_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        let mut v = serde_json::to_value(valid(|_| {})).unwrap();
+        v["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{ "names": ["mkdir"], "action": "SCMP_ACT_BOGUS" }],
+        });
+        std::fs::write(&file, v.to_string()).unwrap();
+        let msg = load_spec(&file).unwrap_err().to_string();
+        assert!(
+            msg.contains("linux.seccomp: unknown variant `SCMP_ACT_BOGUS`"),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("; fix the container's configuration"),
+            "{msg}"
+        );
     }
 
     #[test]
