@@ -468,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn denylist_profile_compiles_to_one_filter() {
+    fn a_deny_list_profile_compiles_to_the_gate_and_one_filter() {
         let p = profile(
             LinuxSeccompAction::ScmpActAllow,
             vec![(
@@ -484,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn allowlist_with_errno_rule_compiles_to_two_filters() {
+    fn an_allow_list_with_an_errno_rule_compiles_to_the_gate_and_two_filters() {
         let p = profile(
             LinuxSeccompAction::ScmpActErrno,
             vec![
