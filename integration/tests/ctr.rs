@@ -436,6 +436,92 @@ fn default_seccomp_profile_loads_and_is_enforced() {
     assert!(r.stdout.contains("unshare=1"), "{r:#?}");
 }
 
+/// A static i386 program, hand-assembled (no 32-bit toolchain needed): getpid through
+/// `int 0x80`, the answer's last digit and a newline written to stdout (`write`, also
+/// `int 0x80`), then `exit(0)`. In a pid namespace of its own it prints "1".
+fn getpid32_elf() -> Vec<u8> {
+    #[rustfmt::skip]
+    let code: &[u8] = &[
+        0xB8, 20, 0, 0, 0,          // mov eax, 20 (getpid)
+        0xCD, 0x80,                 // int 0x80
+        0x83, 0xC0, 0x30,           // add eax, '0'
+        0x0D, 0x00, 0x0A, 0, 0,     // or eax, '\n' << 8
+        0x50,                       // push eax: the digit and newline on the stack
+        0xB8, 4, 0, 0, 0,           // mov eax, 4 (write)
+        0xBB, 1, 0, 0, 0,           // mov ebx, 1 (stdout)
+        0x89, 0xE1,                 // mov ecx, esp
+        0xBA, 2, 0, 0, 0,           // mov edx, 2
+        0xCD, 0x80,                 // int 0x80
+        0xB8, 1, 0, 0, 0,           // mov eax, 1 (exit)
+        0x31, 0xDB,                 // xor ebx, ebx
+        0xCD, 0x80,                 // int 0x80
+    ];
+    const BASE: u32 = 0x0804_8000;
+    const HEADERS: u32 = 52 + 32;
+    let size = HEADERS + code.len() as u32;
+    let mut elf = Vec::new();
+    // ELF header: 32-bit, little-endian, version 1, an executable for EM_386.
+    elf.extend_from_slice(b"\x7fELF\x01\x01\x01\0\0\0\0\0\0\0\0\0");
+    for half in [2u16, 3] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    // e_version, e_entry, e_phoff, e_shoff, e_flags
+    for word in [1u32, BASE + HEADERS, 52, 0, 0] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+    for half in [52u16, 32, 1, 0, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    // One PT_LOAD of the whole file, readable and executable.
+    for word in [1u32, 0, BASE, BASE, size, size, 5, 0x1000] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.extend_from_slice(code);
+    elf
+}
+
+#[test]
+fn a_32_bit_program_gets_its_pid_under_the_default_seccomp_profile_as_under_runc() {
+    let c = ctr();
+    let dir = tempfile_dir();
+    let prog = format!("{dir}/getpid32");
+    fs::write(&prog, getpid32_elf()).unwrap();
+    fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mount = format!("type=bind,src={prog},dst=/getpid32,options=rbind:ro");
+    let run = |runtime: &str| {
+        let id = unique_id("getpid32");
+        let r = c.run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--seccomp",
+            "--mount",
+            &mount,
+            BUSYBOX,
+            &id,
+            "/getpid32",
+        ]);
+        c.remove(&id);
+        r
+    };
+    // containerd's default profile lists SCMP_ARCH_X86 (and X32) beside X86_64.
+    let runc = run("io.containerd.runc.v2");
+    assert_eq!(
+        (runc.code, runc.stdout.as_str()),
+        (0, "1\n"),
+        "runc: {runc:#?}"
+    );
+    let trenv = run(RUNTIME);
+    assert_eq!(
+        (trenv.code, trenv.stdout.as_str()),
+        (0, "1\n"),
+        "trenv (a SIGSYS kill exits 159): {trenv:#?}"
+    );
+    let _ = fs::remove_dir_all(dir);
+}
+
 #[test]
 fn read_only_rootfs_denies_writes() {
     let c = ctr();

@@ -1,10 +1,14 @@
 //! A container's cgroup, seen from the shim: stats, limit updates, pids and OOM events, on
 //! cgroup v1 (and hybrid hosts, whose controllers are all on v1) and on cgroup v2.
+//!
+//! The spec's cgroupsPath is cleaned ([`clean_path`]) wherever trenv or libcontainer uses
+//! it: libcgroups joins it to each hierarchy's mount point as it comes, so that
+//! `/../../../tmp/x` would create `/tmp/x` on the host. runc cleans it the same way.
 
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use libcgroups::common::{
     AnyCgroupManager, CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt, FreezerState,
@@ -38,10 +42,34 @@ pub enum CgroupError {
     },
 }
 
-/// A systemd-style cgroups path: "slice:prefix:name" (relative, three fields), what CRI
-/// writes for the kubelet's systemd driver.
-pub fn is_systemd_path(p: &Path) -> bool {
-    let s = p.to_string_lossy();
+/// A cgroups path cleaned lexically as runc's `utils.CleanPath` does (Go's `filepath.Clean`
+/// rooted at "/"): `.` and empty components go, and a `..` removes the component before it
+/// but never climbs above the start, so an absolute path stays below the hierarchy's root
+/// and a relative one below where it is joined. (Symlinks do not matter: cgroupfs has none.)
+pub fn clean_path(path: &Path) -> PathBuf {
+    let mut names = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            Component::ParentDir => {
+                names.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let mut cleaned = if path.has_root() {
+        PathBuf::from("/")
+    } else {
+        PathBuf::new()
+    };
+    cleaned.extend(names);
+    cleaned
+}
+
+/// A systemd-style cgroups path, "slice:prefix:name" (relative, three fields), which the
+/// systemd driver reads as unit names rather than as a path.
+pub fn is_systemd_path(path: &Path) -> bool {
+    let s = path.to_string_lossy();
     !s.starts_with('/') && s.split(':').count() == 3
 }
 
@@ -91,7 +119,14 @@ impl Cgroup {
         systemd: bool,
     ) -> Result<Cgroup, CgroupError> {
         let version = Cgroup::check(systemd)?;
-        let path = libcontainer::utils::get_cgroup_path(&cgroups_path.map(Path::to_path_buf), id);
+        let cleaned = cgroups_path.map(|p| {
+            if is_systemd_path(p) {
+                p.to_path_buf()
+            } else {
+                clean_path(p)
+            }
+        });
+        let path = libcontainer::utils::get_cgroup_path(&cleaned, id);
         let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
             cgroup_path: path.clone(),
             systemd_cgroup: systemd,
@@ -339,21 +374,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn systemd_cgroups_paths_are_recognised() {
-        assert!(is_systemd_path(Path::new(
-            "kubepods-besteffort-pod1.slice:cri-containerd:abc"
-        )));
-        assert!(!is_systemd_path(Path::new("/k8s.io/abc")));
-        assert!(!is_systemd_path(Path::new("/default/abc")));
-    }
-
-    #[test]
     fn keyed_files_are_parsed() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("memory.events");
         fs::write(&f, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n").unwrap();
         assert_eq!(read_keyed(&f, "oom_kill"), Some(2));
         assert_eq!(read_keyed(&f, "missing"), None);
+    }
+
+    #[test]
+    fn cgroups_paths_are_cleaned_so_that_they_cannot_climb_out() {
+        let clean = |p: &str| clean_path(Path::new(p)).display().to_string();
+        assert_eq!(clean("/../../../tmp/escape"), "/tmp/escape");
+        assert_eq!(clean("/trenv/../../x/./y//z/.."), "/x/y");
+        assert_eq!(clean("a/../../b"), "b");
+        assert_eq!(clean("../../etc"), "etc");
+        assert_eq!(clean("/default/abc"), "/default/abc");
+        assert_eq!(clean("/.."), "/");
+        assert_eq!(clean("a/.."), "");
+    }
+
+    #[test]
+    fn systemd_cgroups_paths_are_recognised() {
+        assert!(is_systemd_path(Path::new(
+            "kubepods-besteffort-pod1.slice:cri-containerd:abc"
+        )));
+        assert!(!is_systemd_path(Path::new("/k8s.io/abc")));
+        assert!(!is_systemd_path(Path::new("a/../../b")));
+        assert!(!is_systemd_path(Path::new("/default/abc")));
+    }
+
+    #[test]
+    fn an_escaping_cgroups_path_opens_a_cgroup_inside_the_hierarchy() {
+        // Opening only computes the paths; nothing is created.
+        let cg = Cgroup::open(Some(Path::new("/../../../tmp/escape")), "x", false).unwrap();
+        assert_eq!(cg.path(), Path::new("/tmp/escape"));
+        let memory = cg.memory_dir().unwrap();
+        assert!(memory.starts_with("/sys/fs/cgroup"), "{}", memory.display());
+        assert!(
+            !memory.to_string_lossy().contains(".."),
+            "{}",
+            memory.display()
+        );
     }
 
     #[test]

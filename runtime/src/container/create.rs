@@ -1,5 +1,6 @@
-//! Create: the rootfs mounted, the spec derived for libcontainer, the init process created
-//! and waiting for Start. Also the Create of a container that a checkpoint or template
+//! Create: the spec checked (before anything is made), the rootfs mounted, the spec derived
+//! for libcontainer, a missing working directory made in the root as runc makes it, the
+//! init process created and waiting for Start. Also the Create of a container that a checkpoint or template
 //! restores at Start (rootfs and spec only). Nothing is left behind on failure.
 
 use std::fs;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::rootfs::{self, Mount};
-use super::spec::derive;
+use super::spec::{derive, ensure_cwd, validate};
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds};
 
@@ -34,9 +35,11 @@ pub fn create(
 ) -> Result<i32, ContainerError> {
     let at = &c.at;
     let spec = at.spec()?;
+    validate(&spec)?;
     let mounted = mount_rootfs(at, &c.rootfs)?;
     let result = (|| {
         let (derived, mut executor) = derive(spec, &at.bundle)?;
+        ensure_cwd(&derived)?;
         executor.exec_stamp = exec_stamp.map(Arc::new);
         let dir = at.save_derived(&derived)?;
         let container = builder(at, executor, c.console_socket.clone(), stdio)?
@@ -60,6 +63,7 @@ pub fn create(
 /// spec (what exec and delete read later); the processes come from CRIU.
 pub fn prepare_restore(at: &Location, mounts: &[Mount]) -> Result<(), ContainerError> {
     let spec = at.spec()?;
+    validate(&spec)?;
     let mounted = mount_rootfs(at, mounts)?;
     // The seccomp filters and capabilities of a restored process come from the image.
     let result = derive(spec, &at.bundle).and_then(|(derived, _)| at.save_derived(&derived));

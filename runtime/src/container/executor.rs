@@ -45,7 +45,21 @@ impl Executor for TrenvExecutor {
         DefaultExecutor {}.exec(spec)
     }
 
+    /// libcontainer's check, except that a spec without PATH whose program is named by a
+    /// path runs, as under runc (the program is exec'd by that path; PATH only serves to
+    /// look up a bare name, which then fails as runc's lookup does).
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
+        let env = spec.process().as_ref().and_then(|p| p.env().as_ref());
+        if env.is_some_and(|e| e.iter().any(|v| v.starts_with("PATH="))) {
+            return DefaultExecutor {}.validate(spec);
+        }
+        let mut with_path = spec.clone();
+        if let Some(mut process) = with_path.process().clone() {
+            let mut env = process.env().clone().unwrap_or_default();
+            env.push("PATH=".into());
+            process.set_env(Some(env));
+            with_path.set_process(Some(process));
+        }
+        DefaultExecutor {}.validate(&with_path)
     }
 }

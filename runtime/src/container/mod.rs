@@ -33,6 +33,8 @@ pub use stdio::StdioFds;
 pub enum ContainerError {
     #[error("invalid OCI spec {path}: {reason}; fix the container's configuration")]
     InvalidSpec { path: String, reason: String },
+    #[error("{0}; fix the container's configuration")]
+    Spec(#[from] spec::SpecError),
     #[error("{context}: {}{}", chain(.source.as_ref()), spec_hint(.source))]
     Libcontainer {
         context: &'static str,
@@ -75,9 +77,9 @@ impl ContainerError {
 impl Classified for ContainerError {
     fn kind(&self) -> ErrorKind {
         match self {
-            ContainerError::InvalidSpec { .. } | ContainerError::Seccomp(_) => {
-                ErrorKind::InvalidArgument
-            }
+            ContainerError::InvalidSpec { .. }
+            | ContainerError::Spec(_)
+            | ContainerError::Seccomp(_) => ErrorKind::InvalidArgument,
             ContainerError::Cgroup(cgroup::CgroupError::SystemdUnavailable) => {
                 ErrorKind::InvalidArgument
             }

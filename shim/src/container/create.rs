@@ -16,7 +16,7 @@ use trenv_runtime::container::Location;
 use trenv_runtime::container::cgroup::{Cgroup, is_systemd_path};
 use trenv_runtime::container::create::NewContainer;
 use trenv_runtime::container::rootfs::Mount;
-use trenv_runtime::container::spec::{has_own_namespace, load_spec};
+use trenv_runtime::container::spec::{has_own_namespace, load_spec, validate};
 use trenv_runtime::snapshot::{Phases, RestorePlan, TemplateFile};
 use trenv_runtime::template::{Manifest, TemplateError, TemplateStore, stage_images};
 
@@ -150,6 +150,10 @@ impl<'a> Request<'a> {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = load_spec(&bundle.join("config.json")).map_err(rt)?;
+        // What runc refuses is refused here, before anything is made.
+        validate(&spec)
+            .map_err(trenv_runtime::container::ContainerError::from)
+            .map_err(rt)?;
         let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         // containerd's CRI passes runc-typed options (SystemdCgroup) only to runc itself;
         // with the kubelet's systemd driver it writes cgroupsPath as "slice:prefix:name",
