@@ -15,7 +15,7 @@ use crate::error::{Classified, ErrorKind};
 use crate::template::TenantLimits;
 use crate::template::mempool::MemPoolKind;
 
-pub const DEFAULT_PATH: &str = "/etc/trenv/config.toml";
+pub const DEFAULT_PATH: &str = crate::paths::CONFIG_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,9 +77,9 @@ impl Default for MeterSection {
     fn default() -> MeterSection {
         MeterSection {
             enabled: true,
-            dir: PathBuf::from(trenv_meter::record::DEFAULT_DIR),
+            dir: PathBuf::from(crate::paths::METER_DIR),
             interval_us: 10_000,
-            hull_dir: PathBuf::from("/var/lib/trenv/hulls"),
+            hull_dir: PathBuf::from(crate::paths::HULL_DIR),
         }
     }
 }
@@ -117,7 +117,7 @@ pub struct CriuSection {
 impl Default for TemplatesConfig {
     fn default() -> TemplatesConfig {
         TemplatesConfig {
-            dir: PathBuf::from("/var/lib/trenv/templates"),
+            dir: PathBuf::from(crate::paths::TEMPLATES_DIR),
             max_per_tenant: 64,
             max_bytes_per_tenant: 8 << 30,
         }
@@ -128,7 +128,7 @@ impl Default for PoolConfig {
     fn default() -> PoolConfig {
         PoolConfig {
             kind: "tmpfs".into(),
-            dir: PathBuf::from("/run/trenv/pool"),
+            dir: PathBuf::from(crate::paths::POOL_DIR),
             node: None,
         }
     }

@@ -16,7 +16,7 @@
 //!   themselves are the kernel-free crate `trenv_meter`.
 //! * [`node`]: host tuning and keeping trenv's processes small.
 //! * [`sys`]: the mount table, clocks, file identities.
-//! * [`config`]: trenv's configuration file.
+//! * [`config`]: trenv's configuration file; [`paths`]: its well-known paths.
 //! * [`error`]: what the domains' errors share ([`ErrorKind`], the cause chain).
 //!
 //! Dependencies point one way: `sys`/`error` ← `container` ← `metering`, `snapshot` ←
@@ -27,6 +27,7 @@ pub mod container;
 pub mod error;
 pub mod metering;
 pub mod node;
+pub mod paths;
 pub mod runtime;
 pub mod snapshot;
 pub mod sys;

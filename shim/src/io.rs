@@ -329,7 +329,7 @@ impl ConsoleSocket {
     pub fn new() -> Result<ConsoleSocket, StdioError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         // Socket paths are limited to 108 bytes: keep them short and out of the bundle.
-        let dir = Path::new("/run/trenv/console");
+        let dir = Path::new(trenv_runtime::paths::CONSOLE_DIR);
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let path = dir.join(format!(
             "{}-{}.sock",

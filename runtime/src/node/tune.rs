@@ -95,7 +95,7 @@ pub fn keep_favordynmods(before: &Favordynmods) {
         return;
     }
     if let Favordynmods::Disabled(point) = favordynmods() {
-        match enable_favordynmods(Path::new("/run/trenv")) {
+        match enable_favordynmods(Path::new(crate::paths::RUN_DIR)) {
             Ok(_) => log::debug!(
                 "favordynmods put back on the cgroup2 mount at {}",
                 point.display()

@@ -25,7 +25,7 @@ use crate::sys::FileStamp;
 
 /// Directory (on a tmpfs) remembering which pool files were fully verified since boot, and
 /// the digest of the manifest they were verified against.
-const VERIFIED_DIR: &str = "/run/trenv/verified";
+const VERIFIED_DIR: &str = crate::paths::VERIFIED_DIR;
 
 /// The start of a build's staging directory's name, in its tenant's directory.
 pub(crate) const STAGING_PREFIX: &str = ".staging-";

@@ -20,7 +20,7 @@ enum NodeCommand {
     /// RCU grace period (5–16 ms). Global to the host and, on Linux 6.18, kept until reboot.
     Tune {
         /// Where a private cgroup2 mount is made on hosts that mount none (cgroup v1 only).
-        #[arg(long, default_value = "/run/trenv")]
+        #[arg(long, default_value = trenv_runtime::paths::RUN_DIR)]
         scratch: PathBuf,
     },
 }

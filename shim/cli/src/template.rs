@@ -140,7 +140,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
             let pool = MemPool::open(&config.pool.dir, kind)?;
             let criu = CriuConfig {
                 binary: config.criu.binary.clone(),
-                cache_dir: Some(PathBuf::from("/run/trenv")),
+                cache_dir: Some(PathBuf::from(trenv_runtime::paths::RUN_DIR)),
             };
             let policy = Policy {
                 min_vma: if copy { u64::MAX } else { min_vma_kib * 1024 },

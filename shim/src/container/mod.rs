@@ -84,7 +84,7 @@ struct PendingRestore {
 }
 
 /// Where trenv's CRIU runs cache what they learnt (a tmpfs).
-const CRIU_CACHE_DIR: &str = "/run/trenv";
+const CRIU_CACHE_DIR: &str = trenv_runtime::paths::RUN_DIR;
 
 /// The CRIU to use: runc's `CriuPath` option, else trenv's configuration (`TRENV_CRIU`,
 /// then the file), else `criu` on PATH.
