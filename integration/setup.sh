@@ -12,7 +12,8 @@
 #    config/trenv.toml) and tunes the node (`trenv node tune`: cgroup migrations without
 #    an RCU grace period; TRENV_NODE_TUNE=0 skips it);
 # 5. builds and imports the local test images (busybox, pause, the Python function);
-# 6. runs a demo container through trenv.
+# 6. runs a demo container through trenv, a function templated and restored, and another
+#    function started in a repurposed sandbox.
 #
 # Idempotent: a second run only rebuilds what changed. Environment:
 #   TRENV_CACHE              cache dir (default /var/cache/trenv)
@@ -50,6 +51,9 @@ mount_tmpfs() {
 }
 mount_tmpfs /run/trenv/pool "${TRENV_POOL_SIZE:-50%}" "the template memory pool"
 mount_tmpfs /run/trenv/criu 16m "CRIU's kernel-probe cache"
+# The CNI network that io.trenv.network=trenv-fn attaches to a sandbox (docs/sandboxes.md;
+# trenv's [sandboxes] cni_conf_dir).
+install -D -m 0644 "$TRENV_REPO/config/cni/20-trenv-fn.conflist" /etc/trenv/cni/20-trenv-fn.conflist
 if [[ "${TRENV_NODE_TUNE:-1}" != 0 ]]; then
     /usr/local/bin/trenv node tune | sed 's/^/[setup] node: /'
 fi
@@ -85,8 +89,9 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     }
     trap cleanup_demo EXIT
     log "demo: the Python function starts cold and initialises 64 MiB of state"
+    # io.trenv.repurpose=true: in a sandbox of the node's pool (docs/sandboxes.md).
     ctr_ run -d --runtime io.containerd.trenv.v1 --env FN_STATE_MB=64 --env FN_LOG=/tmp/fn.log \
-        docker.io/trenv/pyfn:latest "$src" >/dev/null
+        --annotation io.trenv.repurpose=true docker.io/trenv/pyfn:latest "$src" >/dev/null
     for _ in $(seq 100); do
         ready="$(ctr_ task exec --exec-id "probe-$RANDOM" "$src" sh -c 'grep ^ready /tmp/fn.log 2>/dev/null' || true)"
         [[ -n "$ready" ]] && break
@@ -98,7 +103,10 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     /usr/local/bin/trenv template create "$tpl" --from "$src"
     log "demo: a new instance restored from the template (ctr run --annotation io.trenv.template=$tpl)"
     t0=$(date +%s%N)
+    # The same environment as the template's source: a restore cannot change a restored
+    # process's environment, so trenv refuses a spec whose environment differs.
     ctr_ run -d --runtime io.containerd.trenv.v1 --annotation io.trenv.function=demo-fn \
+        --env FN_STATE_MB=64 --env FN_LOG=/tmp/fn.log --annotation io.trenv.repurpose=true \
         --annotation "io.trenv.template=$tpl" docker.io/trenv/pyfn:latest "$inst" >/dev/null
     log "  running after $((($(date +%s%N) - t0) / 1000000)) ms (ctr run to return), already initialised"
     ctr_ task kill -s SIGUSR1 "$inst"
@@ -119,5 +127,22 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     grep "$record" "$meter/invocations.jsonl" | tail -n 1 | jq . || true
     cleanup_demo
     trap - EXIT
+    # Deleted, the two Python containers left their sandboxes (network, IPC and UTS
+    # namespaces) purged in the node's idle pool: another function starts in one.
+    again="trenv-demo-again-$$"
+    log "demo: another function (busybox) starts in a repurposed sandbox"
+    ctr_ run --rm --runtime io.containerd.trenv.v1 --annotation io.trenv.function=demo-again \
+        --annotation io.trenv.repurpose=true docker.io/trenv/busybox:latest "$again" \
+        sh -c 'echo "  hello from $(hostname), network namespace $(readlink /proc/self/ns/net)"'
+    record="\"container_id\":\"$again\""
+    for _ in $(seq 50); do
+        grep -q "$record" "$meter/invocations.jsonl" 2>/dev/null && break
+        sleep 0.1
+    done
+    log "its metering record says where it started:"
+    grep "$record" "$meter/invocations.jsonl" | tail -n 1 |
+        jq -c '{container_id, function, start, sandbox, previous_function}' || true
+    log "the node's idle pool (trenv pool list):"
+    /usr/local/bin/trenv pool list
     log "done. Try: eval \"\$($TRENV_REPO/integration/scripts/containerd.sh env $version)\"; \$CTR run --rm --runtime io.containerd.trenv.v1 docker.io/trenv/busybox:latest demo echo hi"
 fi

@@ -208,6 +208,17 @@ impl Ctr {
         false
     }
 
+    /// Removes this `Ctr`'s namespace with its images (and so, after containerd's garbage
+    /// collection, their snapshots), ignoring errors (test cleanup: a namespace of its own
+    /// per test would otherwise keep ~130 MB of unpacked images each).
+    pub fn remove_namespace(&self) {
+        let images = self.run(&["images", "ls", "-q"]).stdout;
+        for image in images.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = self.run(&["images", "rm", "--sync", image.trim()]);
+        }
+        let _ = self.run(&["namespace", "remove", &self.namespace]);
+    }
+
     /// Kills and removes a container, ignoring errors (test cleanup).
     pub fn remove(&self, id: &str) {
         let _ = self.run(&["task", "kill", "-s", "SIGKILL", id]);
@@ -317,11 +328,16 @@ pub fn memphase() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let out = std::env::temp_dir().join(format!("trenv-memphase-{}", std::process::id()));
-            let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/memphase.c");
+            // The source is compiled in, not found by the path this crate was built at: a
+            // target directory shared between checkouts would otherwise name a path that
+            // is gone.
+            let src = out.with_extension("c");
+            std::fs::write(&src, include_str!("../tests/fixtures/memphase.c"))
+                .expect("writing memphase.c to the temporary directory");
             let st = Command::new("gcc")
                 .args(["-O2", "-static", "-o"])
                 .arg(&out)
-                .arg(src)
+                .arg(&src)
                 .status()
                 .expect("running gcc (installed by integration/scripts/install-deps.sh)");
             assert!(st.success(), "building memphase failed");
@@ -334,4 +350,33 @@ pub fn memphase() -> PathBuf {
 /// and the VM test bed do), rather than cgroup v1 or a hybrid of both.
 pub fn cgroup_v2_host() -> bool {
     std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// Where the shims write metering records (`TRENV_METER_DIR`, else trenv's default).
+pub fn meter_dir() -> PathBuf {
+    std::env::var_os("TRENV_METER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"))
+}
+
+/// The metering record of container `id`'s process `exec_id` ("" for its init) in `dir`,
+/// waiting up to 5 s for it; panics if there is none.
+pub fn record_in(dir: &std::path::Path, id: &str, exec_id: &str) -> serde_json::Value {
+    let path = dir.join("invocations.jsonl");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Some(r) = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|r| r["container_id"] == id && r["exec_id"] == exec_id)
+        {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "no metering record for {id}/{exec_id} in {}",
+        path.display()
+    );
 }

@@ -691,16 +691,19 @@ fn unreadable_runtime_config_is_a_clear_error() {
 }
 
 #[test]
-fn systemd_cgroup_driver_on_a_host_without_systemd_is_a_clear_error() {
+fn a_systemd_style_cgroups_path_without_systemd_cgroup_is_a_cgroupfs_path() {
+    // Only SystemdCgroup asks for the systemd driver (as for runc); "slice:prefix:name"
+    // alone names a cgroup like any other path (see conformance.rs for CRI).
     let c = ctr();
     let id = unique_id("sdcg");
     let r = run_rm(&c, &["--cgroup", "trenv.slice:trenv:test"], &id, &["true"]);
-    if std::path::Path::new("/run/systemd/system").exists() {
-        return; // a systemd host honours the driver; nothing to check here
-    }
-    assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("systemd cgroup driver"), "{r:#?}");
+    assert_eq!(r.code, 0, "{r:#?}");
     assert_nothing_left(&c, &id);
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/pids/trenv.slice:trenv:test").exists()
+            && !std::path::Path::new("/sys/fs/cgroup/trenv.slice:trenv:test").exists(),
+        "its cgroup is left"
+    );
 }
 
 #[test]
@@ -840,5 +843,63 @@ fn processes_that_never_ran_do_not_keep_the_shim_alive() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// The `name=systemd` line of `/proc/PID/cgroup`-style text.
+fn named_systemd_line(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p.to_string()))
+}
+
+/// On a cgroup v1 host a container's processes, its init and its execs, are also in the
+/// `name=systemd` hierarchy at the container's cgroups path, where runc puts them; the
+/// cgroup goes with the container. (A v2-only host has no such hierarchy.)
+#[test]
+fn processes_join_the_name_systemd_hierarchy_as_on_runc() {
+    let mount = std::path::Path::new("/sys/fs/cgroup/systemd");
+    if trenv_integration::cgroup_v2_host() {
+        eprintln!("a cgroup v2 host has no name=systemd hierarchy: nothing to check");
+        return;
+    }
+    assert!(
+        mount.is_dir(),
+        "this v1 host has no name=systemd hierarchy at {mount:?}"
+    );
+    let c = ctr();
+    for runtime in ["io.containerd.runc.v2", RUNTIME] {
+        let d = Detached {
+            ctr: &c,
+            id: unique_id("namedsd"),
+        };
+        c.run(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            BUSYBOX,
+            &d.id,
+            "sleep",
+            "300",
+        ])
+        .ok();
+        let want = format!("/{}/{}", c.namespace, d.id);
+        let init = fs::read_to_string(format!("/proc/{}/cgroup", d.init_pid())).unwrap();
+        assert_eq!(
+            named_systemd_line(&init).as_deref(),
+            Some(want.as_str()),
+            "{runtime}: the init's cgroups: {init}"
+        );
+        let exec = trenv_integration::exec(&c, &d.id, &["cat", "/proc/self/cgroup"]);
+        assert_eq!(
+            named_systemd_line(&exec).as_deref(),
+            Some(want.as_str()),
+            "{runtime}: the exec's cgroups: {exec}"
+        );
+        let dir = mount.join(want.trim_start_matches('/'));
+        assert!(dir.is_dir(), "{runtime}: {dir:?} missing");
+        drop(d);
+        assert!(!dir.exists(), "{runtime}: {dir:?} left behind");
     }
 }

@@ -30,34 +30,10 @@ fn beside_others() -> RwLockReadGuard<'static, ()> {
     QUIET.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn meter_dir() -> PathBuf {
-    std::env::var_os("TRENV_METER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/trenv/meter"))
-}
+use trenv_integration::{meter_dir, record_in};
 
 fn record_of(id: &str, exec_id: &str) -> serde_json::Value {
     record_in(&meter_dir(), id, exec_id)
-}
-
-fn record_in(dir: &Path, id: &str, exec_id: &str) -> serde_json::Value {
-    let path = dir.join("invocations.jsonl");
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if let Ok(text) = std::fs::read_to_string(&path)
-            && let Some(r) = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|r| r["container_id"] == id && r["exec_id"] == exec_id)
-        {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "no metering record for {id}/{exec_id} in {}",
-        path.display()
-    );
 }
 
 fn series(rec: &serde_json::Value) -> Vec<(u64, u64)> {

@@ -147,9 +147,29 @@ fn run_detached(c: &Ctr, id: &str, flags: &[&str], image: &str, args: &[&str]) {
 
 /// Starts the Python function with `mb` MiB of state and returns its ready checksum.
 fn start_function(c: &Ctr, id: &str, mb: u32) -> String {
-    let state = format!("FN_STATE_MB={mb}");
-    run_detached(c, id, &["--env", &state, "--env", LOG_ENV], PYFN, &[]);
+    let env = function_env(mb);
+    run_detached(c, id, &with_env(&env, &[]), PYFN, &[]);
     field(&wait_line(c, id, "ready ", 0), "state=")
+}
+
+/// The `--env` flags of a function started by [`start_function`] with `mb` MiB: an
+/// instance restored from its template has the same (a restore whose environment differs
+/// is refused: a restored process keeps the template's).
+fn function_env(mb: u32) -> [String; 4] {
+    [
+        "--env".into(),
+        format!("FN_STATE_MB={mb}"),
+        "--env".into(),
+        LOG_ENV.into(),
+    ]
+}
+
+/// `env` (from [`function_env`]) followed by `extra`, as `ctr` flags.
+fn with_env<'a>(env: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    env.iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+        .collect()
 }
 
 fn init_pid(c: &Ctr, id: &str) -> i32 {
@@ -233,10 +253,19 @@ fn ten_instances_restored_from_one_template_are_correct_and_isolated() {
 
     // Ten instances at once.
     let annotation = format!("{ANNOTATION}={name}");
+    let env = function_env(mb);
     std::thread::scope(|s| {
         for id in &ids {
-            let (c, annotation) = (&c, &annotation);
-            s.spawn(move || run_detached(c, id, &["--annotation", annotation], PYFN, &[]));
+            let (c, annotation, env) = (&c, &annotation, &env);
+            s.spawn(move || {
+                run_detached(
+                    c,
+                    id,
+                    &with_env(env, &["--annotation", annotation]),
+                    PYFN,
+                    &[],
+                )
+            });
         }
     });
     let path_str = pool_file.display().to_string();
@@ -576,15 +605,19 @@ fn a_restored_instance_exits_and_is_metered_like_a_cold_start() {
     start_function(&c, src, 8);
     create_template(&c, name, src);
     let annotation = format!("{ANNOTATION}={name}");
+    let env = function_env(8);
     run_detached(
         &c,
         id,
-        &[
-            "--annotation",
-            &annotation,
-            "--annotation",
-            "io.trenv.function=tpl-meter",
-        ],
+        &with_env(
+            &env,
+            &[
+                "--annotation",
+                &annotation,
+                "--annotation",
+                "io.trenv.function=tpl-meter",
+            ],
+        ),
         PYFN,
         &[],
     );
@@ -700,7 +733,14 @@ fn a_numa_bound_pool_is_checked_and_used() {
     assert!(pool_file.starts_with(&pool.canonicalize().unwrap().display().to_string()));
 
     let annotation = format!("{ANNOTATION}={name}");
-    run_detached(&c, id, &["--annotation", &annotation], PYFN, &[]);
+    let env = function_env(16);
+    run_detached(
+        &c,
+        id,
+        &with_env(&env, &["--annotation", &annotation]),
+        PYFN,
+        &[],
+    );
     assert_eq!(signal_state(&c, id, "SIGUSR1"), ready);
     let numa = fs::read_to_string(format!("/proc/{}/numa_maps", init_pid(&c, id))).unwrap();
     let line = numa
@@ -756,6 +796,7 @@ fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
         }
         false
     });
+    let env = function_env(200);
     let r = c.run(&[
         "run",
         "-d",
@@ -763,6 +804,10 @@ fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
         RUNTIME,
         "--annotation",
         &annotation,
+        &env[0],
+        &env[1],
+        &env[2],
+        &env[3],
         PYFN,
         id,
     ]);
@@ -785,10 +830,11 @@ fn a_read_only_root_holds_after_a_template_restore() {
     create_template(&c, name, src);
     c.remove(src);
     let annotation = format!("{ANNOTATION}={name}");
+    let env = function_env(8);
     run_detached(
         &c,
         id,
-        &["--read-only", "--annotation", &annotation],
+        &with_env(&env, &["--read-only", "--annotation", &annotation]),
         PYFN,
         &[],
     );
@@ -866,6 +912,7 @@ fn a_worker_killed_mid_restore_leaves_nothing_and_a_deletable_task() {
         }
         false
     });
+    let env = function_env(200);
     let r = c.run(&[
         "run",
         "-d",
@@ -873,6 +920,10 @@ fn a_worker_killed_mid_restore_leaves_nothing_and_a_deletable_task() {
         RUNTIME,
         "--annotation",
         &annotation,
+        &env[0],
+        &env[1],
+        &env[2],
+        &env[3],
         PYFN,
         id,
     ]);
@@ -937,7 +988,14 @@ fn a_template_is_made_by_annotation_once_the_function_is_ready() {
         "the source changed"
     );
     let annotation = format!("{ANNOTATION}={name}");
-    run_detached(&c, id, &["--annotation", &annotation], PYFN, &[]);
+    let env = function_env(mb);
+    run_detached(
+        &c,
+        id,
+        &with_env(&env, &["--annotation", &annotation]),
+        PYFN,
+        &[],
+    );
     assert_eq!(
         signal_state(&c, id, "SIGUSR1"),
         ready,
@@ -997,11 +1055,13 @@ fn a_template_restores_through_containerds_api_as_faasd_starts_a_task() {
     // /dev/null as for a cold start (it prints its check line to stdout too).
     let c = ctr();
     let case = Case::new(&c, "api");
-    let ready = start_function(&c, &case.src, trenv_integration::pyfn::state_mb(64));
+    let mb = trenv_integration::pyfn::state_mb(64);
+    let ready = start_function(&c, &case.src, mb);
     create_template(&c, &case.name, &case.src);
     c.remove(&case.src);
 
     let annotation = format!("{ANNOTATION}={}", case.name);
+    let env = function_env(mb);
     let r = c.run(&[
         "containers",
         "create",
@@ -1009,6 +1069,10 @@ fn a_template_restores_through_containerds_api_as_faasd_starts_a_task() {
         RUNTIME,
         "--annotation",
         &annotation,
+        &env[0],
+        &env[1],
+        &env[2],
+        &env[3],
         PYFN,
         &case.id,
     ]);
@@ -1025,7 +1089,12 @@ fn a_template_restores_through_containerds_api_as_faasd_starts_a_task() {
 /// `sleep 1000` of busybox running as `id`, once it has exec'd (before that, its process
 /// still maps the shim's binary, which CRIU cannot dump).
 fn run_sleeper(c: &Ctr, id: &str) {
-    run_detached(c, id, &[], BUSYBOX, &["sleep", "1000"]);
+    run_sleeper_with(c, id, &[]);
+}
+
+/// [`run_sleeper`] with more `ctr run` flags.
+fn run_sleeper_with(c: &Ctr, id: &str, flags: &[&str]) {
+    run_detached(c, id, flags, BUSYBOX, &["sleep", "1000"]);
     let exe = format!("/proc/{}/exe", init_pid(c, id));
     let start = Instant::now();
     while fs::read_link(&exe).is_ok_and(|p| p.ends_with("containerd-shim-trenv-v1")) {
@@ -1055,19 +1124,23 @@ fn template_dir(c: &Ctr, name: &str) -> PathBuf {
 /// `ctr run -d` of an instance of template `name`, expected to fail at Create with `expect`
 /// and to leave nothing behind.
 fn assert_restore_refused(c: &Ctr, id: &str, name: &str, expect: &str) {
+    assert_restore_refused_with(c, id, name, &[], expect);
+}
+
+/// [`assert_restore_refused`] with more `ctr run` flags.
+fn assert_restore_refused_with(c: &Ctr, id: &str, name: &str, flags: &[&str], expect: &str) {
     let annotation = format!("{ANNOTATION}={name}");
-    let r = c.run(&[
+    let mut args = vec![
         "run",
         "-d",
         "--runtime",
         RUNTIME,
         "--annotation",
         &annotation,
-        BUSYBOX,
-        id,
-        "sleep",
-        "1000",
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    args.extend([BUSYBOX, id, "sleep", "1000"]);
+    let r = c.run(&args);
     assert_ne!(r.code, 0, "{id} was restored from {name}");
     assert!(r.stderr.contains(expect), "{r:#?}");
     assert!(c.task_status(id).is_none());
@@ -1100,7 +1173,13 @@ fn a_template_is_restored_only_in_the_namespace_that_made_it() {
     assert!(!listed.contains(name.as_str()), "{listed}");
     // The owner still restores it.
     let annotation = format!("{ANNOTATION}={name}");
-    run_detached(&c, &case.id, &["--annotation", &annotation], BUSYBOX, &[]);
+    run_detached(
+        &c,
+        &case.id,
+        &["--annotation", &annotation],
+        BUSYBOX,
+        &["sleep", "1000"],
+    );
 }
 
 /// A container of namespace B annotated `io.trenv.template.create=NAME` while namespace A
@@ -1165,7 +1244,14 @@ fn a_template_made_by_annotation_in_another_namespace_neither_replaces_nor_shado
     assert_ne!(theirs["pool"]["path"], after["pool"]["path"]);
 
     let annotation = format!("{ANNOTATION}={name}");
-    run_detached(&c, id, &["--annotation", &annotation], PYFN, &[]);
+    let env = function_env(8);
+    run_detached(
+        &c,
+        id,
+        &with_env(&env, &["--annotation", &annotation]),
+        PYFN,
+        &[],
+    );
     assert_eq!(
         signal_state(&c, id, "SIGUSR1"),
         ready_a,
@@ -1359,4 +1445,179 @@ fn the_per_tenant_bound_refuses_a_template_and_leaves_nothing() {
     );
     assert!(tenant_files(&pool).is_empty(), "{:?}", tenant_files(&pool));
     assert_eq!(c.task_status(src).as_deref(), Some("RUNNING"));
+}
+
+/// `ctr task exec` of `args` in `id`, its stdout trimmed.
+fn exec_out(c: &Ctr, id: &str, args: &[&str]) -> String {
+    let exec_id = unique_id("probe");
+    let mut a = vec!["task", "exec", "--exec-id", &exec_id, id];
+    a.extend_from_slice(args);
+    let r = c.run(&a);
+    assert_eq!(r.code, 0, "{args:?} in {id}: {r:#?}");
+    r.stdout.trim().to_string()
+}
+
+/// A restored container answers `hostname` with its own spec's name, as a cold start
+/// does (CRIU restores the template's UTS namespace, name included); without one, with the
+/// host's, which a cold start's fresh UTS namespace inherits.
+#[test]
+fn a_restore_answers_hostname_with_its_own_spec_s_name() {
+    let c = ctr();
+    let case = Case::new(&c, "uts");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    let plain = unique_id("tpl-uts-plain");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![plain.clone()],
+        templates: vec![],
+    };
+    run_sleeper_with(&c, src, &["--hostname", "template-source"]);
+    create_template(&c, name, src);
+    assert_eq!(exec_out(&c, src, &["hostname"]), "template-source");
+    c.remove(src);
+    let annotation = format!("{ANNOTATION}={name}");
+    run_sleeper_with(
+        &c,
+        id,
+        &[
+            "--hostname",
+            "restored-instance",
+            "--annotation",
+            &annotation,
+        ],
+    );
+    assert_eq!(exec_out(&c, id, &["hostname"]), "restored-instance");
+    run_sleeper_with(&c, &plain, &["--annotation", &annotation]);
+    let host = nix_hostname();
+    assert_eq!(exec_out(&c, &plain, &["hostname"]), host);
+    c.remove(id);
+    c.remove(&plain);
+    assert_nothing_left(&c, id);
+    assert_nothing_left(&c, &plain);
+}
+
+/// This host's name.
+fn nix_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `cat FILE` run on the host inside the network and IPC namespaces of `pid`.
+fn in_namespaces_of(pid: i32, file: &str) -> String {
+    let o = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "-i", "cat", file])
+        .output()
+        .expect("running nsenter");
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The soft and hard limit `limit` (as /proc/PID/limits names it) of process `pid`.
+fn limits_of(pid: i32, limit: &str) -> (String, String) {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(limit))
+        .unwrap_or_else(|| panic!("no {limit} in {text}"));
+    let mut f = line[limit.len()..].split_whitespace();
+    (f.next().unwrap().into(), f.next().unwrap().into())
+}
+
+/// The restoring container's sysctls, rlimits and oom_score_adj are in effect in the
+/// restored function (CRIU restores the template's), as after a cold start. `ctr` has no
+/// flags for them: the container's spec is edited through containerd's API before its task
+/// is created.
+#[test]
+fn sysctls_rlimits_and_oom_score_adj_of_the_restoring_spec_hold_after_a_restore() {
+    let c = ctr();
+    let case = Case::new(&c, "limits");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    run_sleeper(&c, src);
+    let src_pid = init_pid(&c, src);
+    let before = in_namespaces_of(src_pid, "/proc/sys/net/ipv4/ip_unprivileged_port_start");
+    assert_ne!(before, "81");
+    assert_ne!(limits_of(src_pid, "Max open files").0, "500");
+    create_template(&c, name, src);
+    c.remove(src);
+    let annotation = format!("{ANNOTATION}={name}");
+    let r = c.run(&[
+        "containers",
+        "create",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        BUSYBOX,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(r.code, 0, "containers create: {}", r.stderr);
+    let api = trenv_integration::api::Containerd::from_env(&c.namespace).unwrap();
+    api.edit_spec(id, |spec| {
+        spec["linux"]["sysctl"] = serde_json::json!({
+            "net.ipv4.ip_unprivileged_port_start": "81",
+            "kernel.shmmni": "1234",
+        });
+        // Below containerd's default (1024): raising a hard limit above the restored
+        // one's takes CAP_SYS_RESOURCE, which the test bed's root may lack.
+        spec["process"]["rlimits"] = serde_json::json!([
+            {"type": "RLIMIT_NOFILE", "soft": 500, "hard": 1000},
+        ]);
+        spec["process"]["oomScoreAdj"] = serde_json::json!(321);
+    })
+    .unwrap();
+    let pid = api.start_task(id).unwrap().pid as i32;
+    assert_eq!(
+        in_namespaces_of(pid, "/proc/sys/net/ipv4/ip_unprivileged_port_start"),
+        "81"
+    );
+    assert_eq!(in_namespaces_of(pid, "/proc/sys/kernel/shmmni"), "1234");
+    assert_eq!(
+        limits_of(pid, "Max open files"),
+        ("500".into(), "1000".into())
+    );
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim(),
+        "321"
+    );
+    c.remove(id);
+    assert_nothing_left(&c, id);
+}
+
+/// A restored process keeps the template's environment, which nothing can change: a
+/// container whose spec sets a variable otherwise is refused at Create, the variable named
+/// (its values not shown), and leaves nothing behind.
+#[test]
+fn a_restore_whose_environment_differs_is_refused_naming_the_variable() {
+    let c = ctr();
+    let case = Case::new(&c, "env");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    run_sleeper_with(&c, src, &["--env", "FN_MODE=template-value"]);
+    create_template(&c, name, src);
+    c.remove(src);
+    assert_restore_refused_with(
+        &c,
+        id,
+        name,
+        &["--env", "FN_MODE=other-value"],
+        "the template's environment has FN_MODE=<a different value>",
+    );
+    assert_restore_refused_with(&c, id, name, &[], "process.env");
+    // The same environment restores.
+    let annotation = format!("{ANNOTATION}={name}");
+    run_sleeper_with(
+        &c,
+        id,
+        &[
+            "--env",
+            "FN_MODE=template-value",
+            "--annotation",
+            &annotation,
+        ],
+    );
 }

@@ -55,6 +55,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub criu: CriuSection,
     pub meter: MeterSection,
+    pub sandboxes: SandboxesConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -93,6 +94,9 @@ pub struct TemplatesConfig {
     pub max_per_tenant: u64,
     /// At most this many bytes of pool files per tenant (0: no bound).
     pub max_bytes_per_tenant: u64,
+    /// Environment variables a restoring container's spec may set otherwise than the
+    /// template's source (every other difference refuses the restore: snapshot/honour.rs).
+    pub env_may_differ: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -105,6 +109,69 @@ pub struct PoolConfig {
     pub dir: PathBuf,
     /// For "numa": the node the tmpfs must be bound to.
     pub node: Option<u32>,
+}
+
+/// Sandbox repurposing (docs/sandboxes.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxesConfig {
+    /// Containers that can take part run in pooled sandboxes without asking
+    /// (`io.trenv.repurpose` decides per container either way). Off by default for now.
+    pub enabled: bool,
+    /// The node-wide idle pool (a tmpfs: it must not outlive a boot).
+    pub dir: PathBuf,
+    /// At most this many idle sandboxes on the node (0: keep none).
+    pub max_idle: usize,
+    /// An idle sandbox is destroyed after this many seconds unused.
+    pub keep_alive_secs: u64,
+    /// Where a sandboxed container's writable rootfs layer lives: "memory" (a tmpfs
+    /// sized by its memory limit) or "disk" (containerd's snapshot).
+    pub scratch: ScratchKind,
+    /// The CNI networks `io.trenv.network` names (configuration lists).
+    pub cni_conf_dir: PathBuf,
+    /// The CNI plugins.
+    pub cni_bin_dir: PathBuf,
+}
+
+impl Default for SandboxesConfig {
+    fn default() -> SandboxesConfig {
+        SandboxesConfig {
+            enabled: false,
+            dir: PathBuf::from(crate::paths::SANDBOXES_DIR),
+            max_idle: 64,
+            keep_alive_secs: 600,
+            scratch: ScratchKind::Memory,
+            cni_conf_dir: PathBuf::from(crate::paths::CNI_CONF_DIR),
+            cni_bin_dir: PathBuf::from(crate::paths::CNI_BIN_DIR),
+        }
+    }
+}
+
+/// Where a sandboxed container's writable rootfs layer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScratchKind {
+    /// A tmpfs sized by the function's memory limit, charged to its memory cgroup.
+    Memory,
+    /// containerd's snapshot, on disk (for functions that write a lot).
+    Disk,
+}
+
+impl SandboxesConfig {
+    /// The node's idle pool as configured.
+    pub fn pool(&self) -> crate::sandbox::IdlePool {
+        crate::sandbox::IdlePool::new(
+            &self.dir,
+            crate::sandbox::Bounds {
+                max_idle: self.max_idle,
+                keep_alive: std::time::Duration::from_secs(self.keep_alive_secs),
+            },
+            crate::sandbox::network::Cni {
+                conf_dir: self.cni_conf_dir.clone(),
+                bin_dir: self.cni_bin_dir.clone(),
+            },
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -120,6 +187,8 @@ impl Default for TemplatesConfig {
             dir: PathBuf::from(crate::paths::TEMPLATES_DIR),
             max_per_tenant: 64,
             max_bytes_per_tenant: 8 << 30,
+            // containerd's CRI sets HOSTNAME per pod; the host name itself is applied.
+            env_may_differ: vec!["HOSTNAME".into()],
         }
     }
 }
@@ -275,6 +344,37 @@ mod tests {
                 max_bytes: 0
             }
         );
+    }
+
+    #[test]
+    fn only_hostname_may_differ_in_a_restores_environment_unless_configured() {
+        assert_eq!(Config::default().templates.env_may_differ, ["HOSTNAME"]);
+        let c = parse("[templates]\nenv_may_differ = [\"HOSTNAME\", \"POD_IP\"]\n").unwrap();
+        assert_eq!(c.templates.env_may_differ, ["HOSTNAME", "POD_IP"]);
+        assert!(
+            parse("[templates]\nenv_may_differ = []\n")
+                .unwrap()
+                .templates
+                .env_may_differ
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn sandboxes_are_opt_in_with_memory_scratch_by_default_and_configurable() {
+        let d = Config::default().sandboxes;
+        assert!(!d.enabled && d.max_idle > 0 && d.scratch == ScratchKind::Memory);
+        let c = parse("[sandboxes]\nmax_idle = 0\nscratch = \"disk\"\n").unwrap();
+        assert_eq!(
+            (c.sandboxes.max_idle, c.sandboxes.scratch),
+            (0, ScratchKind::Disk)
+        );
+        let e = parse("[sandboxes]\nscratch = \"ram\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `ram`"), "{e}");
+        assert!(parse("[sandboxes]\nmax_idle = -1\n").is_err());
+        assert!(parse("[sandboxes]\nkeep_alive = 3\n").is_err());
     }
 
     #[test]

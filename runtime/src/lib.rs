@@ -29,6 +29,7 @@ pub mod metering;
 pub mod node;
 pub mod paths;
 pub mod runtime;
+pub mod sandbox;
 pub mod snapshot;
 pub mod sys;
 pub mod template;

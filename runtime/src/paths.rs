@@ -17,3 +17,9 @@ pub const TEMPLATES_DIR: &str = "/var/lib/trenv/templates";
 pub const METER_DIR: &str = trenv_meter::record::DEFAULT_DIR;
 /// The only directory hull files are read from (default of `[meter] hull_dir`).
 pub const HULL_DIR: &str = "/var/lib/trenv/hulls";
+/// The node-wide idle pool of sandboxes (default of `[sandboxes] dir`).
+pub const SANDBOXES_DIR: &str = "/run/trenv/sandboxes";
+/// CNI networks for `io.trenv.network` (default of `[sandboxes] cni_conf_dir`).
+pub const CNI_CONF_DIR: &str = "/etc/trenv/cni";
+/// CNI plugins (default of `[sandboxes] cni_bin_dir`; Debian's containernetworking-plugins).
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use crate::config::ConfigError;
 use crate::container::create::NewContainer;
 use crate::container::exec::NewProcess;
-use crate::container::rootfs::Mount;
+use crate::container::rootfs::{Mount, Scratch};
 use crate::container::{ContainerError, Location};
 use crate::error::{Classified, ErrorKind};
 use crate::snapshot::{CheckpointOptions, CriuConfig, Phases, RestorePlan, SnapshotError};
@@ -38,6 +38,8 @@ pub enum RuntimeError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Criu(#[from] trenv_criu::CriuError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 impl From<crate::container::cgroup::CgroupError> for RuntimeError {
@@ -56,6 +58,7 @@ impl Classified for RuntimeError {
             RuntimeError::MemPool(e) => e.kind(),
             RuntimeError::Config(e) => e.kind(),
             RuntimeError::Criu(e) => e.kind(),
+            RuntimeError::Sandbox(e) => e.kind(),
         }
     }
 }
@@ -210,11 +213,20 @@ impl Runtime {
         })
     }
 
-    /// Create of a container that Start restores: its rootfs and spec.
-    pub fn prepare_restore(&self, at: &Location, rootfs: &[Mount]) -> Result<(), RuntimeError> {
+    /// Create of a container that Start restores: its rootfs and spec (joining the
+    /// namespaces of `sandbox`, a sandbox's directory in the pool, if given).
+    pub fn prepare_restore(
+        &self,
+        at: &Location,
+        rootfs: &[Mount],
+        sandbox: Option<&Path>,
+        scratch: Option<Scratch>,
+    ) -> Result<(), RuntimeError> {
         self.call_done(Request::PrepareRestore {
             at: at.clone(),
             rootfs: rootfs.to_vec(),
+            sandbox: sandbox.map(Path::to_path_buf),
+            scratch,
         })
     }
 

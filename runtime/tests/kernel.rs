@@ -120,6 +120,8 @@ impl Env {
             rootfs: Vec::new(),
             systemd_cgroup: false,
             console_socket: None,
+            sandbox: None,
+            scratch: None,
         };
         let fds = ChildFds {
             stdout: Some(&out_w),

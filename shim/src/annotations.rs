@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use trenv_criu::template::Policy;
 use trenv_meter::hull::{Hull, HullError};
+use trenv_runtime::config::ScratchKind;
 use trenv_runtime::metering::meter::{MAX_INTERVAL, MIN_INTERVAL, interval_allowed};
 use trenv_runtime::sys::confined::{ConfinedError, read_beneath};
 use trenv_runtime::template::manifest::valid_name;
@@ -39,6 +40,13 @@ pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 pub const KUBE_NAMESPACE: &str = KUBE_NAMESPACE_ANNOTATION;
 /// Narrows the container's tenant (templates it makes and restores).
 pub const TENANT: &str = TENANT_ANNOTATION;
+/// `true` runs the container in a pooled sandbox, `false` in new namespaces of its own;
+/// unset: as trenv's config says (`[sandboxes] enabled`).
+pub const REPURPOSE: &str = "io.trenv.repurpose";
+/// The CNI network (of `[sandboxes] cni_conf_dir`) the container's sandbox is attached to.
+pub const NETWORK: &str = "io.trenv.network";
+/// Where a sandboxed container's writable rootfs layer lives: memory or disk.
+pub const SCRATCH: &str = "io.trenv.scratch";
 
 /// A value trenv cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,18 @@ pub enum AnnotationError {
     Policy(String),
     #[error("annotations {TEMPLATE_READY_FILE} and {TEMPLATE_POLICY} need {TEMPLATE_CREATE}=NAME")]
     Orphan,
+    #[error(
+        "annotation {REPURPOSE}={0:?}: expected true or false (unset: [sandboxes] enabled in \
+         trenv's config)"
+    )]
+    Repurpose(String),
+    #[error(
+        "annotation {NETWORK}={0:?}: expected the name of a CNI network (letters, digits, \
+         '-', '_' and '.')"
+    )]
+    Network(String),
+    #[error("annotation {SCRATCH}={0:?}: expected memory (a tmpfs) or disk")]
+    Scratch(String),
     #[error(transparent)]
     Tenant(#[from] TenantError),
 }
@@ -107,6 +127,13 @@ pub struct Annotations {
     pub hull: Option<Hull>,
     /// The memory sampling interval, overriding the shim's default.
     pub meter_interval: Option<Duration>,
+    /// Whether the container runs in a pooled sandbox (`io.trenv.repurpose`; `None`: as
+    /// trenv's config says).
+    pub repurpose: Option<bool>,
+    /// The CNI network its sandbox is attached to (`io.trenv.network`).
+    pub network: Option<String>,
+    /// Where its writable rootfs layer lives (`io.trenv.scratch`; `None`: as configured).
+    pub scratch: Option<ScratchKind>,
 }
 
 impl Annotations {
@@ -134,7 +161,27 @@ impl Annotations {
                 Some(interval)
             }
         };
+        let repurpose = match get(REPURPOSE).as_str() {
+            "" => None,
+            "true" => Some(true),
+            "false" => Some(false),
+            other => return Err(AnnotationError::Repurpose(other.into())),
+        };
+        let network = match get(NETWORK) {
+            n if n.is_empty() => None,
+            n if trenv_runtime::sandbox::network::valid_name(&n) => Some(n),
+            n => return Err(AnnotationError::Network(n)),
+        };
+        let scratch = match get(SCRATCH).as_str() {
+            "" => None,
+            "memory" => Some(ScratchKind::Memory),
+            "disk" => Some(ScratchKind::Disk),
+            other => return Err(AnnotationError::Scratch(other.into())),
+        };
         Ok(Annotations {
+            repurpose,
+            network,
+            scratch,
             function: get(FUNCTION),
             sandbox_id: get(SANDBOX_ID),
             image: get(IMAGE_NAME),

@@ -48,9 +48,14 @@ pub fn rt(e: impl Into<RuntimeError>) -> ttrpc::Error {
     status(code(e.kind()), chain(&e))
 }
 
-/// The shim could not set up or serve a process's stdio.
+/// The shim could not set up or serve a process's stdio: the client's fault for a bad log
+/// URI or a logging program that cannot run, the shim's otherwise.
 pub fn stdio(e: StdioError) -> ttrpc::Error {
-    internal(chain(&e))
+    if e.is_user_error() {
+        invalid(chain(&e))
+    } else {
+        internal(chain(&e))
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,16 @@
 //! and the FIFOs, so the shim can close stdin on CloseIO and the process never writes into a
 //! FIFO whose reader went away. With a terminal, the process sends the pty master over a
 //! console socket and the copy threads serve the master instead.
+//!
+//! Where the output goes is containerd's stdout URI, read as runc's shim reads it (the
+//! scheme of stdout decides for both streams): a FIFO path (no scheme, or `fifo`), a
+//! `file:///path` the output is appended to, or a `binary:///program?arg=value` logging
+//! program (faasd, nerdctl and `ctr run --log-uri` use it). The logger gets stdout on fd 3,
+//! stderr on fd 4 and a readiness pipe on fd 5 that it closes when it is ready (Create
+//! waits for that), with only `CONTAINER_ID` and `CONTAINER_NAMESPACE` in its environment.
+//! Unlike runc's shim, trenv keeps no write end of the logger's pipes: the logger sees the
+//! end of its input when the container's output ends, and Delete stops whatever is left of
+//! it (SIGTERM, then SIGKILL after [`LOGGER_STOP_GRACE`], as runc's shim does).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -18,13 +28,146 @@ use std::time::Duration;
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
-/// FIFO paths containerd gave for a process (empty = not wanted).
+/// FIFO paths (or, for the output, URIs) containerd gave for a process (empty = not wanted).
 #[derive(Debug, Clone, Default)]
 pub struct StdioPaths {
     pub stdin: String,
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
+    /// Who owns the pipes the process gets (runc's `IoUid`/`IoGid`); the shim's user if
+    /// `None`.
+    pub owner: Option<(u32, u32)>,
+    /// The container's id for an init, the exec id for an exec: a logging program's
+    /// `CONTAINER_ID`, as runc's shim sets it.
+    pub id: String,
+}
+
+/// The containerd namespace this shim serves: a logging program's `CONTAINER_NAMESPACE`.
+static NAMESPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the namespace the shim serves (once, when the task service is made).
+pub fn set_namespace(namespace: &str) {
+    let _ = NAMESPACE.set(namespace.to_string());
+}
+
+/// How long Delete gives a logging program to exit after SIGTERM before SIGKILL (runc's
+/// shim: 12 s).
+pub const LOGGER_STOP_GRACE: Duration = Duration::from_secs(12);
+
+/// Where a process's output goes, from containerd's stdout URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// FIFO paths, one per stream (a plain path or a `fifo` URI): what `ctr` and CRI use.
+    Fifo,
+    /// `binary:///program?k=v`: a logging program, run with the query's keys and values as
+    /// its arguments.
+    Binary(LoggerCommand),
+    /// `file:///path`: both streams appended to the file (created if missing).
+    File(PathBuf),
+}
+
+/// A logging program and its arguments (`binary:///program?k=v&k2=v2` runs
+/// `program k v k2 v2`; runc's shim takes them from a Go map, in no particular order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggerCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Output {
+    /// Reads containerd's stdout URI. An empty one, a plain path or a `fifo` URI is a FIFO.
+    pub fn parse(stdout: &str) -> Result<Output, StdioError> {
+        let bad = |reason: &str| StdioError::BadUri {
+            uri: stdout.to_string(),
+            reason: reason.to_string(),
+        };
+        let Some((scheme, rest)) = split_scheme(stdout) else {
+            return Ok(Output::Fifo);
+        };
+        let (rest, _fragment) = rest.split_once('#').unwrap_or((rest, ""));
+        let (hier, query) = rest.split_once('?').unwrap_or((rest, ""));
+        // `//authority/path`: the path starts at the first slash after the authority.
+        let path = match hier.strip_prefix("//") {
+            Some(after) => after.find('/').map_or("", |i| &after[i..]),
+            None => hier,
+        };
+        let path = unescape(path, false).ok_or_else(|| bad("bad percent-encoding in the path"))?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "fifo" => Ok(Output::Fifo),
+            "binary" => {
+                if !path.starts_with('/') {
+                    return Err(bad(
+                        "a binary:// URI names the logging program by its absolute path, as in binary:///usr/local/bin/logger",
+                    ));
+                }
+                let mut args = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    args.push(
+                        unescape(k, true)
+                            .ok_or_else(|| bad("bad percent-encoding in the query"))?,
+                    );
+                    args.push(
+                        unescape(v, true)
+                            .ok_or_else(|| bad("bad percent-encoding in the query"))?,
+                    );
+                }
+                Ok(Output::Binary(LoggerCommand {
+                    program: PathBuf::from(path),
+                    args,
+                }))
+            }
+            "file" => {
+                if !path.starts_with('/') {
+                    return Err(bad(
+                        "a file:// URI names the log file by its absolute path, as in file:///var/log/task.log",
+                    ));
+                }
+                Ok(Output::File(PathBuf::from(path)))
+            }
+            other => Err(bad(&format!(
+                "unknown scheme {other:?}: trenv, like runc's shim, takes a FIFO path, \
+                 binary:///program or file:///path"
+            ))),
+        }
+    }
+}
+
+/// `scheme:rest` if `uri` starts with a URI scheme (a letter, then letters, digits, `+`,
+/// `-` or `.`), as Go's url.Parse finds one; a path has none.
+fn split_scheme(uri: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = uri.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some((scheme, rest))
+}
+
+/// Percent-decoding (and, in a query, `+` as a space), as Go's url package does it.
+fn unescape(s: &str, query: bool) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if query => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Counts the output streams still copying.
@@ -53,6 +196,8 @@ pub struct ProcessIo {
     stdin: Arc<Mutex<Option<File>>>,
     console: Option<File>,
     drain: Arc<Drain>,
+    /// The logging program of a `binary://` URI, stopped at Delete.
+    logger: Option<Logger>,
 }
 
 /// Descriptors to hand to the process (via the zygote) for stdin, stdout and stderr.
@@ -75,6 +220,25 @@ pub enum StdioError {
     },
     #[error("the console socket message carried no descriptor")]
     NoPtyMaster,
+    #[error("the log URI {uri:?} cannot be used: {reason}")]
+    BadUri { uri: String, reason: String },
+    #[error(
+        "the logging program {program} cannot be started: {source}; the binary:// log URI \
+         must name an executable on the shim's host"
+    )]
+    Logger {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StdioError {
+    /// Whether the client's request was at fault (a bad log URI, a logger that cannot run),
+    /// rather than the shim.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, StdioError::BadUri { .. } | StdioError::Logger { .. })
+    }
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StdioError {
@@ -86,27 +250,55 @@ fn sys_err(context: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
 }
 
 impl ProcessIo {
-    /// Prepares pipes for a process without a terminal and starts the copy threads.
+    /// Prepares pipes for a process without a terminal and starts the copy threads (for a
+    /// logging program, the process writes into the logger's pipes directly).
     pub fn pipes(paths: StdioPaths) -> Result<(ProcessIo, ChildStdio), StdioError> {
+        let output = Output::parse(&paths.stdout)?;
         let drain = Arc::new(Drain::default());
         let stdin = Arc::new(Mutex::new(None));
         let mut child: ChildStdio = [None, None, None];
+        let mut logger = None;
+        match &output {
+            Output::Fifo => {
+                for (i, path) in [(1, &paths.stdout), (2, &paths.stderr)] {
+                    if path.is_empty() {
+                        continue;
+                    }
+                    let (r, w) = pipe("an output pipe")?;
+                    chown_pipe(&w, paths.owner)?;
+                    let fifo = open_output(path)?;
+                    child[i] = Some(w);
+                    copy_output(File::from(r), Sink::Fifo(fifo), drain.clone());
+                }
+            }
+            Output::File(path) => {
+                let file = open_log_file(path)?;
+                for i in [1, 2] {
+                    let (r, w) = pipe("an output pipe")?;
+                    chown_pipe(&w, paths.owner)?;
+                    let to = file
+                        .try_clone()
+                        .map_err(io_err(format!("duplicating {}", path.display())))?;
+                    child[i] = Some(w);
+                    copy_output(File::from(r), Sink::File(to), drain.clone());
+                }
+            }
+            Output::Binary(cmd) => {
+                let (out_r, out_w) = pipe("the logger's stdout pipe")?;
+                let (err_r, err_w) = pipe("the logger's stderr pipe")?;
+                chown_pipe(&out_w, paths.owner)?;
+                chown_pipe(&err_w, paths.owner)?;
+                logger = Some(Logger::spawn(cmd, &paths.id, out_r, err_r)?);
+                child[1] = Some(out_w);
+                child[2] = Some(err_w);
+            }
+        }
         if !paths.stdin.is_empty() {
-            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(sys_err("creating the stdin pipe"))?;
+            let (r, w) = pipe("the stdin pipe")?;
+            chown_pipe(&r, paths.owner)?;
             child[0] = Some(r);
             *stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(File::from(w));
             copy_stdin(paths.stdin.clone(), stdin.clone());
-        }
-        for (i, path) in [(1, &paths.stdout), (2, &paths.stderr)] {
-            if path.is_empty() {
-                continue;
-            }
-            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(sys_err("creating an output pipe"))?;
-            let fifo = open_output(path)?;
-            child[i] = Some(w);
-            copy_output(File::from(r), fifo, drain.clone());
         }
         Ok((
             ProcessIo {
@@ -114,16 +306,37 @@ impl ProcessIo {
                 stdin,
                 console: None,
                 drain,
+                logger,
             },
             child,
         ))
     }
 
     /// Serves a process's terminal: `master` is the pty master it sent over the console
-    /// socket.
+    /// socket. The terminal's output goes where stdout's URI says (a terminal has no
+    /// separate stderr: a logging program's fd 4 only ever sees end-of-file).
     pub fn terminal(paths: StdioPaths, master: File) -> Result<ProcessIo, StdioError> {
+        let output = Output::parse(&paths.stdout)?;
         let drain = Arc::new(Drain::default());
         let stdin = Arc::new(Mutex::new(None));
+        let mut logger = None;
+        if !paths.stdout.is_empty() {
+            let r = master
+                .try_clone()
+                .map_err(io_err("duplicating the pty master".into()))?;
+            let sink = match &output {
+                Output::Fifo => Sink::Fifo(open_output(&paths.stdout)?),
+                Output::File(path) => Sink::File(open_log_file(path)?),
+                Output::Binary(cmd) => {
+                    let (out_r, out_w) = pipe("the logger's stdout pipe")?;
+                    let (err_r, err_w) = pipe("the logger's stderr pipe")?;
+                    drop(err_w);
+                    logger = Some(Logger::spawn(cmd, &paths.id, out_r, err_r)?);
+                    Sink::File(File::from(out_w))
+                }
+            };
+            copy_output(r, sink, drain.clone());
+        }
         if !paths.stdin.is_empty() {
             let w = master
                 .try_clone()
@@ -131,18 +344,12 @@ impl ProcessIo {
             *stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
             copy_stdin(paths.stdin.clone(), stdin.clone());
         }
-        if !paths.stdout.is_empty() {
-            let r = master
-                .try_clone()
-                .map_err(io_err("duplicating the pty master".into()))?;
-            let fifo = open_output(&paths.stdout)?;
-            copy_output(r, fifo, drain.clone());
-        }
         Ok(ProcessIo {
             paths,
             stdin,
             console: Some(master),
             drain,
+            logger,
         })
     }
 
@@ -191,15 +398,272 @@ impl ProcessIo {
         OutputWaiter(self.drain.clone())
     }
 
-    /// Stops serving: drops stdin and the terminal.
+    /// Stops serving: drops stdin and the terminal, and stops the logging program (it has
+    /// normally exited already, at the end of the output).
     pub fn close(&mut self) {
         self.close_stdin();
         self.console.take();
+        if let Some(logger) = self.logger.take() {
+            logger.stop(LOGGER_STOP_GRACE);
+        }
     }
+}
+
+fn pipe(what: &'static str) -> Result<(OwnedFd, OwnedFd), StdioError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| StdioError::Sys {
+        context: what,
+        source,
+    })
+}
+
+/// Opens (creating it and its directory if missing) a `file://` log for appending, as
+/// runc's shim does.
+fn open_log_file(path: &Path) -> Result<File, StdioError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err(format!("opening the log file {}", path.display())))
+}
+
+/// A running logging program (`binary://`), held by a pidfd: the shim's reaper reaps it
+/// whenever it exits, and the pidfd never names another process.
+struct Logger {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl Logger {
+    /// Starts `cmd` with `stdout` on fd 3, `stderr` on fd 4 and a readiness pipe on fd 5,
+    /// and waits until it closes fd 5 (or writes to it, or exits), as runc's shim does.
+    fn spawn(
+        cmd: &LoggerCommand,
+        id: &str,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<Logger, StdioError> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let failed = |source: std::io::Error| StdioError::Logger {
+            program: cmd.program.clone(),
+            source,
+        };
+        let cstr = |s: &[u8]| {
+            CString::new(s).map_err(|_| StdioError::BadUri {
+                uri: cmd.program.display().to_string(),
+                reason: "a NUL byte in the program or its arguments".into(),
+            })
+        };
+        let program = cstr(cmd.program.as_os_str().as_bytes())?;
+        let mut argv = vec![program.clone()];
+        for a in &cmd.args {
+            argv.push(cstr(a.as_bytes())?);
+        }
+        let namespace = NAMESPACE.get().map(String::as_str).unwrap_or_default();
+        let envp = [
+            cstr(format!("CONTAINER_ID={id}").as_bytes())?,
+            cstr(format!("CONTAINER_NAMESPACE={namespace}").as_bytes())?,
+        ];
+        let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_p.push(std::ptr::null());
+        let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+        envp_p.push(std::ptr::null());
+
+        let dev_null = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")
+            .map_err(io_err("opening /dev/null".into()))?;
+        let (ready_r, ready_w) = pipe("the logger's readiness pipe")?;
+        // The child waits on `go` until the parent holds its pidfd, and reports a failed
+        // exec on `errors` (close-on-exec: nothing arrives when the exec succeeds).
+        let (go_r, go_w) = pipe("a pipe to the logger")?;
+        let (errors_r, errors_w) = pipe("a pipe from the logger")?;
+        let sources = [stdout.as_raw_fd(), stderr.as_raw_fd(), ready_w.as_raw_fd()];
+        let (go_raw, errors_raw) = (go_r.as_raw_fd(), errors_w.as_raw_fd());
+        // SAFETY: after fork the child only makes async-signal-safe calls (read, fcntl,
+        // dup2, sigprocmask, signal, execve, write, _exit) on memory prepared before the
+        // fork, and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: see above; this is the child.
+            unsafe {
+                logger_child(
+                    go_raw,
+                    dev_null.as_raw_fd(),
+                    errors_raw,
+                    sources,
+                    &argv_p,
+                    &envp_p,
+                )
+            }
+        }
+        drop((go_r, errors_w, ready_w, stdout, stderr));
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: kill only sends a signal; the child waits for `go`, so it is still ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(failed(e));
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        // Let the child exec (a byte, not end-of-file: a child another thread forks meanwhile
+        // holds a copy of `go_w` until it execs); its exec error, if any, comes back on
+        // `errors`.
+        let _ = (&File::from(go_w)).write_all(&[1]);
+        let mut errno = [0u8; 4];
+        if read_full(&File::from(errors_r), &mut errno) == 4 {
+            return Err(failed(std::io::Error::from_raw_os_error(
+                i32::from_ne_bytes(errno),
+            )));
+        }
+        let logger = Logger { pid, pidfd };
+        // Ready when it closes fd 5 (end-of-file), writes to it, or exits.
+        let mut byte = [0u8; 1];
+        let _ = read_full(&File::from(ready_r), &mut byte);
+        log::info!(
+            "logging program {} (pid {pid}) ready for {id}",
+            cmd.program.display()
+        );
+        Ok(logger)
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    fn stop(self, grace: Duration) {
+        if !self.signal(libc::SIGTERM) {
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = grace.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: poll reads one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc == 0 {
+            log::warn!(
+                "logging program (pid {}) still runs {grace:?} after SIGTERM: SIGKILL",
+                self.pid
+            );
+            self.signal(libc::SIGKILL);
+        }
+    }
+
+    /// Sends `sig`; false if the logger is gone.
+    fn signal(&self, sig: i32) -> bool {
+        // SAFETY: pidfd_send_signal takes a pidfd, a signal, a null siginfo and flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc == 0
+    }
+}
+
+/// The logger's side of the fork: waits for the parent's byte on `go`, puts `null` on fds
+/// 0-2 and `sources` on fds 3, 4, 5 and execs; on failure, reports errno on `errors` and
+/// exits.
+///
+/// # Safety
+/// Only in a freshly forked child: it never returns.
+unsafe fn logger_child(
+    go: i32,
+    null: i32,
+    errors: i32,
+    sources: [i32; 3],
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // SAFETY: only async-signal-safe calls on descriptors and memory the parent prepared.
+    unsafe {
+        let mut b = 0u8;
+        let mut n = libc::read(go, (&raw mut b).cast(), 1);
+        while n < 0 && *libc::__errno_location() == libc::EINTR {
+            n = libc::read(go, (&raw mut b).cast(), 1);
+        }
+        if n != 1 {
+            libc::_exit(127);
+        }
+        // stdin, stdout and stderr: /dev/null, as for runc's shim's logger.
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        // Out of the way of 3..=5 first: a source may sit on one of those numbers.
+        let mut high = [0i32; 3];
+        for (h, s) in high.iter_mut().zip(sources) {
+            *h = libc::fcntl(s, libc::F_DUPFD_CLOEXEC, 10);
+        }
+        let mut ok = high.iter().all(|h| *h >= 0);
+        for (target, h) in (3..).zip(high) {
+            ok = ok && libc::dup2(h, target) == target;
+        }
+        if ok {
+            // The shim's signal mask and ignored signals (SIGPIPE) are not the logger's.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
+        }
+        let errno = *libc::__errno_location();
+        libc::write(errors, (&raw const errno).cast(), 4);
+        libc::_exit(127)
+    }
+}
+
+/// Reads until `buf` is full or end-of-file; answers how much it read.
+fn read_full(mut f: &File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    n
+}
+
+/// Where copied output goes: a FIFO (whose reader gets a moment to read the end, see
+/// [`wait_until_read`]) or a plain file or pipe.
+enum Sink {
+    Fifo(File),
+    File(File),
 }
 
 /// Opens an output FIFO read-write: never blocks, and writes never fail with EPIPE when
 /// the client has gone (its data then waits in the FIFO like with runc's shim).
+/// Gives a pipe (both ends: one inode) to `owner`, as runc's shim does for `IoUid`/`IoGid`.
+fn chown_pipe(end: &OwnedFd, owner: Option<(u32, u32)>) -> Result<(), StdioError> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    nix::unistd::fchown(
+        end.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(sys_err("giving a stdio pipe to IoUid/IoGid"))
+}
+
 fn open_output(path: &str) -> Result<File, StdioError> {
     OpenOptions::new()
         .read(true)
@@ -209,7 +673,11 @@ fn open_output(path: &str) -> Result<File, StdioError> {
         .map_err(io_err(format!("opening the output FIFO {path}")))
 }
 
-fn copy_output(mut from: File, mut to: File, drain: Arc<Drain>) {
+fn copy_output(mut from: File, sink: Sink, drain: Arc<Drain>) {
+    let (mut to, fifo) = match sink {
+        Sink::Fifo(f) => (f, true),
+        Sink::File(f) => (f, false),
+    };
     *drain.open.lock().unwrap_or_else(|e| e.into_inner()) += 1;
     let spawned = thread::Builder::new().name("stdout".into()).spawn({
         let drain = drain.clone();
@@ -229,7 +697,9 @@ fn copy_output(mut from: File, mut to: File, drain: Arc<Drain>) {
                     Err(_) => break,
                 }
             }
-            wait_until_read(&to);
+            if fifo {
+                wait_until_read(&to);
+            }
             drop(to);
             let mut n = drain.open.lock().unwrap_or_else(|e| e.into_inner());
             *n -= 1;
@@ -404,6 +874,155 @@ mod tests {
         let path = dir.path().join("out");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         (dir, path.display().to_string())
+    }
+
+    #[test]
+    fn output_uris_are_read_as_runc_reads_them() {
+        assert_eq!(Output::parse("").unwrap(), Output::Fifo);
+        assert_eq!(
+            Output::parse("/run/containerd/fifo/1/x-stdout").unwrap(),
+            Output::Fifo
+        );
+        assert_eq!(Output::parse("fifo:///run/x").unwrap(), Output::Fifo);
+        assert_eq!(
+            Output::parse("binary:///usr/bin/logger?-v=1&tag=a%20b+c&flag").unwrap(),
+            Output::Binary(LoggerCommand {
+                program: "/usr/bin/logger".into(),
+                args: ["-v", "1", "tag", "a b c", "flag", ""]
+                    .map(String::from)
+                    .to_vec(),
+            })
+        );
+        assert_eq!(
+            Output::parse("binary:///opt/my%20logger").unwrap(),
+            Output::Binary(LoggerCommand {
+                program: "/opt/my logger".into(),
+                args: vec![],
+            })
+        );
+        assert_eq!(
+            Output::parse("file:///var/log/task.log").unwrap(),
+            Output::File("/var/log/task.log".into())
+        );
+        for bad in [
+            "http://example.com/x",
+            "binary://logger",
+            "file:relative",
+            "binary:///a%zz",
+        ] {
+            assert!(
+                matches!(Output::parse(bad), Err(StdioError::BadUri { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    /// A logging program, `/bin/sh -c SCRIPT` (no script file: a test thread's fork could
+    /// hold it open for writing and make its exec fail with ETXTBSY), that copies fd 3 to
+    /// `out`, marks its readiness after `delay` and records its environment.
+    fn logger_paths(dir: &Path, delay: &str, trap: &str) -> StdioPaths {
+        let script = format!(
+            "{trap}\nprintf '%s\\n' \"$CONTAINER_ID\" >{d}/env\n/bin/sleep {delay}\n\
+             exec 5>&-\nexec /bin/cat <&3 >{d}/out\n",
+            d = dir.display()
+        );
+        let encoded: String = script
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let uri = format!("binary:///bin/sh?-c={encoded}");
+        StdioPaths {
+            stdout: uri.clone(),
+            stderr: uri,
+            id: "c1".into(),
+            ..StdioPaths::default()
+        }
+    }
+
+    #[test]
+    fn a_logger_gets_the_output_is_waited_for_and_exits_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let began = std::time::Instant::now();
+        let (io, mut child) = ProcessIo::pipes(logger_paths(dir.path(), "0.3", "")).unwrap();
+        assert!(
+            began.elapsed() >= Duration::from_millis(300),
+            "readiness not awaited"
+        );
+        let mut out = File::from(child[1].take().unwrap());
+        out.write_all(b"hello\n").unwrap();
+        drop((out, child));
+        let pidfd = io.logger.as_ref().unwrap().pidfd.as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(rc, 1, "the logger did not exit at the end of the output");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out")).unwrap(),
+            "hello\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("env")).unwrap(),
+            "c1\n"
+        );
+    }
+
+    #[test]
+    fn a_logger_that_ignores_sigterm_is_killed_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (io, child) = ProcessIo::pipes(logger_paths(dir.path(), "0", "trap '' TERM")).unwrap();
+        let logger = io.logger.as_ref().unwrap();
+        let pid = logger.pid;
+        // The output stays open (the child's ends are held): only a signal ends the logger.
+        let began = std::time::Instant::now();
+        let mut io = io;
+        let logger = io.logger.take().unwrap();
+        logger.stop(Duration::from_millis(300));
+        assert!(began.elapsed() >= Duration::from_millis(300));
+        // SAFETY: waitpid on our own child.
+        let reaped = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        assert_eq!(reaped, pid);
+        drop(child);
+    }
+
+    #[test]
+    fn a_logging_program_that_cannot_run_is_the_clients_error() {
+        let paths = StdioPaths {
+            stdout: "binary:///nonexistent/logger".into(),
+            ..StdioPaths::default()
+        };
+        let Err(e) = ProcessIo::pipes(paths) else {
+            panic!("a missing logger was started");
+        };
+        assert!(e.is_user_error(), "{e}");
+        assert!(e.to_string().contains("/nonexistent/logger"), "{e}");
+    }
+
+    #[test]
+    fn a_file_uri_appends_both_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sub/task.log");
+        let paths = StdioPaths {
+            stdout: format!("file://{}", log.display()),
+            stderr: format!("file://{}", log.display()),
+            ..StdioPaths::default()
+        };
+        let (io, mut child) = ProcessIo::pipes(paths).unwrap();
+        File::from(child[1].take().unwrap())
+            .write_all(b"out\n")
+            .unwrap();
+        drop(child);
+        io.waiter().wait(Duration::from_secs(5));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "out\n");
     }
 
     #[test]

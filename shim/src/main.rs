@@ -1,12 +1,15 @@
 //! `containerd-shim-trenv-v1`, the runtime `io.containerd.trenv.v1`.
 
+mod alias;
 mod annotations;
+mod children;
 mod container;
 mod errors;
 mod events;
 mod exit_clock;
 mod hooks;
 mod idle_trim;
+mod info;
 mod io;
 mod metrics;
 mod options;
@@ -35,6 +38,27 @@ pub(crate) fn runtime_if_forked() -> Option<&'static Runtime> {
     RUNTIME.get()
 }
 
+/// `-info` (containerd 2.x's introspection): the runtime info on stdout, see info.rs.
+fn print_info() -> ! {
+    use std::io::{Read, Write};
+    let fail = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("{RUNTIME_ID}: {e}");
+        std::process::exit(1)
+    };
+    let mut stdin = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        fail(&format_args!("reading the runtime options on stdin: {e}"));
+    }
+    let bytes = info::runtime_info(RUNTIME_ID, &stdin).unwrap_or_else(|e| fail(&e));
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(&bytes).and_then(|()| out.flush()) {
+        fail(&format_args!("writing the runtime info: {e}"));
+    }
+    std::process::exit(0)
+}
+
+const RUNTIME_ID: &str = "io.containerd.trenv.v1";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flags = containerd_shim::parse(&args[1..]).ok();
@@ -56,6 +80,9 @@ fn main() {
         println!("containerd-shim-trenv-v1 {}", env!("CARGO_PKG_VERSION"));
         return;
     }
+    if flags.as_ref().is_some_and(|f| f.info) {
+        print_info();
+    }
     if let (Some(flags), "start") = (flags, action.as_str()) {
         shim::start_command(flags);
     }
@@ -74,5 +101,10 @@ fn main() {
             }
         }
     }
-    containerd_shim::run::<shim::TrenvShim>("io.containerd.trenv.v1", None);
+    if action.is_empty() {
+        // The serving shim reaps all its children: programs it runs learn their status
+        // from that reaper.
+        trenv_runtime::sys::run::set_runner(children::run);
+    }
+    containerd_shim::run::<shim::TrenvShim>(RUNTIME_ID, None);
 }

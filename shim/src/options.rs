@@ -2,8 +2,20 @@
 //!
 //! Accepted: runc's `containerd.runc.v1.Options` (what `ctr --runc-*` flags and CRI's
 //! `[...runtimes.trenv.options]` with runc-style keys produce), of which trenv honours
-//! `SystemdCgroup` and the CRIU fields (`CriuPath`, `CriuImagePath`, `CriuWorkPath`), and CRI's generic `runtimeoptions.v1.Options` (`ConfigPath`). Any other
-//! set field or type is refused: a silently ignored option is a misconfiguration nobody sees.
+//! `SystemdCgroup`, `ShimCgroup` (applied by `start`, see [`start_options`]), `IoUid`/`IoGid`
+//! (the owner of the process's stdio pipes) and the CRIU fields (`CriuPath`, `CriuImagePath`,
+//! `CriuWorkPath`); CRI's generic `runtimeoptions.v1.Options` (`ConfigPath`); and the older
+//! `containerd.linux.runc.CreateOptions`, which containerd 1.7's client library sends to every
+//! runtime not named `io.containerd.runc*` (`WithShimCgroup`, `WithUIDOwner`, …): its own
+//! field numbers, mapped onto the same settings. Any other set field or type is refused: a
+//! silently ignored option is a misconfiguration nobody sees.
+//!
+//! Checkpoint options likewise come as `containerd.runc.v1.CheckpointOptions` or, from 1.7's
+//! client, `containerd.linux.runc.CheckpointOptions`, whose image and work paths have each
+//! other's field numbers (8 and 9): decoded by name, not by alias.
+//!
+//! In alias mode ([`crate::alias`]: trenv installed as runc's shim) runc's other options
+//! are accepted and listed in `ignored`, which Create writes to the log.
 
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -20,13 +32,22 @@ pub struct RuntimeOptions {
     pub criu_image_path: Option<String>,
     /// Restore: CRIU's work directory (`WithRestoreWorkPath`).
     pub criu_work_path: Option<String>,
+    /// The cgroup the shim server is put into (runc's `ShimCgroup`); `start` applies it.
+    pub shim_cgroup: Option<String>,
+    /// The owner (uid, gid) of the process's stdio pipes (runc's `IoUid`/`IoGid`), so that a
+    /// process running as another user (or in a user namespace) can reopen them.
+    pub io_owner: Option<(u32, u32)>,
+    /// Alias mode only: the runc options that were set and that trenv knowingly ignores
+    /// (see [`crate::alias`]), for the shim's log.
+    pub ignored: Vec<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
     #[error(
         "unknown runtime options type {0:?}: trenv accepts containerd.runc.v1.Options \
-         (SystemdCgroup) and runtimeoptions.v1.Options (ConfigPath)"
+         (SystemdCgroup, ShimCgroup, IoUid, IoGid, Criu*), containerd.linux.runc.CreateOptions \
+         (the same, from containerd 1.7's client) and runtimeoptions.v1.Options (ConfigPath)"
     )]
     UnknownType(String),
     #[error(
@@ -40,9 +61,11 @@ pub enum OptionsError {
     Malformed(String),
     #[error(
         "unknown checkpoint options type {0:?}: trenv accepts \
-         containerd.runc.v1.CheckpointOptions"
+         containerd.runc.v1.CheckpointOptions or containerd.linux.runc.CheckpointOptions"
     )]
     UnknownCheckpointType(String),
+    #[error("runtime option {0} must be a user or group id (0 to 4294967295)")]
+    BadId(&'static str),
     #[error("the trenv config file {path} given as ConfigPath cannot be read: {reason}")]
     ConfigPath { path: String, reason: String },
 }
@@ -62,6 +85,63 @@ const RUNC_FIELDS: &[(u32, &str)] = &[
     (12, "TaskApiAddress"),
     (13, "TaskApiVersion"),
 ];
+
+/// `containerd.linux.runc.CreateOptions` (containerd 1.7's `runctypes`): other numbers.
+const CREATE_FIELDS: &[(u32, &str)] = &[
+    (1, "NoPivotRoot"),
+    (2, "OpenTcp"),
+    (3, "ExternalUnixSockets"),
+    (4, "Terminal"),
+    (5, "FileLocks"),
+    (6, "EmptyNamespaces"),
+    (7, "CgroupsMode"),
+    (8, "NoNewKeyring"),
+    (9, "ShimCgroup"),
+    (10, "IoUid"),
+    (11, "IoGid"),
+    (12, "CriuWorkPath"),
+    (13, "CriuImagePath"),
+];
+
+/// How one options type numbers its fields: the setting each number is, and every field's
+/// name (for the refusal of one trenv does not support).
+type Numbering = (fn(u32) -> Option<Setting>, &'static [(u32, &'static str)]);
+
+/// The settings trenv honours, whichever options type names them.
+#[derive(Clone, Copy)]
+enum Setting {
+    SystemdCgroup,
+    CriuPath,
+    CriuImagePath,
+    CriuWorkPath,
+    ShimCgroup,
+    IoUid,
+    IoGid,
+}
+
+fn runc_setting(number: u32) -> Option<Setting> {
+    Some(match number {
+        3 => Setting::ShimCgroup,
+        4 => Setting::IoUid,
+        5 => Setting::IoGid,
+        8 => Setting::CriuPath,
+        9 => Setting::SystemdCgroup,
+        10 => Setting::CriuImagePath,
+        11 => Setting::CriuWorkPath,
+        _ => return None,
+    })
+}
+
+fn create_options_setting(number: u32) -> Option<Setting> {
+    Some(match number {
+        9 => Setting::ShimCgroup,
+        10 => Setting::IoUid,
+        11 => Setting::IoGid,
+        12 => Setting::CriuWorkPath,
+        13 => Setting::CriuImagePath,
+        _ => return None,
+    })
+}
 
 /// A decoded protobuf field: its number and whether it holds a non-default value.
 fn fields(bytes: &[u8]) -> Result<Vec<(u32, FieldValue)>, OptionsError> {
@@ -105,7 +185,15 @@ impl FieldValue {
     }
 }
 
+/// Decodes Create's options for trenv named as itself: a runc-only option is refused.
+#[cfg(test)]
 pub fn parse(options: Option<&Any>) -> Result<RuntimeOptions, OptionsError> {
+    parse_as(options, false)
+}
+
+/// Decodes Create's options; in alias mode (`runc_alias`, trenv installed as runc's shim)
+/// the runc options trenv cannot honour are accepted and listed in `ignored`.
+pub fn parse_as(options: Option<&Any>, runc_alias: bool) -> Result<RuntimeOptions, OptionsError> {
     let mut opts = RuntimeOptions::default();
     let Some(any) = options else {
         return Ok(opts);
@@ -114,50 +202,81 @@ pub fn parse(options: Option<&Any>) -> Result<RuntimeOptions, OptionsError> {
         return Ok(opts);
     }
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
-    match type_name {
-        "containerd.runc.v1.Options" => {
-            for (number, value) in fields(&any.value)? {
-                if !value.is_set() {
-                    continue;
-                }
-                let text = || match &value {
-                    FieldValue::Bytes(b) => Some(String::from_utf8_lossy(b).to_string()),
-                    _ => None,
-                };
-                match number {
-                    9 => opts.systemd_cgroup = true,
-                    8 => opts.criu_path = text(),
-                    10 => opts.criu_image_path = text(),
-                    11 => opts.criu_work_path = text(),
-                    n => {
-                        let name = RUNC_FIELDS
-                            .iter()
-                            .find(|(num, _)| *num == n)
-                            .map_or("(unknown field)", |(_, name)| name);
-                        return Err(OptionsError::Unsupported(name));
-                    }
-                }
-            }
-        }
-        "runtimeoptions.v1.Options" => {
-            for (number, value) in fields(&any.value)? {
-                if let (2, FieldValue::Bytes(b)) = (number, &value)
-                    && !b.is_empty()
-                {
-                    let path = String::from_utf8_lossy(b).to_string();
-                    std::fs::metadata(&path).map_err(|e| OptionsError::ConfigPath {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    opts.config_path = Some(path);
-                }
-            }
-        }
+    let (setting, names): Numbering = match type_name {
+        "containerd.runc.v1.Options" => (runc_setting, RUNC_FIELDS),
+        "containerd.linux.runc.CreateOptions" => (create_options_setting, CREATE_FIELDS),
+        "runtimeoptions.v1.Options" => return config_path_options(&any.value),
         other => return Err(OptionsError::UnknownType(other.to_string())),
+    };
+    let (mut uid, mut gid) = (None, None);
+    for (number, value) in fields(&any.value)? {
+        if !value.is_set() {
+            continue;
+        }
+        let text = || match &value {
+            FieldValue::Bytes(b) => Some(String::from_utf8_lossy(b).to_string()),
+            _ => None,
+        };
+        let int = || match &value {
+            FieldValue::Int(v) => u32::try_from(*v).ok(),
+            _ => None,
+        };
+        match setting(number) {
+            Some(Setting::SystemdCgroup) => opts.systemd_cgroup = true,
+            Some(Setting::CriuPath) => opts.criu_path = text(),
+            Some(Setting::CriuImagePath) => opts.criu_image_path = text(),
+            Some(Setting::CriuWorkPath) => opts.criu_work_path = text(),
+            Some(Setting::ShimCgroup) => opts.shim_cgroup = text(),
+            Some(Setting::IoUid) => uid = Some(int().ok_or(OptionsError::BadId("IoUid"))?),
+            Some(Setting::IoGid) => gid = Some(int().ok_or(OptionsError::BadId("IoGid"))?),
+            None => {
+                let name = names
+                    .iter()
+                    .find(|(num, _)| *num == number)
+                    .map_or("(unknown field)", |(_, name)| name);
+                if !runc_alias {
+                    return Err(OptionsError::Unsupported(name));
+                }
+                opts.ignored.push(name);
+            }
+        }
+    }
+    if uid.is_some() || gid.is_some() {
+        opts.io_owner = Some((uid.unwrap_or(0), gid.unwrap_or(0)));
     }
     Ok(opts)
 }
 
+/// CRI's generic `runtimeoptions.v1.Options`: a trenv config file (`ConfigPath`).
+fn config_path_options(value: &[u8]) -> Result<RuntimeOptions, OptionsError> {
+    let mut opts = RuntimeOptions::default();
+    for (number, value) in fields(value)? {
+        if let (2, FieldValue::Bytes(b)) = (number, &value)
+            && !b.is_empty()
+        {
+            let path = String::from_utf8_lossy(b).to_string();
+            std::fs::metadata(&path).map_err(|e| OptionsError::ConfigPath {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            opts.config_path = Some(path);
+        }
+    }
+    Ok(opts)
+}
+
+/// The options containerd writes on `start`'s stdin (a protobuf `Any`, the same as the
+/// Create request's): only what `start` itself applies, `ShimCgroup`, is taken. Options
+/// that fail to decode are left for Create to refuse with its message.
+pub fn start_options(stdin: &[u8]) -> RuntimeOptions {
+    if stdin.is_empty() {
+        return RuntimeOptions::default();
+    }
+    Any::parse_from_bytes(stdin)
+        .ok()
+        .and_then(|any| parse_as(Some(&any), crate::alias::active()).ok())
+        .unwrap_or_default()
+}
 /// Decodes the options of a Checkpoint request: `containerd.runc.v1.CheckpointOptions`
 /// (what containerd's daemon requires and `ctr task checkpoint` sends), or none (defaults:
 /// leave the container running).
@@ -168,9 +287,18 @@ pub fn checkpoint(options: Option<&Any>) -> Result<CheckpointOptions, OptionsErr
     if any.type_url.is_empty() && any.value.is_empty() {
         return Ok(CheckpointOptions::new());
     }
+    let malformed =
+        |e: containerd_shim::protos::protobuf::Error| OptionsError::Malformed(e.to_string());
     match any.type_url.rsplit('/').next().unwrap_or_default() {
-        "containerd.runc.v1.CheckpointOptions" => CheckpointOptions::parse_from_bytes(&any.value)
-            .map_err(|e| OptionsError::Malformed(e.to_string())),
+        "containerd.runc.v1.CheckpointOptions" => {
+            CheckpointOptions::parse_from_bytes(&any.value).map_err(malformed)
+        }
+        // 1.7's runctypes: the same message but for work_path = 8 and image_path = 9.
+        "containerd.linux.runc.CheckpointOptions" => {
+            let mut o = CheckpointOptions::parse_from_bytes(&any.value).map_err(malformed)?;
+            std::mem::swap(&mut o.image_path, &mut o.work_path);
+            Ok(o)
+        }
         other => Err(OptionsError::UnknownCheckpointType(other.to_string())),
     }
 }
@@ -228,6 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn runc_options_are_accepted_and_listed_in_alias_mode() {
+        // Root "/r", BinaryName "runc", SystemdCgroup true
+        let a = any(
+            "containerd.runc.v1.Options",
+            vec![
+                7 << 3 | 2,
+                2,
+                b'/',
+                b'r',
+                6 << 3 | 2,
+                4,
+                b'r',
+                b'u',
+                b'n',
+                b'c',
+                9 << 3,
+                1,
+            ],
+        );
+        assert_eq!(parse(Some(&a)), Err(OptionsError::Unsupported("Root")));
+        let o = parse_as(Some(&a), true).unwrap();
+        assert!(o.systemd_cgroup);
+        assert_eq!(o.ignored, vec!["Root", "BinaryName"]);
+    }
+
+    #[test]
     fn criu_paths_are_honoured() {
         // field 8 "/c", field 10 "/i", field 11 "/w"
         let a = any(
@@ -277,6 +431,100 @@ mod tests {
             checkpoint(Some(&bad)),
             Err(OptionsError::UnknownCheckpointType(_))
         ));
+    }
+
+    #[test]
+    fn shim_cgroup_and_io_owner_are_honoured() {
+        // ShimCgroup 3 "/s", IoUid 4 = 1000, IoGid 5 = 1001
+        let a = any(
+            "containerd.runc.v1.Options",
+            vec![
+                3 << 3 | 2,
+                2,
+                b'/',
+                b's',
+                4 << 3,
+                0xe8,
+                0x07,
+                5 << 3,
+                0xe9,
+                0x07,
+            ],
+        );
+        let o = parse(Some(&a)).unwrap();
+        assert_eq!(o.shim_cgroup.as_deref(), Some("/s"));
+        assert_eq!(o.io_owner, Some((1000, 1001)));
+    }
+
+    #[test]
+    fn containerd_1_7_create_options_have_their_own_numbers() {
+        // ShimCgroup 9 "/s", IoUid 10 = 1000, IoGid 11 = 1001, CriuImagePath 13 "/i"
+        let a = any(
+            "type.googleapis.com/containerd.linux.runc.CreateOptions",
+            vec![
+                9 << 3 | 2,
+                2,
+                b'/',
+                b's',
+                10 << 3,
+                0xe8,
+                0x07,
+                11 << 3,
+                0xe9,
+                0x07,
+                13 << 3 | 2,
+                2,
+                b'/',
+                b'i',
+            ],
+        );
+        let o = parse(Some(&a)).unwrap();
+        assert_eq!(o.shim_cgroup.as_deref(), Some("/s"));
+        assert_eq!(o.io_owner, Some((1000, 1001)));
+        assert_eq!(o.criu_image_path.as_deref(), Some("/i"));
+        assert!(!o.systemd_cgroup, "9 is ShimCgroup here, not SystemdCgroup");
+        // NoNewKeyring is 8 there (CriuPath in runc's type): refused by its name.
+        let keyring = any("containerd.linux.runc.CreateOptions", vec![8 << 3, 1]);
+        assert_eq!(
+            parse(Some(&keyring)),
+            Err(OptionsError::Unsupported("NoNewKeyring"))
+        );
+    }
+
+    #[test]
+    fn containerd_1_7_checkpoint_options_swap_image_and_work_paths() {
+        // runctypes: work_path 8 "/w", image_path 9 "/i"
+        let a = any(
+            "containerd.linux.runc.CheckpointOptions",
+            vec![
+                1 << 3,
+                1,
+                8 << 3 | 2,
+                2,
+                b'/',
+                b'w',
+                9 << 3 | 2,
+                2,
+                b'/',
+                b'i',
+            ],
+        );
+        let o = checkpoint(Some(&a)).unwrap();
+        assert!(o.exit);
+        assert_eq!(o.image_path, "/i");
+        assert_eq!(o.work_path, "/w");
+    }
+
+    #[test]
+    fn start_reads_the_shim_cgroup_and_ignores_what_it_cannot_decode() {
+        let a = any(
+            "containerd.runc.v1.Options",
+            vec![3 << 3 | 2, 2, b'/', b's'],
+        );
+        let o = start_options(&a.write_to_bytes().unwrap());
+        assert_eq!(o.shim_cgroup.as_deref(), Some("/s"));
+        assert_eq!(start_options(&[]), RuntimeOptions::default());
+        assert_eq!(start_options(&[0xff, 0xff]), RuntimeOptions::default());
     }
 
     #[test]

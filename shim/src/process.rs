@@ -78,6 +78,9 @@ pub struct Inner {
     /// The init's mount namespace, held so that its teardown happens when the shim lets go
     /// of it after the exit, not inside the exiting process (where it delays the exit).
     pub mount_ns: Option<std::fs::File>,
+    /// The process has been reaped: its pid is no longer its own (and may be reused), even
+    /// while its exit is still held back for its output (it is Stopped only once reported).
+    pub reaped: bool,
 }
 
 /// A process; its state changes under one lock and waiters are woken on exit.
@@ -125,6 +128,7 @@ impl Process {
                 meter: None,
                 exec_stamp: None,
                 mount_ns: None,
+                reaped: false,
             }),
             exited: Condvar::new(),
         }

@@ -13,6 +13,7 @@ use trenv_runtime::container::Location;
 
 use crate::annotations::SANDBOX_ID;
 use crate::events::Events;
+use crate::options::RuntimeOptions;
 use crate::task::Service;
 
 pub struct TrenvShim {
@@ -39,10 +40,40 @@ pub fn leftovers_in(bundle: &Path) -> bool {
 
 /// `start`: spawns the shim server for this container's group, or finds the group's running
 /// one (the new server then exits, as the group's socket is taken), and answers its address.
-pub fn start(opts: StartOpts) -> containerd_shim::Result<String> {
+///
+/// containerd writes the task's runtime options on `start`'s stdin (a protobuf `Any`): with
+/// runc's `ShimCgroup`, `start` moves itself into that cgroup before it spawns the server,
+/// so that the server (and the zygote it forks) start there. Moving the server afterwards
+/// would race with its threads, and on cgroup v1 the kernel refuses to move a process with
+/// a real-time thread (the exit clock's) into a cgroup without a real-time budget. As runc's
+/// shim does, the server's OOM score is then set just above containerd's, so that the kernel
+/// picks a shim before the daemon.
+pub fn start(opts: StartOpts, options: &RuntimeOptions) -> containerd_shim::Result<String> {
     let cwd = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
     let group = grouping(&cwd, &opts.id);
-    let (_pid, address) = spawn(opts, &group, Vec::new())?;
+    if let Some(cgroup) = &options.shim_cgroup {
+        trenv_runtime::container::cgroup::join_existing(Path::new(cgroup), std::process::id())
+            .map_err(|e| {
+                containerd_shim::Error::Other(format!(
+                    "moving the shim into ShimCgroup {cgroup}: {e}; create the cgroup first \
+                     or fix ShimCgroup in the runtime options"
+                ))
+            })?;
+    }
+    // Alias mode is decided here, from the name containerd ran us under: the server's own
+    // argv[0] is the resolved binary.
+    let vars = if crate::alias::active() {
+        vec![(crate::alias::ENV, "1")]
+    } else {
+        Vec::new()
+    };
+    let (pid, address) = spawn(opts, &group, vars)?;
+    // A server that found its group's socket taken has exited (or is exiting).
+    if let Err(e) = containerd_shim::cgroup::adjust_oom_score(pid)
+        && Path::new(&format!("/proc/{pid}")).exists()
+    {
+        log::warn!("setting the shim's OOM score: {e}");
+    }
     write_address(&address)?;
     Ok(address)
 }
@@ -66,7 +97,10 @@ pub fn start_command(flags: Flags) -> ! {
         eprintln!("io.containerd.trenv.v1: the shim namespace cannot be empty");
         std::process::exit(1);
     }
-    match start(opts) {
+    let mut stdin = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin);
+    let options = crate::options::start_options(&stdin);
+    match start(opts, &options) {
         Ok(address) => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -102,7 +136,7 @@ impl Shim for TrenvShim {
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        start(opts)
+        start(opts, &RuntimeOptions::default())
     }
 
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {

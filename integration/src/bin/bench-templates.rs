@@ -40,7 +40,7 @@ use trenv_integration::api::Containerd;
 use trenv_integration::bench::{containerd_version, loadavg, percentile, remove_with_prefix};
 use trenv_integration::cri::{self, Cri};
 use trenv_integration::pyfn::{LOG_ENV, field, signal_state, wait_line};
-use trenv_integration::{Ctr, PYFN, RUNTIME};
+use trenv_integration::{BUSYBOX, Ctr, PYFN, RUNTIME};
 
 const RUNC: &str = "io.containerd.runc.v2";
 const ID_PREFIX: &str = "tbench";
@@ -112,22 +112,28 @@ enum Mode {
     ColdTrenv,
     CopyRestore,
     MapRestore,
+    RepurposedRestore,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [
+    const ALL: [Mode; 5] = [
         Mode::ColdRunc,
         Mode::ColdTrenv,
         Mode::CopyRestore,
         Mode::MapRestore,
+        Mode::RepurposedRestore,
     ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::ColdRunc => "(a) cold start, runc.v2",
-            Mode::ColdTrenv => "(b) cold start, trenv",
-            Mode::CopyRestore => "(c) vanilla CRIU restore (copy)",
-            Mode::MapRestore => "(d) trenv template restore (map)",
+            Mode::ColdTrenv => "(b) cold start, trenv (fresh namespaces)",
+            Mode::CopyRestore => "(c) vanilla CRIU restore (copy, fresh namespaces)",
+            Mode::MapRestore => "(d) trenv template restore (map, fresh namespaces)",
+            Mode::RepurposedRestore => {
+                "(e) trenv template restore (map) into a repurposed sandbox that last ran \
+                 another function"
+            }
         }
     }
 
@@ -137,8 +143,47 @@ impl Mode {
             Mode::ColdTrenv => "cold_trenv",
             Mode::CopyRestore => "copy_restore",
             Mode::MapRestore => "map_restore",
+            Mode::RepurposedRestore => "repurposed_restore",
         }
     }
+}
+
+/// Keeps a container out of sandbox repurposing: (b)-(d) start in namespaces of their own.
+const FRESH: [&str; 2] = ["--annotation", "io.trenv.repurpose=false"];
+/// Asks for a pooled sandbox: (e).
+const REPURPOSED: [&str; 2] = ["--annotation", "io.trenv.repurpose=true"];
+
+/// Leaves the bench namespace's pool with one idle sandbox, last used by another function
+/// (busybox), for the next (e) start: the pool of the tenant drained, then a busybox
+/// container run and deleted in a new sandbox. Not timed.
+fn prepare_repurposed(ctr: &Ctr, id: &str) -> Result<(), String> {
+    let drained = trenv_cli()
+        .args(["pool", "drain", "--tenant", &ctr.namespace])
+        .output()
+        .map_err(|e| format!("running trenv pool drain: {e}"))?;
+    if !drained.status.success() {
+        return Err(format!(
+            "trenv pool drain: {}",
+            String::from_utf8_lossy(&drained.stderr).trim()
+        ));
+    }
+    let r = ctr.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.trenv.function=other",
+        REPURPOSED[0],
+        REPURPOSED[1],
+        BUSYBOX,
+        id,
+        "true",
+    ]);
+    if r.code != 0 {
+        return Err(format!("the other function {id}: {}", r.stderr.trim()));
+    }
+    Ok(())
 }
 
 fn trenv_cli() -> Command {
@@ -181,9 +226,11 @@ fn create_container(ctr: &Ctr, id: &str, flags: &[&str]) -> Result<f64, String> 
 
 /// Cold start of a created container: `ctr task start` attached (Create + Start through
 /// containerd), until the function prints `ready`. Returns (container ms, task ms).
-fn cold(ctr: &Ctr, runtime: &str, id: &str, mb: u32) -> Result<(f64, f64), String> {
+fn cold(ctr: &Ctr, runtime: &str, id: &str, mb: u32, extra: &[&str]) -> Result<(f64, f64), String> {
     let state = format!("FN_STATE_MB={mb}");
-    let created = create_container(ctr, id, &["--runtime", runtime, "--env", &state])?;
+    let mut flags = vec!["--runtime", runtime, "--env", &state];
+    flags.extend(extra);
+    let created = create_container(ctr, id, &flags)?;
     let start = Instant::now();
     let mut child = ctr
         .cmd(&["task", "start", id])
@@ -209,15 +256,24 @@ fn cold(ctr: &Ctr, runtime: &str, id: &str, mb: u32) -> Result<(f64, f64), Strin
         .ok_or_else(|| format!("{id} never printed ready"))
 }
 
+/// The source function's environment as `ctr` flags: an instance restored from its
+/// template must have the same (trenv refuses a restore whose environment differs).
+fn source_env(mb: u32) -> [String; 4] {
+    [
+        "--env".into(),
+        format!("FN_STATE_MB={mb}"),
+        "--env".into(),
+        LOG_ENV.into(),
+    ]
+}
+
 /// Restore of a created container: `ctr task start -d` (Create + Start through
 /// containerd) until it returns with the task running. Returns (container ms, task ms).
-fn restore(ctr: &Ctr, template: &str, id: &str) -> Result<(f64, f64), String> {
+fn restore(ctr: &Ctr, template: &str, id: &str, env: &[String]) -> Result<(f64, f64), String> {
     let annotation = format!("io.trenv.template={template}");
-    let created = create_container(
-        ctr,
-        id,
-        &["--runtime", RUNTIME, "--annotation", &annotation],
-    )?;
+    let mut flags = vec!["--runtime", RUNTIME, "--annotation", &annotation];
+    flags.extend(env.iter().map(String::as_str));
+    let created = create_container(ctr, id, &flags)?;
     let start = Instant::now();
     let r = ctr.run(&["task", "start", "-d", id]);
     let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -239,13 +295,12 @@ fn restore_api(
     api: &Containerd,
     template: &str,
     id: &str,
+    env: &[String],
 ) -> Result<(f64, f64), String> {
     let annotation = format!("io.trenv.template={template}");
-    let created = create_container(
-        ctr,
-        id,
-        &["--runtime", RUNTIME, "--annotation", &annotation],
-    )?;
+    let mut flags = vec!["--runtime", RUNTIME, "--annotation", &annotation];
+    flags.extend(env.iter().map(String::as_str));
+    let created = create_container(ctr, id, &flags)?;
     let start = Instant::now();
     api.start_task(id)
         .map_err(|e| format!("restoring {id} through the API: {e}"))?;
@@ -351,11 +406,12 @@ fn memory(
     prefix: &str,
     n: usize,
     ready: &str,
+    env: &[String],
 ) -> Result<Value, String> {
     let before = mem_used_kib();
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     for id in &ids {
-        restore(ctr, template, id)?;
+        restore(ctr, template, id, env)?;
     }
     for id in &ids {
         let state = signal_state(ctr, id, "SIGUSR1");
@@ -455,6 +511,7 @@ fn run(o: &Options) -> Result<Value, String> {
     ])
     .ok();
     let ready = field(&wait_line(&ctr, &src, "ready ", 0), "state=");
+    let env = source_env(o.mb);
     make_templates(&src, &o.namespace, &copy_t, &map_t)?;
     ctr.remove(&src);
     let mut report = json!({
@@ -468,14 +525,25 @@ fn run(o: &Options) -> Result<Value, String> {
     });
 
     if o.latency {
-        let mut e2e: Vec<Vec<f64>> = vec![Vec::new(); 4];
-        let mut with_container: Vec<Vec<f64>> = vec![Vec::new(); 4];
-        let mut shim: Vec<Vec<f64>> = vec![Vec::new(); 4];
-        // Through the API: the two restores only ([copy, map]).
+        let mut e2e: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        let mut with_container: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        let mut shim: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        // Through the API: the restores only ([copy, map, repurposed]).
         let api = Containerd::from_env(&o.namespace)?;
-        let mut api_start: Vec<Vec<f64>> = vec![Vec::new(); 2];
-        let mut api_with_container: Vec<Vec<f64>> = vec![Vec::new(); 2];
-        let mut api_shim: Vec<Vec<f64>> = vec![Vec::new(); 2];
+        let mut api_start: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        let mut api_with_container: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        let mut api_shim: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        ctr.ensure_image(BUSYBOX);
+        let fresh_env: Vec<String> = env
+            .iter()
+            .cloned()
+            .chain(FRESH.iter().map(|s| s.to_string()))
+            .collect();
+        let repurposed_env: Vec<String> = env
+            .iter()
+            .cloned()
+            .chain(REPURPOSED.iter().map(|s| s.to_string()))
+            .collect();
         for round in 0..o.runs {
             let order: Vec<Mode> = if round % 2 == 0 {
                 Mode::ALL.to_vec()
@@ -487,11 +555,15 @@ fn run(o: &Options) -> Result<Value, String> {
                     return Err("interrupted".into());
                 }
                 let id = format!("{prefix}-{}-{round}", mode.key());
+                if mode == Mode::RepurposedRestore {
+                    prepare_repurposed(&ctr, &format!("{id}-other"))?;
+                }
                 let (container_ms, ms) = match mode {
-                    Mode::ColdRunc => cold(&ctr, RUNC, &id, o.mb)?,
-                    Mode::ColdTrenv => cold(&ctr, RUNTIME, &id, o.mb)?,
-                    Mode::CopyRestore => restore(&ctr, &copy_t, &id)?,
-                    Mode::MapRestore => restore(&ctr, &map_t, &id)?,
+                    Mode::ColdRunc => cold(&ctr, RUNC, &id, o.mb, &[])?,
+                    Mode::ColdTrenv => cold(&ctr, RUNTIME, &id, o.mb, &FRESH)?,
+                    Mode::CopyRestore => restore(&ctr, &copy_t, &id, &fresh_env)?,
+                    Mode::MapRestore => restore(&ctr, &map_t, &id, &fresh_env)?,
+                    Mode::RepurposedRestore => restore(&ctr, &map_t, &id, &repurposed_env)?,
                 };
                 let i = Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0);
                 e2e[i].push(ms);
@@ -502,13 +574,17 @@ fn run(o: &Options) -> Result<Value, String> {
                     shim[i].push(s);
                 }
                 ctr.remove(&id);
-                let (j, template) = match mode {
-                    Mode::CopyRestore => (0, &copy_t),
-                    Mode::MapRestore => (1, &map_t),
+                let (j, template, env) = match mode {
+                    Mode::CopyRestore => (0, &copy_t, &fresh_env[..]),
+                    Mode::MapRestore => (1, &map_t, &fresh_env[..]),
+                    Mode::RepurposedRestore => (2, &map_t, &repurposed_env[..]),
                     _ => continue,
                 };
                 let id = format!("{id}-api");
-                let (container_ms, ms) = restore_api(&ctr, &api, template, &id)?;
+                if mode == Mode::RepurposedRestore {
+                    prepare_repurposed(&ctr, &format!("{id}-other"))?;
+                }
+                let (container_ms, ms) = restore_api(&ctr, &api, template, &id, env)?;
                 api_start[j].push(ms);
                 api_with_container[j].push(container_ms + ms);
                 if let Some(s) = shim_time(&log, &id) {
@@ -524,7 +600,7 @@ fn run(o: &Options) -> Result<Value, String> {
             [&mut e2e, &mut with_container, &mut shim],
         );
         report["api_latency"] = latency_table(
-            &[Mode::CopyRestore, Mode::MapRestore],
+            &[Mode::CopyRestore, Mode::MapRestore, Mode::RepurposedRestore],
             "start_ms",
             [&mut api_start, &mut api_with_container, &mut api_shim],
         );
@@ -546,6 +622,7 @@ fn run(o: &Options) -> Result<Value, String> {
             &format!("{prefix}-memc"),
             o.instances,
             &ready,
+            &env,
         )?;
         let map = memory(
             &ctr,
@@ -554,6 +631,7 @@ fn run(o: &Options) -> Result<Value, String> {
             &format!("{prefix}-memm"),
             o.instances,
             &ready,
+            &env,
         )?;
         report["memory"] = json!({"copy": copy, "map": map, "map_pool_file_kib": pool_kib});
     }
@@ -797,6 +875,21 @@ fn print_report(r: &Value) {
         let cold =
             p("cold_runc", "end_to_end_ms", "p50") / p("map_restore", "end_to_end_ms", "p50");
         println!("template restore vs cold start on runc (e2e P50): {cold:.1}x faster");
+        for q in ["p50", "p99"] {
+            let a = p("cold_runc", "end_to_end_ms", q);
+            let d = p("map_restore", "end_to_end_ms", q);
+            let e = p("repurposed_restore", "end_to_end_ms", q);
+            let (ds, es) = (
+                p("map_restore", "in_shim_ms", q),
+                p("repurposed_restore", "in_shim_ms", q),
+            );
+            println!(
+                "{q}: (e) repurposed vs (a) runc cold {:.1}x, vs (d) fresh {:.2}x (e2e); in the \
+                 shim (e) {es:.1} ms vs (d) {ds:.1} ms",
+                a / e,
+                d / e
+            );
+        }
     }
     if let Some(lat) = r.get("api_latency") {
         println!("\n## Through containerd's API, as faasd starts a function (ms)\n");
@@ -808,10 +901,23 @@ fn print_report(r: &Value) {
         );
         print_latency(
             lat,
-            &[Mode::CopyRestore, Mode::MapRestore],
+            &[Mode::CopyRestore, Mode::MapRestore, Mode::RepurposedRestore],
             "start_ms",
             "start",
             "API ",
+        );
+        let p = |k: &str, what: &str, q: &str| lat[k][what][q].as_f64().unwrap_or(f64::NAN);
+        let (e50, e99) = (
+            p("repurposed_restore", "in_shim_ms", "p50"),
+            p("repurposed_restore", "in_shim_ms", "p99"),
+        );
+        let api50 = p("repurposed_restore", "start_ms", "p50");
+        println!(
+            "\n(e) in the shim: P50 {e50:.1} ms (target <= 8: {}), P99 {e99:.1} ms (target <= \
+             12: {}); through the API: P50 {api50:.1} ms (target <= 15: {})",
+            if e50 <= 8.0 { "MET" } else { "MISSED" },
+            if e99 <= 12.0 { "MET" } else { "MISSED" },
+            if api50 <= 15.0 { "MET" } else { "MISSED" }
         );
     }
     if let Some(lat) = r.get("cri_latency") {

@@ -78,6 +78,15 @@ pub struct Identity {
     pub sandbox_id: String,
     pub image: String,
     pub function: String,
+    /// How the container started: "cold", "checkpoint" or "template" (restored).
+    #[serde(default)]
+    pub start: String,
+    /// The pooled sandbox it ran in: "new", "repurposed" or "" (namespaces of its own).
+    #[serde(default)]
+    pub sandbox: String,
+    /// The function that ran in a repurposed sandbox before.
+    #[serde(default)]
+    pub previous_function: String,
 }
 
 /// One invocation's record (one line of invocations.jsonl).

@@ -29,9 +29,8 @@ pub enum CgroupError {
         reason: String,
     },
     #[error(
-        "the systemd cgroup driver was requested (SystemdCgroup = true, or a cgroups path of \
-         the form slice:prefix:name), but this host's cgroups are not managed by systemd; use \
-         the cgroupfs driver (SystemdCgroup = false, a /path cgroups path)"
+        "the systemd cgroup driver was requested (SystemdCgroup = true), but this host's \
+         cgroups are not managed by systemd; use the cgroupfs driver (SystemdCgroup = false)"
     )]
     SystemdUnavailable,
     #[error("watching cgroup {path} for OOM events: {source}")]
@@ -40,6 +39,59 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// cgroup v1's named hierarchy `name=systemd`, where runc puts every process of a container
+/// too (`<mount>/<cgroupsPath>`, the path the other hierarchies get), as systemd and tools
+/// reading `/proc/PID/cgroup` expect on v1 hosts. libcgroups' v1 manager only knows the
+/// controllers, so trenv does it here. Where the hierarchy is not mounted (a v2-only host)
+/// there is nothing to do.
+pub struct NamedSystemd(PathBuf);
+
+impl NamedSystemd {
+    /// The directory of the container with this `cgroupsPath` in `name=systemd`, if the
+    /// hierarchy is mounted (and the cgroupfs driver is in use: a systemd-style path on v1
+    /// is refused before this).
+    pub fn of(cgroups_path: Option<&Path>, id: &str) -> Option<NamedSystemd> {
+        if cgroups_path.is_some_and(is_systemd_path) {
+            return None;
+        }
+        let mount = named_systemd_mount(&fs::read_to_string("/proc/self/mountinfo").ok()?)?;
+        let cleaned = cgroups_path.map(clean_path);
+        let path = libcontainer::utils::get_cgroup_path(&cleaned, id);
+        let relative = path.strip_prefix("/").unwrap_or(&path);
+        Some(NamedSystemd(mount.join(relative)))
+    }
+
+    /// Moves `pid` into the container's `name=systemd` cgroup (made if missing).
+    pub fn join(&self, pid: i32) -> std::io::Result<()> {
+        fs::create_dir_all(&self.0)?;
+        fs::write(self.0.join("cgroup.procs"), pid.to_string())
+    }
+
+    /// Removes the container's `name=systemd` cgroup once its processes are gone.
+    pub fn remove(&self) {
+        if let Err(e) = fs::remove_dir(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("removing {}: {e}", self.0.display());
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// The mount point of the v1 hierarchy `name=systemd` in a mountinfo table.
+fn named_systemd_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let (fstype, _source, options) = (r.next()?, r.next()?, r.next()?);
+        (fstype == "cgroup" && options.split(',').any(|o| o == "name=systemd"))
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
 }
 
 /// A cgroups path cleaned lexically as runc's `utils.CleanPath` does (Go's `filepath.Clean`
@@ -64,6 +116,37 @@ pub fn clean_path(path: &Path) -> PathBuf {
     };
     cleaned.extend(names);
     cleaned
+}
+
+/// Moves process `pid` into cgroup `path` (from each hierarchy's root) in every hierarchy in
+/// which it exists, as runc's shim places itself for `ShimCgroup` (containerd's cgroups
+/// library keeps the hierarchies where the path exists); an error if it exists in none.
+pub fn join_existing(path: &Path, pid: u32) -> Result<(), CgroupError> {
+    let cleaned = clean_path(&Path::new("/").join(path));
+    let relative = cleaned.strip_prefix("/").unwrap_or(&cleaned);
+    let mut joined = 0;
+    for m in crate::sys::mountinfo::read(None) {
+        if m.fstype != "cgroup" && m.fstype != "cgroup2" {
+            continue;
+        }
+        let dir = m.mount_point.join(relative);
+        if !dir.is_dir() {
+            continue;
+        }
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|e| CgroupError::Op {
+            path: dir.clone(),
+            op: "adding a process",
+            reason: e.to_string(),
+        })?;
+        joined += 1;
+    }
+    if joined == 0 {
+        return Err(CgroupError::Open {
+            path: cleaned,
+            reason: "it exists in no cgroup hierarchy of this host".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A systemd-style cgroups path, "slice:prefix:name" (relative, three fields), which the
@@ -392,6 +475,21 @@ mod tests {
         assert_eq!(clean("/default/abc"), "/default/abc");
         assert_eq!(clean("/.."), "/");
         assert_eq!(clean("a/.."), "");
+    }
+
+    #[test]
+    fn the_name_systemd_hierarchy_is_found_in_mountinfo() {
+        let table = "30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                     40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
+                     41 31 0:38 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            named_systemd_mount(table),
+            Some(PathBuf::from("/sys/fs/cgroup/systemd"))
+        );
+        assert_eq!(
+            named_systemd_mount("41 31 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"),
+            None
+        );
     }
 
     #[test]

@@ -5,12 +5,13 @@
 
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::rootfs::{self, Mount};
+use super::cgroup::NamedSystemd;
+use super::rootfs::{self, Mount, Scratch};
 use super::spec::{derive, ensure_cwd, validate};
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds};
@@ -24,6 +25,12 @@ pub struct NewContainer {
     pub systemd_cgroup: bool,
     /// Where the init's pty master is sent (a terminal was asked for).
     pub console_socket: Option<PathBuf>,
+    /// The sandbox whose namespaces the container joins (its directory in the pool).
+    #[serde(default)]
+    pub sandbox: Option<PathBuf>,
+    /// The rootfs's writable layer in memory.
+    #[serde(default)]
+    pub scratch: Option<Scratch>,
 }
 
 /// Creates the container's init process; returns its pid. `exec_stamp` is the pipe into
@@ -36,9 +43,16 @@ pub fn create(
     let at = &c.at;
     let spec = at.spec()?;
     validate(&spec)?;
-    let mounted = mount_rootfs(at, &c.rootfs)?;
+    let named_systemd = NamedSystemd::of(
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_deref()),
+        &at.id,
+    );
+    let mounted = mount_rootfs(at, &c.rootfs, c.scratch)?;
     let result = (|| {
-        let (derived, mut executor) = derive(spec, &at.bundle)?;
+        let (derived, mut executor) = derive(spec, &at.bundle, c.sandbox.as_deref())?;
+        let derived = plain_cgroups_path(derived, c.systemd_cgroup);
         ensure_cwd(&derived)?;
         executor.exec_stamp = exec_stamp.map(Arc::new);
         let dir = at.save_derived(&derived)?;
@@ -50,8 +64,14 @@ pub fn create(
             .with_detach(true)
             .build()
             .map_err(ContainerError::lc("creating the container"))?;
-        let pid = container.pid().ok_or(ContainerError::NoInitPid)?;
-        Ok(pid.as_raw())
+        let pid = container.pid().ok_or(ContainerError::NoInitPid)?.as_raw();
+        // The init waits for Start: whatever it forks later is in there too.
+        if let Some(named) = &named_systemd
+            && let Err(e) = named.join(pid)
+        {
+            log::warn!("joining {}: {e}", named.path().display());
+        }
+        Ok(pid)
     })();
     if result.is_err() {
         undo(at, mounted);
@@ -61,31 +81,106 @@ pub fn create(
 
 /// Create of a container restored at Start: mounts the rootfs and records the derived
 /// spec (what exec and delete read later); the processes come from CRIU.
-pub fn prepare_restore(at: &Location, mounts: &[Mount]) -> Result<(), ContainerError> {
+pub fn prepare_restore(
+    at: &Location,
+    mounts: &[Mount],
+    sandbox: Option<&Path>,
+    scratch: Option<Scratch>,
+) -> Result<(), ContainerError> {
     let spec = at.spec()?;
     validate(&spec)?;
-    let mounted = mount_rootfs(at, mounts)?;
+    let mounted = mount_rootfs(at, mounts, scratch)?;
     // The seccomp filters and capabilities of a restored process come from the image.
-    let result = derive(spec, &at.bundle).and_then(|(derived, _)| at.save_derived(&derived));
+    let result =
+        derive(spec, &at.bundle, sandbox).and_then(|(derived, _)| at.save_derived(&derived));
     if result.is_err() {
         undo(at, mounted);
     }
     result.map(|_| ())
 }
 
-/// Mounts containerd's rootfs mounts, if any; says whether it did.
-fn mount_rootfs(at: &Location, mounts: &[Mount]) -> Result<bool, ContainerError> {
+/// Without the systemd driver a cgroups path of systemd's form ("slice:prefix:name") is a
+/// plain cgroupfs path, as runc reads it: the derived spec names it from the hierarchy's root
+/// ("/slice:prefix:name", where libcgroups puts it either way), so that whoever reads the
+/// derived spec later (delete, checkpoint) does not take it for a systemd unit.
+fn plain_cgroups_path(mut spec: oci_spec::runtime::Spec, systemd: bool) -> oci_spec::runtime::Spec {
+    if systemd {
+        return spec;
+    }
+    if let Some(mut linux) = spec.linux().clone()
+        && let Some(path) = linux.cgroups_path().clone()
+        && super::cgroup::is_systemd_path(&path)
+    {
+        linux.set_cgroups_path(Some(std::path::Path::new("/").join(path)));
+        spec.set_linux(Some(linux));
+    }
+    spec
+}
+
+/// Mounts containerd's rootfs mounts, if any (the writable layer in a scratch tmpfs if
+/// asked and possible); says whether it did.
+fn mount_rootfs(
+    at: &Location,
+    mounts: &[Mount],
+    scratch: Option<Scratch>,
+) -> Result<bool, ContainerError> {
     if mounts.is_empty() {
         return Ok(false);
     }
-    rootfs::mount_all(mounts, &at.rootfs())?;
+    let dir = rootfs::scratch_dir(&at.state_root);
+    let moved = match scratch {
+        Some(s) => rootfs::with_scratch(mounts, &dir, s)?,
+        None => None,
+    };
+    let mounted = rootfs::mount_all(moved.as_deref().unwrap_or(mounts), &at.rootfs());
+    if mounted.is_err() && moved.is_some() {
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+    mounted?;
     Ok(true)
 }
 
 /// Removes what a failed create made.
 fn undo(at: &Location, mounted: bool) {
-    let _ = fs::remove_dir_all(&at.state_root);
     if mounted {
         let _ = rootfs::unmount(&at.rootfs());
+        let _ = nix::mount::umount2(
+            &rootfs::scratch_dir(&at.state_root),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
+    }
+    let _ = fs::remove_dir_all(&at.state_root);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_path(path: &str) -> oci_spec::runtime::Spec {
+        let mut spec = oci_spec::runtime::Spec::default();
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_cgroups_path(Some(path.into()));
+        spec.set_linux(Some(linux));
+        spec
+    }
+
+    fn path_of(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+        spec.linux().as_ref().and_then(|l| l.cgroups_path().clone())
+    }
+
+    #[test]
+    fn a_systemd_style_path_without_the_systemd_driver_is_named_from_the_root() {
+        let s = plain_cgroups_path(with_path("k.slice:cri-containerd:abc"), false);
+        assert_eq!(
+            path_of(&s),
+            Some(PathBuf::from("/k.slice:cri-containerd:abc"))
+        );
+        let s = plain_cgroups_path(with_path("k.slice:cri-containerd:abc"), true);
+        assert_eq!(
+            path_of(&s),
+            Some(PathBuf::from("k.slice:cri-containerd:abc"))
+        );
+        let s = plain_cgroups_path(with_path("/k8s.io/abc"), false);
+        assert_eq!(path_of(&s), Some(PathBuf::from("/k8s.io/abc")));
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use libcontainer::container::Container;
 use nix::mount::{MntFlags, umount2};
 
-use super::cgroup::{Cgroup, is_systemd_path};
+use super::cgroup::{Cgroup, NamedSystemd, is_systemd_path};
 use super::{ContainerError, Location, rootfs};
 
 /// How long killed processes get to leave the cgroup.
@@ -40,11 +40,21 @@ pub fn delete(at: &Location, unmount_rootfs: bool) -> Result<(), ContainerError>
     if !swept && let Err(e) = sweep(at) {
         log::warn!("container {}: {e}", at.id);
     }
+    // The `name=systemd` cgroup, empty now that the container's processes are gone
+    // (libcontainer neither made nor removes it).
+    if let Ok(spec) = at.derived_spec().or_else(|_| at.spec()) {
+        let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        if let Some(named) = NamedSystemd::of(path.as_deref(), &at.id) {
+            named.remove();
+        }
+    }
     // What a restore left mounted (CRIU's root) goes before the rootfs it binds.
     let _ = umount2(&at.state_root.join("criu-root"), MntFlags::MNT_DETACH);
     if unmount_rootfs && let Err(e) = rootfs::unmount(&at.rootfs()) {
         first_err.get_or_insert(e.into());
     }
+    // The scratch tmpfs holding the rootfs's writable layer, once the overlay is gone.
+    let _ = umount2(&rootfs::scratch_dir(&at.state_root), MntFlags::MNT_DETACH);
     if let Err(e) = fs::remove_dir_all(&at.state_root)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -64,7 +74,9 @@ pub fn delete(at: &Location, unmount_rootfs: bool) -> Result<(), ContainerError>
 fn sweep(at: &Location) -> Result<(), ContainerError> {
     let spec = at.derived_spec().or_else(|_| at.spec())?;
     let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    let systemd = path.as_deref().is_some_and(is_systemd_path);
+    // A path of systemd's form that the systemd driver cannot serve here was a plain
+    // cgroupfs path (see create.rs `plain_cgroups_path`).
+    let systemd = path.as_deref().is_some_and(is_systemd_path) && Cgroup::check(true).is_ok();
     let Ok(cgroup) = Cgroup::open(path.as_deref(), &at.id, systemd) else {
         return Ok(());
     };

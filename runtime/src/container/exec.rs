@@ -9,6 +9,7 @@ use std::sync::Arc;
 use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
+use super::cgroup::NamedSystemd;
 use super::executor::TrenvExecutor;
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds, seccomp};
@@ -46,6 +47,15 @@ pub fn exec(
     })?;
     fs::write(&adapted, body)
         .map_err(ContainerError::io(format!("writing {}", adapted.display())))?;
+    // The process must be in the container's `name=systemd` cgroup before its program runs
+    // (runc's exec joins every cgroup of the container first): this worker, a one-request
+    // fork that exits next, joins it, and the process inherits it.
+    let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    if let Some(named) = NamedSystemd::of(cgroups_path.as_deref(), &p.at.id)
+        && let Err(e) = named.join(std::process::id() as i32)
+    {
+        log::warn!("joining {}: {e}", named.path().display());
+    }
     let pid = builder(&p.at, executor, p.console_socket.clone(), stdio)?
         .as_tenant()
         .with_process(Some(&adapted))

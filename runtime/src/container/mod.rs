@@ -2,7 +2,7 @@
 //! [`lifecycle`] for start/pause/resume, [`delete`]), what they stand on (the container's
 //! [`location`], its [`spec`], the [`rootfs`] containerd hands over, [`seccomp`] compiled
 //! with seccompiler and installed by trenv's [`executor`]), and the container's
-//! [`cgroup`] as the shim sees it.
+//! [`cgroup`] as the shim sees it; [`features`], what of the OCI spec trenv supports.
 //!
 //! The verbs run inside a zygote worker (see [`crate::worker`]): libcontainer may clone,
 //! chdir and wait as it likes there.
@@ -18,6 +18,7 @@ pub mod create;
 pub mod delete;
 pub mod exec;
 pub(crate) mod executor;
+pub mod features;
 pub mod lifecycle;
 pub mod location;
 pub mod rootfs;

@@ -98,6 +98,86 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, Vec<String>) {
     (flags, propagation, data)
 }
 
+/// The writable layer of an overlay rootfs kept in memory (a sandbox's scratch storage,
+/// docs/sandboxes.md): a tmpfs of `size` bytes (the function's memory limit; `None`: the
+/// tmpfs default) holds the overlay's upper and work directories. Its pages are charged
+/// to the memory cgroup of the process that writes them, so the function's metering
+/// record counts what it wrote; and each container gets a new one, so nothing it wrote
+/// outlives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scratch {
+    pub size: Option<u64>,
+}
+
+/// Where a container's scratch tmpfs is mounted, below trenv's state directory of it.
+pub fn scratch_dir(state_root: &Path) -> PathBuf {
+    state_root.join("scratch")
+}
+
+/// The rootfs mounts with the overlay's upper and work directories moved into a scratch
+/// tmpfs mounted at `dir`. The mounts as they are (and nothing mounted) when the rootfs is
+/// not one overlay with an upper layer, or when the moved paths would not fit the mount
+/// options; `Ok(None)` then.
+pub fn with_scratch(
+    mounts: &[Mount],
+    dir: &Path,
+    scratch: Scratch,
+) -> Result<Option<Vec<Mount>>, RootfsError> {
+    let [m] = mounts else { return Ok(None) };
+    let has_upper = m.options.iter().any(|o| o.starts_with("upperdir="));
+    if m.kind != "overlay" || !has_upper {
+        return Ok(None);
+    }
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    let options: Vec<String> = m
+        .options
+        .iter()
+        .map(|o| match o.split_once('=') {
+            Some(("upperdir", _)) => format!("upperdir={}", upper.display()),
+            Some(("workdir", _)) => format!("workdir={}", work.display()),
+            _ => o.clone(),
+        })
+        .collect();
+    if options.join(",").len() >= 4096 - 512 {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| RootfsError::Dir {
+        target: dir.to_path_buf(),
+        source,
+    })?;
+    let data = match scratch.size {
+        Some(n) => format!("mode=0755,size={n}"),
+        None => "mode=0755".to_string(),
+    };
+    mount(
+        Some("trenv-scratch"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(|errno| RootfsError::Mount {
+        kind: "tmpfs".into(),
+        source_path: "trenv-scratch".into(),
+        target: dir.to_path_buf(),
+        errno,
+    })?;
+    for d in [&upper, &work] {
+        if let Err(source) = std::fs::create_dir(d) {
+            let _ = umount2(dir, MntFlags::MNT_DETACH);
+            return Err(RootfsError::Dir {
+                target: d.clone(),
+                source,
+            });
+        }
+    }
+    Ok(Some(vec![Mount {
+        kind: m.kind.clone(),
+        source: m.source.clone(),
+        options,
+    }]))
+}
+
 /// Mounts every mount onto `target` in order.
 pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), RootfsError> {
     std::fs::create_dir_all(target).map_err(|source| RootfsError::Dir {

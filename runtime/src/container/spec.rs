@@ -341,8 +341,22 @@ pub(crate) fn ensure_cwd(spec: &Spec) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The non-recursive name of a recursive rootfs propagation, if it is one.
+fn plain_propagation(propagation: &str) -> Option<&'static str> {
+    Some(match propagation {
+        "rshared" => "shared",
+        "rslave" => "slave",
+        "rprivate" => "private",
+        "runbindable" => "unbindable",
+        _ => return None,
+    })
+}
+
 /// Adapts containerd's spec for libcontainer:
 /// * the rootfs path becomes absolute (libcontainer sees a different bundle directory);
+/// * a recursive rootfs propagation ("rshared", "rslave", "rprivate", "runbindable", which the
+///   OCI spec allows and CRI writes for bidirectional and host-to-container mounts) becomes
+///   the form libcontainer knows; libcontainer applies it to the whole tree (MS_REC) anyway;
 /// * the cgroups path is cleaned ([`cgroup::clean_path`]): libcgroups joins it to each
 ///   hierarchy's mount point as it is, so a `..` would climb out of the hierarchy;
 /// * the seccomp profile is compiled here and installed by trenv's executor just before
@@ -353,13 +367,22 @@ pub(crate) fn ensure_cwd(spec: &Spec) -> Result<(), SpecError> {
 pub(crate) fn derive(
     mut spec: Spec,
     bundle: &Path,
+    sandbox: Option<&Path>,
 ) -> Result<(Spec, TrenvExecutor), ContainerError> {
+    join_sandbox(&mut spec, sandbox);
     if let Some(root) = spec.root().clone() {
         let mut root = root;
         if root.path().is_relative() {
             root.set_path(bundle.join(root.path()));
         }
         spec.set_root(Some(root));
+    }
+    if let Some(mut linux) = spec.linux().clone()
+        && let Some(propagation) = linux.rootfs_propagation().clone()
+        && let Some(plain) = plain_propagation(&propagation)
+    {
+        linux.set_rootfs_propagation(Some(plain.to_string()));
+        spec.set_linux(Some(linux));
     }
     if let Some(mut linux) = spec.linux().clone()
         && let Some(path) = linux.cgroups_path().clone()
@@ -385,9 +408,68 @@ pub(crate) fn derive(
     Ok((spec, executor))
 }
 
-/// The container has a network namespace of its own (not a pod's, not the host's).
+/// The annotation of a derived spec naming the sandbox whose namespaces the container
+/// joined (written by trenv only: [`join_sandbox`] removes any other value).
+pub const SANDBOX_MARK: &str = "io.trenv.sandbox-dir";
+
+/// Points the spec's network, IPC and UTS namespaces at the sandbox's pinned ones (or, with
+/// no sandbox, makes sure the spec carries no sandbox mark).
+fn join_sandbox(spec: &mut Spec, sandbox: Option<&Path>) {
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    let marked = annotations.remove(SANDBOX_MARK).is_some();
+    if let Some(dir) = sandbox {
+        let pins = crate::sandbox::Pins::at(dir);
+        if let Some(mut linux) = spec.linux().clone() {
+            let namespaces = linux.namespaces().clone().unwrap_or_default();
+            let joined = namespaces
+                .into_iter()
+                .map(|mut n| {
+                    let kind = match n.typ() {
+                        LinuxNamespaceType::Network => Some(crate::sandbox::Kind::Net),
+                        LinuxNamespaceType::Ipc => Some(crate::sandbox::Kind::Ipc),
+                        LinuxNamespaceType::Uts => Some(crate::sandbox::Kind::Uts),
+                        _ => None,
+                    };
+                    if let Some(k) = kind {
+                        n.set_path(Some(pins.path(k)));
+                    }
+                    n
+                })
+                .collect();
+            linux.set_namespaces(Some(joined));
+            spec.set_linux(Some(linux));
+        }
+        annotations.insert(SANDBOX_MARK.into(), dir.display().to_string());
+    } else if !marked {
+        return;
+    }
+    spec.set_annotations(Some(annotations));
+}
+
+/// The (derived) spec runs the container in a sandbox: its network, IPC and UTS namespaces
+/// are joined by path but are the container's own, as new ones would be.
+pub fn sandboxed(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(SANDBOX_MARK))
+}
+
+/// The container runs in a user namespace (uid/gid mappings: Kubernetes' `hostUsers:
+/// false`, `ctr run --uidmap`).
+pub fn user_namespaced(spec: &Spec) -> bool {
+    spec.linux().as_ref().is_some_and(|l| {
+        l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            || l.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            || l.namespaces()
+                .as_ref()
+                .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::User))
+    })
+}
+
+/// The container has a network namespace of its own (not a pod's, not the host's): a new
+/// one, or its sandbox's.
 pub fn private_netns(spec: &Spec) -> bool {
-    has_own_namespace(spec, LinuxNamespaceType::Network)
+    has_own_namespace(spec, LinuxNamespaceType::Network) || sandboxed(spec)
 }
 
 /// The spec asks for a new namespace of `kind` (rather than joining one by path).
@@ -602,11 +684,96 @@ mod tests {
     #[test]
     fn derive_cleans_the_cgroups_path() {
         let spec = valid(|v| v["linux"]["cgroupsPath"] = "/../../../tmp/escape".into());
-        let (derived, _) = derive(spec, Path::new("/b")).unwrap();
+        let (derived, _) = derive(spec, Path::new("/b"), None).unwrap();
         assert_eq!(
             derived.linux().as_ref().unwrap().cgroups_path().as_deref(),
             Some(Path::new("/tmp/escape"))
         );
+    }
+
+    #[test]
+    fn a_sandboxed_spec_joins_the_sandbox_and_only_trenv_marks_it() {
+        let spec = valid(|v| {
+            v["linux"]["namespaces"] = serde_json::json!([
+                {"type":"pid"},{"type":"network"},{"type":"ipc"},{"type":"uts"},{"type":"mount"}
+            ]);
+            v["annotations"] = serde_json::json!({ SANDBOX_MARK: "/forged" });
+        });
+        let (plain, _) = derive(spec.clone(), Path::new("/b"), None).unwrap();
+        assert!(!sandboxed(&plain), "a client cannot forge the mark");
+        assert!(private_netns(&plain));
+        let (joined, _) = derive(spec, Path::new("/b"), Some(Path::new("/run/sb/1"))).unwrap();
+        assert!(sandboxed(&joined) && private_netns(&joined));
+        let paths: Vec<_> = joined
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| (n.typ(), n.path().clone()))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                (LinuxNamespaceType::Pid, None),
+                (
+                    LinuxNamespaceType::Network,
+                    Some(PathBuf::from("/run/sb/1/net"))
+                ),
+                (
+                    LinuxNamespaceType::Ipc,
+                    Some(PathBuf::from("/run/sb/1/ipc"))
+                ),
+                (
+                    LinuxNamespaceType::Uts,
+                    Some(PathBuf::from("/run/sb/1/uts"))
+                ),
+                (LinuxNamespaceType::Mount, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_user_namespace_is_seen_by_its_mappings_or_its_namespace() {
+        assert!(!user_namespaced(&valid(|_| {})));
+        let mapped = valid(|v| {
+            v["linux"]["uidMappings"] =
+                serde_json::json!([{ "containerID": 0, "hostID": 1000, "size": 1 }])
+        });
+        assert!(user_namespaced(&mapped));
+        let own = valid(|v| {
+            v["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({ "type": "user" }))
+        });
+        assert!(user_namespaced(&own));
+    }
+
+    #[test]
+    fn derive_gives_libcontainer_the_plain_form_of_a_recursive_rootfs_propagation() {
+        for (asked, plain) in [
+            ("rshared", "shared"),
+            ("rslave", "slave"),
+            ("rprivate", "private"),
+            ("runbindable", "unbindable"),
+            ("shared", "shared"),
+        ] {
+            let spec = valid(|v| v["linux"]["rootfsPropagation"] = asked.into());
+            let (derived, _) = derive(spec, Path::new("/b"), None).unwrap();
+            assert_eq!(
+                derived
+                    .linux()
+                    .as_ref()
+                    .unwrap()
+                    .rootfs_propagation()
+                    .as_deref(),
+                Some(plain),
+                "{asked}"
+            );
+        }
     }
 
     fn with_cwd(root: &Path, cwd: &str) -> Spec {

@@ -115,8 +115,10 @@ pub(crate) fn cgroups_mode(mode: &str) -> Result<Option<Criu_cg_mode>, SnapshotE
 }
 
 /// Namespaces the container joined from a path that CRIU must treat as external, with the
-/// key runc uses for them (so images interoperate).
+/// key runc uses for them (so images interoperate). A sandbox's network namespace is the
+/// container's own, not external.
 pub(crate) fn external_namespaces(spec: &Spec) -> Vec<(&'static str, &'static str)> {
+    let sandboxed = crate::container::spec::sandboxed(spec);
     let mut out = Vec::new();
     for ns in spec
         .linux()
@@ -129,7 +131,7 @@ pub(crate) fn external_namespaces(spec: &Spec) -> Vec<(&'static str, &'static st
             continue;
         }
         match ns.typ() {
-            LinuxNamespaceType::Network => out.push(("net", "extRootNetNS")),
+            LinuxNamespaceType::Network if !sandboxed => out.push(("net", "extRootNetNS")),
             LinuxNamespaceType::Pid => out.push(("pid", "extRootPidNS")),
             _ => {}
         }

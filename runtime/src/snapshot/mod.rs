@@ -13,6 +13,7 @@ use crate::error::{Classified, ErrorKind, chain};
 
 pub mod checkpoint;
 pub mod criu;
+pub mod honour;
 pub mod restore;
 
 pub use checkpoint::checkpoint;
@@ -57,13 +58,18 @@ pub enum SnapshotError {
          and re-create it"
     )]
     TemplateChanged { name: String, what: String },
-    /// CRIU failed; its log was copied out of the work directory, which is removed.
-    #[error("{verb} container {id}: {detail}; CRIU's log is kept at {}", .log.display())]
+    /// CRIU failed; its log was copied out of the work directory, which is removed. Its
+    /// last lines come with the error: the bundle that keeps the log goes with the task.
+    #[error(
+        "{verb} container {id}: {detail}; CRIU's log is kept at {} (its end: {tail})",
+        .log.display()
+    )]
     CriuLogKept {
         verb: &'static str,
         id: String,
         detail: String,
         log: PathBuf,
+        tail: String,
     },
     #[error("{verb} container {id}: {source}")]
     CriuFailed {
@@ -82,6 +88,20 @@ pub enum SnapshotError {
     },
     #[error("writing {0}: {1}")]
     Encode(&'static str, #[source] serde_json::Error),
+    /// A field of the spec could not be applied to a restored container.
+    #[error("applying {field} of the spec to the restored container: {source}")]
+    Apply {
+        field: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("applying linux.sysctl {key}={value} to the restored container: {source}")]
+    Sysctl {
+        key: String,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -127,11 +147,23 @@ impl SnapshotError {
                     .next()
                     .unwrap_or_default()
                     .to_string(),
+                tail: log_tail(&keep, 5),
                 log: keep,
             },
             Err(_) => SnapshotError::CriuFailed { verb, id, source },
         }
     }
+}
+
+/// The last `n` lines of a CRIU log, joined with " | " (empty if it cannot be read).
+fn log_tail(log: &Path, n: usize) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 impl Classified for SnapshotError {
@@ -144,7 +176,9 @@ impl Classified for SnapshotError {
             }
             SnapshotError::EmptyNamespace(_)
             | SnapshotError::CgroupsMode(_)
-            | SnapshotError::JoinedNamespace { .. } => ErrorKind::InvalidArgument,
+            | SnapshotError::JoinedNamespace { .. }
+            | SnapshotError::Apply { .. }
+            | SnapshotError::Sysctl { .. } => ErrorKind::InvalidArgument,
             SnapshotError::CorruptImage(..)
             | SnapshotError::MissingHierarchy { .. }
             | SnapshotError::TemplateChanged { .. } => ErrorKind::FailedPrecondition,
@@ -185,5 +219,35 @@ impl Classified for trenv_criu::CriuError {
             | trenv_criu::CriuError::NoVersion { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::Internal,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_criu_log_brings_its_last_lines_into_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("restore.log");
+        let text: String = (1..=9).map(|i| format!("(00.0{i}) line {i}\n\n")).collect();
+        fs::write(&log, text).unwrap();
+        let keep = dir.path().join("kept.log");
+        let e = SnapshotError::criu_failed("restoring", "c1", &log, keep.clone())(
+            trenv_criu::CriuError::Died {
+                op: "restore",
+                how: trenv_criu::Exit::Code(0),
+                log: Some(log.clone()),
+            },
+        )
+        .to_string();
+        assert!(
+            e.contains("CRIU died during restore (exit status 0)"),
+            "{e}"
+        );
+        assert!(e.contains("(00.05) line 5 | (00.06) line 6"), "{e}");
+        assert!(e.ends_with("(00.09) line 9)"), "{e}");
+        assert!(!e.contains("line 4"), "{e}");
+        assert!(keep.exists());
     }
 }

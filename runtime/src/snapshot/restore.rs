@@ -9,8 +9,10 @@
 //!
 //! The steps, each a function here: the descriptors CRIU inherits ([`descriptors`]), CRIU
 //! spawned early, the cgroup opened, the root bound for CRIU ([`RootBind`]), CRIU's options
-//! ([`restore_options`]), CRIU moved into the cgroup and run ([`run_criu`]), leftovers of a
-//! failure killed ([`kill_leftovers`]), libcontainer's state written ([`adopt`]).
+//! ([`restore_options`]), CRIU moved into the cgroup and run ([`run_criu`]), for a template
+//! the spec's fields that CRIU restored from the image applied again ([`apply_spec`],
+//! honour.rs), leftovers of a failure killed ([`kill_leftovers`]), libcontainer's state
+//! written ([`adopt`]).
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -28,6 +30,7 @@ use trenv_criu::rpc::{
 use trenv_criu::{FdPlan, Notify};
 
 use super::criu::{CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, external_namespaces};
+use super::honour::SpecRecord;
 use super::{SnapshotError, make_dir, open_dir};
 use crate::container::cgroup::Cgroup;
 use crate::container::spec::{bind_mounts, namespace_path};
@@ -98,6 +101,9 @@ pub struct TemplateFile {
     /// What the file must still be (checked on the opened descriptor).
     pub stamp: FileStamp,
     pub template: String,
+    /// The spec fields the template was made with (its manifest's), for [`apply_spec`].
+    #[serde(default)]
+    pub made_with: Option<Box<SpecRecord>>,
 }
 
 /// Restores the container; returns the pid of its restored init.
@@ -135,6 +141,10 @@ pub fn restore(
             run_criu(&target, session, o, console, &mut phases)
         })
         .and_then(|pid| {
+            if let Some(t) = &plan.template {
+                apply_spec(pid, &spec, t)?;
+                phases.mark("apply spec");
+            }
             if plan.loopback_up {
                 loopback_up(pid)?;
             }
@@ -194,6 +204,19 @@ impl Drop for RootBind {
     }
 }
 
+/// A template restore only (containerd's own checkpoints restore as runc does): what a
+/// cold start of `spec` applies to its init and CRIU restored from the template's image
+/// instead — host name, sysctls, rlimits, oom_score_adj, I/O priority, CPU affinity —
+/// applied to the restored tree (honour.rs). Before the restore answers: a failure here
+/// kills what was restored.
+fn apply_spec(pid: i32, spec: &Spec, t: &TemplateFile) -> Result<(), SnapshotError> {
+    super::honour::apply(
+        pid,
+        spec,
+        t.made_with.as_deref().unwrap_or(&SpecRecord::default()),
+    )
+}
+
 /// Whatever a failed restore left in the cgroup goes with it (half-restored tasks of a
 /// CRIU that died wait forever otherwise), then the cgroup.
 fn kill_leftovers(cgroup: &Cgroup) {
@@ -209,31 +232,7 @@ fn loopback_up(pid: i32) -> Result<(), SnapshotError> {
     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(SnapshotError::sys(
         "entering the restored network namespace",
     ))?;
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(SnapshotError::sys("opening a socket for lo"))?;
-    // SAFETY: ifreq is plain old data; the ioctls read and write only this struct.
-    unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *s as libc::c_char;
-        }
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(SnapshotError::sys("reading the flags of lo")(
-                nix::errno::Errno::last(),
-            ));
-        }
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
-            return Err(SnapshotError::sys("bringing up lo")(
-                nix::errno::Errno::last(),
-            ));
-        }
-    }
+    crate::sys::nsops::set_up("lo", true).map_err(SnapshotError::io("bringing up lo"))?;
     Ok(())
 }
 
@@ -275,9 +274,11 @@ fn restore_options(
     Ok(o)
 }
 
-/// The IPC, UTS and mount namespaces the spec joins by path, for CRIU to restore into
-/// (network and PID ones are external namespaces, handed over as descriptors).
+/// The IPC, UTS and mount namespaces the spec joins by path, and a sandbox's network
+/// namespace, for CRIU to restore into (other network and PID ones are external
+/// namespaces, handed over as descriptors).
 fn joined_namespaces(spec: &Spec) -> Result<Vec<Join_namespace>, SnapshotError> {
+    let sandboxed = crate::container::spec::sandboxed(spec);
     let mut out = Vec::new();
     for ns in spec
         .linux()
@@ -291,6 +292,7 @@ fn joined_namespaces(spec: &Spec) -> Result<Vec<Join_namespace>, SnapshotError> 
             LinuxNamespaceType::Ipc => "ipc",
             LinuxNamespaceType::Uts => "uts",
             LinuxNamespaceType::Mount => "mnt",
+            LinuxNamespaceType::Network if sandboxed => "net",
             LinuxNamespaceType::Network | LinuxNamespaceType::Pid => continue,
             other => {
                 return Err(SnapshotError::JoinedNamespace {

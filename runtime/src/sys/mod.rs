@@ -3,6 +3,8 @@
 pub mod clock;
 pub mod confined;
 pub mod mountinfo;
+pub mod nsops;
+pub mod run;
 pub mod stamp;
 
 pub use stamp::FileStamp;

@@ -24,6 +24,7 @@ use super::tenant::Tenant;
 use super::{TemplateError, io};
 use crate::container::Location;
 use crate::container::spec::private_netns;
+use crate::snapshot::honour::SpecRecord;
 use crate::snapshot::{self, CheckpointOptions, CriuConfig};
 use crate::sys::FileStamp;
 
@@ -54,6 +55,12 @@ impl TemplateStore {
         };
         if self.dir(tenant, name).exists() {
             return Err(exists());
+        }
+        if crate::container::spec::user_namespaced(&req.at.spec()?) {
+            return Err(TemplateError::UserNamespace {
+                name: name.into(),
+                action: "made from",
+            });
         }
         let store_dir = self.tenant_dir(tenant);
         let pool_dir = req.pool.dir.join(tenant.dir_name());
@@ -193,7 +200,7 @@ impl Build<'_> {
 
     /// The manifest: every image file made read-only with its checksum and identity (taken
     /// after the chmod: nothing changes their ctime after this), the pool file, the owner,
-    /// and the source container's security fields.
+    /// the source container's security fields and the fields a restore cannot change.
     fn manifest(
         &self,
         dumped: Dumped,
@@ -224,6 +231,7 @@ impl Build<'_> {
             criu_version: dumped.criu_version,
             kernel: kernel_release(),
             security: security_digest(&spec),
+            made_with: Some(SpecRecord::of(&spec)),
             heap_included: self.req.policy.include_heap,
             empty_netns: private_netns(&spec),
             conversion: dumped.conversion,

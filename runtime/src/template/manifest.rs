@@ -1,6 +1,7 @@
 //! What a template is: its manifest (owner, source, conversion, pool file, every image file
 //! with its checksum and identity), and the checks that tie it to a restoring container
-//! (its name, the security fields of its spec).
+//! (its name, the security fields of its spec, and the fields a restore cannot change:
+//! [`Manifest::made_with`]).
 //!
 //! The manifest is stored as `manifest.json` beside `manifest.sha256`, its SHA-256, which
 //! every read checks ([`MANIFEST_SUM`]); the pool's verification record holds the same
@@ -19,6 +20,7 @@ use trenv_criu::template::Conversion;
 
 use super::mempool::MemPoolKind;
 use super::tenant::Tenant;
+use crate::snapshot::honour::SpecRecord;
 use crate::sys::FileStamp;
 
 /// The manifest's file in a template's directory.
@@ -53,6 +55,11 @@ pub struct Manifest {
     pub kernel: String,
     /// SHA-256 of the spec fields CRIU restores from the image (see [`security_digest`]).
     pub security: String,
+    /// The source's spec fields a restore cannot change (args, cwd, the environment as
+    /// digests, mounts, …) or applies where they differ (snapshot/honour.rs). None in a
+    /// manifest written before trenv recorded them: such a template is not restored.
+    #[serde(default)]
+    pub made_with: Option<SpecRecord>,
     pub heap_included: bool,
     /// The container's own network namespace was dumped empty: restores bring up `lo`.
     #[serde(default)]

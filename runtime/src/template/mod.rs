@@ -76,6 +76,13 @@ pub enum TemplateError {
          raise the bound in trenv's config"
     )]
     TenantFull { tenant: String, what: String },
+    #[error(
+        "template {name} cannot be {action} a container in a user namespace (uid/gid mappings, \
+         Kubernetes hostUsers: false): CRIU gives the processes it restores the ids they were \
+         dumped with, which a mapping changes; run the container without a user namespace \
+         (hostUsers: true) or without the template"
+    )]
+    UserNamespace { name: String, action: &'static str },
     #[error(transparent)]
     Tenant(#[from] TenantError),
     #[error(
@@ -89,6 +96,18 @@ pub enum TemplateError {
          so the new container's spec must match"
     )]
     SpecMismatch { name: String, fields: String },
+    #[error("template {name} cannot be restored into this container: {difference}")]
+    SpecDiffers {
+        name: String,
+        difference: crate::snapshot::honour::Difference,
+    },
+    #[error(
+        "template {name} was made before trenv recorded the spec fields a restore cannot \
+         change (process.args, process.cwd, process.env, mounts): re-create it (trenv \
+         template rm {name} --tenant {tenant}, then trenv template create {name} --from \
+         CONTAINER -n NAMESPACE)"
+    )]
+    Outdated { name: String, tenant: String },
     #[error("template {name}: {source}")]
     Convert {
         name: String,
@@ -118,7 +137,9 @@ pub enum TemplateError {
 impl Classified for TemplateError {
     fn kind(&self) -> ErrorKind {
         match self {
-            TemplateError::BadName(_) => ErrorKind::InvalidArgument,
+            TemplateError::BadName(_) | TemplateError::UserNamespace { .. } => {
+                ErrorKind::InvalidArgument
+            }
             TemplateError::Tenant(e) => e.kind(),
             TemplateError::Exists { .. } => ErrorKind::AlreadyExists,
             TemplateError::NotFound { .. } | TemplateError::LegacyNotFound { .. } => {
@@ -127,6 +148,8 @@ impl Classified for TemplateError {
             TemplateError::TenantFull { .. } => ErrorKind::ResourceExhausted,
             TemplateError::Corrupt { .. }
             | TemplateError::SpecMismatch { .. }
+            | TemplateError::SpecDiffers { .. }
+            | TemplateError::Outdated { .. }
             | TemplateError::Legacy { .. } => ErrorKind::FailedPrecondition,
             TemplateError::Io { source, .. } if is_full(source) => ErrorKind::ResourceExhausted,
             TemplateError::Convert { source, .. } => match source {

@@ -21,6 +21,7 @@ use super::manifest::{
 };
 use super::tenant::Tenant;
 use super::{TemplateError, io};
+use crate::snapshot::honour::differences;
 use crate::sys::FileStamp;
 
 /// Directory (on a tmpfs) remembering which pool files were fully verified since boot, and
@@ -270,13 +271,22 @@ impl TemplateStore {
     /// Checks `tenant`'s template `name` before a restore into a container with `spec`:
     /// the manifest against its digest, every image file and the pool file against their
     /// identities and, on the first restore after a boot (the pool may be persistent
-    /// memory), against their checksums; the spec's security fields against the source's.
+    /// memory), against their checksums; the spec's security fields, and the fields a
+    /// restore cannot change (environment variables named in `env_may_differ` aside),
+    /// against the source's.
     pub fn check(
         &self,
         tenant: &Tenant,
         name: &str,
         spec: &Spec,
+        env_may_differ: &[String],
     ) -> Result<Checked, TemplateError> {
+        if crate::container::spec::user_namespaced(spec) {
+            return Err(TemplateError::UserNamespace {
+                name: name.into(),
+                action: "restored into",
+            });
+        }
         let (m, digest) = self.read(tenant, name)?;
         let corrupt = |what: String| TemplateError::Corrupt {
             name: name.into(),
@@ -325,6 +335,17 @@ impl TemplateStore {
                     .into(),
             });
         }
+        let made_with = m
+            .made_with
+            .as_ref()
+            .ok_or_else(|| TemplateError::Outdated {
+                name: name.into(),
+                tenant: tenant.to_string(),
+            })?;
+        differences(made_with, spec, env_may_differ).map_err(|d| TemplateError::SpecDiffers {
+            name: name.into(),
+            difference: d,
+        })?;
         Ok(Checked {
             manifest: m,
             images,
@@ -481,6 +502,7 @@ pub fn stage_images(checked: &Checked, dest: &Path) -> Result<(), TemplateError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::honour::SpecRecord;
 
     #[test]
     fn names_are_checked() {
@@ -572,6 +594,7 @@ mod tests {
                 criu_version: "4.1.1".into(),
                 kernel: "test".into(),
                 security: security_digest(&spec()),
+                made_with: Some(SpecRecord::of(&spec())),
                 heap_included: false,
                 empty_netns: false,
                 conversion: Default::default(),
@@ -601,10 +624,10 @@ mod tests {
         let f = Fixture::new();
         let (a, b) = (tenant("ns-a"), tenant("k8s.io/team-b"));
         f.publish(&a, "fn");
-        assert!(f.store.check(&a, "fn", &spec()).is_ok());
+        assert!(f.store.check(&a, "fn", &spec(), &[]).is_ok());
         for e in [
             f.store.get(&b, "fn").unwrap_err(),
-            f.store.check(&b, "fn", &spec()).err().unwrap(),
+            f.store.check(&b, "fn", &spec(), &[]).err().unwrap(),
         ] {
             assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
             assert!(e.to_string().contains("tenant k8s.io/team-b"), "{e}");
@@ -629,7 +652,11 @@ mod tests {
             .arg(&stolen)
             .status()
             .unwrap();
-        let e = f.store.check(&tenant("ns-c"), "fn", &spec()).err().unwrap();
+        let e = f
+            .store
+            .check(&tenant("ns-c"), "fn", &spec(), &[])
+            .err()
+            .unwrap();
         assert!(
             e.to_string()
                 .contains("of tenant ns-a, found as fn of tenant ns-c"),
@@ -655,7 +682,7 @@ mod tests {
             .set_times(fs::FileTimes::new().set_modified(mtime))
             .unwrap();
         assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), mtime);
-        let e = f.store.check(&t, "fn", &spec()).err().unwrap();
+        let e = f.store.check(&t, "fn", &spec(), &[]).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
         assert!(e.to_string().contains("modified or corrupted"), "{e}");
         assert!(
@@ -665,11 +692,52 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_whose_environment_differs_is_refused_naming_the_variable() {
+        let f = Fixture::new();
+        let t = tenant("default");
+        f.publish(&t, "fn");
+        let mut other: Spec = spec();
+        if let Some(p) = other.process_mut() {
+            p.set_env(Some(vec!["API_KEY=other".into()]));
+        }
+        let e = f.store.check(&t, "fn", &other, &[]).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        let msg = e.to_string();
+        assert!(msg.contains("process.env"), "{msg}");
+        assert!(msg.contains("this spec sets API_KEY"), "{msg}");
+        assert!(!msg.contains("other"), "{msg}");
+        // Named as one that may differ, it restores.
+        assert!(f.store.check(&t, "fn", &other, &["API_KEY".into()]).is_ok());
+    }
+
+    #[test]
+    fn a_manifest_from_before_the_recorded_fields_is_refused_saying_to_re_create_it() {
+        let f = Fixture::new();
+        let t = tenant("default");
+        let mut m = f.publish(&t, "fn");
+        m.made_with = None;
+        let dir = f.store.dir(&t, "fn");
+        let (body, digest) = m.encode().unwrap();
+        // As written before: no such field at all.
+        let body = String::from_utf8(body)
+            .unwrap()
+            .replace("\"made_with\": null,", "");
+        let digest_of = sha256_hex(body.as_bytes());
+        assert_ne!(digest, digest_of);
+        fs::write(dir.join(MANIFEST), &body).unwrap();
+        fs::write(dir.join(MANIFEST_SUM), &digest_of).unwrap();
+        mark_verified(&m, &digest_of);
+        let e = f.store.check(&t, "fn", &spec(), &[]).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.to_string().contains("re-create it"), "{e}");
+    }
+
+    #[test]
     fn staging_copies_so_the_template_stays_checkable_and_catches_a_late_edit() {
         let f = Fixture::new();
         let t = tenant("default");
         f.publish(&t, "fn");
-        let checked = f.store.check(&t, "fn", &spec()).unwrap();
+        let checked = f.store.check(&t, "fn", &spec(), &[]).unwrap();
         let dest = f._dir.path().join("staged");
         stage_images(&checked, &dest).unwrap();
         assert_eq!(
@@ -678,7 +746,7 @@ mod tests {
         );
         // A copy, not a link: the template's files keep their identity.
         assert_eq!(fs::metadata(dest.join("core-1.img")).unwrap().nlink(), 1);
-        let again = f.store.check(&t, "fn", &spec()).unwrap();
+        let again = f.store.check(&t, "fn", &spec(), &[]).unwrap();
         // An edit between the check and the staging is caught by the staging.
         fs::set_permissions(
             again.images.join("core-1.img"),
@@ -702,7 +770,7 @@ mod tests {
         let edited = original.replace("\"src\"", "\"evil\"");
         assert_ne!(edited, original);
         fs::write(dir.join(MANIFEST), &edited).unwrap();
-        let e = f.store.check(&t, "fn", &spec()).err().unwrap();
+        let e = f.store.check(&t, "fn", &spec(), &[]).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
         assert!(
             e.to_string()
@@ -711,7 +779,7 @@ mod tests {
         );
         // Rewritten with its sum after it was verified: the verification record catches it.
         fs::write(dir.join(MANIFEST_SUM), sha256_hex(edited.as_bytes())).unwrap();
-        let e = f.store.check(&t, "fn", &spec()).err().unwrap();
+        let e = f.store.check(&t, "fn", &spec(), &[]).err().unwrap();
         assert!(
             e.to_string()
                 .contains("changed after the template was verified"),
@@ -732,7 +800,7 @@ mod tests {
         assert!(!f.store.dir(&t, "a").exists());
         assert!(!m.pool.path.exists(), "pool file of a left");
         assert!(other.pool.path.exists() && elsewhere.pool.path.exists());
-        assert!(f.store.check(&t, "a-b", &spec()).is_ok());
+        assert!(f.store.check(&t, "a-b", &spec(), &[]).is_ok());
         let e = f.store.remove(&t, "a", &f.pool).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);
         // A manifest pointing elsewhere does not make rm remove that file.

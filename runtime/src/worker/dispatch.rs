@@ -40,9 +40,17 @@ pub(super) fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RemoteErr
             options,
             criu,
         } => done(snapshot::checkpoint(&at, &images, &work, &options, &criu)),
-        Request::PrepareRestore { at, rootfs } => {
-            done(container::create::prepare_restore(&at, &rootfs))
-        }
+        Request::PrepareRestore {
+            at,
+            rootfs,
+            sandbox,
+            scratch,
+        } => done(container::create::prepare_restore(
+            &at,
+            &rootfs,
+            sandbox.as_deref(),
+            scratch,
+        )),
         Request::Restore {
             at,
             plan,

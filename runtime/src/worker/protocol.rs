@@ -60,6 +60,8 @@ pub(crate) enum Request {
     PrepareRestore {
         at: Location,
         rootfs: Vec<Mount>,
+        sandbox: Option<PathBuf>,
+        scratch: Option<crate::container::rootfs::Scratch>,
     },
     /// Start of such a container: CRIU restores its processes.
     Restore {

@@ -1,4 +1,5 @@
-//! `trenv`: the command line of trenv: metering records, traces, memory templates.
+//! `trenv`: the command line of trenv: metering records, traces, memory templates, the
+//! pool of sandboxes.
 //!
 //! Its own crate (`trenv-cli`) so that the shim binary does not carry clap, plotters and
 //! indicatif, and so that what it computes stays reusable: records, prices and hulls come
@@ -8,6 +9,7 @@
 mod meter;
 mod node;
 mod plot;
+mod pool;
 mod template;
 mod trace;
 
@@ -35,6 +37,8 @@ enum Command {
     Template(template::TemplateArgs),
     /// Host settings of a trenv node (`trenv node tune`, `trenv node check`).
     Node(node::NodeArgs),
+    /// The node's idle pool of sandboxes (`trenv pool list | inspect | drain`).
+    Pool(pool::PoolArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Trace(args) => trace::run(args),
         Command::Template(args) => template::run(args),
         Command::Node(args) => node::run(args),
+        Command::Pool(args) => pool::run(args),
     }
 }

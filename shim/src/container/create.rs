@@ -12,10 +12,11 @@ use containerd_shim::protos::ttrpc;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use trenv_runtime::ChildFds;
 use trenv_runtime::config::Config;
+use trenv_runtime::config::ScratchKind;
 use trenv_runtime::container::Location;
-use trenv_runtime::container::cgroup::{Cgroup, is_systemd_path};
+use trenv_runtime::container::cgroup::Cgroup;
 use trenv_runtime::container::create::NewContainer;
-use trenv_runtime::container::rootfs::Mount;
+use trenv_runtime::container::rootfs::{Mount, Scratch};
 use trenv_runtime::container::spec::{has_own_namespace, load_spec, validate};
 use trenv_runtime::snapshot::{Phases, RestorePlan, TemplateFile};
 use trenv_runtime::template::{Manifest, TemplateError, TemplateStore, stage_images};
@@ -47,6 +48,9 @@ struct Request<'a> {
     /// The systemd cgroup driver is asked for.
     systemd: bool,
 }
+
+/// Where the container runs: its sandbox's directory, and its writable layer in memory.
+type Placement = (Option<PathBuf>, Option<Scratch>);
 
 /// Where a restore's images come from.
 struct RestoreSource {
@@ -124,15 +128,40 @@ impl Container {
             },
             pending_restore: Mutex::new(None),
             create_time: Mutex::new(None),
+            sandbox: Mutex::new(None),
         };
-        match source {
-            Some(source) => {
-                r.prepare_restore(&mut container, source, &mut phases)?;
-                log::debug!("created {} for a restore: {phases}", req.id);
-            }
-            None => r.create_init(&container)?,
+        let held = super::sandbox::take(
+            &req.id,
+            &r.spec,
+            &container.annotations,
+            &config,
+            &container.plan,
+        )?;
+        let sandbox = held.as_ref().map(|h| h.dir().to_path_buf());
+        // A sandboxed container's writable layer in memory, unless asked otherwise, and
+        // only when its memory limit bounds it: a container without one keeps containerd's
+        // snapshot (an unbounded tmpfs could take the node's memory).
+        let scratch_kind = container
+            .annotations
+            .scratch
+            .unwrap_or(config.sandboxes.scratch);
+        let scratch = container
+            .memory_limit
+            .filter(|_| held.is_some() && scratch_kind == ScratchKind::Memory)
+            .map(|limit| Scratch { size: Some(limit) });
+        *container.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = held;
+        phases.mark("sandbox");
+        let created = match source {
+            Some(source) => r
+                .prepare_restore(&mut container, source, (sandbox, scratch), &mut phases)
+                .inspect(|_| log::debug!("created {} for a restore: {phases}", req.id)),
+            None => r.create_init(&container, (sandbox, scratch)),
+        };
+        if created.is_err() {
+            // The runtime undid its part (or destroy did, which released it already).
+            container.release_sandbox();
         }
-        Ok(container)
+        created.map(|_| container)
     }
 }
 
@@ -154,11 +183,11 @@ impl<'a> Request<'a> {
         validate(&spec)
             .map_err(trenv_runtime::container::ContainerError::from)
             .map_err(rt)?;
-        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-        // containerd's CRI passes runc-typed options (SystemdCgroup) only to runc itself;
-        // with the kubelet's systemd driver it writes cgroupsPath as "slice:prefix:name",
-        // which asks for the systemd driver just as clearly.
-        let systemd = opts.systemd_cgroup || cgroups_path.as_deref().is_some_and(is_systemd_path);
+        // Only SystemdCgroup asks for the systemd driver. A cgroupsPath that looks like
+        // systemd's "slice:prefix:name" is a plain cgroupfs path without it, as for runc:
+        // containerd 1.7's CRI writes that form whenever the kubelet's cgroup parent ends in
+        // ".slice", with either driver.
+        let systemd = opts.systemd_cgroup;
         Ok(Request {
             req,
             opts,
@@ -178,6 +207,8 @@ impl<'a> Request<'a> {
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
+                owner: opts.io_owner,
+                id: req.id.clone(),
             },
             systemd,
         })
@@ -212,7 +243,12 @@ impl<'a> Request<'a> {
         // Only the container's own tenant's templates: another tenant's of the same name
         // is NOT_FOUND, as if it did not exist.
         let checked = TemplateStore::new(&config.templates.dir)
-            .check(&annotations.tenant, name, &self.spec)
+            .check(
+                &annotations.tenant,
+                name,
+                &self.spec,
+                &config.templates.env_may_differ,
+            )
             .map_err(|e| match e {
                 TemplateError::BadName(_) => {
                     invalid(format!("annotation {}: {e}", annotations::TEMPLATE))
@@ -234,6 +270,7 @@ impl<'a> Request<'a> {
                 path: m.pool.path,
                 stamp: m.pool.stamp,
                 template: m.name,
+                made_with: m.made_with.map(Box::new),
             }),
         }))
     }
@@ -244,10 +281,11 @@ impl<'a> Request<'a> {
         &self,
         c: &mut Container,
         source: RestoreSource,
+        (sandbox, scratch): Placement,
         phases: &mut Phases,
     ) -> Result<(), ttrpc::Error> {
         crate::runtime()
-            .prepare_restore(&self.at, &self.rootfs)
+            .prepare_restore(&self.at, &self.rootfs, sandbox.as_deref(), scratch)
             .map_err(rt)?;
         phases.mark("rootfs");
         let (io, child) = if self.paths.terminal {
@@ -285,7 +323,11 @@ impl<'a> Request<'a> {
     }
 
     /// A cold start's Create: the init process, created and waiting for Start.
-    fn create_init(&self, c: &Container) -> Result<(), ttrpc::Error> {
+    fn create_init(
+        &self,
+        c: &Container,
+        (sandbox, scratch): Placement,
+    ) -> Result<(), ttrpc::Error> {
         let (io, console, child) = prepare_io(&self.paths)?;
         let (stamp, stamp_end) = ExecStamp::pipe()
             .map_err(|e| internal(format!("creating the exec stamp pipe: {e}")))?;
@@ -294,6 +336,8 @@ impl<'a> Request<'a> {
             rootfs: self.rootfs.clone(),
             systemd_cgroup: self.systemd,
             console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
+            sandbox,
+            scratch,
         };
         let fds = ChildFds {
             exec_stamp: Some(&stamp_end),

@@ -23,8 +23,12 @@ impl Container {
                 io.close();
             }
         }
-        crate::runtime()
+        let deleted = crate::runtime()
             .delete(&self.at, self.mounted_rootfs)
-            .map_err(rt)
+            .map_err(rt);
+        // Purged and kept only if nothing of the container is left in it (the purge
+        // checks); destroyed otherwise.
+        self.release_sandbox();
+        deleted
     }
 }

@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod create;
 pub mod delete;
 pub mod exec;
+pub mod sandbox;
 pub mod signal;
 pub mod start;
 mod stdio;
@@ -53,6 +54,8 @@ pub struct Container {
     pending_restore: Mutex<Option<PendingRestore>>,
     /// How long Create took in the shim (logged at Start).
     pub create_time: Mutex<Option<std::time::Duration>>,
+    /// The pooled sandbox the container runs in (released at Delete).
+    sandbox: Mutex<Option<sandbox::Held>>,
 }
 
 /// How a container's init process starts.
@@ -204,6 +207,7 @@ pub mod test_support {
             plan: StartPlan::Cold,
             pending_restore: Mutex::new(None),
             create_time: Mutex::new(None),
+            sandbox: Mutex::new(None),
         })
     }
 }

@@ -48,19 +48,28 @@ impl Container {
             }
             return Ok(());
         }
-        let (pid, state) = {
+        let (pid, state, reaped) = {
             let g = p.lock();
-            (g.pid, g.state)
+            (g.pid, g.state, g.reaped)
         };
-        if state == State::Stopped || pid == 0 {
-            return Err(crate::errors::not_found(format!(
+        let finished = || {
+            crate::errors::not_found(format!(
                 "process {} of container {} (already finished)",
                 if exec_id.is_empty() { "init" } else { exec_id },
                 self.id
-            )));
+            ))
+        };
+        // A reaped process whose exit is still held back for its output is finished too
+        // (its pid may already be another process's), as runc's shim answers.
+        if state == State::Stopped || pid == 0 || reaped {
+            return Err(finished());
         }
-        kill(Pid::from_raw(pid), sig)
-            .map_err(|e| internal(format!("sending {sig} to pid {pid}: {e}")))?;
+        match kill(Pid::from_raw(pid), sig) {
+            Ok(()) => {}
+            // Exited between the check and the signal, not yet reaped.
+            Err(nix::errno::Errno::ESRCH) => return Err(finished()),
+            Err(e) => return Err(internal(format!("sending {sig} to pid {pid}: {e}"))),
+        }
         // A frozen process only dies once thawed (runc resumes a paused container on
         // SIGKILL too).
         if exec_id.is_empty() && sig == Signal::SIGKILL && self.init.state() == State::Paused {

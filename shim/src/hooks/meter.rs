@@ -21,7 +21,16 @@ impl MeterHook {
             config.interval = interval;
         }
         let cg = c.cgroup.get()?;
+        let (sandbox, previous_function) = c.sandbox_origin();
         let identity = Identity {
+            start: match &c.plan {
+                crate::container::StartPlan::Cold => "cold",
+                crate::container::StartPlan::Checkpoint => "checkpoint",
+                crate::container::StartPlan::Template(_) => "template",
+            }
+            .into(),
+            sandbox: sandbox.into(),
+            previous_function,
             container_id: c.id.clone(),
             sandbox_id: c.annotations.sandbox_id.clone(),
             image: c.annotations.image.clone(),

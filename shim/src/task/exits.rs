@@ -18,12 +18,16 @@ use crate::process::{Process, State, timestamp};
 impl Inner {
     /// Finds the process with this pid.
     pub(super) fn find(&self, pid: i32) -> Option<(Arc<Container>, Arc<Process>)> {
+        let live = |p: &Process| {
+            let g = p.lock();
+            g.pid == pid && g.state != State::Stopped && !g.reaped
+        };
         for c in self.containers().values() {
-            if c.init.pid() == pid && c.init.state() != State::Stopped {
+            if live(&c.init) {
                 return Some((c.clone(), c.init.clone()));
             }
             for p in c.execs().values() {
-                if p.pid() == pid && p.state() != State::Stopped {
+                if live(p) {
                     return Some((c.clone(), p.clone()));
                 }
             }
@@ -35,6 +39,8 @@ impl Inner {
     /// the output drained, TaskExit, the hooks' `exited`, then Wait callers are woken and
     /// what the hooks left for afterwards runs (the metering record).
     pub(super) fn exited(self: &Arc<Self>, c: Arc<Container>, p: Arc<Process>, code: i32) {
+        // From now on Kill must not signal its pid (see container/signal.rs).
+        p.lock().reaped = true;
         let this = self.clone();
         // When it exited, which may be a little before now.
         let ended = self

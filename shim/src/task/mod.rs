@@ -80,6 +80,14 @@ impl Inner {
 
 impl Service {
     pub fn new(events: Events, exit: Arc<ExitSignal>, namespace: String) -> Service {
+        crate::io::set_namespace(&namespace);
+        if crate::alias::active() {
+            log::info!(
+                "alias mode: trenv serves io.containerd.runc.v2 as {}; runc options it cannot \
+                 honour are ignored",
+                crate::alias::RUNC_SHIM
+            );
+        }
         let inner = Arc::new(Inner {
             containers: Mutex::new(HashMap::new()),
             unclaimed: Mutex::new(HashMap::new()),
@@ -165,7 +173,16 @@ impl Task for Service {
                 format!("container {} already exists", req.id),
             ));
         }
-        let opts = options::parse(req.options.as_ref()).map_err(invalid)?;
+        let alias = crate::alias::active();
+        let opts = options::parse_as(req.options.as_ref(), alias).map_err(invalid)?;
+        for name in &opts.ignored {
+            log::info!(
+                "{}: runc option {name} ignored (alias mode, trenv installed as {}): {}",
+                req.id,
+                crate::alias::RUNC_SHIM,
+                crate::alias::why_ignored(name)
+            );
+        }
         let began = Instant::now();
         let c = Arc::new(Container::create(&req, &opts, &self.inner.namespace)?);
         *c.create_time.lock().unwrap_or_else(|e| e.into_inner()) = Some(began.elapsed());
@@ -342,15 +359,22 @@ impl Task for Service {
         let spec = req
             .spec
             .as_ref()
-            .map(|a| a.value.clone())
+            .map(|a| a.value.as_slice())
             .ok_or_else(|| invalid("exec request without a process spec"))?;
-        serde_json::from_slice::<oci_spec::runtime::Process>(&spec)
+        // The request's `terminal` decides, as in runc's shim: containerd's client library
+        // sends the process spec with its terminal flag unset and asks for one here.
+        let mut process = serde_json::from_slice::<oci_spec::runtime::Process>(spec)
+            .map_err(|e| invalid(format!("invalid exec process spec: {e}")))?;
+        process.set_terminal(Some(req.terminal));
+        let spec = serde_json::to_vec(&process)
             .map_err(|e| invalid(format!("invalid exec process spec: {e}")))?;
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
+            owner: c.init.stdio.owner,
+            id: req.exec_id.clone(),
         };
         c.add_exec(&req.exec_id, paths, spec)?;
         self.inner.events.publish(
@@ -432,10 +456,13 @@ impl Task for Service {
     fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
         let c = self.inner.container(&req.id)?;
         let opts = options::checkpoint(req.options.as_ref()).map_err(invalid)?;
-        let images = if req.path.is_empty() {
-            opts.image_path.clone()
-        } else {
+        // The image path the client asked for wins: containerd 2.x passes it as `path` too,
+        // but containerd 1.7 reads it only from runc-named runtimes' options and gives any
+        // other runtime a directory of its own.
+        let images = if opts.image_path.is_empty() {
             req.path.clone()
+        } else {
+            opts.image_path.clone()
         };
         if images.is_empty() {
             return Err(invalid(

@@ -1,0 +1,141 @@
+//! Which idle sandbox a new container gets, and which idle sandboxes go (TrEnv's policy):
+//! an idle sandbox last used by the same function, else the least recently used
+//! compatible one, else none (a cold start in a new sandbox). Compatible means the same
+//! tenant and the same key; nothing crosses tenants. Idle sandboxes older than the
+//! keep-alive go, and the least recently used beyond the pool's size. Pure functions over
+//! the records, so they are tested without a kernel.
+
+use std::time::Duration;
+
+use super::record::Record;
+
+/// What a new container needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    pub tenant: &'a str,
+    pub key: &'a str,
+    pub function: &'a str,
+}
+
+/// The pool's bounds (`[sandboxes]` in trenv's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// At most this many idle sandboxes on the node.
+    pub max_idle: usize,
+    /// An idle sandbox is destroyed after this long unused.
+    pub keep_alive: Duration,
+}
+
+/// The sandbox to give a container that wants `want`, if any.
+pub fn choose<'r>(records: &'r [Record], want: &Want<'_>) -> Option<&'r Record> {
+    let compatible = records
+        .iter()
+        .filter(|r| r.is_idle() && r.tenant == want.tenant && r.key == want.key);
+    // The same function's most recently used sandbox (its caches are the warmest), else
+    // the least recently used of any function.
+    let same = compatible
+        .clone()
+        .filter(|r| !want.function.is_empty() && r.function == want.function)
+        .max_by_key(|r| r.last_used_ms);
+    same.or_else(|| compatible.min_by_key(|r| r.last_used_ms))
+}
+
+/// The idle sandboxes to destroy at `now_ms`: those unused for longer than the keep-alive,
+/// then the least recently used beyond `max_idle`.
+pub fn evictions(records: &[Record], bounds: &Bounds, now_ms: u64) -> Vec<String> {
+    let keep_ms = bounds.keep_alive.as_millis() as u64;
+    let mut idle: Vec<&Record> = records.iter().filter(|r| r.is_idle()).collect();
+    let (expired, mut kept): (Vec<&Record>, Vec<&Record>) = idle
+        .drain(..)
+        .partition(|r| now_ms.saturating_sub(r.last_used_ms) > keep_ms);
+    let mut out: Vec<String> = expired.into_iter().map(|r| r.id.clone()).collect();
+    if kept.len() > bounds.max_idle {
+        kept.sort_by_key(|r| r.last_used_ms);
+        let extra = kept.len() - bounds.max_idle;
+        out.extend(kept.into_iter().take(extra).map(|r| r.id.clone()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::{Owner, State};
+    use super::*;
+
+    fn rec(id: &str, tenant: &str, key: &str, function: &str, used: u64) -> Record {
+        Record {
+            id: id.into(),
+            tenant: tenant.into(),
+            key: key.into(),
+            state: State::Idle,
+            function: function.into(),
+            network: None,
+            created_ms: 0,
+            last_used_ms: used,
+            uses: 1,
+        }
+    }
+
+    fn want<'a>(tenant: &'a str, function: &'a str) -> Want<'a> {
+        Want {
+            tenant,
+            key: "k",
+            function,
+        }
+    }
+
+    #[test]
+    fn the_same_function_is_preferred_then_the_least_recently_used() {
+        let rs = vec![
+            rec("a", "t", "k", "f1", 10),
+            rec("b", "t", "k", "f2", 5),
+            rec("c", "t", "k", "f2", 30),
+            rec("d", "t", "k", "f3", 20),
+        ];
+        assert_eq!(choose(&rs, &want("t", "f2")).unwrap().id, "c");
+        assert_eq!(choose(&rs, &want("t", "f9")).unwrap().id, "b");
+        assert_eq!(choose(&rs, &want("t", "")).unwrap().id, "b");
+    }
+
+    #[test]
+    fn nothing_crosses_tenants_keys_or_busy_sandboxes() {
+        let mut busy = rec("busy", "t", "k", "f", 1);
+        busy.state = State::Busy {
+            owner: Owner::me(),
+            container: "c".into(),
+        };
+        let rs = vec![
+            rec("x", "other", "k", "f", 1),
+            rec("y", "t", "other-key", "f", 1),
+            busy,
+        ];
+        assert!(choose(&rs, &want("t", "f")).is_none());
+        assert_eq!(choose(&rs, &want("other", "g")).unwrap().id, "x");
+    }
+
+    #[test]
+    fn expired_and_surplus_idle_sandboxes_are_evicted_oldest_first() {
+        let bounds = Bounds {
+            max_idle: 2,
+            keep_alive: Duration::from_secs(60),
+        };
+        let rs = vec![
+            rec("old", "t", "k", "f", 0),
+            rec("a", "t", "k", "f", 100_000),
+            rec("b", "t", "k", "f", 90_000),
+            rec("c", "t", "k", "f", 110_000),
+        ];
+        let now = 120_000;
+        assert_eq!(evictions(&rs, &bounds, now), vec!["old", "b"]);
+        let roomy = Bounds {
+            max_idle: 10,
+            ..bounds
+        };
+        assert_eq!(evictions(&rs, &roomy, now), vec!["old"]);
+        let zero = Bounds {
+            max_idle: 0,
+            keep_alive: Duration::from_secs(3600),
+        };
+        assert_eq!(evictions(&rs, &zero, now).len(), 4);
+    }
+}

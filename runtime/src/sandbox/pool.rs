@@ -1,0 +1,435 @@
+//! The node-wide idle pool: one directory (`[sandboxes] dir`, a tmpfs such as
+//! /run/trenv/sandboxes) shared by every trenv shim of the node and the CLI, with one
+//! directory per sandbox holding its pinned namespaces and its [`Record`]. It depends on
+//! no process: a shim exits when its last container is deleted, containerd may restart,
+//! and the pool stays; a reboot empties it (as it empties the namespaces).
+//!
+//! Every change of records happens under an exclusive `flock` of `<dir>/.lock`, held only
+//! while records are read and written; namespaces are made and purged outside it. Each
+//! operation first sweeps: sandboxes held by a process that is gone (a shim killed while
+//! its container ran or mid-purge) and idle ones past their keep-alive or beyond the
+//! pool's size are destroyed; a sandbox is handed out only from the idle state.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::SandboxError;
+use super::network::{Cni, IFNAME};
+use super::pins::{Kind, Pins};
+use super::policy::{Bounds, Want, choose, evictions};
+use super::purge::{HostNames, IpcSettings, Purged, names, purge};
+use super::record::{Owner, Record, State, now_ms};
+
+/// A sandbox's record file in its directory.
+const RECORD: &str = "sandbox.json";
+/// A directory without a record this long after it was made is a failed creation's.
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
+
+/// The pool of the node.
+#[derive(Debug, Clone)]
+pub struct IdlePool {
+    dir: PathBuf,
+    bounds: Bounds,
+    cni: Cni,
+}
+
+/// A sandbox given to one container, until it is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: String,
+    pub pins: Pins,
+    /// The function that ran in it before (`None`: made for this container).
+    pub previous: Option<String>,
+}
+
+impl Lease {
+    pub fn repurposed(&self) -> bool {
+        self.previous.is_some()
+    }
+}
+
+/// What a container asks of the pool when it is created.
+#[derive(Debug, Clone, Copy)]
+pub struct Take<'a> {
+    pub want: Want<'a>,
+    pub container: &'a str,
+    /// The spec's hostname and domain name (else the host's, as a new namespace has).
+    pub hostname: Option<&'a str>,
+    pub domainname: Option<&'a str>,
+    /// The CNI network the sandbox must be attached to (part of the compatibility key).
+    pub network: Option<&'a str>,
+}
+
+/// What became of a released sandbox.
+#[derive(Debug)]
+pub enum Released {
+    /// Purged and idle.
+    Idle(Purged),
+    /// Destroyed: the pool is full (or keeps nothing), or the purge failed (why).
+    Destroyed(Option<SandboxError>),
+}
+
+impl IdlePool {
+    pub fn new(dir: &Path, bounds: Bounds, cni: Cni) -> IdlePool {
+        IdlePool {
+            dir: dir.to_path_buf(),
+            bounds,
+            cni,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.dir.join(id).join(RECORD)
+    }
+
+    /// The pool's lock, held until dropped.
+    fn lock(&self) -> Result<Flock<fs::File>, SandboxError> {
+        fs::create_dir_all(&self.dir)
+            .map_err(SandboxError::io(format!("creating {}", self.dir.display())))?;
+        let path = self.dir.join(".lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(SandboxError::io(format!("opening {}", path.display())))?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| SandboxError::sys(format!("locking {}", path.display()))(e))
+    }
+
+    /// Every sandbox's record (sandboxes being made or destroyed have none).
+    pub fn records(&self) -> Vec<Record> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Record> = entries
+            .flatten()
+            .filter_map(|e| Record::read(&e.path().join(RECORD)))
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Gives the container a compatible idle sandbox, or a new one; sets its names.
+    pub fn take(&self, t: &Take<'_>) -> Result<Lease, SandboxError> {
+        let me = Owner::me();
+        let busy = State::Busy {
+            owner: me,
+            container: t.container.to_string(),
+        };
+        let taken = {
+            let _lock = self.lock()?;
+            self.sweep_locked();
+            let records = self.records();
+            match choose(&records, &t.want).cloned() {
+                Some(mut r) => {
+                    let previous = std::mem::replace(&mut r.function, t.want.function.into());
+                    r.state = busy.clone();
+                    r.uses += 1;
+                    r.last_used_ms = now_ms();
+                    self.write(&r)?;
+                    Some(Lease {
+                        pins: Pins::at(&self.dir.join(&r.id)),
+                        id: r.id,
+                        previous: Some(previous),
+                    })
+                }
+                None => None,
+            }
+        };
+        let lease = match taken {
+            Some(l) => l,
+            None => self.create(t, busy)?,
+        };
+        let host = HostNames::current();
+        let (h, d) = (
+            t.hostname.unwrap_or(&host.hostname),
+            t.domainname.unwrap_or(&host.domainname),
+        );
+        if let Err(e) = lease.pins.enter(&[Kind::Uts], || names(h, d)) {
+            self.destroy(&lease.id);
+            return Err(e);
+        }
+        Ok(lease)
+    }
+
+    /// A new sandbox, held as `busy`.
+    fn create(&self, t: &Take<'_>, busy: State) -> Result<Lease, SandboxError> {
+        fs::create_dir_all(&self.dir)
+            .map_err(SandboxError::io(format!("creating {}", self.dir.display())))?;
+        let id = new_id();
+        let pins = Pins::create(&self.dir.join(&id))?;
+        let prepared = IpcSettings::record(&pins).and_then(|_| match t.network {
+            Some(name) => self.cni.attach(&pins, &id, name).map(drop),
+            None => Ok(()),
+        });
+        if let Err(e) = prepared {
+            pins.remove();
+            return Err(e);
+        }
+        let now = now_ms();
+        let r = Record {
+            id: id.clone(),
+            tenant: t.want.tenant.into(),
+            key: t.want.key.into(),
+            state: busy,
+            function: t.want.function.into(),
+            network: t.network.map(str::to_string),
+            created_ms: now,
+            last_used_ms: now,
+            uses: 1,
+        };
+        if let Err(e) = self.write(&r) {
+            self.destroy(&id);
+            return Err(e);
+        }
+        Ok(Lease {
+            id,
+            pins,
+            previous: None,
+        })
+    }
+
+    /// Purges the sandbox and makes it idle, or destroys it (a full pool, a failed purge).
+    pub fn release(&self, lease: &Lease) -> Released {
+        let me = Owner::me();
+        let marked = (|| {
+            let _lock = self.lock()?;
+            let mut r = Record::read(&self.record_path(&lease.id))
+                .ok_or_else(|| SandboxError::Gone(lease.id.clone()))?;
+            r.state = State::Purging { owner: me };
+            self.write(&r)?;
+            Ok::<_, SandboxError>(r)
+        })();
+        let mut r = match marked {
+            Ok(r) => r,
+            Err(e) => {
+                self.destroy(&lease.id);
+                return Released::Destroyed(Some(e));
+            }
+        };
+        if self.bounds.max_idle == 0 {
+            self.destroy(&lease.id);
+            return Released::Destroyed(None);
+        }
+        let managed: Vec<String> = r.network.iter().map(|_| IFNAME.to_string()).collect();
+        let purged = match purge(&lease.pins, &HostNames::current(), &managed) {
+            Ok(p) => p,
+            Err(e) => {
+                self.destroy(&lease.id);
+                return Released::Destroyed(Some(e));
+            }
+        };
+        let idle = (|| {
+            let _lock = self.lock()?;
+            r.state = State::Idle;
+            r.last_used_ms = now_ms();
+            self.write(&r)?;
+            self.sweep_locked();
+            Ok::<_, SandboxError>(())
+        })();
+        match idle {
+            Ok(()) if self.record_path(&lease.id).exists() => Released::Idle(purged),
+            Ok(()) => Released::Destroyed(None),
+            Err(e) => {
+                self.destroy(&lease.id);
+                Released::Destroyed(Some(e))
+            }
+        }
+    }
+
+    /// Destroys a sandbox: its network detached (CNI DEL), its namespaces unpinned, its
+    /// directory gone.
+    pub fn destroy(&self, id: &str) {
+        let pins = Pins::at(&self.dir.join(id));
+        if let Err(e) = self.cni.detach(&pins, id) {
+            log::warn!("sandbox {id}: {e}; its namespace goes anyway");
+        }
+        pins.remove();
+    }
+
+    /// Destroys the idle (and abandoned) sandboxes, of `tenant` only if given; their ids.
+    /// Sandboxes in use stay: they are released to the pool, or destroyed, when their
+    /// containers are deleted.
+    pub fn drain(&self, tenant: Option<&str>) -> Result<Vec<String>, SandboxError> {
+        let _lock = self.lock()?;
+        let mut out = self.sweep_locked();
+        for r in self.records() {
+            if r.is_idle() && tenant.is_none_or(|t| t == r.tenant) {
+                self.destroy(&r.id);
+                out.push(r.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroys what must go (the caller holds the lock); their ids.
+    fn sweep_locked(&self) -> Vec<String> {
+        let records = self.records();
+        let mut gone: Vec<String> = records
+            .iter()
+            .filter(|r| r.abandoned())
+            .map(|r| r.id.clone())
+            .collect();
+        gone.extend(evictions(&records, &self.bounds, now_ms()));
+        // Directories without a record: a creation that died half-way.
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > ORPHAN_AGE);
+                if path.is_dir() && old && !path.join(RECORD).exists() {
+                    gone.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        for id in &gone {
+            self.destroy(id);
+        }
+        gone
+    }
+
+    fn write(&self, r: &Record) -> Result<(), SandboxError> {
+        let p = self.record_path(&r.id);
+        r.write(&p)
+            .map_err(SandboxError::io(format!("writing {}", p.display())))
+    }
+}
+
+/// A new sandbox id: time and pid make it unique on the node.
+fn new_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "sb-{:x}-{}-{}",
+        now_ms(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    fn take<'a>(tenant: &'a str, function: &'a str, container: &'a str) -> Take<'a> {
+        Take {
+            want: Want {
+                tenant,
+                key: "k",
+                function,
+            },
+            container,
+            hostname: Some("fn-host"),
+            domainname: None,
+            network: None,
+        }
+    }
+
+    fn pool(dir: &Path, max_idle: usize) -> IdlePool {
+        IdlePool::new(
+            dir,
+            Bounds {
+                max_idle,
+                keep_alive: Duration::from_secs(600),
+            },
+            Cni {
+                conf_dir: dir.join("no-cni"),
+                bin_dir: "/usr/lib/cni".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_released_sandbox_goes_to_the_next_container_of_its_tenant_only() {
+        if !root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let p = pool(&base.path().join("pool"), 4);
+        let a = p.take(&take("t1", "fa", "c1")).unwrap();
+        assert!(!a.repurposed());
+        let hostname = a
+            .pins
+            .enter(&[Kind::Uts], || {
+                Ok(nix::unistd::gethostname().unwrap().into_string().unwrap())
+            })
+            .unwrap();
+        assert_eq!(hostname, "fn-host");
+        assert!(matches!(p.release(&a), Released::Idle(_)));
+        let other = p.take(&take("t2", "fb", "c2")).unwrap();
+        assert_ne!(other.id, a.id, "never across tenants");
+        let b = p.take(&take("t1", "fb", "c3")).unwrap();
+        assert_eq!(b.id, a.id);
+        assert_eq!(b.previous.as_deref(), Some("fa"));
+        let r = p.records().into_iter().find(|r| r.id == a.id).unwrap();
+        assert_eq!(r.uses, 2);
+        assert!(matches!(r.state, State::Busy { .. }));
+        // Nothing is idle: a third container gets a new one.
+        let c = p.take(&take("t1", "fc", "c4")).unwrap();
+        assert!(c.id != a.id && !c.repurposed());
+        for l in [&other, &b, &c] {
+            p.release(l);
+        }
+        assert_eq!(p.records().len(), 3);
+        let drained = p.drain(None).unwrap();
+        assert_eq!(drained.len(), 3);
+        assert!(p.records().is_empty());
+        let left: Vec<_> = fs::read_dir(p.dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != ".lock")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_max_idle_and_abandoned_sandboxes_are_destroyed() {
+        if !root() {
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let p = pool(&base.path().join("pool"), 1);
+        let a = p.take(&take("t", "f", "c1")).unwrap();
+        let b = p.take(&take("t", "f", "c2")).unwrap();
+        assert!(matches!(p.release(&a), Released::Idle(_)));
+        p.release(&b);
+        assert_eq!(p.records().len(), 1, "the older idle one was evicted");
+        // A holder that died mid-purge: its sandbox is never handed out.
+        let c = p.take(&take("t", "f", "c3")).unwrap();
+        let mut r = Record::read(&p.record_path(&c.id)).unwrap();
+        r.state = State::Purging {
+            owner: Owner {
+                pid: i32::MAX,
+                start: 1,
+            },
+        };
+        r.write(&p.record_path(&c.id)).unwrap();
+        let d = p.take(&take("t", "f", "c4")).unwrap();
+        assert_ne!(d.id, c.id);
+        assert!(!p.dir().join(&c.id).exists(), "destroyed by the sweep");
+        p.release(&d);
+        p.drain(None).unwrap();
+        assert!(p.records().is_empty());
+        let zero = pool(&base.path().join("pool0"), 0);
+        let e = zero.take(&take("t", "f", "c5")).unwrap();
+        assert!(matches!(zero.release(&e), Released::Destroyed(None)));
+        assert!(zero.records().is_empty());
+    }
+}
