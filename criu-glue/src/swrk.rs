@@ -370,7 +370,13 @@ impl Session {
             let mut pfd = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
             match poll(&mut pfd, PollTimeout::from(50u16)) {
                 Ok(0) => {
+                    // CRIU may have answered and exited between the poll's timeout and
+                    // this check: an answer already in the socket is read, not lost.
                     if let Ok(Some(_)) = self.child.try_wait() {
+                        let mut again = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+                        if matches!(poll(&mut again, PollTimeout::ZERO), Ok(n) if n > 0) {
+                            break;
+                        }
                         return Err(CriuError::died(op, log));
                     }
                 }
