@@ -301,6 +301,14 @@ fn ten_instances_restored_from_one_template_are_correct_and_isolated() {
         manifest["pool"]["sum"]["sha256"].as_str().unwrap(),
         "the template file changed"
     );
+    // CRIU read the images in place, through a read-only bind: its restore statistics
+    // did not land in the template.
+    let images = template_dir(&c, &name).join("images");
+    assert!(
+        !images.join("stats-restore.img").exists(),
+        "a restore wrote into {}",
+        images.display()
+    );
     // Stop them all and check nothing is left.
     for id in &ids {
         c.remove(id);
@@ -1301,6 +1309,63 @@ fn an_image_edited_in_place_with_its_mtime_restored_is_caught() {
     assert!(touched.success());
     assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), mtime);
     assert_restore_refused(&c, id, name, "modified or corrupted");
+}
+
+/// An image file changed between the task's Create, which checks the template, and its
+/// Start, which restores it reading the images in place (through a read-only bind): the
+/// restore checks them again, fails with FAILED_PRECONDITION naming the file, and leaves
+/// nothing behind. (A chmod changes no byte, only the file's ctime.)
+#[test]
+fn an_image_changed_between_create_and_start_is_caught() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = ctr();
+    let case = Case::new(&c, "late");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    run_sleeper(&c, src);
+    create_template(&c, name, src);
+    let annotation = format!("{ANNOTATION}={name}");
+    let created = c.run(&[
+        "containers",
+        "create",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        BUSYBOX,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(created.code, 0, "{created:#?}");
+    let api = trenv_integration::api::Containerd::from_env(&c.namespace)
+        .unwrap_or_else(|e| panic!("{e}"));
+    api.create_task(id)
+        .unwrap_or_else(|e| panic!("Create of {id} from {name}: {e:?}"));
+    let images = template_dir(&c, name).join("images");
+    let core = fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("core-"))
+        })
+        .unwrap_or_else(|| panic!("no core image in {}", images.display()));
+    let mode = fs::metadata(&core).unwrap().permissions().mode();
+    fs::set_permissions(&core, fs::Permissions::from_mode((mode ^ 0o040) & 0o7777)).unwrap();
+    let started = api.start(id, "");
+    let status = match started {
+        Ok(pid) => panic!("{id} was restored (pid {pid}) from a template changed after Create"),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let file = core.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        status.message().contains(&format!("{file} was modified")),
+        "{status:?}"
+    );
+    c.remove(id);
+    assert_nothing_left(&c, id);
 }
 
 /// A manifest edited after the template was made (here only its source's name, which no

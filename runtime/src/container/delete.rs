@@ -50,6 +50,10 @@ pub fn delete(at: &Location, unmount_rootfs: bool) -> Result<(), ContainerError>
     }
     // What a restore left mounted (CRIU's root) goes before the rootfs it binds.
     let _ = umount2(&at.state_root.join("criu-root"), MntFlags::MNT_DETACH);
+    let _ = umount2(
+        &at.state_root.join(crate::snapshot::restore::IMAGES_BIND),
+        MntFlags::MNT_DETACH,
+    );
     if unmount_rootfs && let Err(e) = rootfs::unmount(&at.rootfs()) {
         first_err.get_or_insert(e.into());
     }

@@ -14,6 +14,7 @@
 //! honour.rs), leftovers of a failure killed ([`kill_leftovers`]), libcontainer's state
 //! written ([`adopt`]).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ use super::{SnapshotError, make_dir, open_dir};
 use crate::container::cgroup::Cgroup;
 use crate::container::spec::{bind_mounts, namespace_path};
 use crate::container::{Location, StdioFds};
-use crate::sys::{FileStamp, mountinfo};
+use crate::sys::{FileStamp, dir_changed, mountinfo};
 
 /// A restore of one container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +105,10 @@ pub struct TemplateFile {
     /// The spec fields the template was made with (its manifest's), for [`apply_spec`].
     #[serde(default)]
     pub made_with: Option<Box<SpecRecord>>,
+    /// What the files of the template's image directory must still be (its manifest's
+    /// `image_stamps`): checked before and after CRIU reads them ([`ImagesBind`]).
+    #[serde(default)]
+    pub images: BTreeMap<String, FileStamp>,
 }
 
 /// Restores the container; returns the pid of its restored init.
@@ -117,6 +122,22 @@ pub fn restore(
     let mut phases = Phases::start();
     let spec = at.derived_spec()?;
     let criu = criu.criu()?;
+    // A template's images are read where they are, through a read-only bind.
+    let images = match &plan.template {
+        Some(t) => Some(ImagesBind::mount(at, &plan.images, t)?),
+        None => None,
+    };
+    let bound;
+    let plan = match &images {
+        Some(b) => {
+            bound = RestorePlan {
+                images: b.path.clone(),
+                ..plan.clone()
+            };
+            &bound
+        }
+        None => plan,
+    };
     // CRIU starts first: its exec and start-up (~2 ms) run while this worker opens the
     // cgroup and mounts the root on the other CPU; it reads the request only when sent.
     let (fds, inherit) = descriptors(plan, &spec, stdio)?;
@@ -141,6 +162,9 @@ pub fn restore(
             run_criu(&target, session, o, console, &mut phases)
         })
         .and_then(|pid| {
+            if let (Some(b), Some(t)) = (&images, &plan.template) {
+                b.unchanged(t)?;
+            }
             if let Some(t) = &plan.template {
                 apply_spec(pid, &spec, t)?;
                 phases.mark("apply spec");
@@ -150,7 +174,7 @@ pub fn restore(
             }
             Ok(pid)
         });
-    drop(root);
+    drop((root, images));
     let pid = result.inspect_err(|_| kill_leftovers(&cgroup))?;
     adopt(at, &spec, pid, plan.systemd_cgroup)?;
     phases.mark("adopt");
@@ -201,6 +225,67 @@ impl Drop for RootBind {
     fn drop(&mut self) {
         let _ = umount2(&self.0, MntFlags::MNT_DETACH);
         let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A template's image directory bound read-only at `<state>/criu-images`, for CRIU to read
+/// in place: nothing is copied, and what CRIU writes during a restore (its statistics)
+/// cannot land in the template. The files are checked against the template's manifest
+/// when bound and again after CRIU has read them (an edit in between changes a ctime,
+/// which no system call sets back): a restore only runs what was published. Unmounted
+/// when dropped (and by Delete, for a worker killed mid-restore).
+struct ImagesBind {
+    path: PathBuf,
+}
+
+/// Where a template's images are bound during a restore (below the container's state).
+pub(crate) const IMAGES_BIND: &str = "criu-images";
+
+impl ImagesBind {
+    fn mount(at: &Location, images: &Path, t: &TemplateFile) -> Result<ImagesBind, SnapshotError> {
+        let path = at.state_root.join(IMAGES_BIND);
+        fs::create_dir_all(&path)
+            .map_err(SnapshotError::io(format!("creating {}", path.display())))?;
+        mount(
+            Some(images),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(SnapshotError::sys(format!(
+            "bind-mounting template {}'s images",
+            t.template
+        )))?;
+        let bind = ImagesBind { path };
+        mount(
+            None::<&str>,
+            &bind.path,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(SnapshotError::sys("making the template's images read-only"))?;
+        bind.unchanged(t)?;
+        Ok(bind)
+    }
+
+    /// The files are still those of the template's manifest.
+    fn unchanged(&self, t: &TemplateFile) -> Result<(), SnapshotError> {
+        match dir_changed(&self.path, &t.images) {
+            None => Ok(()),
+            Some(what) => Err(SnapshotError::TemplateChanged {
+                name: t.template.clone(),
+                what: format!("its images changed: {what}"),
+            }),
+        }
+    }
+}
+
+impl Drop for ImagesBind {
+    fn drop(&mut self) {
+        let _ = umount2(&self.path, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.path);
     }
 }
 

@@ -7,7 +7,7 @@ pub mod nsops;
 pub mod run;
 pub mod stamp;
 
-pub use stamp::FileStamp;
+pub use stamp::{FileStamp, dir_changed};
 
 /// Opens /dev/null for reading and writing (stdio of processes that get none).
 pub fn dev_null() -> std::io::Result<std::os::fd::OwnedFd> {

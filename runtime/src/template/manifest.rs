@@ -72,8 +72,8 @@ pub struct Manifest {
     /// descriptor the restore copies from, while the checksums are checked on the first
     /// restore after a boot. ctime, not mtime: any write, `touch -d`, chmod or link changes
     /// ctime, and no system call sets it back, so a file edited in place with its mtime
-    /// restored is caught. (Restores copy the images rather than link them, since a link
-    /// would change the ctime too: store.rs, [`super::store::stage_images`].)
+    /// restored is caught. (A restore reads the images in place through a read-only bind
+    /// and checks them again after CRIU has read them: snapshot/restore.rs.)
     pub image_stamps: BTreeMap<String, FileStamp>,
 }
 

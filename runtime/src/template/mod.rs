@@ -4,7 +4,7 @@
 //! * [`tenant`]: who a template belongs to (the only tenant that sees and restores it);
 //! * [`manifest`]: what a template is (its owner, files, checksums, source, conversion);
 //! * [`build`]: making one from a running container (bounds, dump, rewrite, publish);
-//! * [`store`]: finding, listing, checking, staging and removing templates;
+//! * [`store`]: finding, listing, checking and removing templates;
 //! * [`ready`]: templates the shim makes once a function reports ready;
 //! * [`mempool`]: the memory the pool files live in (tmpfs, DAX, NUMA-bound tmpfs).
 
@@ -25,7 +25,7 @@ pub mod tenant;
 
 pub use manifest::{FileSum, Manifest, PoolFile, security_digest, sha256_file};
 pub use mempool::{MemPool, MemPoolError, MemPoolKind};
-pub use store::{Checked, TemplateStore, TenantLimits, Usage, stage_images};
+pub use store::{Checked, TemplateStore, TenantLimits, Usage};
 pub use tenant::{Tenant, TenantError};
 
 /// Annotation naming the template a container is restored from.

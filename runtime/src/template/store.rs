@@ -3,15 +3,14 @@
 //! `manifest.json` and `manifest.sha256`; its file in the pool is
 //! `<pool>/@TENANT/<NAME>-<sha256 prefix>.tpl` (mode 0444). Templates are published whole by
 //! [`super::build`] and never modified; here they are found, listed, counted against the
-//! tenant's bounds, checked before a restore, staged for one, and removed.
+//! tenant's bounds, checked before a restore, and removed.
 //!
 //! Templates of the layout before tenants (`<store>/<NAME>/`, `<pool>/<NAME>-….tpl`) have
 //! no owner that could be trusted: they are listed as such, never restored, and removed
 //! with `trenv template rm --legacy NAME` (docs/templates.md).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
@@ -460,45 +459,6 @@ fn check_pool_file(m: &Manifest, full: bool) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// Makes a per-restore image directory holding copies of the template's files, so that
-/// what CRIU writes during a restore (its statistics) never lands in the template. Copies,
-/// not links: a link changes the file's ctime, which is what proves the template's images
-/// were not edited (manifest.rs), and not symbolic links: CRIU reads some images from
-/// inside the restored mount namespace, where the template's path does not exist. Each
-/// file is checked against its identity on the descriptor it is copied from, before and
-/// after the copy, so what is staged is what was checked. (Costs: docs/templates.md.)
-pub fn stage_images(checked: &Checked, dest: &Path) -> Result<(), TemplateError> {
-    let corrupt = |what: String| TemplateError::Corrupt {
-        name: checked.manifest.name.clone(),
-        what,
-    };
-    fs::create_dir_all(dest).map_err(io(dest))?;
-    for (fname, want) in &checked.manifest.image_stamps {
-        let from = checked.images.join(fname);
-        let mut src = fs::File::open(&from).map_err(io(&from))?;
-        let before = FileStamp::of(&src.metadata().map_err(io(&from))?);
-        if &before != want {
-            return Err(corrupt(format!("images/{fname} was modified")));
-        }
-        let target = dest.join(fname);
-        let _ = fs::remove_file(&target);
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&target)
-            .map_err(io(&target))?;
-        std::io::copy(&mut src, &mut out).map_err(io(&target))?;
-        out.flush().map_err(io(&target))?;
-        if FileStamp::of(&src.metadata().map_err(io(&from))?) != before {
-            return Err(corrupt(format!(
-                "images/{fname} changed while it was staged"
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,34 +690,6 @@ mod tests {
         let e = f.store.check(&t, "fn", &spec(), &[]).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
         assert!(e.to_string().contains("re-create it"), "{e}");
-    }
-
-    #[test]
-    fn staging_copies_so_the_template_stays_checkable_and_catches_a_late_edit() {
-        let f = Fixture::new();
-        let t = tenant("default");
-        f.publish(&t, "fn");
-        let checked = f.store.check(&t, "fn", &spec(), &[]).unwrap();
-        let dest = f._dir.path().join("staged");
-        stage_images(&checked, &dest).unwrap();
-        assert_eq!(
-            fs::read(dest.join("pages-1.img")).unwrap(),
-            fs::read(checked.images.join("pages-1.img")).unwrap()
-        );
-        // A copy, not a link: the template's files keep their identity.
-        assert_eq!(fs::metadata(dest.join("core-1.img")).unwrap().nlink(), 1);
-        let again = f.store.check(&t, "fn", &spec(), &[]).unwrap();
-        // An edit between the check and the staging is caught by the staging.
-        fs::set_permissions(
-            again.images.join("core-1.img"),
-            fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
-        let e = stage_images(&again, &dest).err().unwrap();
-        assert!(
-            e.to_string().contains("images/core-1.img was modified"),
-            "{e}"
-        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use trenv_runtime::container::create::NewContainer;
 use trenv_runtime::container::rootfs::{Mount, Scratch};
 use trenv_runtime::container::spec::{has_own_namespace, load_spec, validate};
 use trenv_runtime::snapshot::{Phases, RestorePlan, TemplateFile};
-use trenv_runtime::template::{Manifest, TemplateError, TemplateStore, stage_images};
+use trenv_runtime::template::{Manifest, TemplateError, TemplateStore};
 
 use super::stdio::{finish_io, prepare_io};
 use super::{Container, LazyCgroup, PendingRestore, StartPlan, criu_config};
@@ -33,9 +33,6 @@ use crate::stamp::ExecStamp;
 /// CRIU's work directory for a restore, below containerd's work directory of the task;
 /// removed after a successful restore.
 pub(super) const RESTORE_WORK: &str = "criu-restore";
-
-/// A template's images copied for one restore, below containerd's work directory.
-pub(super) const STAGED_IMAGES: &str = "criu-images";
 
 /// What Create learnt from the request, the spec and the options.
 struct Request<'a> {
@@ -256,12 +253,11 @@ impl<'a> Request<'a> {
                 e => rt(e),
             })?;
         phases.mark("template check");
-        let staged = self.at.bundle.join("work").join(STAGED_IMAGES);
-        stage_images(&checked, &staged).map_err(rt)?;
-        phases.mark("staging");
+        // The restore reads the images in place, through a read-only bind, and checks
+        // them again before and after CRIU reads them (runtime/src/snapshot/restore.rs).
         let m = checked.manifest;
         Ok(Some(RestoreSource {
-            images: staged,
+            images: checked.images,
             loopback_up: m.empty_netns,
             template: Some(TemplateFile {
                 key: Manifest::image_name(&m.name)
@@ -271,6 +267,7 @@ impl<'a> Request<'a> {
                 stamp: m.pool.stamp,
                 template: m.name,
                 made_with: m.made_with.map(Box::new),
+                images: m.image_stamps,
             }),
         }))
     }

@@ -8,7 +8,7 @@ use containerd_shim::protos::ttrpc;
 use trenv_runtime::ChildFds;
 use trenv_runtime::snapshot::RestorePlan;
 
-use super::create::{RESTORE_WORK, STAGED_IMAGES};
+use super::create::RESTORE_WORK;
 use super::stdio::finish_io;
 use super::{Container, PendingRestore};
 use crate::errors::{precondition, rt, stdio};
@@ -82,10 +82,9 @@ impl Container {
     }
 }
 
-/// CRIU's work directory and the staged images are of no more use; removing them (a few
-/// dozen files) need not delay Start's answer.
+/// CRIU's work directory is of no more use; removing it need not delay Start's answer.
 fn remove_leftovers(plan: &RestorePlan) {
-    let leftovers: Vec<PathBuf> = [(&plan.work, RESTORE_WORK), (&plan.images, STAGED_IMAGES)]
+    let leftovers: Vec<PathBuf> = [(&plan.work, RESTORE_WORK)]
         .into_iter()
         .filter(|(dir, name)| dir.ends_with(name))
         .map(|(dir, _)| dir.clone())
