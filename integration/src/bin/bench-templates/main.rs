@@ -19,7 +19,10 @@
 //!    stdio FIFOs are part of the `ctr` time). In the shim: Create + Start as the shim logs them
 //!    ("started ID …"); for a cold start that excludes the function's initialisation
 //!    after Start.
-//! 3. **Memory**, per template kind: `--instances` instances restored and running at once,
+//! 3. **Concurrent starts** (`--concurrent N`, 10 by default, `--concurrent-rounds R`, 3):
+//!    N starts at once through containerd's API, runc.v2 cold against the template restore
+//!    in fresh and in repurposed sandboxes (concurrent.rs).
+//! 4. **Memory**, per template kind: `--instances` instances restored and running at once,
 //!    each having read all its state (SIGUSR1: checksum over everything); reported as the
 //!    sum of their Pss, the sum of their cgroups' memory usage, the pool file, and the
 //!    machine's used memory (MemTotal − MemAvailable) before and after.
@@ -46,7 +49,9 @@ const RUNC: &str = "io.containerd.runc.v2";
 const ID_PREFIX: &str = "tbench";
 const USAGE: &str = "usage: bench-templates [--runs N (30)] [--instances N (10)] [--mb N (200)] \
                      [--namespace NS (trenv-bench)] [--skip-latency] [--skip-memory] [--skip-cri] \
-                     [--json]";
+                     [--concurrent N (10; 0 skips)] [--concurrent-rounds N (3)] [--json]";
+
+mod concurrent;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -62,6 +67,8 @@ struct Options {
     latency: bool,
     memory: bool,
     cri: bool,
+    concurrent: usize,
+    concurrent_rounds: usize,
     json: bool,
 }
 
@@ -74,6 +81,8 @@ fn parse_args() -> Result<Options, String> {
         latency: true,
         memory: true,
         cri: true,
+        concurrent: 10,
+        concurrent_rounds: 3,
         json: false,
     };
     let mut args = std::env::args().skip(1);
@@ -89,6 +98,16 @@ fn parse_args() -> Result<Options, String> {
                 o.instances = value("--instances")?
                     .parse()
                     .map_err(|e| format!("--instances: {e}"))?
+            }
+            "--concurrent" => {
+                o.concurrent = value("--concurrent")?
+                    .parse()
+                    .map_err(|e| format!("--concurrent: {e}"))?
+            }
+            "--concurrent-rounds" => {
+                o.concurrent_rounds = value("--concurrent-rounds")?
+                    .parse()
+                    .map_err(|e| format!("--concurrent-rounds: {e}"))?
             }
             "--mb" => o.mb = value("--mb")?.parse().map_err(|e| format!("--mb: {e}"))?,
             "--namespace" => o.namespace = value("--namespace")?,
@@ -606,6 +625,19 @@ fn run(o: &Options) -> Result<Value, String> {
         );
     }
 
+    if o.concurrent > 0 {
+        ctr.ensure_image(BUSYBOX);
+        report["concurrent"] = concurrent::run(&concurrent::Phase {
+            ctr: &ctr,
+            namespace: &o.namespace,
+            n: o.concurrent,
+            rounds: o.concurrent_rounds,
+            mb: o.mb,
+            template: &map_t,
+            env: &env,
+            prefix: &prefix,
+        })?;
+    }
     if o.memory {
         let info = template_info(&map_t, &o.namespace)?;
         let pool_path = info["pool"]["path"]
@@ -934,6 +966,9 @@ fn print_report(r: &Value) {
             "start",
             "CRI ",
         );
+    }
+    if let Some(c) = r.get("concurrent") {
+        concurrent::print(c);
     }
     if let Some(m) = r.get("memory") {
         let kib = |v: &Value| v.as_u64().unwrap_or(0);

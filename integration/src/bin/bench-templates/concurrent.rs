@@ -1,0 +1,251 @@
+//! Concurrent starts (issue 15): `--concurrent N` containers of the Python function started
+//! at once through containerd's API, each from its own thread and client connection, as a
+//! FaaS platform scales a function out. Three modes, interleaved by round: (a) runc.v2 cold
+//! start, until the function has logged `ready` (its initialisation is the start); (d) the
+//! map template restored into namespaces of its own; (e) the same restored into repurposed
+//! sandboxes that last ran another function (before each (e) round, untimed: the tenant's
+//! pool drained, N busybox containers run at once and deleted, leaving N idle sandboxes).
+//! Per start: Create to running (a restore is ready when it runs) or to `ready`; per round:
+//! from the first Create to the last start done.
+
+use std::fs;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trenv_integration::api::Containerd;
+use trenv_integration::pyfn::LOG_ENV;
+use trenv_integration::{BUSYBOX, Ctr, PYFN, RUNTIME};
+
+use super::{FRESH, REPURPOSED, RUNC, STOP, stats, trenv_cli};
+
+/// The modes of the phase, as (key, name).
+pub const MODES: [(&str, &str); 3] = [
+    ("cold_runc", "(a) cold start, runc.v2, until ready"),
+    ("map_restore", "(d) template restore, fresh namespaces"),
+    (
+        "repurposed_restore",
+        "(e) template restore, repurposed sandboxes",
+    ),
+];
+
+/// What the phase needs of the run.
+pub struct Phase<'a> {
+    pub ctr: &'a Ctr,
+    pub namespace: &'a str,
+    /// Containers started at once.
+    pub n: usize,
+    pub rounds: usize,
+    pub mb: u32,
+    /// The map template.
+    pub template: &'a str,
+    /// The source function's environment as `ctr` flags.
+    pub env: &'a [String],
+    pub prefix: &'a str,
+}
+
+pub fn run(p: &Phase<'_>) -> Result<Value, String> {
+    let mut per_start: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut all_up: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    for round in 0..p.rounds {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..MODES.len()).collect()
+        } else {
+            (0..MODES.len()).rev().collect()
+        };
+        for m in order {
+            if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("interrupted".into());
+            }
+            let ids: Vec<String> = (0..p.n)
+                .map(|i| format!("{}-n{}-{round}-{i}", p.prefix, MODES[m].0))
+                .collect();
+            let result = one_round(p, m, &ids);
+            for id in &ids {
+                p.ctr.remove(id);
+            }
+            let (starts, wall) = result?;
+            per_start[m].extend(starts);
+            all_up[m].push(wall);
+        }
+        eprintln!(
+            "[bench] {} concurrent starts: round {}/{} done",
+            p.n,
+            round + 1,
+            p.rounds
+        );
+    }
+    let mut out = serde_json::Map::new();
+    for (m, (key, name)) in MODES.iter().enumerate() {
+        out.insert(
+            (*key).into(),
+            json!({
+                "name": name,
+                "start_ms": stats(&mut per_start[m]),
+                "all_up_ms": stats(&mut all_up[m]),
+            }),
+        );
+    }
+    Ok(json!({"n": p.n, "rounds": p.rounds, "modes": out}))
+}
+
+/// One round of mode `m`: the containers created (untimed), then started at once; the
+/// time of each start and of the whole round.
+fn one_round(p: &Phase<'_>, m: usize, ids: &[String]) -> Result<(Vec<f64>, f64), String> {
+    let state = format!("FN_STATE_MB={}", p.mb);
+    let annotation = format!("io.trenv.template={}", p.template);
+    let mut flags: Vec<&str> = match m {
+        0 => vec!["--runtime", RUNC, "--env", &state, "--env", LOG_ENV],
+        _ => {
+            let mut f = vec!["--runtime", RUNTIME, "--annotation", &annotation];
+            f.extend(p.env.iter().map(String::as_str));
+            f
+        }
+    };
+    match m {
+        1 => flags.extend(FRESH),
+        2 => flags.extend(REPURPOSED),
+        _ => {}
+    }
+    for id in ids {
+        let mut a = vec!["containers", "create"];
+        a.extend_from_slice(&flags);
+        a.extend([PYFN, id.as_str()]);
+        let r = p.ctr.run(&a);
+        if r.code != 0 {
+            return Err(format!("creating container {id}: {}", r.stderr.trim()));
+        }
+    }
+    if m == 2 {
+        idle_sandboxes(p, &format!("{}-other", ids[0]))?;
+    }
+    let cold = m == 0;
+    let barrier = Barrier::new(ids.len());
+    let results: Vec<Result<(Instant, Instant), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let api = Containerd::from_env(p.namespace);
+                    barrier.wait();
+                    let api = api?;
+                    let t0 = Instant::now();
+                    let started = api.start_task(id)?;
+                    if cold {
+                        wait_ready(started.pid as i32, id)?;
+                    }
+                    Ok((t0, Instant::now()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a start thread panicked".into()))
+            })
+            .collect()
+    });
+    let times = results.into_iter().collect::<Result<Vec<_>, String>>()?;
+    let first = times.iter().map(|t| t.0).min().ok_or("no starts")?;
+    let last = times.iter().map(|t| t.1).max().ok_or("no starts")?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok((
+        times.iter().map(|(a, b)| ms(*b - *a)).collect(),
+        ms(last - first),
+    ))
+}
+
+/// Waits (at most a minute) until the cold-started function has logged `ready`, read from
+/// its /tmp through /proc (no `ctr` process in the measured time).
+fn wait_ready(pid: i32, id: &str) -> Result<(), String> {
+    let log = format!("/proc/{pid}/root/tmp/fn.log");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if fs::read_to_string(&log).is_ok_and(|t| t.lines().any(|l| l.starts_with("ready "))) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(format!("{id} (pid {pid}) logged no ready line in a minute"))
+}
+
+/// Leaves the tenant's pool with `n` idle sandboxes last used by another function: the
+/// pool drained, `n` busybox containers running at once (each in a sandbox of its own),
+/// then deleted.
+fn idle_sandboxes(p: &Phase<'_>, prefix: &str) -> Result<(), String> {
+    let drained = trenv_cli()
+        .args(["pool", "drain", "--tenant", p.namespace])
+        .output()
+        .map_err(|e| format!("running trenv pool drain: {e}"))?;
+    if !drained.status.success() {
+        return Err(format!(
+            "trenv pool drain: {}",
+            String::from_utf8_lossy(&drained.stderr).trim()
+        ));
+    }
+    let others: Vec<String> = (0..p.n).map(|i| format!("{prefix}-{i}")).collect();
+    let mut failed = None;
+    for id in &others {
+        let r = p.ctr.run(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.trenv.function=other",
+            REPURPOSED[0],
+            REPURPOSED[1],
+            BUSYBOX,
+            id,
+            "sleep",
+            "1000",
+        ]);
+        if r.code != 0 {
+            failed = Some(format!("the other function {id}: {}", r.stderr.trim()));
+            break;
+        }
+    }
+    for id in &others {
+        p.ctr.remove(id);
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// The phase's table and ratios.
+pub fn print(r: &Value) {
+    println!(
+        "\n## {} concurrent starts through containerd's API (ms; {} rounds)\n",
+        r["n"], r["rounds"]
+    );
+    println!(
+        "start: one container's Tasks.Create + Tasks.Start (for (a) until the function logged \
+         ready), all {} started at once from their own threads; all up: from the first Create \
+         to the last start done\n",
+        r["n"]
+    );
+    println!("| mode | start P50 | start P99 | all up P50 | all up P99 | n |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+    for (key, name) in MODES {
+        let m = &r["modes"][key];
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            f(&m["start_ms"]["p50"]),
+            f(&m["start_ms"]["p99"]),
+            f(&m["all_up_ms"]["p50"]),
+            f(&m["all_up_ms"]["p99"]),
+            m["start_ms"]["n"]
+        );
+    }
+    let p = |k: &str, what: &str, q: &str| r["modes"][k][what][q].as_f64().unwrap_or(f64::NAN);
+    for q in ["p50", "p99"] {
+        println!(
+            "{q}: (e) vs (a) runc cold {:.1}x per start, {:.1}x all up; (e) vs (d) {:.2}x per start",
+            p("cold_runc", "start_ms", q) / p("repurposed_restore", "start_ms", q),
+            p("cold_runc", "all_up_ms", q) / p("repurposed_restore", "all_up_ms", q),
+            p("map_restore", "start_ms", q) / p("repurposed_restore", "start_ms", q),
+        );
+    }
+}
