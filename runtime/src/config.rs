@@ -122,6 +122,8 @@ pub struct SandboxesConfig {
     pub dir: PathBuf,
     /// At most this many idle sandboxes on the node (0: keep none).
     pub max_idle: usize,
+    /// At most this many idle sandboxes of one tenant.
+    pub max_idle_per_tenant: usize,
     /// An idle sandbox is destroyed after this many seconds unused.
     pub keep_alive_secs: u64,
     /// Where a sandboxed container's writable rootfs layer lives: "memory" (a tmpfs
@@ -139,6 +141,7 @@ impl Default for SandboxesConfig {
             enabled: false,
             dir: PathBuf::from(crate::paths::SANDBOXES_DIR),
             max_idle: 64,
+            max_idle_per_tenant: 16,
             keep_alive_secs: 600,
             scratch: ScratchKind::Memory,
             cni_conf_dir: PathBuf::from(crate::paths::CNI_CONF_DIR),
@@ -164,6 +167,7 @@ impl SandboxesConfig {
             &self.dir,
             crate::sandbox::Bounds {
                 max_idle: self.max_idle,
+                max_idle_per_tenant: self.max_idle_per_tenant,
                 keep_alive: std::time::Duration::from_secs(self.keep_alive_secs),
             },
             crate::sandbox::network::Cni {

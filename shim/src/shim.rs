@@ -178,6 +178,7 @@ impl Shim for TrenvShim {
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events = Events::new(publisher, address, self.namespace.clone());
+        crate::container::sandbox::sweep_periodically();
         Service::new(events, self.exit.clone(), self.namespace.clone())
     }
 }

@@ -2,7 +2,9 @@
 //! an idle sandbox last used by the same function, else the least recently used
 //! compatible one, else none (a cold start in a new sandbox). Compatible means the same
 //! tenant and the same key; nothing crosses tenants. Idle sandboxes older than the
-//! keep-alive go, and the least recently used beyond the pool's size. Pure functions over
+//! keep-alive go, then a tenant's least recently used beyond its share (so that one
+//! tenant's bursts cannot push every other tenant's warm sandboxes out), then the least
+//! recently used beyond the pool's size. Pure functions over
 //! the records, so they are tested without a kernel.
 
 use std::time::Duration;
@@ -22,6 +24,8 @@ pub struct Want<'a> {
 pub struct Bounds {
     /// At most this many idle sandboxes on the node.
     pub max_idle: usize,
+    /// At most this many idle sandboxes of one tenant.
+    pub max_idle_per_tenant: usize,
     /// An idle sandbox is destroyed after this long unused.
     pub keep_alive: Duration,
 }
@@ -41,19 +45,35 @@ pub fn choose<'r>(records: &'r [Record], want: &Want<'_>) -> Option<&'r Record> 
 }
 
 /// The idle sandboxes to destroy at `now_ms`: those unused for longer than the keep-alive,
-/// then the least recently used beyond `max_idle`.
+/// then each tenant's least recently used beyond `max_idle_per_tenant`, then the least
+/// recently used beyond `max_idle`.
 pub fn evictions(records: &[Record], bounds: &Bounds, now_ms: u64) -> Vec<String> {
     let keep_ms = bounds.keep_alive.as_millis() as u64;
     let mut idle: Vec<&Record> = records.iter().filter(|r| r.is_idle()).collect();
-    let (expired, mut kept): (Vec<&Record>, Vec<&Record>) = idle
-        .drain(..)
+    // Oldest first: whatever goes beyond a bound is the least recently used.
+    idle.sort_by_key(|r| r.last_used_ms);
+    let (expired, kept): (Vec<&Record>, Vec<&Record>) = idle
+        .into_iter()
         .partition(|r| now_ms.saturating_sub(r.last_used_ms) > keep_ms);
     let mut out: Vec<String> = expired.into_iter().map(|r| r.id.clone()).collect();
-    if kept.len() > bounds.max_idle {
-        kept.sort_by_key(|r| r.last_used_ms);
-        let extra = kept.len() - bounds.max_idle;
-        out.extend(kept.into_iter().take(extra).map(|r| r.id.clone()));
+    let mut per_tenant: std::collections::HashMap<&str, usize> = Default::default();
+    for r in &kept {
+        *per_tenant.entry(r.tenant.as_str()).or_default() += 1;
     }
+    let mut left = Vec::new();
+    for r in kept {
+        let n = per_tenant
+            .get_mut(r.tenant.as_str())
+            .expect("counted above");
+        if *n > bounds.max_idle_per_tenant {
+            *n -= 1;
+            out.push(r.id.clone());
+        } else {
+            left.push(r);
+        }
+    }
+    let extra = left.len().saturating_sub(bounds.max_idle);
+    out.extend(left.into_iter().take(extra).map(|r| r.id.clone()));
     out
 }
 
@@ -117,6 +137,7 @@ mod tests {
     fn expired_and_surplus_idle_sandboxes_are_evicted_oldest_first() {
         let bounds = Bounds {
             max_idle: 2,
+            max_idle_per_tenant: 10,
             keep_alive: Duration::from_secs(60),
         };
         let rs = vec![
@@ -134,8 +155,34 @@ mod tests {
         assert_eq!(evictions(&rs, &roomy, now), vec!["old"]);
         let zero = Bounds {
             max_idle: 0,
+            max_idle_per_tenant: 10,
             keep_alive: Duration::from_secs(3600),
         };
         assert_eq!(evictions(&rs, &zero, now).len(), 4);
+    }
+
+    #[test]
+    fn a_tenant_beyond_its_share_loses_its_oldest_and_leaves_the_others_alone() {
+        let bounds = Bounds {
+            max_idle: 5,
+            max_idle_per_tenant: 2,
+            keep_alive: Duration::from_secs(600),
+        };
+        // Tenant "busy" burst last: four idle sandboxes, newer than "quiet"'s two.
+        let rs = vec![
+            rec("q1", "quiet", "k", "f", 10),
+            rec("q2", "quiet", "k", "f", 20),
+            rec("b1", "busy", "k", "f", 30),
+            rec("b2", "busy", "k", "f", 40),
+            rec("b3", "busy", "k", "f", 50),
+            rec("b4", "busy", "k", "f", 60),
+        ];
+        assert_eq!(evictions(&rs, &bounds, 100), vec!["b1", "b2"]);
+        // Within their shares, the node's bound takes the oldest of all.
+        let node = Bounds {
+            max_idle: 3,
+            ..bounds
+        };
+        assert_eq!(evictions(&rs, &node, 100), vec!["b1", "b2", "q1"]);
     }
 }

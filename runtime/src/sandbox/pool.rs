@@ -270,6 +270,18 @@ impl IdlePool {
         Ok(out)
     }
 
+    /// Destroys what must go now (sandboxes of dead holders, idle ones past their
+    /// keep-alive or beyond the bounds); their ids. Every pool operation does this first;
+    /// running shims also do it periodically, so that the keep-alive holds on a node where
+    /// nothing is created or deleted. A pool that was never made stays unmade.
+    pub fn sweep(&self) -> Result<Vec<String>, SandboxError> {
+        if !self.dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let _lock = self.lock()?;
+        Ok(self.sweep_locked())
+    }
+
     /// Destroys what must go (the caller holds the lock); their ids.
     fn sweep_locked(&self) -> Vec<String> {
         let records = self.records();
@@ -342,11 +354,16 @@ mod tests {
     }
 
     fn pool(dir: &Path, max_idle: usize) -> IdlePool {
+        pool_keeping(dir, max_idle, Duration::from_secs(600))
+    }
+
+    fn pool_keeping(dir: &Path, max_idle: usize, keep_alive: Duration) -> IdlePool {
         IdlePool::new(
             dir,
             Bounds {
                 max_idle,
-                keep_alive: Duration::from_secs(600),
+                max_idle_per_tenant: max_idle,
+                keep_alive,
             },
             Cni {
                 conf_dir: dir.join("no-cni"),
@@ -397,6 +414,25 @@ mod tests {
             .filter(|e| e.file_name() != ".lock")
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_sweep_destroys_idle_sandboxes_past_their_keep_alive_and_makes_no_pool() {
+        if !root() {
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let never = pool(&base.path().join("never-made"), 4);
+        assert!(never.sweep().unwrap().is_empty());
+        assert!(!never.dir().exists(), "a sweep makes no pool");
+        let p = pool_keeping(&base.path().join("pool"), 4, Duration::from_secs(1));
+        let a = p.take(&take("t", "f", "c1")).unwrap();
+        assert!(matches!(p.release(&a), Released::Idle(_)));
+        assert!(p.sweep().unwrap().is_empty(), "still within its keep-alive");
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(p.sweep().unwrap(), vec![a.id.clone()]);
+        assert!(p.records().is_empty());
+        assert!(!p.dir().join(&a.id).exists());
     }
 
     #[test]

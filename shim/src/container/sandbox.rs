@@ -59,6 +59,31 @@ impl Held {
     }
 }
 
+/// Sweeps the node's idle pool every so often (a quarter of the keep-alive, between 1 s
+/// and a minute) for as long as this shim runs, so that idle sandboxes go when their
+/// keep-alive ends, not at the pool's next use. The config is read again each time.
+pub fn sweep_periodically() {
+    let spawned = std::thread::Builder::new()
+        .name("pool-sweep".into())
+        .spawn(|| {
+            loop {
+                let config = Config::load().unwrap_or_default();
+                let secs = (config.sandboxes.keep_alive_secs / 4).clamp(1, 60);
+                std::thread::sleep(std::time::Duration::from_secs(secs));
+                match config.sandboxes.pool().sweep() {
+                    Ok(gone) if !gone.is_empty() => {
+                        log::debug!("pool sweep: destroyed sandboxes {gone:?}")
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::debug!("pool sweep: {e}"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no pool sweeper thread: {e}");
+    }
+}
+
 /// The function a container runs, for the pool's policy and the metering record:
 /// `io.trenv.function`, else its template, else CRI's image name, else what its process
 /// is (its arguments and environment, i.e. its image's entrypoint and config).
