@@ -23,7 +23,7 @@ const REPORT_SH: &str = include_str!("fixtures/sandbox-report.sh");
 const LEAVE_PY: &str = include_str!("fixtures/sandbox-leave.py");
 /// Both functions may set their hostname and mount an mqueue filesystem to look at it.
 const CAPS: [&str; 2] = ["--cap-add", "CAP_SYS_ADMIN"];
-/// Asks for a pooled sandbox (off by default in trenv's config).
+/// Asks for a pooled sandbox (trenv's config may have turned the pool off for the rest).
 const REPURPOSE: [&str; 2] = ["--annotation", "io.trenv.repurpose=true"];
 
 /// How a test starts its tasks.

@@ -115,8 +115,8 @@ pub struct PoolConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxesConfig {
-    /// Containers that can take part run in pooled sandboxes without asking
-    /// (`io.trenv.repurpose` decides per container either way). Off by default for now.
+    /// Containers that can take part run in pooled sandboxes without asking (on by
+    /// default; `io.trenv.repurpose` decides per container either way).
     pub enabled: bool,
     /// The node-wide idle pool (a tmpfs: it must not outlive a boot).
     pub dir: PathBuf,
@@ -138,7 +138,7 @@ pub struct SandboxesConfig {
 impl Default for SandboxesConfig {
     fn default() -> SandboxesConfig {
         SandboxesConfig {
-            enabled: false,
+            enabled: true,
             dir: PathBuf::from(crate::paths::SANDBOXES_DIR),
             max_idle: 64,
             max_idle_per_tenant: 16,
@@ -365,9 +365,9 @@ mod tests {
     }
 
     #[test]
-    fn sandboxes_are_opt_in_with_memory_scratch_by_default_and_configurable() {
+    fn sandboxes_are_on_with_memory_scratch_by_default_and_configurable() {
         let d = Config::default().sandboxes;
-        assert!(!d.enabled && d.max_idle > 0 && d.scratch == ScratchKind::Memory);
+        assert!(d.enabled && d.max_idle > 0 && d.scratch == ScratchKind::Memory);
         let c = parse("[sandboxes]\nmax_idle = 0\nscratch = \"disk\"\n").unwrap();
         assert_eq!(
             (c.sandboxes.max_idle, c.sandboxes.scratch),

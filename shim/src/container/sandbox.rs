@@ -2,7 +2,7 @@
 //! idle pool at Create — a compatible idle one of its tenant, else a new one — and
 //! released at Delete, purged, for the next container. Containers take part when they ask
 //! (`io.trenv.repurpose=true`) or when the node's config says so (`[sandboxes] enabled`,
-//! off by default); one that cannot (its spec joins namespaces, a user namespace, network
+//! on by default); one that cannot (its spec joins namespaces, a user namespace, network
 //! admin rights, a checkpoint restore) or does not ask gets new namespaces as before; so does one whose sandbox cannot be had (the pool's directory unusable),
 //! with a warning: the pool speeds starts up, it never fails them.
 
