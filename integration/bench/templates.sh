@@ -8,7 +8,8 @@
 #   BENCH ARGS   passed to bench-templates: --runs N (30), --instances N (10),
 #                --mb N (200), --namespace NS (trenv-bench), --skip-latency,
 #                --skip-memory, --skip-cri, --concurrent N (10; 0 skips),
-#                --concurrent-rounds N (3), --json
+#                --concurrent-rounds N (3), --burst N (0; 50 for issue 15),
+#                --burst-functions N (5), --burst-rounds N (3), --json
 #
 # Uses the installed shim and trenv CLI (integration/setup.sh installs both; set
 # TRENV_CLI to use another trenv), the pyfn test image (build-images.sh import) and

@@ -27,6 +27,8 @@ pub struct Containerd {
     rt: tokio::runtime::Runtime,
     client: Client,
     namespace: String,
+    /// Each call's deadline.
+    timeout: Duration,
 }
 
 /// The stdio of a task or exec: FIFO paths (empty: none) and whether it has a terminal.
@@ -90,7 +92,15 @@ impl Containerd {
             rt,
             client,
             namespace: namespace.to_string(),
+            timeout: CALL_TIMEOUT,
         })
+    }
+
+    /// The same client with another deadline for each call (a burst of cold starts on two
+    /// cores takes containerd longer than a test's minute).
+    pub fn with_timeout(mut self, timeout: Duration) -> Containerd {
+        self.timeout = timeout;
+        self
     }
 
     /// The containerd under test (`CONTAINERD_ADDRESS`, as for [`crate::Ctr::from_env`]).
@@ -105,7 +115,7 @@ impl Containerd {
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        req.set_timeout(CALL_TIMEOUT);
+        req.set_timeout(self.timeout);
         if let Ok(ns) = self.namespace.parse() {
             req.metadata_mut().insert("containerd-namespace", ns);
         }

@@ -117,7 +117,7 @@ fn one_round(p: &Phase<'_>, m: usize, ids: &[String]) -> Result<(Vec<f64>, f64),
         }
     }
     if m == 2 {
-        idle_sandboxes(p, &format!("{}-other", ids[0]))?;
+        idle_sandboxes(p.ctr, p.namespace, p.n, &format!("{}-other", ids[0]), &[])?;
     }
     let cold = m == 0;
     let barrier = Barrier::new(ids.len());
@@ -157,26 +157,35 @@ fn one_round(p: &Phase<'_>, m: usize, ids: &[String]) -> Result<(Vec<f64>, f64),
     ))
 }
 
-/// Waits (at most a minute) until the cold-started function has logged `ready`, read from
-/// its /tmp through /proc (no `ctr` process in the measured time).
-fn wait_ready(pid: i32, id: &str) -> Result<(), String> {
+/// Waits (at most five minutes: fifty cold starts at once on two cores take a while) until
+/// the cold-started function has logged `ready`, read from its /tmp through /proc (no
+/// `ctr` process in the measured time).
+pub(super) fn wait_ready(pid: i32, id: &str) -> Result<(), String> {
     let log = format!("/proc/{pid}/root/tmp/fn.log");
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
+    while start.elapsed() < Duration::from_secs(300) {
         if fs::read_to_string(&log).is_ok_and(|t| t.lines().any(|l| l.starts_with("ready "))) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Err(format!("{id} (pid {pid}) logged no ready line in a minute"))
+    Err(format!(
+        "{id} (pid {pid}) logged no ready line in five minutes"
+    ))
 }
 
 /// Leaves the tenant's pool with `n` idle sandboxes last used by another function: the
-/// pool drained, `n` busybox containers running at once (each in a sandbox of its own),
-/// then deleted.
-fn idle_sandboxes(p: &Phase<'_>, prefix: &str) -> Result<(), String> {
+/// pool drained, `n` busybox containers (with `extra` flags: a network) running at once,
+/// each in a sandbox of its own, then deleted.
+pub(super) fn idle_sandboxes(
+    ctr: &Ctr,
+    namespace: &str,
+    n: usize,
+    prefix: &str,
+    extra: &[&str],
+) -> Result<(), String> {
     let drained = trenv_cli()
-        .args(["pool", "drain", "--tenant", p.namespace])
+        .args(["pool", "drain", "--tenant", namespace])
         .output()
         .map_err(|e| format!("running trenv pool drain: {e}"))?;
     if !drained.status.success() {
@@ -185,10 +194,10 @@ fn idle_sandboxes(p: &Phase<'_>, prefix: &str) -> Result<(), String> {
             String::from_utf8_lossy(&drained.stderr).trim()
         ));
     }
-    let others: Vec<String> = (0..p.n).map(|i| format!("{prefix}-{i}")).collect();
+    let others: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let mut failed = None;
     for id in &others {
-        let r = p.ctr.run(&[
+        let mut a = vec![
             "run",
             "-d",
             "--runtime",
@@ -197,18 +206,17 @@ fn idle_sandboxes(p: &Phase<'_>, prefix: &str) -> Result<(), String> {
             "io.trenv.function=other",
             REPURPOSED[0],
             REPURPOSED[1],
-            BUSYBOX,
-            id,
-            "sleep",
-            "1000",
-        ]);
+        ];
+        a.extend_from_slice(extra);
+        a.extend([BUSYBOX, id.as_str(), "sleep", "1000"]);
+        let r = ctr.run(&a);
         if r.code != 0 {
             failed = Some(format!("the other function {id}: {}", r.stderr.trim()));
             break;
         }
     }
     for id in &others {
-        p.ctr.remove(id);
+        ctr.remove(id);
     }
     failed.map_or(Ok(()), Err)
 }
