@@ -247,6 +247,10 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         remove_with_prefix(&self.ctr, &self.prefix);
+        // The idle sandboxes the bench's containers left (with their networks).
+        let _ = trenv_cli()
+            .args(["pool", "drain", "--tenant", &self.tenant])
+            .output();
         for t in &self.templates {
             let _ = trenv_cli()
                 .args(["template", "rm", t, "--tenant", &self.tenant])
