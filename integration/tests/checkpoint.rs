@@ -4,6 +4,7 @@
 //! image of its task in containerd's content store; `ctr containers restore --live --rw`
 //! creates a new container from it whose task trenv restores with CRIU.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use trenv_integration::pyfn::{LOG_ENV, field, log_lines, signal_state, wait_line};
@@ -97,6 +98,7 @@ fn remove(c: &Ctr, id: &str) {
 }
 
 fn restore(c: &Ctr, id: &str, reference: &str) {
+    let before = extractions();
     c.run(&["containers", "restore", "--live", "--rw", id, reference])
         .ok();
     assert!(
@@ -104,6 +106,37 @@ fn restore(c: &Ctr, id: &str, reference: &str) {
         "{id} restored from {reference} is not running: {:?}",
         c.task_status(id)
     );
+    // containerd extracts the checkpoint into a temporary directory for the task's Create
+    // and never removes it (runc.v2 leaves it too); trenv removes it once restored. Other
+    // tests' restores may extract theirs meanwhile: each goes when its restore is done.
+    let start = Instant::now();
+    loop {
+        let left: Vec<PathBuf> = extractions().difference(&before).cloned().collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "containerd's extraction of {reference} is left: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// containerd's extractions of checkpoints for restores (`/tmp/ctrd-checkpoint*`).
+fn extractions() -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir("/tmp")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("ctrd-checkpoint")
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// No CRIU mount of the restore of container `id` is left on the host.

@@ -54,6 +54,8 @@ struct RestoreSource {
     images: PathBuf,
     template: Option<TemplateFile>,
     loopback_up: bool,
+    /// `images` is containerd's extraction of the request's checkpoint.
+    extracted: bool,
 }
 
 impl Container {
@@ -229,6 +231,7 @@ impl<'a> Request<'a> {
                 images,
                 template: None,
                 loopback_up: false,
+                extracted: !self.req.checkpoint.is_empty(),
             }));
         };
         if !self.req.checkpoint.is_empty() || self.opts.criu_image_path.is_some() {
@@ -259,6 +262,7 @@ impl<'a> Request<'a> {
         Ok(Some(RestoreSource {
             images: checked.images,
             loopback_up: m.empty_netns,
+            extracted: false,
             template: Some(TemplateFile {
                 key: Manifest::image_name(&m.name)
                     .trim_start_matches('/')
@@ -314,6 +318,7 @@ impl<'a> Request<'a> {
                 loopback_up: source.loopback_up,
             },
             child,
+            extracted: source.extracted,
         }));
         phases.mark("stdio");
         Ok(())

@@ -84,6 +84,10 @@ struct PendingRestore {
     plan: RestorePlan,
     /// The restored process's end of its stdio pipes (none with a terminal).
     child: ChildStdio,
+    /// The images are containerd's extraction of a checkpoint for this Create
+    /// (`CreateTaskRequest.checkpoint`, a `ctrd-checkpoint*` temporary directory that
+    /// containerd never removes, with runc.v2 as with trenv): removed after the restore.
+    extracted: bool,
 }
 
 /// Where trenv's CRIU runs cache what they learnt (a tmpfs).

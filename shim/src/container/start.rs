@@ -68,7 +68,7 @@ impl Container {
         let restored = restored.map_err(rt)?;
         let pid = restored.pid;
         log::info!("restored {} (pid {pid}): {}", self.id, restored.phases);
-        remove_leftovers(&pending.plan);
+        remove_leftovers(&pending.plan, pending.extracted);
         let io = match console {
             Some(c) => finish_io(&paths, None, Some(c))?,
             None => None,
@@ -82,12 +82,14 @@ impl Container {
     }
 }
 
-/// CRIU's work directory is of no more use; removing it need not delay Start's answer.
-fn remove_leftovers(plan: &RestorePlan) {
+/// CRIU's work directory, and containerd's extraction of the checkpoint (`extracted`), are
+/// of no more use; removing them need not delay Start's answer.
+fn remove_leftovers(plan: &RestorePlan, extracted: bool) {
     let leftovers: Vec<PathBuf> = [(&plan.work, RESTORE_WORK)]
         .into_iter()
         .filter(|(dir, name)| dir.ends_with(name))
         .map(|(dir, _)| dir.clone())
+        .chain(extracted.then(|| plan.images.clone()))
         .collect();
     if leftovers.is_empty() {
         return;
