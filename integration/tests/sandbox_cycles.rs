@@ -85,6 +85,14 @@ fn a_thousand_take_release_cycles_leave_nothing_behind() {
         ])
         .ok();
     };
+    // Idle sandboxes that earlier suites left (of any tenant) would reach their keep-alive
+    // during the cycles and be swept, and the counts would drop: the pool starts empty.
+    let emptied = trenv_cli().args(["pool", "drain"]).output().unwrap();
+    assert!(
+        emptied.status.success(),
+        "trenv pool drain: {}",
+        String::from_utf8_lossy(&emptied.stderr)
+    );
     // The first cycle makes the sandbox; the others take it back.
     cycle(0);
     let servers = shim_servers(&format!("-namespace {ns} "));

@@ -977,7 +977,9 @@ fn a_template_is_made_by_annotation_once_the_function_is_ready() {
         PYFN,
         &[],
     );
-    let ready = field(&wait_line(&c, src, "ready ", 0), "state=");
+    // The template first, then the function's log: reading the log execs a process in the
+    // container, which would be in its freezer cgroup while CRIU dumps it (CRIU then waits
+    // for that foreign process until its 10 s timeout).
     let start = Instant::now();
     let limit = Duration::from_secs(60 * trenv_integration::time_scale());
     while trenv(&["template", "inspect", name, "-n", &c.namespace]).code != 0 {
@@ -987,6 +989,7 @@ fn a_template_is_made_by_annotation_once_the_function_is_ready() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let ready = field(&wait_line(&c, src, "ready ", 0), "state=");
     let m = inspect(&c, name);
     assert_eq!(m["source_container"], src.as_str());
     assert!(m["conversion"]["bytes_moved"].as_u64().unwrap() > 0, "{m}");
@@ -1229,11 +1232,8 @@ fn a_template_made_by_annotation_in_another_namespace_neither_replaces_nor_shado
         PYFN,
         &[],
     );
-    let ready_b = field(&wait_line(&b, &b_src, "ready ", 0), "state=");
-    assert_ne!(
-        ready_a, ready_b,
-        "the two functions must differ to tell them apart"
-    );
+    // The template first, then B's log (an exec during the dump would stall CRIU: see
+    // a_template_is_made_by_annotation_once_the_function_is_ready).
     let start = Instant::now();
     let limit = Duration::from_secs(60 * trenv_integration::time_scale());
     while trenv(&["template", "inspect", name, "-n", &b.namespace]).code != 0 {
@@ -1244,6 +1244,11 @@ fn a_template_made_by_annotation_in_another_namespace_neither_replaces_nor_shado
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let ready_b = field(&wait_line(&b, &b_src, "ready ", 0), "state=");
+    assert_ne!(
+        ready_a, ready_b,
+        "the two functions must differ to tell them apart"
+    );
     let after = inspect(&c, name);
     assert_eq!(before, after, "A's template changed");
     assert_eq!(after["source_container"], src.as_str());
