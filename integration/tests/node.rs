@@ -73,7 +73,10 @@ fn a_dump_leaves_the_node_tuned() {
     impl Drop for Gone<'_> {
         fn drop(&mut self) {
             self.0.remove(self.1);
-            let _ = trenv_cli().args(["template", "rm", self.2]).output();
+            // The template belongs to the test's namespace (its tenant), not to "default".
+            let _ = trenv_cli()
+                .args(["template", "rm", self.2, "-n", &self.0.namespace])
+                .output();
         }
     }
     let _gone = Gone(&c, &id, &name);
