@@ -217,8 +217,8 @@ fn a_function_restored_from_a_template_finds_nothing_of_the_previous_one() {
         "cold",
         &["--annotation", "io.trenv.repurpose=false"],
     );
-    // B's template: B waits for /out/go, then reports. One process (templates hold one):
-    // it waits in the shell's own `read`, on a FIFO of /out.
+    // B's template: B waits for /out/go, then reports. One process: it waits in the
+    // shell's own `read`, on a FIFO of /out.
     nix_mkfifo(&p.out.path().join("fifo"));
     let src = unique_id("sb-src");
     p.ids.borrow_mut().push(src.clone());

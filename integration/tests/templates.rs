@@ -419,35 +419,121 @@ fn a_modified_template_is_refused_and_leaves_nothing() {
     assert_nothing_left(&c, id);
 }
 
-#[test]
-fn multi_process_functions_are_refused_clearly() {
-    let c = ctr();
-    let case = Case::new(&c, "multi");
-    let (src, name) = (&case.src, &case.name);
-    run_detached(
-        &c,
-        src,
-        &[],
-        BUSYBOX,
-        &["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
+/// A function of two processes: the parent maps 8 MiB of private anonymous memory and
+/// fills it, forks, and the child overwrites all of its copy but the last page. Once
+/// `/tmp/go` exists, each writes the SHA-256 of its memory to `/tmp/sum-ROLE`.
+const TREE_FN: &str = "import hashlib, mmap, os, time\n\
+    N = 8 << 20\n\
+    m = mmap.mmap(-1, N, flags=mmap.MAP_PRIVATE)\n\
+    m.write(b'P' * N)\n\
+    role = 'parent' if os.fork() else 'child'\n\
+    if role == 'child':\n    m.seek(0)\n    m.write(b'C' * (N - 4096))\n\
+    open('/tmp/ready-' + role, 'w').close()\n\
+    while not os.path.exists('/tmp/go'):\n    time.sleep(0.02)\n\
+    with open('/tmp/sum.tmp-' + role, 'w') as f:\n    f.write(hashlib.sha256(m[:]).hexdigest())\n\
+    os.rename('/tmp/sum.tmp-' + role, '/tmp/sum-' + role)\n\
+    while True:\n    time.sleep(60)\n";
+
+/// Run in a container of [`TREE_FN`]: prints the parent's and the child's sums once both
+/// wrote them (after creating `/tmp/go` if `go`), or fails after 30 s.
+fn tree_sums(c: &Ctr, id: &str, go: bool) -> (String, String) {
+    let script = format!(
+        "import os, time\n\
+         {}\n\
+         t = time.time() + 30\n\
+         while not all(os.path.exists('/tmp/sum-' + r) for r in ('parent', 'child')):\n    \
+         assert time.time() < t, 'no sums'\n    time.sleep(0.02)\n\
+         print(open('/tmp/sum-parent').read(), open('/tmp/sum-child').read())\n",
+        if go {
+            "open('/tmp/go', 'w').close()"
+        } else {
+            ""
+        }
     );
-    // RUNNING is before sh forked its children: a dump then holds one process.
+    let out = trenv_integration::exec(c, id, &["python3", "-c", &script]);
+    let mut sums = out.split_whitespace().map(str::to_string);
+    match (sums.next(), sums.next()) {
+        (Some(p), Some(k)) => (p, k),
+        _ => panic!("{id}: no sums in {out:?}"),
+    }
+}
+
+/// The host pids of `id`'s processes (`ctr task ps`).
+fn task_pids(c: &Ctr, id: &str) -> Vec<i32> {
+    c.run(&["task", "ps", id])
+        .ok()
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// A multi-process function: every process of the tree is converted into the one pool
+/// file, each through a file entry of its own (CRIU's copy-on-write pairing of a child's
+/// VMA with its parent's ignores the file offset: with one shared entry the child would be
+/// restored with its parent's memory), and each restored process reads its own memory.
+#[test]
+fn a_multi_process_function_restores_each_process_its_own_memory() {
+    let c = ctr();
+    let case = Case::new(&c, "tree");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    let args = ["python3", "-c", TREE_FN];
+    run_detached(&c, src, &[], PYFN, &args);
+    let ready =
+        "import os; print(all(os.path.exists('/tmp/ready-' + r) for r in ('parent', 'child')))";
     let start = Instant::now();
-    while c.run(&["task", "ps", src]).stdout.lines().count() < 4 {
-        assert!(start.elapsed() < Duration::from_secs(10), "sh never forked");
-        std::thread::sleep(Duration::from_millis(20));
+    while trenv_integration::exec(&c, src, &["python3", "-c", ready]).trim() != "True" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the function never forked"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     let r = case.create(&[]);
-    assert_ne!(r.code, 0);
-    assert!(
-        r.stderr.contains("single-process functions"),
-        "{}",
-        r.stderr
+    assert_eq!(
+        r.code, 0,
+        "template create failed: {}{}",
+        r.stdout, r.stderr
     );
-    assert!(trenv(&["template", "inspect", name, "-n", &c.namespace]).code != 0);
-    assert_no_staging(name);
-    // The source runs on, not frozen.
-    assert_eq!(c.task_status(src).as_deref(), Some("RUNNING"));
+    assert!(r.stdout.contains("of 2 processes"), "{}", r.stdout);
+    // The source runs on; its sums are what every instance must answer.
+    let want = tree_sums(&c, src, true);
+    assert_ne!(want.0, want.1, "parent and child hold the same memory");
+    c.remove(src);
+
+    let m = inspect(&c, name);
+    let procs = m["conversion"]["processes"].as_array().unwrap();
+    assert_eq!(procs.len(), 2, "{m}");
+    let vmas = |p: &serde_json::Value| p["vmas"].as_array().unwrap().clone();
+    let shared: Vec<_> = vmas(&procs[0])
+        .into_iter()
+        .filter(|v| vmas(&procs[1]).contains(v))
+        .collect();
+    assert!(
+        !shared.is_empty(),
+        "no VMA at the same address in both: {m}"
+    );
+    let pool_file = m["pool"]["path"].as_str().unwrap().to_string();
+
+    let annotation = format!("{ANNOTATION}={name}");
+    run_detached(&c, id, &["--annotation", &annotation], PYFN, &args);
+    let pids = task_pids(&c, id);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for pid in &pids {
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(maps.contains(&pool_file), "{pid} does not map {pool_file}");
+    }
+    assert_eq!(tree_sums(&c, id, true), want);
+    assert_eq!(
+        sha256(Path::new(&pool_file)),
+        m["pool"]["sum"]["sha256"].as_str().unwrap(),
+        "the template file changed"
+    );
+    // Deleting the instance takes the child with its init (its PID namespace's): the
+    // cgroup, removed only once empty, is gone.
+    c.remove(id);
+    assert_nothing_left(&c, id);
 }
 
 /// Nothing of template `name` in the default store or pool, at the top or in a tenant's

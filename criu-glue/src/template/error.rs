@@ -8,11 +8,8 @@ use crate::image::ImageError;
 pub enum TemplateError {
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error(
-        "the checkpoint holds {count} processes (pids {pids}): memory templates support \
-         single-process functions; restore this one with plain checkpoint/restore"
-    )]
-    MultiProcess { count: usize, pids: String },
+    #[error("the checkpoint's process tree (pstree.img) holds no process; the image is corrupt")]
+    NoProcess,
     #[error("the checkpoint is incremental (pages in a parent image): templates need a full dump")]
     Incremental,
     #[error(

@@ -6,7 +6,10 @@
 //! worth a mapping of their own (`Policy::min_vma`), and `[heap]` is opt-in because a
 //! template region reads template data, not zeros, after MADV_DONTNEED. The chosen VMAs
 //! are laid out back to back: each starts at a page-aligned offset (VMA bounds are page
-//! aligned), so CRIU maps it with one `mmap` of the file at that offset.
+//! aligned), so CRIU maps it with one `mmap` of the file at that offset. In a process tree
+//! each process's VMAs follow the previous process's (`base`): one template file holds
+//! them all, and no two processes' regions overlap, even where their VMAs have the same
+//! addresses (a child forked from its parent).
 
 use crate::generated::vma::Vma_entry;
 
@@ -59,25 +62,31 @@ pub(super) struct Slot {
     pub offset: u64,
 }
 
-/// The template file's layout: the chosen VMAs in address order, back to back.
+/// One process's part of the template file: its chosen VMAs in address order, back to
+/// back from the offset it was planned from ([`Layout::plan`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Layout {
     pub slots: Vec<Slot>,
-    /// Size of the template file (the chosen VMAs' sizes summed; holes included).
-    pub file_size: u64,
+    /// Offset just past the last slot (that offset plus the chosen VMAs' sizes; holes
+    /// included): the template file's size if this is the last process.
+    pub end: u64,
 }
 
 impl Layout {
-    /// Lays out the VMAs of `vmas` (CRIU dumps them in address order) that `policy` shares.
-    pub fn plan(vmas: &[Vma_entry], policy: &Policy) -> Layout {
-        let mut layout = Layout::default();
+    /// Lays out, from offset `base` (page aligned), the VMAs of `vmas` (CRIU dumps them in
+    /// address order) that `policy` shares.
+    pub fn plan(vmas: &[Vma_entry], policy: &Policy, base: u64) -> Layout {
+        let mut layout = Layout {
+            slots: Vec::new(),
+            end: base,
+        };
         for v in vmas.iter().filter(|v| shareable(v, policy)) {
             layout.slots.push(Slot {
                 start: v.start(),
                 end: v.end(),
-                offset: layout.file_size,
+                offset: layout.end,
             });
-            layout.file_size += v.end() - v.start();
+            layout.end += v.end() - v.start();
         }
         layout
     }
@@ -159,7 +168,7 @@ mod tests {
             vma(0x30_0000, 0x30_1000, anon, pa),
             vma(0x60_0000, 0x70_0000, anon, pa),
         ];
-        let layout = Layout::plan(&vmas, &Policy::default());
+        let layout = Layout::plan(&vmas, &Policy::default(), 0);
         let a = Slot {
             start: 0x10_0000,
             end: 0x30_0000,
@@ -171,7 +180,7 @@ mod tests {
             offset: 0x20_0000,
         };
         assert_eq!(layout.slots, [a, c]);
-        assert_eq!(layout.file_size, 0x30_0000);
+        assert_eq!(layout.end, 0x30_0000);
         assert_eq!(layout.slot_of(0x10_0000), Some(&a));
         assert_eq!(layout.slot_of(0x2f_f000), Some(&a));
         assert_eq!(layout.slot_of(0x30_0000), None, "the small VMA after it");
@@ -180,6 +189,26 @@ mod tests {
         assert_eq!(layout.slot_of(0x70_0000), None);
         assert_eq!(layout.slot_starting_at(0x60_0000), Some(&c));
         assert_eq!(layout.slot_starting_at(0x60_1000), None);
-        assert_eq!(Layout::plan(&[], &Policy::default()), Layout::default());
+        assert_eq!(Layout::plan(&[], &Policy::default(), 0), Layout::default());
+    }
+
+    #[test]
+    fn a_later_process_is_laid_out_after_the_previous_one() {
+        let anon = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
+        let pa = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
+        // The same VMA as its parent's, which took the file's first 3 MiB.
+        let vmas = [vma(0x10_0000, 0x30_0000, anon, pa)];
+        let layout = Layout::plan(&vmas, &Policy::default(), 0x30_0000);
+        assert_eq!(
+            layout.slots,
+            [Slot {
+                start: 0x10_0000,
+                end: 0x30_0000,
+                offset: 0x30_0000,
+            }]
+        );
+        assert_eq!(layout.end, 0x50_0000);
+        let none = Layout::plan(&[], &Policy::default(), 0x50_0000);
+        assert_eq!((none.slots.len(), none.end), (0, 0x50_0000));
     }
 }

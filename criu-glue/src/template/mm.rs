@@ -2,7 +2,7 @@
 //! memory into a private mapping of the template file (`files.img` entry `shmid`, at
 //! offset `pgoff`), opened read-only; CRIU then restores it with one `mmap` and copies no
 //! page. A converted `[heap]` loses its heap status: CRIU would otherwise restore it with
-//! brk, which cannot map a file.
+//! brk, which cannot map a file. Each process's VMAs map its own entry (files.rs says why).
 
 use super::layout::{Layout, Slot, VMA_ANON_PRIVATE, VMA_AREA_HEAP, VMA_FILE_PRIVATE};
 use crate::generated::vma::Vma_entry;
@@ -51,7 +51,7 @@ mod tests {
             include_heap: true,
             ..Policy::default()
         };
-        let layout = Layout::plan(&vmas, &policy);
+        let layout = Layout::plan(&vmas, &policy, 0);
         let small = vmas[1].clone();
         let converted = map_template(&mut vmas, &layout, 42);
         assert_eq!(converted, [(0x10_0000, 0x20_0000), (0x40_0000, 0x60_0000)]);

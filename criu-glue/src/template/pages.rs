@@ -4,8 +4,10 @@
 //!
 //! Split in two so that the page walk can be tested without files: [`plan`] cuts every
 //! page-map entry into runs of pages with one destination, and [`write`] carries the runs
-//! out. Pages that were never dumped (no `PE_PRESENT`) need no copy: in the template file
-//! they stay holes, which read as zeros, exactly what CRIU would have restored.
+//! out, one process at a time, into the one [`TemplateFile`] of the tree (each process's
+//! own pages file keeps its kept pages). Pages that were never dumped (no `PE_PRESENT`)
+//! need no copy: in the template file they stay holes, which read as zeros, exactly what
+//! CRIU would have restored.
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -176,7 +178,7 @@ impl DumpedPages {
 }
 
 /// The template file being written, in the memory pool: a full pool is its own error.
-struct TemplateFile<'a> {
+pub(super) struct TemplateFile<'a> {
     file: fs::File,
     path: &'a Path,
     size: u64,
@@ -184,7 +186,7 @@ struct TemplateFile<'a> {
 
 impl<'a> TemplateFile<'a> {
     /// Creates the file, sparse, `size` bytes long.
-    fn create(path: &'a Path, size: u64) -> Result<TemplateFile<'a>, TemplateError> {
+    pub fn create(path: &'a Path, size: u64) -> Result<TemplateFile<'a>, TemplateError> {
         let file = fs::File::create(path).map_err(|source| TemplateError::Pool {
             path: path.to_path_buf(),
             source,
@@ -198,7 +200,7 @@ impl<'a> TemplateFile<'a> {
         self.file.write_all_at(buf, at).map_err(|e| self.error(e))
     }
 
-    fn sync(&self) -> Result<(), TemplateError> {
+    pub fn sync(&self) -> Result<(), TemplateError> {
         self.file.sync_all().map_err(|e| self.error(e))
     }
 
@@ -260,17 +262,28 @@ impl KeptPages {
     }
 }
 
-/// Carries out `plan`: creates the template file (`size` bytes, sparse) and writes the
-/// moved pages into it, writes the kept pages to a new pages file next to the dumped one,
-/// and syncs both. Answers the new pages file's path (`pages-<id>.img.trenv-new`).
+/// Carries out one process's `plan`: writes its moved pages into the template file `out`
+/// (which the caller syncs once every process's are in), and its kept pages to a new
+/// pages file next to the dumped one, synced. Answers the new pages file's path
+/// (`pages-<id>.img.trenv-new`); removes it on failure.
 pub(super) fn write(
     plan: &PagePlan,
     dumped: &DumpedPages,
-    template: &Path,
-    size: u64,
+    out: &TemplateFile<'_>,
 ) -> Result<PathBuf, TemplateError> {
-    let out = TemplateFile::create(template, size)?;
-    let mut kept = KeptPages::create(dumped.path.with_extension("img.trenv-new"))?;
+    let path = dumped.path.with_extension("img.trenv-new");
+    let kept = KeptPages::create(path.clone())?;
+    copy_runs(plan, dumped, out, kept).inspect_err(|_| {
+        let _ = fs::remove_file(&path);
+    })
+}
+
+fn copy_runs(
+    plan: &PagePlan,
+    dumped: &DumpedPages,
+    out: &TemplateFile<'_>,
+    mut kept: KeptPages,
+) -> Result<PathBuf, TemplateError> {
     let mut buf = vec![0u8; PAGE as usize];
     for run in &plan.runs {
         let Some(src) = run.src else {
@@ -291,7 +304,6 @@ pub(super) fn write(
             path: dumped.path.clone(),
         });
     }
-    out.sync()?;
     Ok(kept.finish()?)
 }
 
@@ -315,7 +327,11 @@ mod tests {
     fn layout() -> Layout {
         let pa = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
         let anon = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
-        let l = Layout::plan(&[vma(0x10_0000, 0x30_0000, anon, pa)], &Policy::default());
+        let l = Layout::plan(
+            &[vma(0x10_0000, 0x30_0000, anon, pa)],
+            &Policy::default(),
+            0,
+        );
         assert_eq!(
             l.slots,
             [Slot {

@@ -168,3 +168,78 @@ fn canonical(v: serde_json::Value) -> serde_json::Value {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trenv_criu::template::ProcessConversion;
+
+    fn manifest(conversion: Conversion) -> Manifest {
+        let stamp = FileStamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            ctime: 4,
+            ctime_nsec: 5,
+        };
+        Manifest {
+            name: "pyfn".into(),
+            tenant: Tenant::namespace("default").unwrap(),
+            created: 0,
+            source_container: "src".into(),
+            criu_version: "4.1.1".into(),
+            kernel: "test".into(),
+            security: "digest".into(),
+            made_with: None,
+            heap_included: false,
+            empty_netns: false,
+            conversion,
+            pool: PoolFile {
+                kind: MemPoolKind::Tmpfs,
+                path: "/run/trenv/pool/@default/pyfn-0.tpl".into(),
+                sum: FileSum {
+                    size: 3,
+                    sha256: "00".into(),
+                },
+                stamp,
+            },
+            images: BTreeMap::new(),
+            image_stamps: BTreeMap::new(),
+        }
+    }
+
+    /// A template made before process trees were converted has no `conversion.processes`:
+    /// it still reads, as the one process it holds.
+    #[test]
+    fn a_manifest_without_the_processes_of_its_conversion_still_reads() {
+        let one = ProcessConversion {
+            pid: 1,
+            vmas: vec![(0x10_0000, 0x30_0000)],
+            bytes_moved: 8192,
+            bytes_copied: 4096,
+        };
+        let m = manifest(Conversion {
+            pid: 1,
+            vmas: one.vmas.clone(),
+            bytes_moved: 8192,
+            bytes_copied: 4096,
+            file_size: 0x20_0000,
+            processes: vec![one],
+        });
+        let (body, _) = m.encode().unwrap();
+        let mut old: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let conversion = old["conversion"].as_object_mut().unwrap();
+        assert!(conversion.remove("processes").is_some());
+        let read: Manifest = serde_json::from_value(old).unwrap();
+        assert!(read.conversion.processes.is_empty());
+        assert_eq!(read.conversion.pid, 1);
+        assert_eq!(read.conversion.vmas, m.conversion.vmas);
+        assert_eq!(
+            (read.conversion.process_count(), read.conversion.vma_count()),
+            (1, 1)
+        );
+        // Today's round-trips with its processes.
+        let again: Manifest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(again.conversion, m.conversion);
+    }
+}

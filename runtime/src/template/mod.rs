@@ -154,9 +154,7 @@ impl Classified for TemplateError {
             TemplateError::Io { source, .. } if is_full(source) => ErrorKind::ResourceExhausted,
             TemplateError::Convert { source, .. } => match source {
                 ConvertError::PoolFull { .. } => ErrorKind::ResourceExhausted,
-                ConvertError::MultiProcess { .. } | ConvertError::Incremental => {
-                    ErrorKind::FailedPrecondition
-                }
+                ConvertError::Incremental => ErrorKind::FailedPrecondition,
                 _ => ErrorKind::Internal,
             },
             TemplateError::Checkpoint(e) => e.kind(),

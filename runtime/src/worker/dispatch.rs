@@ -101,8 +101,8 @@ fn make_template(
         .create(&req)
         .map_err(RemoteError::of)?;
     Ok(Reply::Template(format!(
-        "{} VMAs, {} MiB mapped from {} ({}), {} MiB still copied",
-        m.conversion.vmas.len(),
+        "{}, {} MiB mapped from {} ({}), {} MiB still copied",
+        m.conversion.extent(),
         m.conversion.bytes_moved >> 20,
         m.pool.path.display(),
         m.pool.kind,

@@ -159,11 +159,11 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 .create(&req)
                 .with_context(|| format!("creating template {name} from {from}"))?;
             println!(
-                "template {} of tenant {}: {} VMAs, {} MiB mapped from {} ({}), {} MiB still \
+                "template {} of tenant {}: {}, {} MiB mapped from {} ({}), {} MiB still \
                  copied",
                 m.name,
                 m.tenant,
-                m.conversion.vmas.len(),
+                m.conversion.extent(),
                 m.conversion.bytes_moved >> 20,
                 m.pool.path.display(),
                 m.pool.kind,
@@ -181,14 +181,15 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
                 }
             } else {
                 println!(
-                    "{:<24} {:<24} {:>10} {:>10} {:<8} FILE",
-                    "NAME", "TENANT", "MAPPED", "COPIED", "POOL"
+                    "{:<24} {:<24} {:>5} {:>10} {:>10} {:<8} FILE",
+                    "NAME", "TENANT", "PROCS", "MAPPED", "COPIED", "POOL"
                 );
                 for m in &all {
                     println!(
-                        "{:<24} {:<24} {:>9}M {:>9}M {:<8} {}",
+                        "{:<24} {:<24} {:>5} {:>9}M {:>9}M {:<8} {}",
                         m.name,
                         m.tenant.to_string(),
+                        m.conversion.process_count(),
                         m.conversion.bytes_moved >> 20,
                         m.conversion.bytes_copied >> 20,
                         m.pool.kind.to_string(),
