@@ -2,6 +2,7 @@
 # Build trenv's test images locally (no Docker, no network) and import them.
 #
 #   build-images.sh [build]               build the OCI layout tarballs
+#   build-images.sh fnbase                build only the real functions' base layer
 #   build-images.sh import VERSION|SOCKET build (if needed), then import into the
 #                                         containerd at that address, namespaces
 #                                         default and k8s.io (the CRI's)
@@ -26,6 +27,14 @@
 #                                   integration/tests/fixtures: a function
 #                                   with FN_STATE_MB (200) MiB of state, see
 #                                   there; Entrypoint python3 -u pyfn.py
+#   docker.io/trenv/fn-NAME:latest  the real functions of integration/functions/
+#                                   (one per directory NAME): two layers, the
+#                                   shared fnbase layer (bookworm minbase +
+#                                   python3, its web and function libraries and
+#                                   nodejs, debootstrapped like pyfn's) and
+#                                   NAME/rootfs/ with NAME/config.json as the
+#                                   image config; imported into the default
+#                                   namespace only (tests copy them into theirs)
 # Output is deterministic (fixed mtimes, owners, order; gzip -n): the same
 # inputs give the same digests, and a re-run with unchanged inputs does nothing.
 set -euo pipefail
@@ -36,18 +45,31 @@ IMAGES_DIR="$TRENV_CACHE/images"
 BUSYBOX_REF=docker.io/trenv/busybox:latest
 PAUSE_REF=docker.io/trenv/pause:latest
 PYFN_REF=docker.io/trenv/pyfn:latest
-IMAGE_NAMES=(busybox pause pyfn)
 PYFN_SRC="$TRENV_REPO/integration/tests/fixtures/pyfn.py"
-# The pyfn rootfs: `debootstrap --variant=$PYFN_VARIANT --include=$PYFN_INCLUDE
-# $PYFN_SUITE`, cached in $PYFN_ROOTFS (untrimmed) with its key in .key.
-PYFN_SUITE=bookworm
-PYFN_VARIANT=minbase
+# Debootstrapped rootfs: `debootstrap --variant=$DEB_VARIANT --include=INCLUDE
+# $DEB_SUITE`, cached untrimmed in $TRENV_CACHE/rootfs/NAME-$DEB_SUITE with its
+# key in .key.
+DEB_SUITE=bookworm
+DEB_VARIANT=minbase
 PYFN_INCLUDE=python3
-PYFN_ROOTFS="$TRENV_CACHE/rootfs/pyfn-$PYFN_SUITE"
+# The real functions' shared base: Python with the libraries of
+# integration/functions/*, the WSGI servers they use, and Node.js.
+FNBASE_INCLUDE=python3,python3-flask,python3-waitress,gunicorn,python3-jinja2,python3-chameleon,python3-pyaes,python3-pil,python3-igraph,nodejs
+FUNCTIONS_DIR="$TRENV_REPO/integration/functions"
+FN_PREFIX=docker.io/trenv/fn-
+# Every directory of integration/functions with a config.json is a function;
+# TRENV_FUNCTIONS=0 leaves them all out (the VM test bed does not use them).
+FUNCTION_NAMES=()
+if [[ "${TRENV_FUNCTIONS:-1}" != 0 ]]; then
+    for f in "$FUNCTIONS_DIR"/*/config.json; do
+        [[ -f "$f" ]] && FUNCTION_NAMES+=("fn-$(basename "$(dirname "$f")")")
+    done
+fi
+IMAGE_NAMES=(busybox pause pyfn "${FUNCTION_NAMES[@]}")
 NAMESPACES=(default k8s.io)
 # Bump to force a rebuild when the image recipe changes in a way the input
 # hash does not see.
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 ARCH="$(dpkg --print-architecture)"
 EPOCH="1970-01-01T00:00:00Z"
 WORK_DIR=""
@@ -137,13 +159,16 @@ make_pause_rootfs() {
     chmod 0755 "$root/pause"
 }
 
-# Key of the cached debootstrap result: everything that selects its content
-# (the packages are whatever the mirror serves for the suite when it runs).
-pyfn_rootfs_key() {
+# Key of the cached debootstrap result NAME with packages INCLUDE: everything
+# that selects its content (the packages are whatever the mirror serves for the
+# suite when it runs).
+rootfs_key() {
     printf 'debootstrap %s variant=%s include=%s suite=%s arch=%s mirror=%s\n' \
         "$(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo none)" \
-        "$PYFN_VARIANT" "$PYFN_INCLUDE" "$PYFN_SUITE" "$ARCH" "$(trenv_mirror_uri)"
+        "$DEB_VARIANT" "$1" "$DEB_SUITE" "$ARCH" "$(trenv_mirror_uri)"
 }
+
+rootfs_dir() { printf '%s\n' "$TRENV_CACHE/rootfs/$1-$DEB_SUITE"; }
 
 # Unmount whatever an interrupted debootstrap left mounted below $1 (proc,
 # sys, ...), deepest first, so that removing $1 stays inside it.
@@ -154,40 +179,43 @@ umount_below() {
         while read -r m; do umount -l "$m" || true; done
 }
 
-# The untrimmed bookworm+python3 rootfs in $PYFN_ROOTFS, debootstrapped only
-# when missing or when its key changed.
-pyfn_debootstrap() {
-    local key tmp="$PYFN_ROOTFS.tmp"
-    key="$(pyfn_rootfs_key)"
-    if [[ -x "$PYFN_ROOTFS/usr/bin/python3" && "$(cat "$PYFN_ROOTFS.key" 2>/dev/null)" == "$key" ]]; then
-        log "pyfn rootfs: cached ($PYFN_ROOTFS)"
+# debootstrap NAME INCLUDE: the untrimmed rootfs in $(rootfs_dir NAME),
+# debootstrapped only when missing or when its key changed.
+debootstrap_rootfs() {
+    local name="$1" include="$2" key dir tmp
+    key="$(rootfs_key "$include")"
+    dir="$(rootfs_dir "$name")"
+    tmp="$dir.tmp"
+    if [[ -x "$dir/usr/bin/python3" && "$(cat "$dir.key" 2>/dev/null)" == "$key" ]]; then
+        log "$name rootfs: cached ($dir)"
         return 0
     fi
     command -v debootstrap >/dev/null || die "debootstrap missing: run install-deps.sh"
-    mkdir -p "$(dirname "$PYFN_ROOTFS")"
+    mkdir -p "$(dirname "$dir")"
     umount_below "$tmp"
     rm -rf --one-file-system "$tmp"
-    log "pyfn rootfs: debootstrap --variant=$PYFN_VARIANT --include=$PYFN_INCLUDE $PYFN_SUITE ($(trenv_mirror_uri)); takes a minute or two"
-    if ! debootstrap --variant="$PYFN_VARIANT" --include="$PYFN_INCLUDE" \
-        "$PYFN_SUITE" "$tmp" "$(trenv_mirror_uri)" >"$tmp.log" 2>&1; then
+    log "$name rootfs: debootstrap --variant=$DEB_VARIANT --include=$include $DEB_SUITE ($(trenv_mirror_uri)); takes a minute or two"
+    if ! debootstrap --variant="$DEB_VARIANT" --include="$include" \
+        "$DEB_SUITE" "$tmp" "$(trenv_mirror_uri)" >"$tmp.log" 2>&1; then
         sed "s/^/[$TRENV_LOG_NAME]   /" "$tmp.log" | tail -n 30 >&2
         umount_below "$tmp"
         die "debootstrap failed (log: $tmp.log, debootstrap.log in $tmp/debootstrap)"
     fi
     umount_below "$tmp"
     [[ -x "$tmp/usr/bin/python3" ]] || die "debootstrap left no /usr/bin/python3 in $tmp"
-    umount_below "$PYFN_ROOTFS"
-    rm -rf --one-file-system "$PYFN_ROOTFS" "$PYFN_ROOTFS.key"
-    mv "$tmp" "$PYFN_ROOTFS"
-    mv "$tmp.log" "$PYFN_ROOTFS.log"
-    printf '%s\n' "$key" >"$PYFN_ROOTFS.key"
-    log "pyfn rootfs: done ($(du -sh "$PYFN_ROOTFS" | cut -f1))"
+    umount_below "$dir"
+    rm -rf --one-file-system "$dir" "$dir.key"
+    mv "$tmp" "$dir"
+    mv "$tmp.log" "$dir.log"
+    printf '%s\n' "$key" >"$dir.key"
+    log "$name rootfs: done ($(du -sh "$dir" | cut -f1))"
 }
 
-make_pyfn_rootfs() {
-    local root="$1" pyver
-    pyfn_debootstrap
-    cp -a "$PYFN_ROOTFS/." "$root/"
+# A copy of debootstrapped rootfs NAME in $2, trimmed to what a container
+# image needs, with the Python standard library and packages precompiled.
+make_debian_rootfs() {
+    local name="$1" root="$2" pyver
+    cp -a "$(rootfs_dir "$name")/." "$root/"
     # No device nodes or host leftovers: runtimes provide /dev, /proc, /sys.
     rm -rf "${root:?}"/{dev,proc,sys,tmp,run,var/tmp}
     mkdir -p "$root"/{dev,proc,sys,tmp,run/lock,var/tmp}
@@ -218,7 +246,13 @@ make_pyfn_rootfs() {
         -exec rm -rf {} +
     chroot "$root" python3 -m compileall -q --invalidation-mode unchecked-hash \
         "/usr/lib/python$pyver" /usr/lib/python3 >/dev/null ||
-        die "compileall in the pyfn rootfs failed"
+        die "compileall in the $name rootfs failed"
+}
+
+make_pyfn_rootfs() {
+    local root="$1"
+    debootstrap_rootfs pyfn "$PYFN_INCLUDE"
+    make_debian_rootfs pyfn "$root"
     install -m 0755 "$PYFN_SRC" "$root/usr/local/bin/pyfn.py"
     chroot "$root" python3 -m py_compile "/usr/local/bin/pyfn.py" ||
         die "$PYFN_SRC does not compile with the image's python3"
@@ -234,18 +268,68 @@ input_hash() {
         sha256sum /bin/busybox | awk '{print $1}'
         if [[ "$name" == pause ]]; then gcc --version 2>/dev/null | head -n1 || true; fi
         if [[ "$name" == pyfn ]]; then
-            pyfn_rootfs_key
+            rootfs_key "$PYFN_INCLUDE"
             sha256sum "$PYFN_SRC" | awk '{print $1}'
+        fi
+        if [[ "$name" == fn-* ]]; then
+            rootfs_key "$FNBASE_INCLUDE"
+            # The function's files, names and modes included.
+            (cd "$FUNCTIONS_DIR/${name#fn-}" && find . -type f -print0 | sort -z |
+                xargs -0 stat -c '%n %a' && find . -type f -print0 | sort -z | xargs -0 sha256sum)
         fi
     } | sha256sum | awk '{print $1}'
 }
 
-# build_image NAME REF: $IMAGES_DIR/NAME.oci.tar with digests in NAME.digest /
-# NAME.diffid, skipped when NAME.inputs matches.
+# Layers of the image being built (add_layer), in order.
+LAYER_BLOBS=() LAYER_SIZES=() DIFF_IDS=()
+
+# add_layer FILE.tar LAYOUT: gzip'd into LAYOUT's blobs as the image's next
+# layer (uncompressed digest = diff_id, gzip'd digest = blob).
+add_layer() {
+    local tar="$1" layout="$2" diff_id digest
+    diff_id="sha256:$(sha256_of "$tar")"
+    gzip -n -9 <"$tar" >"$tar.gz"
+    digest="$(sha256_of "$tar.gz")"
+    LAYER_SIZES+=("$(stat -c %s "$tar.gz")")
+    mv "$tar.gz" "$layout/blobs/sha256/$digest"
+    LAYER_BLOBS+=("sha256:$digest")
+    DIFF_IDS+=("$diff_id")
+}
+
+# The fnbase layer, built and gzip'd once for every function image: cached as
+# $IMAGES_DIR/fnbase.layer.tar.gz with its diff_id in .diffid, keyed by its
+# inputs in .inputs.
+FNBASE_LAYER="$IMAGES_DIR/fnbase.layer.tar.gz"
+fnbase_layer() {
+    local out="$FNBASE_LAYER" key work
+    key="$(printf 'recipe %s %s\n%s\n' "$RECIPE_VERSION" "$(sha256_of "${BASH_SOURCE[0]}")" \
+        "$(rootfs_key "$FNBASE_INCLUDE")" | sha256sum | awk '{print $1}')"
+    if [[ -s "$out" && -s "$out.diffid" && "$(cat "$out.inputs" 2>/dev/null)" == "$key" ]]; then
+        return 0
+    fi
+    debootstrap_rootfs fnbase "$FNBASE_INCLUDE"
+    log "fnbase layer: trimming and packing the function base"
+    work="$(mktemp -d "$IMAGES_DIR/.build-fnbase.XXXXXX")"
+    mkdir "$work/rootfs"
+    make_debian_rootfs fnbase "$work/rootfs"
+    mkdir -p "$work/rootfs/srv/fn"
+    det_tar "$work/rootfs" >"$work/layer.tar"
+    printf 'sha256:%s\n' "$(sha256_of "$work/layer.tar")" >"$out.diffid"
+    gzip -n -6 <"$work/layer.tar" >"$out.tmp"
+    rm -rf "$work"
+    mv -f "$out.tmp" "$out"
+    printf '%s\n' "$key" >"$out.inputs"
+    log "fnbase layer: $(du -h "$out" | cut -f1) gzip'd"
+}
+
+# build_image NAME REF: $IMAGES_DIR/NAME.oci.tar with its manifest digest in
+# NAME.digest and its snapshot chain ID in NAME.chainid, skipped when
+# NAME.inputs matches.
 build_image() {
-    local name="$1" ref="$2" out="$IMAGES_DIR/$1.oci.tar" hash work layout
+    local name="$1" ref="$2" out="$IMAGES_DIR/$1.oci.tar" hash work layout base
     hash="$(input_hash "$name")"
-    if [[ -s "$out" && -s "$IMAGES_DIR/$name.digest" && "$(cat "$IMAGES_DIR/$name.inputs" 2>/dev/null)" == "$hash" ]]; then
+    if [[ -s "$out" && -s "$IMAGES_DIR/$name.digest" && -s "$IMAGES_DIR/$name.chainid" &&
+        "$(cat "$IMAGES_DIR/$name.inputs" 2>/dev/null)" == "$hash" ]]; then
         log "$ref: up to date ($out, $(cat "$IMAGES_DIR/$name.digest"))"
         return 0
     fi
@@ -254,6 +338,7 @@ build_image() {
     WORK_DIR="$work" # removed by the EXIT trap if we fail
     layout="$work/layout"
     mkdir -p "$work/rootfs" "$layout/blobs/sha256"
+    LAYER_BLOBS=() LAYER_SIZES=() DIFF_IDS=()
     local config_json
     case "$name" in
     busybox)
@@ -268,35 +353,47 @@ build_image() {
         make_pyfn_rootfs "$work/rootfs"
         config_json='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","FN_STATE_MB=200"],"Entrypoint":["python3","-u","/usr/local/bin/pyfn.py"],"WorkingDir":"/"}'
         ;;
+    fn-*)
+        fnbase_layer
+        base="$(sha256_of "$FNBASE_LAYER")"
+        cp "$FNBASE_LAYER" "$layout/blobs/sha256/$base"
+        LAYER_BLOBS+=("sha256:$base")
+        LAYER_SIZES+=("$(stat -c %s "$FNBASE_LAYER")")
+        DIFF_IDS+=("$(cat "$FNBASE_LAYER.diffid")")
+        cp -a "$FUNCTIONS_DIR/${name#fn-}/rootfs/." "$work/rootfs/"
+        config_json="$(jq -cS . "$FUNCTIONS_DIR/${name#fn-}/config.json")" ||
+            die "$FUNCTIONS_DIR/${name#fn-}/config.json is not JSON"
+        ;;
     *) die "unknown image $name" ;;
     esac
-
-    # layer: uncompressed digest = diff_id, gzip'd digest = blob
     det_tar "$work/rootfs" >"$work/layer.tar"
-    local diff_id layer_digest layer_size
-    diff_id="sha256:$(sha256_of "$work/layer.tar")"
-    gzip -n -9 <"$work/layer.tar" >"$work/layer.tar.gz"
-    layer_digest="$(sha256_of "$work/layer.tar.gz")"
-    layer_size="$(stat -c %s "$work/layer.tar.gz")"
-    mv "$work/layer.tar.gz" "$layout/blobs/sha256/$layer_digest"
+    add_layer "$work/layer.tar" "$layout"
 
     # image config
-    jq -cnS --arg arch "$ARCH" --arg created "$EPOCH" --arg diff_id "$diff_id" \
+    local diff_ids_json
+    diff_ids_json="$(printf '%s\n' "${DIFF_IDS[@]}" | jq -cR . | jq -cs .)"
+    jq -cnS --arg arch "$ARCH" --arg created "$EPOCH" --argjson diff_ids "$diff_ids_json" \
         --arg by "integration/scripts/build-images.sh $name" --argjson config "$config_json" \
         '{architecture: $arch, os: "linux", created: $created, config: $config,
-          rootfs: {type: "layers", diff_ids: [$diff_id]},
-          history: [{created: $created, created_by: $by}]}' >"$work/config.json"
+          rootfs: {type: "layers", diff_ids: $diff_ids},
+          history: [$diff_ids[] | {created: $created, created_by: $by}]}' >"$work/config.json"
     local config_digest config_size
     config_digest="$(sha256_of "$work/config.json")"
     config_size="$(stat -c %s "$work/config.json")"
     mv "$work/config.json" "$layout/blobs/sha256/$config_digest"
 
     # manifest
+    local layers_json="[]" i
+    for i in "${!LAYER_BLOBS[@]}"; do
+        layers_json="$(jq -c --arg d "${LAYER_BLOBS[$i]}" --argjson s "${LAYER_SIZES[$i]}" \
+            '. + [{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $d, size: $s}]' \
+            <<<"$layers_json")"
+    done
     jq -cnS --arg cd "sha256:$config_digest" --argjson cs "$config_size" \
-        --arg ld "sha256:$layer_digest" --argjson ls "$layer_size" \
+        --argjson layers "$layers_json" \
         '{schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
           config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $cd, size: $cs},
-          layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $ld, size: $ls}]}' \
+          layers: $layers}' \
         >"$work/manifest.json"
     local manifest_digest manifest_size
     manifest_digest="$(sha256_of "$work/manifest.json")"
@@ -321,11 +418,22 @@ build_image() {
     det_tar "$layout" >"$work/image.tar"
     mv -f "$work/image.tar" "$out"
     printf 'sha256:%s\n' "$manifest_digest" >"$IMAGES_DIR/$name.digest"
-    printf '%s\n' "$diff_id" >"$IMAGES_DIR/$name.diffid"
+    chain_id "${DIFF_IDS[@]}" >"$IMAGES_DIR/$name.chainid"
     printf '%s\n' "$hash" >"$IMAGES_DIR/$name.inputs"
     rm -rf "$work"
     WORK_DIR=""
-    log "built $ref: $out (manifest sha256:$manifest_digest, layer $layer_size bytes)"
+    log "built $ref: $out (manifest sha256:$manifest_digest, ${#DIFF_IDS[@]} layer(s))"
+}
+
+# chain_id DIFF_ID...: the OCI chain ID of these layers (what containerd names
+# the unpacked snapshot): the first diff_id, then sha256 of "CHAIN DIFF_ID".
+chain_id() {
+    local chain="$1" d
+    shift
+    for d in "$@"; do
+        chain="sha256:$(printf '%s %s' "$chain" "$d" | sha256sum | awk '{print $1}')"
+    done
+    printf '%s\n' "$chain"
 }
 
 build_all() {
@@ -334,6 +442,10 @@ build_all() {
     build_image busybox "$BUSYBOX_REF"
     build_image pause "$PAUSE_REF"
     build_image pyfn "$PYFN_REF"
+    local fn
+    for fn in "${FUNCTION_NAMES[@]}"; do
+        build_image "$fn" "$FN_PREFIX${fn#fn-}:latest"
+    done
 }
 
 image_ref() {
@@ -341,6 +453,7 @@ image_ref() {
     busybox) echo "$BUSYBOX_REF" ;;
     pause) echo "$PAUSE_REF" ;;
     pyfn) echo "$PYFN_REF" ;;
+    fn-*) echo "$FN_PREFIX${1#fn-}:latest" ;;
     *) die "unknown image $1" ;;
     esac
 }
@@ -380,13 +493,13 @@ resolve_target() {
 ctr_() { "$CTR" --address "$ADDRESS" "$@"; }
 
 # True if REF is in namespace NS with the built manifest digest and its layer
-# is unpacked for overlayfs (single layer: snapshot chain ID = diff_id).
+# is unpacked for overlayfs (its snapshot is named by the layers' chain ID).
 image_ready() {
-    local ns="$1" ref="$2" name="$3" digest diff_id
+    local ns="$1" ref="$2" name="$3" digest chain
     digest="$(cat "$IMAGES_DIR/$name.digest")"
-    diff_id="$(cat "$IMAGES_DIR/$name.diffid")"
+    chain="$(cat "$IMAGES_DIR/$name.chainid")"
     ctr_ -n "$ns" images ls | awk -v r="$ref" -v d="$digest" '$1 == r && $3 == d {f = 1} END {exit !f}' || return 1
-    ctr_ -n "$ns" snapshots --snapshotter overlayfs info "$diff_id" >/dev/null 2>&1
+    ctr_ -n "$ns" snapshots --snapshotter overlayfs info "$chain" >/dev/null 2>&1
 }
 
 import_all() {
@@ -394,7 +507,8 @@ import_all() {
     for ns in "${NAMESPACES[@]}"; do
         for name in "${IMAGE_NAMES[@]}"; do
             ref="$(image_ref "$name")"
-            if [[ " ${TRENV_IMAGES_SKIP:-} " == *" $ns/$name "* ]]; then
+            if [[ " ${TRENV_IMAGES_SKIP:-} " == *" $ns/$name "* ||
+                ("$name" == fn-* && "$ns" != default) ]]; then
                 log "$ref not imported into namespace $ns (TRENV_IMAGES_SKIP)"
                 continue
             fi
@@ -435,6 +549,11 @@ smoke() {
 }
 
 case "${1:-build}" in
+fnbase)
+    (($# == 1)) || usage
+    mkdir -p "$IMAGES_DIR"
+    fnbase_layer
+    ;;
 build)
     (($# <= 1)) || usage
     build_all

@@ -109,7 +109,7 @@ use_pool() {
 
 # --- containerd -------------------------------------------------------------------------
 "$TRENV_REPO/integration/scripts/containerd.sh" start 2 || fail "containerd 2 did not start"
-TRENV_IMAGES_SKIP="k8s.io/pyfn" "$TRENV_REPO/integration/scripts/build-images.sh" import 2 || fail "importing the test images failed"
+TRENV_FUNCTIONS=0 TRENV_IMAGES_SKIP="k8s.io/pyfn" "$TRENV_REPO/integration/scripts/build-images.sh" import 2 || fail "importing the test images failed"
 eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env 2)"
 
 # --- the plan ---------------------------------------------------------------------------

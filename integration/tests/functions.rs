@@ -1,0 +1,279 @@
+//! The real functions (integration/functions/: HTTP functions in Python and Node.js, one
+//! served by a watchdog parent, one by a gunicorn master and worker) answer correctly in
+//! every way trenv starts them, compared with the same requests on runc.v2: cold, restored
+//! from a template the shim made once the function was ready (`/tmp/.lock`), and restored
+//! into a sandbox that last ran a different function. Requests go over the CNI bridge
+//! (network `trenv-fn`), as a function platform forwards them.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use trenv_integration::function::{self, Function, Instance};
+use trenv_integration::{Ctr, trenv_cli, unique_id};
+
+/// The tests' own tenant: their idle sandboxes and templates are theirs alone.
+const NAMESPACE: &str = "trenv-functions";
+
+/// Containers, runc CNI attachments and templates, removed however a test ends.
+struct Scope {
+    ctr: Ctr,
+    trenv: Mutex<Vec<String>>,
+    runc: Mutex<Vec<String>>,
+    templates: Mutex<Vec<String>>,
+}
+
+impl Scope {
+    fn new() -> Scope {
+        let ctr = Ctr::from_env().with_namespace(NAMESPACE);
+        ctr.ensure_images();
+        for f in function::all() {
+            ctr.ensure_image(&f.image);
+        }
+        Scope {
+            ctr,
+            trenv: Mutex::default(),
+            runc: Mutex::default(),
+            templates: Mutex::default(),
+        }
+    }
+
+    fn trenv(&self, f: &Function, tag: &str, extra: &[&str]) -> Instance {
+        let id = unique_id(&format!("fn-{}-{tag}", f.name));
+        self.trenv.lock().unwrap().push(id.clone());
+        function::run_trenv(&self.ctr, f, &id, extra)
+            .unwrap_or_else(|e| panic!("{} on trenv ({tag}): {e}", f.name))
+    }
+
+    fn runc(&self, f: &Function) -> Instance {
+        let id = unique_id(&format!("fn-{}-runc", f.name));
+        self.runc.lock().unwrap().push(id.clone());
+        function::run_runc(&self.ctr, f, &id)
+            .unwrap_or_else(|e| panic!("{} on runc.v2: {e}", f.name))
+    }
+
+    fn remove(&self, i: &Instance) {
+        self.ctr.remove(&i.id);
+    }
+
+    /// The template of `f`, made by the shim from a container annotated
+    /// `io.trenv.template.create` once the function created /tmp/.lock; the source is
+    /// removed once the template exists.
+    fn template(&self, f: &Function) -> String {
+        let name = unique_id(&format!("fn-{}", f.name));
+        self.templates.lock().unwrap().push(name.clone());
+        let src = unique_id(&format!("fn-{}-src", f.name));
+        self.trenv.lock().unwrap().push(src.clone());
+        let create = format!("io.trenv.template.create={name}");
+        let network = format!("io.trenv.network={}", function::NETWORK);
+        // Not through run_trenv: its health check would open a connection while CRIU
+        // may be dumping the function (a template holds no connection).
+        let r = self.ctr.run(&[
+            "run",
+            "-d",
+            "--runtime",
+            trenv_integration::RUNTIME,
+            "--annotation",
+            &create,
+            // On the bridge as its instances are (a network namespace of its own has
+            // only a loopback that is down; gunicorn's readiness check needs one).
+            "--annotation",
+            &network,
+            &f.image,
+            &src,
+        ]);
+        assert_eq!(r.code, 0, "{}: {r:#?}", f.name);
+        let start = Instant::now();
+        let limit = Duration::from_secs(180 * trenv_integration::time_scale());
+        loop {
+            let out = trenv_cli()
+                .args(["template", "inspect", &name, "-n", NAMESPACE])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "template {name} of {} was not made within {limit:?}; shim log in containerd's log",
+                f.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.ctr.remove(&src);
+        name
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        for id in self.trenv.lock().unwrap().iter() {
+            self.ctr.remove(id);
+        }
+        for id in self.runc.lock().unwrap().iter() {
+            function::remove_runc(&self.ctr, id);
+        }
+        for t in self.templates.lock().unwrap().iter() {
+            let _ = trenv_cli()
+                .args(["template", "rm", t, "-n", NAMESPACE])
+                .output();
+        }
+    }
+}
+
+/// Every check of `f` answered correctly by `i`, then a malformed request refused.
+fn assert_correct(f: &Function, i: &Instance, how: &str) {
+    if let Err(e) = function::check(f, &i.ip) {
+        panic!("{how}: {e}");
+    }
+    let bad = function::request(&i.ip, "POST", "/", "{not json", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{how}: {e}"));
+    assert_eq!(bad.status, 400, "{how}: {} answered {bad:?}", f.name);
+}
+
+/// The `requests` count `i` reports for one more request.
+fn count(f: &Function, i: &Instance) -> u64 {
+    let a = function::post(&i.ip, &f.checks[0].request).unwrap();
+    a.json()["requests"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}: no request count in {}", f.name, a.body))
+}
+
+#[test]
+fn every_function_answers_correctly_cold_on_runc_and_on_trenv() {
+    let s = Scope::new();
+    for f in function::all() {
+        let runc = s.runc(&f);
+        assert_correct(&f, &runc, "runc.v2 cold");
+        let cold = s.trenv(&f, "cold", &["--annotation", "io.trenv.repurpose=false"]);
+        assert_correct(&f, &cold, "trenv cold");
+        let n = count(&f, &cold);
+        assert_eq!(count(&f, &cold), n + 1, "{}: the count is not kept", f.name);
+        s.remove(&runc);
+        s.remove(&cold);
+    }
+}
+
+/// Each function's template (made by the shim from a source on the bridge), then an
+/// instance of each restored from it into a sandbox another function left (the template
+/// sources' and the previous instances': the metering record names that function).
+#[test]
+fn every_function_answers_correctly_restored_and_in_a_sandbox_repurposed_from_another() {
+    let s = Scope::new();
+    let drained = trenv_cli()
+        .args(["pool", "drain", "--tenant", NAMESPACE])
+        .output()
+        .unwrap();
+    assert!(drained.status.success(), "{drained:?}");
+    let functions = function::all();
+    let templates: Vec<String> = functions.iter().map(|f| s.template(f)).collect();
+    for (f, t) in functions.iter().zip(&templates) {
+        let annotation = format!("io.trenv.template={t}");
+        let i = s.trenv(f, "restored", &["--annotation", &annotation]);
+        assert_correct(f, &i, "restored from its template");
+        s.remove(&i);
+        let record = trenv_integration::record_in(&trenv_integration::meter_dir(), &i.id, "");
+        assert_eq!(record["start"], "template", "{record}");
+        // Every sandbox in the tenant's pool was last used by another function: the
+        // template sources (their own functions) and the previous instances.
+        assert_eq!(record["sandbox"], "repurposed", "{record}");
+        let previous = record["previous_function"].as_str().unwrap_or_default();
+        assert!(
+            !previous.is_empty() && previous != format!("template:{t}"),
+            "{}: not a sandbox of another function: {record}",
+            f.name
+        );
+    }
+}
+
+/// Ten instances of one template at once: each answers correctly and counts only its own
+/// requests (one instance's writes are invisible to the others).
+#[test]
+fn ten_restored_instances_of_each_function_answer_independently() {
+    let s = Scope::new();
+    for f in function::all() {
+        let t = s.template(&f);
+        let annotation = format!("io.trenv.template={t}");
+        let instances: Vec<Instance> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..10)
+                .map(|k| {
+                    let (s, f, a) = (&s, &f, &annotation);
+                    sc.spawn(move || s.trenv(f, &format!("x{k}"), &["--annotation", a]))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let first = count(&f, &instances[0]);
+        for _ in 0..3 {
+            count(&f, &instances[0]);
+        }
+        for i in &instances[1..] {
+            assert_eq!(
+                count(&f, i),
+                first,
+                "{}: {} saw another instance's requests",
+                f.name,
+                i.id
+            );
+            assert_correct(&f, i, "one of ten restored instances");
+        }
+        assert_eq!(count(&f, &instances[0]), first + 4, "{}", f.name);
+        for i in &instances {
+            s.remove(i);
+        }
+    }
+}
+
+/// The multi-process functions come back with their process tree: the watchdog parent and
+/// its function child, the gunicorn master and its worker, alive and talking over the
+/// pipes and socket they had, for many requests.
+#[test]
+fn multi_process_functions_restore_with_their_process_tree() {
+    let s = Scope::new();
+    for (name, processes) in [("dynamic-html", 2), ("chameleon", 2)] {
+        let f = function::get(name);
+        let t = s.template(&f);
+        let annotation = format!("io.trenv.template={t}");
+        let i = s.trenv(&f, "tree", &["--annotation", &annotation]);
+        let tree = function::process_tree(i.pid);
+        assert_eq!(tree.len(), processes, "{name}: processes {tree:?}");
+        let mut served_by = Vec::new();
+        for _ in 0..100 {
+            let c = &f.checks[0];
+            let a = function::post(&i.ip, &c.request).unwrap();
+            assert_eq!(a.json()["result"], c.result, "{name}: {}", a.body);
+            served_by.push(a.json()["pid"].clone());
+        }
+        served_by.dedup();
+        assert_eq!(served_by.len(), 1, "{name}: served by {served_by:?}");
+        assert_correct(&f, &i, "a restored process tree");
+        assert_eq!(
+            function::process_tree(i.pid),
+            tree,
+            "{name}: the tree changed"
+        );
+        s.remove(&i);
+    }
+}
+
+/// Node.js frees and reuses memory with madvise between requests (V8's GC); a restored
+/// instance gives correct results for 1,000 requests that allocate and free tens of MB.
+#[test]
+fn a_node_function_that_allocates_and_frees_heavily_is_correct_for_1000_requests_restored() {
+    let s = Scope::new();
+    let f = function::get("node-json-serde");
+    let t = s.template(&f);
+    let annotation = format!("io.trenv.template={t}");
+    let i = s.trenv(&f, "madvise", &["--annotation", &annotation]);
+    let checks = &f.checks;
+    for n in 0..1000 {
+        let c = &checks[n % checks.len()];
+        let a = function::post(&i.ip, &c.request).unwrap();
+        assert_eq!(
+            (a.status, a.json()["result"].clone()),
+            (200, c.result.clone()),
+            "request {n}: {}",
+            a.body
+        );
+    }
+    s.remove(&i);
+}
