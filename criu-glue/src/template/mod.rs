@@ -15,6 +15,8 @@
 //! [`convert`] is a chain of steps, each in its own module and testable without root:
 //!
 //! 0. `dump`: read every process's images (pstree, and each one's mm, page map, pages);
+//!    `allocators`: a function whose allocator takes discarded memory to read as zeros
+//!    gets nothing mapped (a copy template), and the conversion says why;
 //! 1. `layout`: choose the VMAs (by [`Policy`]) and their offsets in the template file,
 //!    process after process;
 //! 2. `pages`: cut each page map into runs, move the chosen VMAs' pages into the template
@@ -26,6 +28,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::image::{FILES_MAGIC, ImageFile};
+
+mod allocators;
 mod commit;
 mod dump;
 mod error;
@@ -63,6 +68,9 @@ pub struct Conversion {
     /// were converted: that template holds one process, `pid`.
     #[serde(default)]
     pub processes: Vec<ProcessConversion>,
+    /// Why nothing was mapped although the policy asked for it (allocators.rs), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// What a conversion did to one process of the tree.
@@ -92,11 +100,16 @@ impl Conversion {
         }
     }
 
-    /// "N VMAs of P process(es)", for messages.
+    /// "N VMAs of P process(es)", for messages, and why nothing was mapped if the
+    /// conversion fell back to copying.
     pub fn extent(&self) -> String {
         let n = self.process_count();
         let noun = if n == 1 { "process" } else { "processes" };
-        format!("{} VMAs of {n} {noun}", self.vma_count())
+        let extent = format!("{} VMAs of {n} {noun}", self.vma_count());
+        match &self.fallback {
+            Some(why) => format!("{extent} (nothing mapped: {why})"),
+            None => extent,
+        }
     }
 }
 
@@ -130,6 +143,12 @@ fn convert_tree(
     new_pages: &mut Vec<PathBuf>,
 ) -> Result<Conversion, TemplateError> {
     let dump = dump::Dump::read(dir)?;
+    let fallback = zeroing_allocator(dir, &dump)?;
+    let copy = Policy {
+        min_vma: u64::MAX,
+        include_heap: false,
+    };
+    let policy = if fallback.is_some() { &copy } else { policy };
     // Step 1, process after process; zombies have no memory.
     let mut file_size = 0;
     let mut procs = Vec::new();
@@ -177,7 +196,22 @@ fn convert_tree(
         files,
     }
     .commit()?;
-    Ok(conversion(&dump, done, file_size))
+    Ok(Conversion {
+        fallback,
+        ..conversion(&dump, done, file_size)
+    })
+}
+
+/// Step 0b: why the dumped processes cannot be served by template mappings, if so.
+fn zeroing_allocator(dir: &Path, dump: &dump::Dump) -> Result<Option<String>, TemplateError> {
+    let path = dir.join("files.img");
+    let files = ImageFile::read(&path, FILES_MAGIC)?.decode_all(0, &path)?;
+    let mms: Vec<(u32, &crate::generated::mm::Mm_entry)> = dump
+        .procs
+        .iter()
+        .filter_map(|p| p.memory.as_ref().map(|m| (p.pid, &m.mm)))
+        .collect();
+    Ok(allocators::unsafe_allocator(&files, &mms))
 }
 
 /// The conversion's report from `done` (the processes that have memory, in the tree's
@@ -202,5 +236,6 @@ fn conversion(dump: &dump::Dump, done: Vec<ProcessConversion>, file_size: u64) -
         bytes_copied: processes.iter().map(|p| p.bytes_copied).sum(),
         file_size,
         processes,
+        fallback: None,
     }
 }

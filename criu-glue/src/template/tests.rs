@@ -279,6 +279,7 @@ fn a_conversion_moves_shareable_pages_and_rewrites_every_image() {
             bytes_copied: 2 * PAGE,
             file_size: PART,
             processes: vec![root],
+            fallback: None,
         }
     );
     assert_eq!((conv.process_count(), conv.vma_count()), (1, 2));
@@ -347,6 +348,7 @@ fn a_process_tree_maps_each_process_onto_its_own_part_through_its_own_entry() {
             bytes_copied: 3 * PAGE,
             file_size: 2 * PART,
             processes,
+            fallback: None,
         }
     );
     assert_eq!((conv.process_count(), conv.vma_count()), (3, 4));
@@ -491,4 +493,47 @@ fn a_pages_file_of_the_wrong_length_is_corrupt() {
         "{err}"
     );
     assert_no_new_pages(dir.path());
+}
+
+#[test]
+fn a_function_that_maps_jemalloc_gets_nothing_mapped_and_is_told_why() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture::build(dir.path());
+    // The root's file mapping (F) is jemalloc.
+    let mm_path = dir.path().join(format!("mm-{}.img", fixture::PID));
+    let mut mm: Mm_entry = ImageFile::read(&mm_path, MM_MAGIC)
+        .unwrap()
+        .decode(0, &mm_path)
+        .unwrap();
+    mm.vmas[4].set_shmid(9);
+    ImageFile {
+        magic: MM_MAGIC,
+        entries: vec![ImageFile::encode(&mm, &mm_path).unwrap()],
+    }
+    .write(&mm_path)
+    .unwrap();
+    let files_path = dir.path().join("files.img");
+    let mut files = ImageFile::read(&files_path, FILES_MAGIC).unwrap();
+    // A complete regular-file entry (as the template's own are).
+    let fe = files::template_entry(9, "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", 1 << 20);
+    files
+        .entries
+        .push(ImageFile::encode(&fe, &files_path).unwrap());
+    files.write(&files_path).unwrap();
+
+    let tpl = dir.path().join("t.tpl");
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap();
+    assert_eq!((conv.vma_count(), conv.bytes_moved), (0, 0), "{conv:?}");
+    assert_eq!(
+        conv.bytes_copied,
+        7 * PAGE,
+        "every dumped page still copied"
+    );
+    let why = conv.fallback.as_deref().unwrap();
+    assert!(why.contains("libjemalloc.so.2: jemalloc"), "{why}");
+    assert!(
+        conv.extent().contains("nothing mapped: process 7 maps"),
+        "{}",
+        conv.extent()
+    );
 }
