@@ -59,8 +59,10 @@ if [[ "${TRENV_NODE_TUNE:-1}" != 0 ]]; then
 fi
 
 "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"
-"$TRENV_REPO/integration/scripts/build-images.sh" build
-"$TRENV_REPO/integration/scripts/build-images.sh" import "$version"
+# The real functions' images (integration/functions/) are test and benchmark fixtures:
+# integration/test.sh and integration/bench/functions.sh build and import them.
+TRENV_FUNCTIONS=0 "$TRENV_REPO/integration/scripts/build-images.sh" build
+TRENV_FUNCTIONS=0 "$TRENV_REPO/integration/scripts/build-images.sh" import "$version"
 
 if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     eval "$("$TRENV_REPO/integration/scripts/containerd.sh" env "$version")"

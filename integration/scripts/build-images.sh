@@ -507,11 +507,12 @@ import_all() {
     for ns in "${NAMESPACES[@]}"; do
         for name in "${IMAGE_NAMES[@]}"; do
             ref="$(image_ref "$name")"
-            if [[ " ${TRENV_IMAGES_SKIP:-} " == *" $ns/$name "* ||
-                ("$name" == fn-* && "$ns" != default) ]]; then
+            if [[ " ${TRENV_IMAGES_SKIP:-} " == *" $ns/$name "* ]]; then
                 log "$ref not imported into namespace $ns (TRENV_IMAGES_SKIP)"
                 continue
             fi
+            # The functions' images only where tests and benchmarks copy them from.
+            [[ "$name" != fn-* || "$ns" == default ]] || continue
             if image_ready "$ns" "$ref" "$name"; then
                 log "$ref already imported and unpacked in namespace $ns ($ADDRESS)"
                 continue
