@@ -237,7 +237,18 @@ pub fn run_trenv(ctr: &Ctr, f: &Function, id: &str, extra: &[&str]) -> Result<In
 /// does): the container created, CNI ADD on its task's network namespace, then started.
 /// Undo with [`remove_runc`].
 pub fn run_runc(ctr: &Ctr, f: &Function, id: &str) -> Result<Instance, String> {
-    let r = ctr.run(&["containers", "create", "--runtime", RUNC, &f.image, id]);
+    run_with_client_cni(ctr, RUNC, f, id)
+}
+
+/// A container of `runtime` networked as [`run_runc`] does it: the client runs CNI on the
+/// task's network namespace (faasd's way). Undo with [`remove_runc`].
+pub fn run_with_client_cni(
+    ctr: &Ctr,
+    runtime: &str,
+    f: &Function,
+    id: &str,
+) -> Result<Instance, String> {
+    let r = ctr.run(&["containers", "create", "--runtime", runtime, &f.image, id]);
     if r.code != 0 {
         return Err(format!("creating container {id}: {}", r.stderr.trim()));
     }
@@ -264,7 +275,8 @@ pub fn run_runc(ctr: &Ctr, f: &Function, id: &str) -> Result<Instance, String> {
     })
 }
 
-/// Removes a runc instance's container and its CNI attachment.
+/// Removes a runc instance's (or a client-networked) container, then its CNI attachment
+/// (as faasd: CNI DEL after the task is gone).
 pub fn remove_runc(ctr: &Ctr, id: &str) {
     ctr.remove(id);
     let dir = runc_netns_dir(id);

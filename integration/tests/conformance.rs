@@ -682,6 +682,39 @@ fn kills_racing_the_exit_of_the_init_answer_as_on_runc() {
     }
 }
 
+/// A task created through containerd's API without stdio (`cio.NullIO`, what faasd asks
+/// for) gets /dev/null for reading and writing, as runc gives it: its writes to stdout
+/// and stderr succeed (libcontainer reopened it read-only, and a function's first print
+/// failed).
+#[test]
+fn a_task_without_stdio_can_write_to_stdout_and_stderr_as_on_runc() {
+    let c = ctr();
+    let api = api();
+    for runtime in RUNTIMES {
+        let container = Container::new(&c, runtime, "nullio");
+        container.create(
+            &[],
+            &[
+                "sh",
+                "-c",
+                "echo out && echo err >&2 && read x; test $? = 1",
+            ],
+        );
+        api.create_task(&container.id)
+            .and_then(|_| api.start(&container.id, ""))
+            .unwrap_or_else(|e| panic!("{}: starting: {}", short(runtime), e.message()));
+        let status = api.wait(&container.id, "");
+        let _ = api.delete_task(&container.id);
+        container.finish();
+        assert_eq!(
+            status.map_err(|e| e.message().to_string()),
+            Ok(0),
+            "{}: writing to stdout or stderr failed (or stdin was not at its end)",
+            short(runtime)
+        );
+    }
+}
+
 // --- 7: runtime features, recursive read-only mounts ---
 
 /// The OCI features document of a shim's `RuntimeInfo`.

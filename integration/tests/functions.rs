@@ -277,3 +277,47 @@ fn a_node_function_that_allocates_and_frees_heavily_is_correct_for_1000_requests
     }
     s.remove(&i);
 }
+
+/// A client that networks its tasks itself, as faasd does (CNI ADD on the task's network
+/// namespace between Create and Start, CNI DEL after Delete), on trenv with repurposing on:
+/// the second function is given the first one's sandbox and its client's CNI ADD works
+/// there as in a fresh network namespace (no interface left from the first), and the
+/// function is reached over the bridge.
+#[test]
+fn a_client_that_runs_cni_itself_gets_a_clean_network_in_a_repurposed_sandbox() {
+    let s = Scope::new();
+    let drained = trenv_cli()
+        .args(["pool", "drain", "--tenant", NAMESPACE])
+        .output()
+        .unwrap();
+    assert!(drained.status.success(), "{drained:?}");
+    let mut netns = Vec::new();
+    for (k, name) in ["pyaes", "node-crypto"].iter().enumerate() {
+        let f = function::get(name);
+        let id = unique_id(&format!("fn-{name}-client-cni"));
+        s.runc.lock().unwrap().push(id.clone());
+        let i = function::run_with_client_cni(&s.ctr, trenv_integration::RUNTIME, &f, &id)
+            .unwrap_or_else(|e| panic!("{name} with the client's CNI: {e}"));
+        let links = std::process::Command::new("nsenter")
+            .args(["-t", &i.pid.to_string(), "-n", "ip", "-o", "link"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        assert_eq!(
+            links.lines().count(),
+            2,
+            "{name}: lo and the client's eth0: {links}"
+        );
+        netns.push(std::fs::read_link(format!("/proc/{}/ns/net", i.pid)).unwrap());
+        assert_correct(&f, &i, "networked by its client");
+        function::remove_runc(&s.ctr, &id);
+        let record = trenv_integration::record_in(&trenv_integration::meter_dir(), &id, "");
+        if k == 1 {
+            assert_eq!(record["sandbox"], "repurposed", "{record}");
+        }
+    }
+    assert_eq!(
+        netns[0], netns[1],
+        "the second function was not given the first's sandbox"
+    );
+}

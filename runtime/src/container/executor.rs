@@ -1,6 +1,7 @@
 //! The last step inside the container's init (or exec) process before the payload runs.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use libcontainer::workload::default::DefaultExecutor;
@@ -22,6 +23,9 @@ pub(crate) struct TrenvExecutor {
 
 impl Executor for TrenvExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        writable_dev_null(&[0, 1, 2]).map_err(|e| {
+            ExecutorError::Other(format!("reopening /dev/null for the process's stdio: {e}"))
+        })?;
         for filter in &self.filters {
             filter.install().map_err(|e| {
                 ExecutorError::Other(format!("installing the seccomp profile: {e}"))
@@ -61,5 +65,63 @@ impl Executor for TrenvExecutor {
             with_path.set_process(Some(process));
         }
         DefaultExecutor {}.validate(&with_path)
+    }
+}
+
+/// Makes each of `fds` that is /dev/null open for reading and writing. libcontainer
+/// (0.7) points an init's stdio that is the host's /dev/null at the container's, opened
+/// read-only: a process then fails to write to stdout or stderr (EBADF; Python exits 1
+/// at its first print), where runc opens it O_RDWR. containerd's API gives a task no
+/// stdio when the client asks for none (faasd's tasks, `cio.NullIO`), so this is common.
+fn writable_dev_null(fds: &[RawFd]) -> std::io::Result<()> {
+    let mut null: Option<File> = None;
+    for &fd in fds {
+        // SAFETY: fstat writes into a zeroed stat buffer; fcntl only reads flags.
+        let (rdev, mode, flags) = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) != 0 {
+                continue;
+            }
+            (st.st_rdev, st.st_mode, libc::fcntl(fd, libc::F_GETFL))
+        };
+        let is_null = mode & libc::S_IFMT == libc::S_IFCHR && rdev == libc::makedev(1, 3);
+        if !is_null || flags < 0 || flags & libc::O_ACCMODE == libc::O_RDWR {
+            continue;
+        }
+        if null.is_none() {
+            null = Some(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")?,
+            );
+        }
+        let from = null.as_ref().map_or(-1, |f| f.as_raw_fd());
+        // SAFETY: dup2 of a descriptor we own onto one of this process's stdio slots.
+        if unsafe { libc::dup2(from, fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access_mode(fd: RawFd) -> i32 {
+        // SAFETY: fcntl only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFL) & libc::O_ACCMODE }
+    }
+
+    #[test]
+    fn a_read_only_dev_null_becomes_writable_and_other_files_are_left_alone() {
+        let ro = File::open("/dev/null").unwrap();
+        let other = File::open("/proc/self/status").unwrap();
+        writable_dev_null(&[ro.as_raw_fd(), other.as_raw_fd()]).unwrap();
+        assert_eq!(access_mode(ro.as_raw_fd()), libc::O_RDWR);
+        assert_eq!(access_mode(other.as_raw_fd()), libc::O_RDONLY);
+        let mut w = &ro;
+        std::io::Write::write_all(&mut w, b"x").unwrap();
     }
 }

@@ -225,6 +225,7 @@ mod tests {
             bytes_copied: 4096,
             file_size: 0x20_0000,
             processes: vec![one],
+            fallback: None,
         });
         let (body, _) = m.encode().unwrap();
         let mut old: serde_json::Value = serde_json::from_slice(&body).unwrap();
