@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by the benchmark wrappers (lifecycle.sh, meter.sh, templates.sh). Source it, then:
+# Shared by the benchmark wrappers (lifecycle.sh, meter.sh, templates.sh, functions.sh). Source it, then:
 #
 #   run_bench BINARY [-v VERSION] [BENCH ARGS...]
 #
