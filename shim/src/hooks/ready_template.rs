@@ -19,6 +19,8 @@ use crate::process::State;
 const POLL: Duration = Duration::from_millis(10);
 /// How long a function may take to get ready.
 const PATIENCE: Duration = Duration::from_secs(600);
+/// How long a function may keep its ready file open after creating it.
+const SETTLE: Duration = Duration::from_secs(2);
 
 pub struct ReadyTemplateHook;
 
@@ -81,7 +83,8 @@ fn make_when_ready(c: &Container, pid: i32, t: &ReadyTemplate) {
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         if let Ok(fd) = openat2(std::os::fd::AsRawFd::as_raw_fd(&root), rel, how) {
             // SAFETY: openat2 just returned this descriptor to us.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            let file = unsafe { OwnedFd::from_raw_fd(fd) };
+            settle(c, pid, &file);
             break;
         }
         if began.elapsed() > PATIENCE {
@@ -118,5 +121,77 @@ fn make_when_ready(c: &Container, pid: i32, t: &ReadyTemplate) {
             t.name,
             c.id
         ),
+    }
+}
+
+/// Waits (up to [`SETTLE`]) until no process of the container's tree (rooted at `pid`)
+/// holds the ready file `file` open. A function creates the file with open + close (as
+/// OpenFaaS's watchdogs do); a dump between the two would record the open file, and every
+/// restore would fail to reopen it in its fresh /tmp ("Can't open file tmp/.lock").
+fn settle(c: &Container, pid: i32, file: &OwnedFd) {
+    let Ok(st) = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(file)) else {
+        return;
+    };
+    let began = Instant::now();
+    while held_open(pid, st.st_dev, st.st_ino) {
+        if began.elapsed() > SETTLE {
+            log::warn!(
+                "container {}: its ready file is still open after {} s; making the template \
+                 anyway",
+                c.id,
+                SETTLE.as_secs()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether a process of the tree rooted at `root` has the file (`dev`, `ino`) open.
+fn held_open(root: i32, dev: u64, ino: u64) -> bool {
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        i += 1;
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) {
+            for fd in fds.filter_map(Result::ok) {
+                if nix::sys::stat::stat(&fd.path())
+                    .is_ok_and(|s| s.st_dev == dev && s.st_ino == ino)
+                {
+                    return true;
+                }
+            }
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.filter_map(Result::ok) {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                tree.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_file_this_process_holds_open_is_found_and_a_closed_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        let f = std::fs::File::create(&path).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let me = std::process::id() as i32;
+        assert!(held_open(me, m.dev(), m.ino()));
+        drop(f);
+        assert!(!held_open(me, m.dev(), m.ino()));
     }
 }
