@@ -85,8 +85,8 @@ pub enum AnnotationError {
     )]
     ReadyFile(String),
     #[error(
-        "annotation {TEMPLATE_POLICY}={0:?}: expected map (default), heap (map [heap] too) or \
-         copy (map nothing)"
+        "annotation {TEMPLATE_POLICY}={0:?}: expected map (default: all private \
+         anonymous memory), no-heap (all but [heap]) or copy (map nothing)"
     )]
     Policy(String),
     #[error("annotations {TEMPLATE_READY_FILE} and {TEMPLATE_POLICY} need {TEMPLATE_CREATE}=NAME")]
@@ -251,8 +251,8 @@ fn ready_template(
     };
     let default = Policy::default();
     let (min_vma, include_heap) = match policy {
-        "" | "map" => (default.min_vma, false),
-        "heap" => (default.min_vma, true),
+        "" | "map" => (default.min_vma, true),
+        "no-heap" => (default.min_vma, false),
         "copy" => (u64::MAX, false),
         _ => return Err(AnnotationError::Policy(policy.into())),
     };
@@ -301,7 +301,8 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
-        assert!(with("heap").include_heap);
+        assert!(!with("no-heap").include_heap);
+        assert!(with("map").include_heap);
         assert_eq!(with("copy").min_vma, u64::MAX);
         assert_eq!(with("map").policy(), Policy::default());
         assert!(matches!(

@@ -2,15 +2,26 @@
 //! go in the template file.
 //!
 //! Only anonymous private memory is converted: shared, file-backed, special (stack, vDSO,
-//! vvar, …) and locked or huge-page mappings keep CRIU's own restore. Small VMAs are not
-//! worth a mapping of their own (`Policy::min_vma`), and `[heap]` is opt-in because a
-//! template region reads template data, not zeros, after MADV_DONTNEED. The chosen VMAs
-//! are laid out back to back: each starts at a page-aligned offset (VMA bounds are page
-//! aligned), so CRIU maps it with one `mmap` of the file at that offset. In a process tree
-//! each process's VMAs follow the previous process's (`base`): one template file holds
-//! them all, and no two processes' regions overlap, even where their VMAs have the same
-//! addresses (a child forked from its parent).
+//! vvar, …) and locked or huge-page mappings keep CRIU's own restore. By default every
+//! other private anonymous VMA is, `[heap]` and VMAs of a page included (`Policy`); a
+//! smaller `min_vma` or leaving `[heap]` out are choices of the template's maker. The
+//! chosen VMAs are laid out back to back: each starts at a page-aligned offset (VMA bounds
+//! are page aligned), so CRIU maps it with one `mmap` of the file at that offset. In a
+//! process tree each process's VMAs follow the previous process's (`base`): one template
+//! file holds them all, and no two processes' regions overlap, even where their VMAs have
+//! the same addresses (a child forked from its parent).
+//!
+//! A VMA without a dumped page (a reservation made `PROT_NONE`, memory never touched)
+//! stays CRIU's: mapped, it would hold only holes, which cost file size (hashed at every
+//! first restore after a boot) for nothing.
+//!
+//! The file ends [`GROWTH_TAIL`] bytes of holes after the last VMA: a restored process that
+//! grows a mapped VMA with `mremap` (glibc's `realloc` of a large chunk does) maps the
+//! file's next bytes, which must exist — past the end of a file, a touch is SIGBUS.
 
+use super::PAGE;
+use super::pages::PE_PRESENT;
+use crate::generated::pagemap::Pagemap_entry;
 use crate::generated::vma::Vma_entry;
 
 // VMA status bits (criu/include/image.h).
@@ -37,20 +48,33 @@ const VMA_NOT_SHAREABLE: u32 = VMA_AREA_STACK
 /// Which VMAs become template mappings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Smallest VMA worth mapping (smaller ones are restored by copy).
+    /// Smallest VMA mapped (smaller ones are restored by copy); default: one page.
     pub min_vma: u64,
-    /// Also map `[heap]`. Safe only for runtimes that never rely on MADV_DONTNEED zeroing
-    /// brk memory (after it, a template region reads template data, not zeros).
+    /// Map `[heap]` too (default). After MADV_DONTNEED a mapped region reads template
+    /// data, not zeros, in `[heap]` as anywhere else: glibc's malloc never takes discarded
+    /// memory for zeros (its calloc clears everything below the most the arena ever held),
+    /// and allocators that do are detected (allocators.rs) and get nothing mapped.
     pub include_heap: bool,
 }
 
 impl Default for Policy {
     fn default() -> Policy {
         Policy {
-            min_vma: 1 << 20,
-            include_heap: false,
+            min_vma: PAGE,
+            include_heap: true,
         }
     }
+}
+
+/// Holes after the last mapped VMA (see the module's documentation): a `realloc` that
+/// grows the last VMA of the file by up to this much reads zeros, as anonymous memory
+/// would; beyond, it would read past the end.
+pub const GROWTH_TAIL: u64 = 64 << 20;
+
+/// The template file's size for mapped VMAs ending at offset `end` (0: nothing mapped, no
+/// file contents at all).
+pub fn file_size(end: u64) -> u64 {
+    if end == 0 { 0 } else { end + GROWTH_TAIL }
 }
 
 /// A VMA chosen for conversion and where its pages go in the template file.
@@ -74,13 +98,22 @@ pub(super) struct Layout {
 
 impl Layout {
     /// Lays out, from offset `base` (page aligned), the VMAs of `vmas` (CRIU dumps them in
-    /// address order) that `policy` shares.
-    pub fn plan(vmas: &[Vma_entry], policy: &Policy, base: u64) -> Layout {
+    /// address order) that `policy` shares and that hold a dumped page of `pagemap` (in
+    /// address order too).
+    pub fn plan(
+        vmas: &[Vma_entry],
+        pagemap: &[Pagemap_entry],
+        policy: &Policy,
+        base: u64,
+    ) -> Layout {
         let mut layout = Layout {
             slots: Vec::new(),
             end: base,
         };
-        for v in vmas.iter().filter(|v| shareable(v, policy)) {
+        let chosen = vmas
+            .iter()
+            .filter(|v| shareable(v, policy) && holds_pages(pagemap, v.start(), v.end()));
+        for v in chosen {
             layout.slots.push(Slot {
                 start: v.start(),
                 end: v.end(),
@@ -101,6 +134,15 @@ impl Layout {
     pub fn slot_starting_at(&self, start: u64) -> Option<&Slot> {
         self.slots.iter().find(|s| s.start == start)
     }
+}
+
+/// Whether a dumped page of `pagemap` (sorted by address) lies in `[start, end)`.
+fn holds_pages(pagemap: &[Pagemap_entry], start: u64, end: u64) -> bool {
+    let i = pagemap.partition_point(|e| e.vaddr() + e.nr_pages() as u64 * PAGE <= start);
+    pagemap[i..]
+        .iter()
+        .take_while(|e| e.vaddr() < end)
+        .any(|e| e.flags() & PE_PRESENT != 0)
 }
 
 pub(super) fn shareable(v: &Vma_entry, policy: &Policy) -> bool {
@@ -125,17 +167,38 @@ pub(super) fn vma(start: u64, end: u64, status: u32, flags: u32) -> Vma_entry {
     v
 }
 
+/// Page-map entries saying that `ranges` were dumped.
+#[cfg(test)]
+pub(super) fn dumped(ranges: &[(u64, u64)]) -> Vec<Pagemap_entry> {
+    ranges
+        .iter()
+        .map(|&(start, end)| {
+            let mut e = Pagemap_entry::new();
+            e.set_vaddr(start);
+            e.set_nr_pages(((end - start) / PAGE) as u32);
+            e.set_flags(PE_PRESENT);
+            e
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn only_large_private_anonymous_vmas_are_shared() {
-        let p = Policy::default();
+        let p = Policy {
+            min_vma: 1 << 20,
+            include_heap: false,
+        };
         let anon = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
         let pa = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
         assert!(shareable(&vma(0, 2 << 20, anon, pa), &p));
         assert!(!shareable(&vma(0, 4096, anon, pa), &p), "too small");
+        let default = Policy::default();
+        assert!(shareable(&vma(0, 4096, anon, pa), &default), "a page");
+        assert!(shareable(&vma(0, 4096, anon | VMA_AREA_HEAP, pa), &default));
         assert!(
             !shareable(&vma(0, 2 << 20, anon | VMA_AREA_STACK, pa), &p),
             "stack"
@@ -168,7 +231,12 @@ mod tests {
             vma(0x30_0000, 0x30_1000, anon, pa),
             vma(0x60_0000, 0x70_0000, anon, pa),
         ];
-        let layout = Layout::plan(&vmas, &Policy::default(), 0);
+        let big = Policy {
+            min_vma: 1 << 20,
+            ..Policy::default()
+        };
+        let all = dumped(&[(0x10_0000, 0x30_1000), (0x60_0000, 0x70_0000)]);
+        let layout = Layout::plan(&vmas, &all, &big, 0);
         let a = Slot {
             start: 0x10_0000,
             end: 0x30_0000,
@@ -189,7 +257,32 @@ mod tests {
         assert_eq!(layout.slot_of(0x70_0000), None);
         assert_eq!(layout.slot_starting_at(0x60_0000), Some(&c));
         assert_eq!(layout.slot_starting_at(0x60_1000), None);
-        assert_eq!(Layout::plan(&[], &Policy::default(), 0), Layout::default());
+        assert_eq!(
+            Layout::plan(&[], &[], &Policy::default(), 0),
+            Layout::default()
+        );
+        let every = Layout::plan(&vmas, &all, &Policy::default(), 0);
+        assert_eq!(every.slots.len(), 3, "by default every VMA, a page too");
+        assert_eq!(every.end, 0x30_1000);
+        // Pages dumped only of the first page of the first VMA and of the small one.
+        let few = dumped(&[(0x10_0000, 0x10_1000), (0x30_0000, 0x30_1000)]);
+        let some = Layout::plan(&vmas, &few, &Policy::default(), 0);
+        assert_eq!(some.slots.len(), 2, "not the VMA without a dumped page");
+        assert_eq!(some.end, 0x20_1000);
+        // A page-map entry that is not of dumped pages (a zero page) does not count.
+        let mut zero = dumped(&[(0x60_0000, 0x60_1000)]);
+        zero[0].set_flags(0);
+        assert!(
+            Layout::plan(&vmas, &zero, &Policy::default(), 0)
+                .slots
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_file_ends_with_room_for_the_last_vma_to_grow() {
+        assert_eq!(file_size(0), 0, "nothing mapped");
+        assert_eq!(file_size(0x30_0000), 0x30_0000 + GROWTH_TAIL);
     }
 
     #[test]
@@ -197,8 +290,9 @@ mod tests {
         let anon = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
         let pa = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
         // The same VMA as its parent's, which took the file's first 3 MiB.
-        let vmas = [vma(0x10_0000, 0x30_0000, anon, pa)];
-        let layout = Layout::plan(&vmas, &Policy::default(), 0x30_0000);
+        const A: (u64, u64) = (0x10_0000, 0x30_0000);
+        let vmas = [vma(A.0, A.1, anon, pa)];
+        let layout = Layout::plan(&vmas, &dumped(&[A]), &Policy::default(), 0x30_0000);
         assert_eq!(
             layout.slots,
             [Slot {
@@ -208,7 +302,7 @@ mod tests {
             }]
         );
         assert_eq!(layout.end, 0x50_0000);
-        let none = Layout::plan(&[], &Policy::default(), 0x50_0000);
+        let none = Layout::plan(&[], &[], &Policy::default(), 0x50_0000);
         assert_eq!((none.slots.len(), none.end), (0, 0x50_0000));
     }
 }

@@ -36,7 +36,7 @@ fn map_vma(v: &mut Vma_entry, slot: &Slot, file_id: u32) {
 mod tests {
     use super::*;
     use crate::template::Policy;
-    use crate::template::layout::{VMA_AREA_REGULAR, vma};
+    use crate::template::layout::{VMA_AREA_REGULAR, dumped, vma};
 
     #[test]
     fn chosen_vmas_become_private_read_only_mappings_of_the_template() {
@@ -48,10 +48,11 @@ mod tests {
             vma(0x40_0000, 0x60_0000, anon, pa),
         ];
         let policy = Policy {
+            min_vma: 1 << 20,
             include_heap: true,
-            ..Policy::default()
         };
-        let layout = Layout::plan(&vmas, &policy, 0);
+        let all = dumped(&[(0x10_0000, 0x20_1000), (0x40_0000, 0x60_0000)]);
+        let layout = Layout::plan(&vmas, &all, &policy, 0);
         let small = vmas[1].clone();
         let converted = map_template(&mut vmas, &layout, 42);
         assert_eq!(converted, [(0x10_0000, 0x20_0000), (0x40_0000, 0x60_0000)]);

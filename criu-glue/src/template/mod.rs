@@ -154,7 +154,7 @@ fn convert_tree(
     let mut procs = Vec::new();
     for p in &dump.procs {
         if let Some(m) = &p.memory {
-            let layout = layout::Layout::plan(&m.mm.vmas, policy, file_size);
+            let layout = layout::Layout::plan(&m.mm.vmas, &m.pagemap, policy, file_size);
             file_size = layout.end;
             procs.push((p.pid, m, layout));
         }
@@ -165,6 +165,7 @@ fn convert_tree(
         .iter()
         .map(|(_, m, layout)| pages::plan(&m.pagemap, layout))
         .collect::<Result<Vec<_>, _>>()?;
+    let file_size = layout::file_size(file_size);
     let out = pages::TemplateFile::create(template, file_size)?;
     for ((_, m, _), plan) in procs.iter().zip(&plans) {
         new_pages.push(pages::write(plan, &m.pages, &out)?);

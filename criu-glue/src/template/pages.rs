@@ -310,7 +310,7 @@ fn copy_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::layout::{Slot, VMA_ANON_PRIVATE, VMA_AREA_REGULAR, vma};
+    use crate::template::layout::{Slot, VMA_ANON_PRIVATE, VMA_AREA_REGULAR, dumped, vma};
     use crate::template::{Policy, layout::Layout};
 
     fn entry(vaddr: u64, nr_pages: u32, flags: Option<u32>) -> Pagemap_entry {
@@ -329,6 +329,7 @@ mod tests {
         let anon = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
         let l = Layout::plan(
             &[vma(0x10_0000, 0x30_0000, anon, pa)],
+            &dumped(&[(0x10_0000, 0x10_1000)]),
             &Policy::default(),
             0,
         );

@@ -7,7 +7,16 @@ use crate::generated::mm::Mm_entry;
 use crate::generated::pagemap::{Pagemap_entry, Pagemap_head};
 use crate::generated::vma::Vma_entry;
 use crate::image::{FILES_MAGIC, ImageFile, MM_MAGIC, PAGEMAP_MAGIC};
+use layout::GROWTH_TAIL;
 use pages::{PE_PARENT, PE_PRESENT};
+
+/// The fixture's tests map its two large VMAs only (A and C), not its pages B and D.
+fn large_only() -> Policy {
+    Policy {
+        min_vma: 1 << 20,
+        include_heap: false,
+    }
+}
 
 /// Synthetic images. The root process: five VMAs (two shareable), five page-map entries
 /// (one crossing out of a shareable VMA, one of absent pages), two existing files. Its
@@ -263,7 +272,7 @@ fn a_conversion_moves_shareable_pages_and_rewrites_every_image() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
     let tpl = dir.path().join("t.tpl");
-    let conv = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap();
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap();
     let root = ProcessConversion {
         pid: PID,
         vmas: vec![A, C],
@@ -277,7 +286,7 @@ fn a_conversion_moves_shareable_pages_and_rewrites_every_image() {
             vmas: vec![A, C],
             bytes_moved: 5 * PAGE,
             bytes_copied: 2 * PAGE,
-            file_size: PART,
+            file_size: PART + GROWTH_TAIL,
             processes: vec![root],
             fallback: None,
         }
@@ -287,7 +296,7 @@ fn a_conversion_moves_shareable_pages_and_rewrites_every_image() {
 
     // The template file: A's pages at offset 0, C's after A, holes elsewhere.
     let t = fs::read(&tpl).unwrap();
-    assert_eq!(t.len() as u64, PART);
+    assert_eq!(t.len() as u64, PART + GROWTH_TAIL);
     for (k, byte) in [(0, 1u8), (1, 2), (2, 3)] {
         assert_page(&t, k * PAGE, byte);
     }
@@ -307,7 +316,7 @@ fn a_conversion_moves_shareable_pages_and_rewrites_every_image() {
     assert_no_new_pages(dir.path());
 
     // files.img names the template under the next free id; the mm maps it.
-    assert_eq!(template_entries(dir.path(), PART), [6]);
+    assert_eq!(template_entries(dir.path(), PART + GROWTH_TAIL), [6]);
     assert_mm_maps(dir.path(), PID, 6, 0);
 }
 
@@ -320,7 +329,7 @@ fn a_process_tree_maps_each_process_onto_its_own_part_through_its_own_entry() {
     let dir = tempfile::tempdir().unwrap();
     build_tree(dir.path());
     let tpl = dir.path().join("t.tpl");
-    let conv = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap();
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap();
     let processes = vec![
         ProcessConversion {
             pid: PID,
@@ -346,7 +355,7 @@ fn a_process_tree_maps_each_process_onto_its_own_part_through_its_own_entry() {
             vmas: vec![A, C],
             bytes_moved: 8 * PAGE,
             bytes_copied: 3 * PAGE,
-            file_size: 2 * PART,
+            file_size: 2 * PART + GROWTH_TAIL,
             processes,
             fallback: None,
         }
@@ -356,7 +365,7 @@ fn a_process_tree_maps_each_process_onto_its_own_part_through_its_own_entry() {
 
     // The root's part as for a single process, the child's after it.
     let t = fs::read(&tpl).unwrap();
-    assert_eq!(t.len() as u64, 2 * PART);
+    assert_eq!(t.len() as u64, 2 * PART + GROWTH_TAIL);
     assert_page(&t, 0, 1);
     assert_page(&t, 2 * PAGE, 3);
     assert_page(&t, PART - PAGE, 7);
@@ -383,7 +392,7 @@ fn a_process_tree_maps_each_process_onto_its_own_part_through_its_own_entry() {
     assert_no_new_pages(dir.path());
 
     // One entry per process with memory (none for the zombie), distinct ids, one file.
-    assert_eq!(template_entries(dir.path(), 2 * PART), [6, 7]);
+    assert_eq!(template_entries(dir.path(), 2 * PART + GROWTH_TAIL), [6, 7]);
     assert_mm_maps(dir.path(), PID, 6, 0);
     assert_mm_maps(dir.path(), CHILD, 7, PART);
     assert!(!dir.path().join(format!("mm-{ZOMBIE}.img")).exists());
@@ -399,7 +408,7 @@ fn a_failed_conversion_of_a_tree_leaves_no_new_pages_file() {
     let full = fs::read(&pages).unwrap();
     fs::write(&pages, &full[..full.len() - PAGE as usize]).unwrap();
     let tpl = dir.path().join("t.tpl");
-    let err = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap_err();
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap_err();
     assert!(matches!(err, TemplateError::PageBeyondEnd { .. }), "{err}");
     assert!(err.to_string().contains("pages-2.img"), "{err}");
     assert_no_new_pages(dir.path());
@@ -407,6 +416,28 @@ fn a_failed_conversion_of_a_tree_leaves_no_new_pages_file() {
     assert_eq!(
         fs::read(dir.path().join("pages-1.img")).unwrap(),
         root_pages
+    );
+}
+
+#[test]
+fn by_default_every_private_anonymous_vma_with_dumped_pages_is_mapped() {
+    use fixture::*;
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let tpl = dir.path().join("t.tpl");
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap();
+    assert_eq!(conv.vmas, [A, D, B, C]);
+    assert_eq!((conv.bytes_moved, conv.bytes_copied), (7 * PAGE, 0));
+    let size = PART + (D.1 - D.0) + (B.1 - B.0);
+    assert_eq!(conv.file_size, size + GROWTH_TAIL);
+    // D's page (5) after A, B's (6) after D, C's after B.
+    let t = fs::read(&tpl).unwrap();
+    assert_page(&t, A.1 - A.0, 5);
+    assert_page(&t, (A.1 - A.0) + (D.1 - D.0), 6);
+    assert_page(&t, size - PAGE, 7);
+    assert!(
+        t[size as usize..].iter().all(|&b| b == 0),
+        "the tail is holes"
     );
 }
 
@@ -438,7 +469,7 @@ fn an_empty_process_tree_is_corrupt() {
     fixture::build(dir.path());
     fixture::pstree(dir.path(), &[]);
     let tpl = dir.path().join("t.tpl");
-    let err = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap_err();
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap_err();
     assert!(matches!(err, TemplateError::NoProcess), "{err}");
 }
 
@@ -448,7 +479,7 @@ fn an_incremental_checkpoint_is_refused() {
     fixture::build(dir.path());
     fixture::pagemap(dir.path(), fixture::PID, 1, &[(fixture::A.0, 1, PE_PARENT)]);
     let tpl = dir.path().join("t.tpl");
-    let err = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap_err();
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap_err();
     assert!(matches!(err, TemplateError::Incremental), "{err}");
     // In any process of a tree, before anything is written.
     fixture::build_tree(dir.path());
@@ -458,7 +489,7 @@ fn an_incremental_checkpoint_is_refused() {
         2,
         &[(fixture::B.0, 1, PE_PARENT)],
     );
-    let err = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap_err();
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap_err();
     assert!(matches!(err, TemplateError::Incremental), "{err}");
     assert!(!tpl.exists());
     assert_no_new_pages(dir.path());
@@ -472,7 +503,7 @@ fn a_pages_file_of_the_wrong_length_is_corrupt() {
     let pages = dir.path().join("pages-1.img");
     let full = fs::read(&pages).unwrap();
     fs::write(&pages, [&full[..], &[0u8; PAGE as usize]].concat()).unwrap();
-    let err = convert(dir.path(), &tpl, "/t.tpl", &Policy::default())
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only())
         .unwrap_err()
         .to_string();
     assert!(
@@ -481,7 +512,7 @@ fn a_pages_file_of_the_wrong_length_is_corrupt() {
     );
     assert!(err.contains("28672 bytes mapped, 32768 in"), "{err}");
     fs::write(&pages, &full[..full.len() - PAGE as usize]).unwrap();
-    let err = convert(dir.path(), &tpl, "/t.tpl", &Policy::default())
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only())
         .unwrap_err()
         .to_string();
     assert!(
@@ -522,7 +553,7 @@ fn a_function_that_maps_jemalloc_gets_nothing_mapped_and_is_told_why() {
     files.write(&files_path).unwrap();
 
     let tpl = dir.path().join("t.tpl");
-    let conv = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap();
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap();
     assert_eq!((conv.vma_count(), conv.bytes_moved), (0, 0), "{conv:?}");
     assert_eq!(
         conv.bytes_copied,

@@ -6,8 +6,8 @@
 //! Ready means: a file exists in the container. By default `/tmp/.lock`, the file
 //! OpenFaaS's watchdogs create once the function is healthy; any other absolute path with
 //! `io.trenv.template.ready-file`. `io.trenv.template.policy` chooses what is mapped: `map`
-//! (default: large anonymous VMAs but not `[heap]`), `heap` (`[heap]` too) or `copy`
-//! (nothing: a plain CRIU restore), as the CLI's `--heap`/`--copy`. The annotations are
+//! (default: every private anonymous VMA, `[heap]` included), `no-heap` (all but
+//! `[heap]`) or `copy` (nothing: a plain CRIU restore), as the CLI's `--no-heap`/`--copy`. The annotations are
 //! parsed by the shim (shim/src/annotations.rs); this is what they ask for. The template
 //! belongs to the container's tenant (tenant.rs), which the shim derives from its
 //! containerd namespace and CRI's annotations: a container can make templates only for
@@ -64,7 +64,7 @@ mod tests {
             tenant: Tenant::namespace("default").unwrap(),
             ready_file: PathBuf::from(DEFAULT_READY_FILE),
             min_vma: Policy::default().min_vma,
-            include_heap: false,
+            include_heap: true,
         };
         assert_eq!(t.policy(), Policy::default());
         assert_eq!(

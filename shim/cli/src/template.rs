@@ -73,16 +73,15 @@ enum TemplateCommand {
         /// Its bundle directory, if trenv cannot find it from the running shims.
         #[arg(long)]
         bundle: Option<PathBuf>,
-        /// Map `[heap]` from the template too (only for runtimes that never rely on
-        /// MADV_DONTNEED zeroing brk memory).
+        /// Copy `[heap]` at every restore instead of mapping it (it is mapped by default).
         #[arg(long)]
-        heap: bool,
-        /// Smallest VMA mapped from the template, in KiB.
-        #[arg(long, default_value_t = 1024)]
+        no_heap: bool,
+        /// Smallest VMA mapped from the template, in KiB (default: every VMA).
+        #[arg(long, default_value_t = 4)]
         min_vma_kib: u64,
         /// Map nothing: restores copy every page, as plain CRIU does (for functions whose
         /// allocator relies on MADV_DONTNEED zeroing, and as the baseline of benchmarks).
-        #[arg(long, conflicts_with = "heap")]
+        #[arg(long, conflicts_with_all = ["no_heap", "min_vma_kib"])]
         copy: bool,
     },
     /// One line per template, with its tenant (every tenant's unless one is given).
@@ -122,7 +121,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
             from,
             namespace,
             bundle,
-            heap,
+            no_heap,
             min_vma_kib,
             copy,
         } => {
@@ -144,7 +143,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
             };
             let policy = Policy {
                 min_vma: if copy { u64::MAX } else { min_vma_kib * 1024 },
-                include_heap: heap,
+                include_heap: !copy && !no_heap,
             };
             let req = BuildRequest {
                 name: &name,
