@@ -53,8 +53,10 @@ DEB_SUITE=bookworm
 DEB_VARIANT=minbase
 PYFN_INCLUDE=python3
 # The real functions' shared base: Python with the libraries of
-# integration/functions/*, the WSGI servers they use, and Node.js.
-FNBASE_INCLUDE=python3,python3-flask,python3-waitress,gunicorn,python3-jinja2,python3-chameleon,python3-pyaes,python3-pil,python3-igraph,nodejs
+# integration/functions/*, the WSGI servers they use, and Node.js; and jemalloc, which
+# functions.rs preloads into a function to test templates of allocators that take purged
+# memory for zeros.
+FNBASE_INCLUDE=python3,python3-flask,python3-waitress,gunicorn,python3-jinja2,python3-chameleon,python3-pyaes,python3-pil,python3-igraph,nodejs,libjemalloc2
 FUNCTIONS_DIR="$TRENV_REPO/integration/functions"
 FN_PREFIX=docker.io/trenv/fn-
 # Every directory of integration/functions with a config.json is a function;

@@ -130,7 +130,8 @@ impl Ctr {
     }
 
     /// Makes sure `image` (built by integration/scripts/build-images.sh into the default
-    /// namespace) is in this namespace, once per test binary.
+    /// namespace) is in this namespace as it is there, once per test binary: an image
+    /// rebuilt since this namespace copied it is copied again.
     pub fn ensure_image(&self, image: &str) {
         static DONE: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
         let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,14 +144,14 @@ impl Ctr {
     }
 
     fn import_image(&self, image: &str) {
-        if self
-            .run(&["images", "check", &format!("name=={image}")])
-            .stdout
-            .contains(image)
-        {
+        let src = self.with_namespace("default");
+        let ours = self.image_digest(image);
+        if ours.is_some() && ours == src.image_digest(image) {
             return;
         }
-        let src = self.with_namespace("default");
+        if ours.is_some() {
+            self.run(&["images", "rm", "--sync", image]).ok();
+        }
         let tar = std::env::temp_dir().join(format!(
             "trenv-image-{}-{}.tar",
             std::process::id(),
@@ -178,6 +179,18 @@ impl Ctr {
             );
             attempt += 1;
         }
+    }
+
+    /// The digest of `image` in this namespace, if it is there.
+    pub fn image_digest(&self, image: &str) -> Option<String> {
+        let out = self
+            .run(&["images", "ls", &format!("name=={image}")])
+            .stdout;
+        out.lines().skip(1).find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == image).then_some(())?;
+            f.nth(1).map(str::to_string)
+        })
     }
 
     /// `ctr run -d` of busybox on trenv as container `id` running `args`; panics unless

@@ -59,6 +59,11 @@ impl Scope {
     /// `io.trenv.template.create` once the function created /tmp/.lock; the source is
     /// removed once the template exists.
     fn template(&self, f: &Function) -> String {
+        self.template_with(f, &[])
+    }
+
+    /// [`Scope::template`] of a source container run with `extra` arguments of `ctr run`.
+    fn template_with(&self, f: &Function, extra: &[&str]) -> String {
         let name = unique_id(&format!("fn-{}", f.name));
         self.templates.lock().unwrap().push(name.clone());
         let src = unique_id(&format!("fn-{}-src", f.name));
@@ -67,7 +72,7 @@ impl Scope {
         let network = format!("io.trenv.network={}", function::NETWORK);
         // Not through run_trenv: its health check would open a connection while CRIU
         // may be dumping the function (a template holds no connection).
-        let r = self.ctr.run(&[
+        let mut args = vec![
             "run",
             "-d",
             "--runtime",
@@ -78,9 +83,10 @@ impl Scope {
             // only a loopback that is down; gunicorn's readiness check needs one).
             "--annotation",
             &network,
-            &f.image,
-            &src,
-        ]);
+        ];
+        args.extend(extra);
+        args.extend([f.image.as_str(), &src]);
+        let r = self.ctr.run(&args);
         assert_eq!(r.code, 0, "{}: {r:#?}", f.name);
         let start = Instant::now();
         let limit = Duration::from_secs(180 * trenv_integration::time_scale());
@@ -266,6 +272,52 @@ fn a_node_function_that_allocates_and_frees_heavily_is_correct_for_1000_requests
     let i = s.trenv(&f, "madvise", &["--annotation", &annotation]);
     let checks = &f.checks;
     for n in 0..1000 {
+        let c = &checks[n % checks.len()];
+        let a = function::post(&i.ip, &c.request).unwrap();
+        assert_eq!(
+            (a.status, a.json()["result"].clone()),
+            (200, c.result.clone()),
+            "request {n}: {}",
+            a.body
+        );
+    }
+    s.remove(&i);
+}
+
+/// jemalloc, in Debian's fnbase image, preloaded into a Python function.
+const JEMALLOC: &str = "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+
+/// An allocator that takes purged memory for zeros (jemalloc: a page it purged with
+/// MADV_DONTNEED would read the template's bytes): the function's template maps nothing
+/// and says why, and instances restored from it answer correctly, request after request.
+#[test]
+fn a_function_on_jemalloc_gets_a_template_that_maps_nothing_and_restores_correctly() {
+    let s = Scope::new();
+    let f = function::get("json-serde");
+    let env = ["--env", JEMALLOC];
+    let t = s.template_with(&f, &env);
+    let out = trenv_cli()
+        .args(["template", "inspect", &t, "-n", NAMESPACE])
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let conv = &m["conversion"];
+    let why = conv["fallback"].as_str().unwrap_or_default();
+    assert!(why.contains("jemalloc"), "no fallback for jemalloc: {conv}");
+    assert_eq!(conv["bytes_moved"], 0, "{conv}");
+    let annotation = format!("io.trenv.template={t}");
+    let i = s.trenv(
+        &f,
+        "jemalloc",
+        &["--env", JEMALLOC, "--annotation", &annotation],
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", i.pid)).unwrap();
+    assert!(
+        maps.contains("libjemalloc"),
+        "jemalloc is not loaded:\n{maps}"
+    );
+    let checks = &f.checks;
+    for n in 0..300 {
         let c = &checks[n % checks.len()];
         let a = function::post(&i.ip, &c.request).unwrap();
         assert_eq!(

@@ -267,20 +267,6 @@ fn select_functions(o: &Options) -> Result<Vec<Function>, String> {
     Ok(chosen)
 }
 
-/// Every image of `ctr`'s namespace by reference, with its digest.
-fn image_digests(ctr: &Ctr) -> std::collections::HashMap<String, String> {
-    ctr.run(&["images", "ls"])
-        .stdout
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (name, digest) = (f.next()?, f.nth(1)?);
-            Some((name.to_string(), digest.to_string()))
-        })
-        .collect()
-}
-
 /// Removes what an earlier, killed run left in the namespace: containers, templates, idle
 /// sandboxes, leases.
 fn remove_leftovers(ctr: &Ctr, namespace: &str) {
@@ -315,23 +301,15 @@ fn run(o: &Options) -> Result<Value, String> {
     );
     let functions = select_functions(o)?;
     remove_leftovers(&ctr, &o.namespace);
-    let available = image_digests(&ctr.with_namespace("default"));
-    let ours = image_digests(&ctr);
+    let default = ctr.with_namespace("default");
     for image in functions.iter().map(|f| f.image.as_str()).chain([BUSYBOX]) {
-        let Some(digest) = available.get(image) else {
+        if default.image_digest(image).is_none() {
             return Err(format!(
                 "image {image} is not in containerd's default namespace: build it with \
                  integration/scripts/build-images.sh import 2"
             ));
-        };
-        // An image rebuilt since this namespace copied it is copied again.
-        if ours.get(image).is_some_and(|d| d != digest) {
-            eprintln!(
-                "[bench] {image} changed: copying it into {} again",
-                o.namespace
-            );
-            let _ = ctr.run(&["images", "rm", "--sync", image]);
         }
+        // Copied again if it was rebuilt since.
         ctr.ensure_image(image);
     }
     let prefix = format!("{ID_PREFIX}-{}", std::process::id());
