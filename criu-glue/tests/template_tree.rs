@@ -10,6 +10,11 @@
 //! the offset), and then gives the child the parent's mapping: the conversion gives each
 //! process its own entry, which this test would catch if it did not.
 //!
+//! Both also have a page mapped above every other VMA but their stack, so that the child's
+//! is the last VMA of the template file; the restored child grows it with `mremap` by
+//! 16 MiB, which maps the file's next bytes: they must exist and read as zeros (the holes
+//! that end the file), where a file ending with the VMA would make the first touch SIGBUS.
+//!
 //! Needs root (CRIU dumps and restores other processes); skipped otherwise.
 
 use std::ffi::CString;
@@ -17,6 +22,7 @@ use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -34,6 +40,12 @@ const PAGE: usize = 4096;
 const PAGES: usize = LEN / PAGE;
 /// What both write over their region once they have checked it.
 const SCRIBBLE: u8 = 0xee;
+/// Where the page that the restored child grows is (free below the stack; chosen before
+/// the tree is forked), and by how much it grows.
+static GROW_AT: AtomicUsize = AtomicUsize::new(0);
+const GROW_BY: usize = 16 << 20;
+/// The byte the grown page holds (it must be dumped to be converted).
+const GROW_BYTE: u8 = 0x5a;
 /// How long a restored process may take to answer (a bound against hanging, not a
 /// measurement).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -58,10 +70,12 @@ struct Role {
     go: CString,
     result: CString,
     expected: fn(usize) -> u8,
+    /// Grows its page above the others once its region is checked.
+    grows: bool,
 }
 
 impl Role {
-    fn new(ctl: &Path, name: &str, expected: fn(usize) -> u8) -> Role {
+    fn new(ctl: &Path, name: &str, expected: fn(usize) -> u8, grows: bool) -> Role {
         let path = |what: &str| {
             CString::new(ctl.join(format!("{what}-{name}")).to_str().unwrap()).unwrap()
         };
@@ -70,6 +84,7 @@ impl Role {
             go: path("go"),
             result: path("result"),
             expected,
+            grows,
         }
     }
 
@@ -114,8 +129,9 @@ fn a_template_of_a_process_tree_restores_each_process_its_own_memory() {
     let (images, ctl) = (tmp.path().join("images"), tmp.path().join("ctl"));
     fs::create_dir(&images).unwrap();
     fs::create_dir(&ctl).unwrap();
-    let parent = Role::new(&ctl, "parent", parent_byte);
-    let child = Role::new(&ctl, "child", child_byte);
+    let parent = Role::new(&ctl, "parent", parent_byte, false);
+    let child = Role::new(&ctl, "child", child_byte, true);
+    GROW_AT.store(free_below_stack(), Ordering::SeqCst);
 
     let root = spawn_tree(&parent, &child);
     let mut tree = Tree { pids: vec![root] };
@@ -143,6 +159,12 @@ fn a_template_of_a_process_tree_restores_each_process_its_own_memory() {
             p.pid
         );
     }
+    let grow = GROW_AT.load(Ordering::SeqCst) as u64;
+    assert_eq!(
+        conv.processes[1].vmas.last(),
+        Some(&(grow, grow + PAGE as u64)),
+        "the child's page above the others is the file's last VMA: {conv:?}"
+    );
     fs::set_permissions(&template, fs::Permissions::from_mode(0o444)).unwrap();
     let pristine = fs::read(&template).unwrap();
 
@@ -225,6 +247,24 @@ unsafe fn fork_and_run(parent: &Role, child: &Role) -> ! {
     // SAFETY: the region was just mapped, LEN bytes, readable and writable.
     let mem = unsafe { std::slice::from_raw_parts_mut(ADDR as *mut u8, LEN) };
     fill(mem, parent_byte);
+    let grow = GROW_AT.load(Ordering::SeqCst);
+    // SAFETY: as above, one page where nothing is (free_below_stack).
+    let at = unsafe {
+        libc::mmap(
+            grow as *mut libc::c_void,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if at as usize != grow {
+        // SAFETY: as above.
+        unsafe { libc::_exit(12) };
+    }
+    // SAFETY: the page was just mapped, readable and writable.
+    unsafe { std::ptr::write_bytes(grow as *mut u8, GROW_BYTE, PAGE) };
     // SAFETY: as for the parent: the child runs `run` only.
     match unsafe { libc::fork() } {
         // SAFETY: as above.
@@ -237,6 +277,32 @@ unsafe fn fork_and_run(parent: &Role, child: &Role) -> ! {
         // SAFETY: only in this process.
         _ => unsafe { run(parent, mem) },
     }
+}
+
+/// An address below the stack with room for the page and its growth, where nothing is
+/// mapped: the kernel keeps a gap of at least 128 MiB between the stack and the highest
+/// mapping it chooses.
+fn free_below_stack() -> usize {
+    let maps = fs::read_to_string("/proc/self/maps").unwrap();
+    let range = |l: &str| {
+        let r = l.split_whitespace().next().unwrap();
+        let (a, b) = r.split_once('-').unwrap();
+        (
+            usize::from_str_radix(a, 16).unwrap(),
+            usize::from_str_radix(b, 16).unwrap(),
+        )
+    };
+    let stack = maps
+        .lines()
+        .find(|l| l.ends_with("[stack]"))
+        .expect("a [stack] in /proc/self/maps");
+    let at = (range(stack).0 - (96 << 20)) & !((2 << 20) - 1);
+    let end = at + PAGE + GROW_BY;
+    for l in maps.lines() {
+        let (a, b) = range(l);
+        assert!(b <= at || a >= end, "{at:#x}..{end:#x} is not free: {l}");
+    }
+    at
 }
 
 fn fill(mem: &mut [u8], byte: fn(usize) -> u8) {
@@ -264,11 +330,43 @@ unsafe fn run(role: &Role, mem: &mut [u8]) -> ! {
             mem.fill(SCRIBBLE);
             answer = first_difference(mem, |_| SCRIBBLE, 2);
         }
+        if answer[0] == 0 && role.grows {
+            answer = grow();
+        }
         touch(&role.result, &answer);
         loop {
             libc::pause();
         }
     }
+}
+
+/// Grows the page at [`GROW_AT`] in place by [`GROW_BY`] and checks it: its own byte kept
+/// (status 3), the new part reads zeros (status 5; pages counted from the new part's
+/// first) and keeps what is written (status 6); a failed mremap is status 4 (errno).
+///
+/// # Safety
+/// Only in the child, whose page is the template file's last VMA.
+unsafe fn grow() -> [u8; 7] {
+    let at = GROW_AT.load(Ordering::SeqCst);
+    // SAFETY: the page is this process's; nothing is mapped above it (free_below_stack).
+    let p = unsafe { libc::mremap(at as *mut libc::c_void, PAGE, PAGE + GROW_BY, 0) };
+    if p == libc::MAP_FAILED {
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        return [4, 0, 0, 0, 0, errno as u8, 0];
+    }
+    // SAFETY: the grown mapping, PAGE + GROW_BY bytes, readable and writable.
+    let mem = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, PAGE + GROW_BY) };
+    let answer = first_difference(&mem[..PAGE], |_| GROW_BYTE, 3);
+    if answer[0] != 0 {
+        return answer;
+    }
+    let new = &mut mem[PAGE..];
+    let answer = first_difference(new, |_| 0, 5);
+    if answer[0] != 0 {
+        return answer;
+    }
+    new.fill(SCRIBBLE);
+    first_difference(new, |_| SCRIBBLE, 6)
 }
 
 /// The answer for the first page of `mem` that is not all `byte(k)`, with `status`.
@@ -312,6 +410,10 @@ fn explain(r: &[u8]) -> String {
     let what = match r[0] {
         1 => "read wrong bytes",
         2 => "did not read back its own writes",
+        3 => "lost the bytes of its page above the others",
+        4 => return format!("could not grow its page above the others: errno {}", r[5]),
+        5 => "read wrong bytes in the part its page grew by",
+        6 => "did not read back its writes in the part its page grew by",
         _ => "answered something unknown",
     };
     format!("{what}: page {page} holds {} instead of {}", r[5], r[6])
