@@ -237,18 +237,23 @@ pub fn run_trenv(ctr: &Ctr, f: &Function, id: &str, extra: &[&str]) -> Result<In
 /// does): the container created, CNI ADD on its task's network namespace, then started.
 /// Undo with [`remove_runc`].
 pub fn run_runc(ctr: &Ctr, f: &Function, id: &str) -> Result<Instance, String> {
-    run_with_client_cni(ctr, RUNC, f, id)
+    run_with_client_cni(ctr, RUNC, f, id, &[])
 }
 
 /// A container of `runtime` networked as [`run_runc`] does it: the client runs CNI on the
-/// task's network namespace (faasd's way). Undo with [`remove_runc`].
+/// task's network namespace (faasd's way); `extra`: more arguments of `ctr containers
+/// create`. Undo with [`remove_runc`].
 pub fn run_with_client_cni(
     ctr: &Ctr,
     runtime: &str,
     f: &Function,
     id: &str,
+    extra: &[&str],
 ) -> Result<Instance, String> {
-    let r = ctr.run(&["containers", "create", "--runtime", runtime, &f.image, id]);
+    let mut args = vec!["containers", "create", "--runtime", runtime];
+    args.extend(extra);
+    args.extend([f.image.as_str(), id]);
+    let r = ctr.run(&args);
     if r.code != 0 {
         return Err(format!("creating container {id}: {}", r.stderr.trim()));
     }

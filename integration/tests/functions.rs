@@ -20,6 +20,9 @@ struct Scope {
     trenv: Mutex<Vec<String>>,
     runc: Mutex<Vec<String>>,
     templates: Mutex<Vec<String>>,
+    /// `io.trenv.tenant` of every trenv container of the scope, if it has a tenant of its
+    /// own within [`NAMESPACE`]'s.
+    sub: Option<String>,
 }
 
 impl Scope {
@@ -34,13 +37,57 @@ impl Scope {
             trenv: Mutex::default(),
             runc: Mutex::default(),
             templates: Mutex::default(),
+            sub: None,
         }
+    }
+
+    /// A scope whose trenv containers (and so their templates and idle sandboxes) are of a
+    /// tenant of their own (`io.trenv.tenant`): for a test that counts on which sandbox a
+    /// container gets, which the other tests of this file, running at the same time in
+    /// [`NAMESPACE`], would otherwise take from the pool.
+    fn in_own_tenant(name: &str) -> Scope {
+        let mut s = Scope::new();
+        s.sub = Some(unique_id(name));
+        s
+    }
+
+    /// The arguments of `ctr run` / `ctr containers create` that give a container the
+    /// scope's tenant.
+    fn tenant_annotation(&self) -> Vec<String> {
+        match &self.sub {
+            Some(sub) => vec!["--annotation".into(), format!("io.trenv.tenant={sub}")],
+            None => Vec::new(),
+        }
+    }
+
+    /// The arguments of `trenv template` and `trenv pool` that name the scope's tenant.
+    fn tenant_arg(&self) -> [String; 2] {
+        match &self.sub {
+            Some(sub) => ["--tenant".into(), format!("{NAMESPACE}//{sub}")],
+            None => ["-n".into(), NAMESPACE.into()],
+        }
+    }
+
+    /// Destroys the idle sandboxes of the scope's tenant.
+    fn drain_pool(&self) {
+        let [flag, tenant] = match &self.sub {
+            Some(sub) => ["--tenant".to_string(), format!("{NAMESPACE}//{sub}")],
+            None => ["--tenant".to_string(), NAMESPACE.to_string()],
+        };
+        let drained = trenv_cli()
+            .args(["pool", "drain", &flag, &tenant])
+            .output()
+            .unwrap();
+        assert!(drained.status.success(), "{drained:?}");
     }
 
     fn trenv(&self, f: &Function, tag: &str, extra: &[&str]) -> Instance {
         let id = unique_id(&format!("fn-{}-{tag}", f.name));
         self.trenv.lock().unwrap().push(id.clone());
-        function::run_trenv(&self.ctr, f, &id, extra)
+        let tenant = self.tenant_annotation();
+        let mut args: Vec<&str> = tenant.iter().map(String::as_str).collect();
+        args.extend(extra);
+        function::run_trenv(&self.ctr, f, &id, &args)
             .unwrap_or_else(|e| panic!("{} on trenv ({tag}): {e}", f.name))
     }
 
@@ -84,6 +131,8 @@ impl Scope {
             "--annotation",
             &network,
         ];
+        let tenant = self.tenant_annotation();
+        args.extend(tenant.iter().map(String::as_str));
         args.extend(extra);
         args.extend([f.image.as_str(), &src]);
         let r = self.ctr.run(&args);
@@ -92,7 +141,8 @@ impl Scope {
         let limit = Duration::from_secs(180 * trenv_integration::time_scale());
         loop {
             let out = trenv_cli()
-                .args(["template", "inspect", &name, "-n", NAMESPACE])
+                .args(["template", "inspect", &name])
+                .args(self.tenant_arg())
                 .output()
                 .unwrap();
             if out.status.success() {
@@ -120,8 +170,12 @@ impl Drop for Scope {
         }
         for t in self.templates.lock().unwrap().iter() {
             let _ = trenv_cli()
-                .args(["template", "rm", t, "-n", NAMESPACE])
+                .args(["template", "rm", t])
+                .args(self.tenant_arg())
                 .output();
+        }
+        if self.sub.is_some() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drain_pool()));
         }
     }
 }
@@ -164,12 +218,7 @@ fn every_function_answers_correctly_cold_on_runc_and_on_trenv() {
 /// sources' and the previous instances': the metering record names that function).
 #[test]
 fn every_function_answers_correctly_restored_and_in_a_sandbox_repurposed_from_another() {
-    let s = Scope::new();
-    let drained = trenv_cli()
-        .args(["pool", "drain", "--tenant", NAMESPACE])
-        .output()
-        .unwrap();
-    assert!(drained.status.success(), "{drained:?}");
+    let s = Scope::in_own_tenant("repurposed");
     let functions = function::all();
     let templates: Vec<String> = functions.iter().map(|f| s.template(f)).collect();
     for (f, t) in functions.iter().zip(&templates) {
@@ -297,7 +346,8 @@ fn a_function_on_jemalloc_gets_a_template_that_maps_nothing_and_restores_correct
     let env = ["--env", JEMALLOC];
     let t = s.template_with(&f, &env);
     let out = trenv_cli()
-        .args(["template", "inspect", &t, "-n", NAMESPACE])
+        .args(["template", "inspect", &t])
+        .args(s.tenant_arg())
         .output()
         .unwrap();
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -337,18 +387,15 @@ fn a_function_on_jemalloc_gets_a_template_that_maps_nothing_and_restores_correct
 /// function is reached over the bridge.
 #[test]
 fn a_client_that_runs_cni_itself_gets_a_clean_network_in_a_repurposed_sandbox() {
-    let s = Scope::new();
-    let drained = trenv_cli()
-        .args(["pool", "drain", "--tenant", NAMESPACE])
-        .output()
-        .unwrap();
-    assert!(drained.status.success(), "{drained:?}");
+    let s = Scope::in_own_tenant("client-cni");
     let mut netns = Vec::new();
     for (k, name) in ["pyaes", "node-crypto"].iter().enumerate() {
         let f = function::get(name);
         let id = unique_id(&format!("fn-{name}-client-cni"));
         s.runc.lock().unwrap().push(id.clone());
-        let i = function::run_with_client_cni(&s.ctr, trenv_integration::RUNTIME, &f, &id)
+        let tenant = s.tenant_annotation();
+        let tenant: Vec<&str> = tenant.iter().map(String::as_str).collect();
+        let i = function::run_with_client_cni(&s.ctr, trenv_integration::RUNTIME, &f, &id, &tenant)
             .unwrap_or_else(|e| panic!("{name} with the client's CNI: {e}"));
         let links = std::process::Command::new("nsenter")
             .args(["-t", &i.pid.to_string(), "-n", "ip", "-o", "link"])
