@@ -3,8 +3,9 @@
 //!
 //! Only anonymous private memory is converted: shared, file-backed, special (stack, vDSO,
 //! vvar, …) and locked or huge-page mappings keep CRIU's own restore. By default every
-//! other private anonymous VMA is, `[heap]` and VMAs of a page included (`Policy`); a
-//! smaller `min_vma` or leaving `[heap]` out are choices of the template's maker. The
+//! other private anonymous VMA that holds a dumped page is converted, `[heap]` and VMAs of
+//! one page included (`Policy`); a larger `min_vma` or leaving `[heap]` out are choices of
+//! the template's maker. The
 //! chosen VMAs are laid out back to back: each starts at a page-aligned offset (VMA bounds
 //! are page aligned), so CRIU maps it with one `mmap` of the file at that offset. In a
 //! process tree each process's VMAs follow the previous process's (`base`): one template
