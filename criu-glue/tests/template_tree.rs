@@ -229,40 +229,12 @@ fn spawn_tree(parent: &Role, child: &Role) -> i32 {
 /// # Safety
 /// Only in the freshly forked parent.
 unsafe fn fork_and_run(parent: &Role, child: &Role) -> ! {
-    // SAFETY: a fixed mapping where nothing is (NOREPLACE fails otherwise).
-    let at = unsafe {
-        libc::mmap(
-            ADDR as *mut libc::c_void,
-            LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if at as usize != ADDR {
-        // SAFETY: exiting without running this process's (the test's) destructors.
-        unsafe { libc::_exit(10) };
-    }
+    map_or_exit(ADDR, LEN, 10);
     // SAFETY: the region was just mapped, LEN bytes, readable and writable.
     let mem = unsafe { std::slice::from_raw_parts_mut(ADDR as *mut u8, LEN) };
     fill(mem, parent_byte);
     let grow = GROW_AT.load(Ordering::SeqCst);
-    // SAFETY: as above, one page where nothing is (free_below_stack).
-    let at = unsafe {
-        libc::mmap(
-            grow as *mut libc::c_void,
-            PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if at as usize != grow {
-        // SAFETY: as above.
-        unsafe { libc::_exit(12) };
-    }
+    map_or_exit(grow, PAGE, 12);
     // SAFETY: the page was just mapped, readable and writable.
     unsafe { std::ptr::write_bytes(grow as *mut u8, GROW_BYTE, PAGE) };
     // SAFETY: as for the parent: the child runs `run` only.
@@ -303,6 +275,27 @@ fn free_below_stack() -> usize {
         assert!(b <= at || a >= end, "{at:#x}..{end:#x} is not free: {l}");
     }
     at
+}
+
+/// Maps `len` bytes of private anonymous memory at `addr`, where nothing may be mapped
+/// (MAP_FIXED_NOREPLACE), or exits with `status` (without running the destructors of this
+/// process, a fork of the test). Async-signal-safe.
+fn map_or_exit(addr: usize, len: usize, status: i32) {
+    // SAFETY: a fixed mapping where nothing is (NOREPLACE fails otherwise).
+    let at = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if at as usize != addr {
+        // SAFETY: exiting a forked process without the test's destructors.
+        unsafe { libc::_exit(status) };
+    }
 }
 
 fn fill(mem: &mut [u8], byte: fn(usize) -> u8) {

@@ -180,6 +180,21 @@ impl Drop for Scope {
     }
 }
 
+/// `n` requests to `i`, `f`'s checks in turn, each answered correctly.
+fn answers_checks(f: &Function, i: &Instance, n: usize) {
+    for k in 0..n {
+        let c = &f.checks[k % f.checks.len()];
+        let a = function::post(&i.ip, &c.request).unwrap();
+        assert_eq!(
+            (a.status, a.json()["result"].clone()),
+            (200, c.result.clone()),
+            "{}: request {k}: {}",
+            f.name,
+            a.body
+        );
+    }
+}
+
 /// Every check of `f` answered correctly by `i`, then a malformed request refused.
 fn assert_correct(f: &Function, i: &Instance, how: &str) {
     if let Err(e) = function::check(f, &i.ip) {
@@ -319,17 +334,7 @@ fn a_node_function_that_allocates_and_frees_heavily_is_correct_for_1000_requests
     let t = s.template(&f);
     let annotation = format!("io.trenv.template={t}");
     let i = s.trenv(&f, "madvise", &["--annotation", &annotation]);
-    let checks = &f.checks;
-    for n in 0..1000 {
-        let c = &checks[n % checks.len()];
-        let a = function::post(&i.ip, &c.request).unwrap();
-        assert_eq!(
-            (a.status, a.json()["result"].clone()),
-            (200, c.result.clone()),
-            "request {n}: {}",
-            a.body
-        );
-    }
+    answers_checks(&f, &i, 1000);
     s.remove(&i);
 }
 
@@ -366,17 +371,7 @@ fn a_function_on_jemalloc_gets_a_template_that_maps_nothing_and_restores_correct
         maps.contains("libjemalloc"),
         "jemalloc is not loaded:\n{maps}"
     );
-    let checks = &f.checks;
-    for n in 0..300 {
-        let c = &checks[n % checks.len()];
-        let a = function::post(&i.ip, &c.request).unwrap();
-        assert_eq!(
-            (a.status, a.json()["result"].clone()),
-            (200, c.result.clone()),
-            "request {n}: {}",
-            a.body
-        );
-    }
+    answers_checks(&f, &i, 300);
     s.remove(&i);
 }
 
