@@ -1406,14 +1406,16 @@ fn an_image_edited_in_place_with_its_mtime_restored_is_caught() {
 /// Start, which restores it reading the images in place (through a read-only bind): the
 /// restore checks them again, fails with FAILED_PRECONDITION naming the file, and leaves
 /// nothing behind. (A chmod changes no byte, only the file's ctime.)
-#[test]
-fn an_image_changed_between_create_and_start_is_caught() {
-    use std::os::unix::fs::PermissionsExt;
-    let c = ctr();
-    let case = Case::new(&c, "late");
-    let (src, name, id) = (&case.src, &case.name, &case.id);
-    run_sleeper(&c, src);
-    create_template(&c, name, src);
+/// The state letter of process `pid` (`/proc/PID/stat`: R, S, T for stopped, …).
+fn proc_state(pid: i32) -> char {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+/// `containers create` of busybox's `sleep 1000` as `id`, restored from template `name`.
+fn create_restoring(c: &Ctr, id: &str, name: &str) {
     let annotation = format!("{ANNOTATION}={name}");
     let created = c.run(&[
         "containers",
@@ -1428,10 +1430,53 @@ fn an_image_changed_between_create_and_start_is_caught() {
         "1000",
     ]);
     assert_eq!(created.code, 0, "{created:#?}");
+}
+
+/// A template restore happens at Create, as a cold start's init is created there: Create
+/// answers with the restored process (stopped, its namespaces in place: faasd attaches its
+/// network between Create and Start), and Start continues it. A task deleted before Start
+/// leaves nothing; images changed after a Create do not touch the task restored from them,
+/// and the next Create refuses them.
+#[test]
+fn a_template_restore_answers_create_with_a_stopped_process_that_start_continues() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = ctr();
+    let case = Case::new(&c, "late");
+    let (src, name, id) = (&case.src, &case.name, &case.id);
+    run_sleeper(&c, src);
+    create_template(&c, name, src);
     let api = trenv_integration::api::Containerd::from_env(&c.namespace)
         .unwrap_or_else(|e| panic!("{e}"));
-    api.create_task(id)
-        .unwrap_or_else(|e| panic!("Create of {id} from {name}: {e:?}"));
+
+    // Deleted before Start: the stopped tree goes with it.
+    let early = unique_id("tpl-early");
+    let _early = Cleanup {
+        ctr: &c,
+        containers: vec![early.clone()],
+        templates: Vec::new(),
+    };
+    create_restoring(&c, &early, name);
+    let pid = api
+        .create_task(&early)
+        .unwrap_or_else(|e| panic!("Create of {early} from {name}: {e:?}")) as i32;
+    assert!(pid > 0, "Create answered pid {pid}");
+    assert_eq!(proc_state(pid), 'T', "{early}'s restored init before Start");
+    api.delete_task(&early)
+        .expect("deleting a task never started");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || proc_state(pid) == 'Z',
+        "{early}'s restored init outlived its task"
+    );
+    c.remove(&early);
+    assert_nothing_left(&c, &early);
+
+    create_restoring(&c, id, name);
+    let pid = api
+        .create_task(id)
+        .unwrap_or_else(|e| panic!("Create of {id} from {name}: {e:?}")) as i32;
+    assert_eq!(proc_state(pid), 'T', "{id}'s restored init before Start");
+    assert_eq!(api.task_status(id).unwrap(), "CREATED");
+    let netns = fs::read_link(format!("/proc/{pid}/ns/net")).expect("its network namespace");
     let images = template_dir(&c, name).join("images");
     let core = fs::read_dir(&images)
         .unwrap()
@@ -1444,9 +1489,27 @@ fn an_image_changed_between_create_and_start_is_caught() {
         .unwrap_or_else(|| panic!("no core image in {}", images.display()));
     let mode = fs::metadata(&core).unwrap().permissions().mode();
     fs::set_permissions(&core, fs::Permissions::from_mode((mode ^ 0o040) & 0o7777)).unwrap();
-    let started = api.start(id, "");
-    let status = match started {
-        Ok(pid) => panic!("{id} was restored (pid {pid}) from a template changed after Create"),
+    assert_eq!(api.start(id, "").expect("Start") as i32, pid);
+    assert_eq!(api.task_status(id).unwrap(), "RUNNING");
+    assert_eq!(fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(), netns);
+    let start = Instant::now();
+    while proc_state(pid) == 'T' {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{id}'s init is still stopped after Start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let next = unique_id("tpl-next");
+    let _next = Cleanup {
+        ctr: &c,
+        containers: vec![next.clone()],
+        templates: Vec::new(),
+    };
+    create_restoring(&c, &next, name);
+    let status = match api.create_task(&next) {
+        Ok(pid) => panic!("{next} was restored (pid {pid}) from a template changed since"),
         Err(s) => s,
     };
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
@@ -1455,6 +1518,8 @@ fn an_image_changed_between_create_and_start_is_caught() {
         status.message().contains(&format!("{file} was modified")),
         "{status:?}"
     );
+    c.remove(&next);
+    assert_nothing_left(&c, &next);
     c.remove(id);
     assert_nothing_left(&c, id);
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Classified, ErrorKind};
+use crate::function_rules::FunctionRule;
 
 use crate::template::TenantLimits;
 use crate::template::mempool::MemPoolKind;
@@ -56,6 +57,8 @@ pub struct Config {
     pub criu: CriuSection,
     pub meter: MeterSection,
     pub sandboxes: SandboxesConfig,
+    /// The node's function rules (`[[functions]]`, function_rules.rs), first match first.
+    pub functions: Vec<FunctionRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -262,6 +265,12 @@ impl Config {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        if let Some(reason) = c.functions.iter().find_map(FunctionRule::invalid) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
         Ok(c)
     }
 
@@ -301,6 +310,25 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.pool_kind().unwrap(), MemPoolKind::Tmpfs);
+    }
+
+    #[test]
+    fn function_rules_are_read_in_order_and_checked() {
+        let c = parse(
+            "[[functions]]\nnamespace = \"openfaas-fn\"\ntemplate = \"auto\"\n\
+             [[functions]]\ncontainer = \"job-*\"\nfunction = \"jobs\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.functions.len(), 2);
+        let r = crate::function_rules::rule_for(&c.functions, "default", "job-7").unwrap();
+        assert_eq!(r.function_of("job-7"), "jobs");
+        let e = parse("[[functions]]\npolicy = \"all\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("policy \"all\"") && e.contains("is invalid"),
+            "{e}"
+        );
     }
 
     #[test]

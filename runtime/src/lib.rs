@@ -16,7 +16,8 @@
 //!   themselves are the kernel-free crate `trenv_meter`.
 //! * [`node`]: host tuning and keeping trenv's processes small.
 //! * [`sys`]: the mount table, clocks, file identities.
-//! * [`config`]: trenv's configuration file; [`paths`]: its well-known paths.
+//! * [`config`]: trenv's configuration file; [`paths`]: its well-known paths;
+//!   [`function_rules`]: its `[[functions]]` rules (which containers are which function).
 //! * [`error`]: what the domains' errors share ([`ErrorKind`], the cause chain).
 //!
 //! Dependencies point one way: `sys`/`error` ← `container` ← `metering`, `snapshot` ←
@@ -25,6 +26,7 @@
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod function_rules;
 pub mod metering;
 pub mod node;
 pub mod paths;

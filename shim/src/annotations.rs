@@ -3,16 +3,17 @@
 //! the annotation and what it accepts; nothing else reads annotations.
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use trenv_criu::template::Policy;
 use trenv_meter::hull::{Hull, HullError};
 use trenv_runtime::config::ScratchKind;
 use trenv_runtime::metering::meter::{MAX_INTERVAL, MIN_INTERVAL, interval_allowed};
 use trenv_runtime::sys::confined::{ConfinedError, read_beneath};
 use trenv_runtime::template::manifest::valid_name;
-use trenv_runtime::template::ready::{DEFAULT_READY_FILE, ReadyTemplate};
+use trenv_runtime::template::ready::{
+    DEFAULT_READY_FILE, ReadyTemplate, plain_ready_file, policy_named,
+};
 use trenv_runtime::template::tenant::{KUBE_NAMESPACE_ANNOTATION, TENANT_ANNOTATION};
 use trenv_runtime::template::{TEMPLATE_ANNOTATION, TemplateError, Tenant, TenantError};
 
@@ -239,35 +240,22 @@ fn ready_template(
     let ready_file = if file.is_empty() {
         PathBuf::from(DEFAULT_READY_FILE)
     } else {
-        let p = PathBuf::from(file);
-        let plain = p.is_absolute()
-            && p.components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
-            && p.components().count() > 1;
-        if !plain {
-            return Err(AnnotationError::ReadyFile(file.into()));
-        }
-        p
+        plain_ready_file(file).ok_or_else(|| AnnotationError::ReadyFile(file.into()))?
     };
-    let default = Policy::default();
-    let (min_vma, include_heap) = match policy {
-        "" | "map" => (default.min_vma, true),
-        "no-heap" => (default.min_vma, false),
-        "copy" => (u64::MAX, false),
-        _ => return Err(AnnotationError::Policy(policy.into())),
-    };
+    let policy = policy_named(policy).ok_or_else(|| AnnotationError::Policy(policy.into()))?;
     Ok(Some(ReadyTemplate {
         name: name.into(),
         tenant: tenant.clone(),
         ready_file,
-        min_vma,
-        include_heap,
+        min_vma: policy.min_vma,
+        include_heap: policy.include_heap,
     }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trenv_criu::template::Policy;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<Annotations, AnnotationError> {
         let m: HashMap<String, String> = pairs

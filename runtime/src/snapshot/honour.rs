@@ -306,7 +306,7 @@ fn sha256(v: &str) -> String {
 pub fn apply(pid: i32, spec: &Spec, template: &SpecRecord) -> Result<(), SnapshotError> {
     let now = SpecRecord::of(spec);
     let p = spec.process().as_ref();
-    for proc_pid in tree(pid) {
+    for proc_pid in crate::sys::tree::process_tree(pid) {
         rlimits(proc_pid, &template.rlimits, &now.rlimits)?;
         if template.oom_score_adj != now.oom_score_adj {
             let v = match now.oom_score_adj {
@@ -319,7 +319,7 @@ pub fn apply(pid: i32, spec: &Spec, template: &SpecRecord) -> Result<(), Snapsho
             write_file(&format!("/proc/{proc_pid}/oom_score_adj"), &v)
                 .map_err(apply_err("process.oomScoreAdj"))?;
         }
-        for tid in threads(proc_pid) {
+        for tid in crate::sys::tree::threads(proc_pid) {
             if let Some(io) = p.and_then(|p| p.io_priority().as_ref()) {
                 io_priority(tid, io)?;
             }
@@ -511,34 +511,6 @@ fn io_priority(tid: i32, io: &oci_spec::runtime::LinuxIOPriority) -> Result<(), 
         }
     }
     Ok(())
-}
-
-/// The processes of the tree rooted at `pid` (through every thread's children).
-fn tree(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        if out.contains(&p) {
-            continue;
-        }
-        out.push(p);
-        for tid in threads(p) {
-            if let Ok(c) = fs::read_to_string(format!("/proc/{p}/task/{tid}/children")) {
-                todo.extend(c.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
-            }
-        }
-    }
-    out
-}
-
-/// The threads of process `pid`.
-fn threads(pid: i32) -> Vec<i32> {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -53,6 +53,12 @@ pub struct RestorePlan {
     /// The image's network namespace was dumped empty: bring up its loopback.
     #[serde(default)]
     pub loopback_up: bool,
+    /// Leave the restored tree stopped (CRIU's `leave_stopped`: each process gets SIGSTOP
+    /// before it runs an instruction of its own), for Start to continue
+    /// ([`continue_tree`]): a template restore happens at Create, so that clients find a
+    /// process and its namespaces there, as for a cold start.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// Where a restore spent its time, in order (logged by the shim).
@@ -179,6 +185,24 @@ pub fn restore(
     adopt(at, &spec, pid, plan.systemd_cgroup)?;
     phases.mark("adopt");
     Ok((pid, phases))
+}
+
+/// Continues the tree rooted at `pid` that a restore left stopped ([`RestorePlan::stopped`]):
+/// SIGCONT to each process (a stopped process resumes as the signal is sent, even one that
+/// ignores it; the init of a PID namespace included).
+pub fn continue_tree(pid: i32) -> Result<(), SnapshotError> {
+    use nix::sys::signal::{Signal, kill};
+    for p in crate::sys::tree::process_tree(pid) {
+        match kill(nix::unistd::Pid::from_raw(p), Signal::SIGCONT) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => {
+                return Err(SnapshotError::sys(format!(
+                    "continuing restored process {p}"
+                ))(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The container's rootfs bound at `<state>/criu-root`: CRIU wants a mount point as root
@@ -340,6 +364,7 @@ fn restore_options(
     o.set_evasive_devices(true);
     o.set_shell_job(plan.terminal);
     o.set_orphan_pts_master(true);
+    o.set_leave_stopped(plan.stopped);
     // trenv put CRIU into the container's cgroup; the tasks stay where CRIU is.
     o.set_manage_cgroups(true);
     o.set_manage_cgroups_mode(Criu_cg_mode::IGNORE);

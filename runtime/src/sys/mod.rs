@@ -1,4 +1,5 @@
-//! Small kernel helpers every domain uses: the mount table, clocks, file identities.
+//! Small kernel helpers every domain uses: the mount table, clocks, file identities,
+//! process trees.
 
 pub mod clock;
 pub mod confined;
@@ -6,6 +7,7 @@ pub mod mountinfo;
 pub mod nsops;
 pub mod run;
 pub mod stamp;
+pub mod tree;
 
 pub use stamp::{FileStamp, dir_changed};
 

@@ -13,7 +13,7 @@
 //! containerd namespace and CRI's annotations: a container can make templates only for
 //! itself, never replace or shadow another tenant's.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use trenv_criu::template::Policy;
@@ -22,6 +22,35 @@ use super::tenant::Tenant;
 
 /// The file OpenFaaS's classic and of-watchdog create when the function is ready.
 pub const DEFAULT_READY_FILE: &str = "/tmp/.lock";
+
+/// `path` as a ready file: an absolute path without `..` (or `.`) below the root; `None`
+/// otherwise.
+pub fn plain_ready_file(path: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(path);
+    let plain = p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && p.components().count() > 1;
+    plain.then_some(p)
+}
+
+/// The mapping policy named `name` (`""` or "map": the default, every private anonymous
+/// VMA; "no-heap": all but `[heap]`; "copy": nothing); `None` for another name.
+pub fn policy_named(name: &str) -> Option<Policy> {
+    let default = Policy::default();
+    match name {
+        "" | "map" => Some(default),
+        "no-heap" => Some(Policy {
+            include_heap: false,
+            ..default
+        }),
+        "copy" => Some(Policy {
+            min_vma: u64::MAX,
+            include_heap: false,
+        }),
+        _ => None,
+    }
+}
 
 /// What to make, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,10 @@
-//! Create: the spec read and its annotations parsed, the cgroup driver checked, then one of
-//! two paths chosen by the [`StartPlan`]: a cold start's init created now (released at
-//! Start), or a restore prepared (rootfs and spec now, processes at Start, as runc's shim
-//! does for checkpoints). Each step is a function here; a failure leaves nothing behind.
+//! Create: the spec read, its annotations parsed and the node's function rules applied
+//! (`[[functions]]`), the cgroup driver checked, then one of three paths chosen by the
+//! [`StartPlan`]: a cold start's init created now (released at Start); a template restored
+//! now and left stopped (continued at Start), so that Create answers with a process in
+//! either case; or a containerd checkpoint's restore prepared (rootfs and stdio now,
+//! processes at Start, as runc's shim does). Each step is a function here; a failure leaves
+//! nothing behind.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +21,10 @@ use trenv_runtime::container::cgroup::Cgroup;
 use trenv_runtime::container::create::NewContainer;
 use trenv_runtime::container::rootfs::{Mount, Scratch};
 use trenv_runtime::container::spec::{has_own_namespace, load_spec, validate};
+use trenv_runtime::function_rules::{AutoTemplate, auto_template_name, rootfs_identity, rule_for};
 use trenv_runtime::snapshot::{Phases, RestorePlan, TemplateFile};
+use trenv_runtime::template::ready::ReadyTemplate;
+use trenv_runtime::template::store::Checked;
 use trenv_runtime::template::{Manifest, TemplateError, TemplateStore};
 
 use super::stdio::{finish_io, prepare_io};
@@ -74,7 +80,7 @@ impl Container {
         let config = loaded
             .as_ref()
             .map_or_else(|_| Config::defaults_with_env(), Config::clone);
-        let annotations = Annotations::parse(
+        let mut annotations = Annotations::parse(
             r.spec.annotations().as_ref(),
             namespace,
             &config.meter.hull_dir,
@@ -85,6 +91,7 @@ impl Container {
             (Err(e), None) => log::warn!("{e}; container {} runs with the defaults", req.id),
             (Ok(_), _) => {}
         }
+        let auto = r.apply_function_rule(&mut annotations, &config, namespace);
         phases.mark("spec");
         // Checking the driver first catches a systemd driver this host cannot honour
         // before anything is created.
@@ -97,7 +104,10 @@ impl Container {
         let cgroup = LazyCgroup::open(cgroups_path, &req.id, r.systemd);
         phases.mark("cgroup");
         let criu = criu_config(opts, &config);
-        let source = r.restore_source(&annotations, &config, &mut phases)?;
+        let source = match auto {
+            Some(checked) => Some(RestoreSource::template(checked)),
+            None => r.restore_source(&annotations, &config, &mut phases)?,
+        };
         let mut container = Container {
             id: req.id.clone(),
             at: r.at.clone(),
@@ -153,7 +163,11 @@ impl Container {
         let created = match source {
             Some(source) => r
                 .prepare_restore(&mut container, source, (sandbox, scratch), &mut phases)
-                .inspect(|_| log::debug!("created {} for a restore: {phases}", req.id)),
+                .inspect(|_| log::debug!("created {} for a restore: {phases}", req.id))
+                .and_then(|_| match container.plan {
+                    StartPlan::Template(_) => container.restore_at_create(),
+                    _ => Ok(()),
+                }),
             None => r.create_init(&container, (sandbox, scratch)),
         };
         if created.is_err() {
@@ -256,28 +270,77 @@ impl<'a> Request<'a> {
                 e => rt(e),
             })?;
         phases.mark("template check");
-        // The restore reads the images in place, through a read-only bind, and checks
-        // them again before and after CRIU reads them (runtime/src/snapshot/restore.rs).
-        let m = checked.manifest;
-        Ok(Some(RestoreSource {
-            images: checked.images,
-            loopback_up: m.empty_netns,
-            extracted: false,
-            template: Some(TemplateFile {
-                key: Manifest::image_name(&m.name)
-                    .trim_start_matches('/')
-                    .to_string(),
-                path: m.pool.path,
-                stamp: m.pool.stamp,
-                template: m.name,
-                made_with: m.made_with.map(Box::new),
-                images: m.image_stamps,
-            }),
-        }))
+        Ok(Some(RestoreSource::template(checked)))
     }
 
-    /// A restored container's Create, like runc's shim: rootfs and stdio pipes now, the
-    /// processes at Start (pid 0 until then).
+    /// What the node's function rules (`[[functions]]`, runtime/src/function_rules.rs) say
+    /// of this container, put into its `annotations` where the container set nothing
+    /// itself: the function's name, and with `template = "auto"` the function's template —
+    /// restored from when it exists and can be (returned, checked), made once the function
+    /// is ready when it does not exist. A template that exists but cannot be restored
+    /// (corrupt, or the spec differs in what the name does not cover) is logged and the
+    /// container starts cold: the rule asked for a transparent template, not for a failure.
+    fn apply_function_rule(
+        &self,
+        annotations: &mut Annotations,
+        config: &Config,
+        namespace: &str,
+    ) -> Option<Checked> {
+        let id = &self.req.id;
+        let rule = rule_for(&config.functions, namespace, id)?;
+        if annotations.function.is_empty() {
+            annotations.function = rule.function_of(id);
+        }
+        let asked_otherwise = annotations.template.is_some()
+            || annotations.make_template.is_some()
+            || !self.req.checkpoint.is_empty()
+            || self.opts.criu_image_path.is_some();
+        if rule.template == AutoTemplate::Off || asked_otherwise {
+            return None;
+        }
+        let function = &annotations.function;
+        let Some(rootfs) = rootfs_identity(&self.rootfs) else {
+            log::info!(
+                "container {id}: no automatic template of function {function}: its rootfs has \
+                 no overlay layers that identify its image"
+            );
+            return None;
+        };
+        let env_may_differ = &config.templates.env_may_differ;
+        let name = auto_template_name(function, &self.spec, &rootfs, env_may_differ, rule);
+        let store = TemplateStore::new(&config.templates.dir);
+        match store.check(&annotations.tenant, &name, &self.spec, env_may_differ) {
+            Ok(checked) => {
+                log::info!("container {id}: function {function} restores from template {name}");
+                annotations.template = Some(name);
+                Some(checked)
+            }
+            Err(TemplateError::NotFound { .. }) => {
+                log::info!(
+                    "container {id}: function {function} starts cold; template {name} is made \
+                     once {} exists in it",
+                    rule.ready_file().display()
+                );
+                let policy = rule.policy();
+                annotations.make_template = Some(ReadyTemplate {
+                    name,
+                    tenant: annotations.tenant.clone(),
+                    ready_file: rule.ready_file(),
+                    min_vma: policy.min_vma,
+                    include_heap: policy.include_heap,
+                });
+                None
+            }
+            Err(e) => {
+                log::warn!("container {id}: function {function} starts cold: {e}");
+                None
+            }
+        }
+    }
+
+    /// A restored container's Create: rootfs and stdio pipes now; the processes are
+    /// restored by the caller for a template, at Start for a containerd checkpoint (pid 0
+    /// until then, as with runc's shim).
     fn prepare_restore(
         &self,
         c: &mut Container,
@@ -316,6 +379,7 @@ impl<'a> Request<'a> {
                 terminal: self.paths.terminal,
                 template: source.template,
                 loopback_up: source.loopback_up,
+                stopped: false,
             },
             child,
             extracted: source.extracted,
@@ -360,6 +424,30 @@ impl<'a> Request<'a> {
                 let _ = c.destroy();
                 Err(e)
             }
+        }
+    }
+}
+
+impl RestoreSource {
+    /// A restore from a checked template. The restore reads the images in place, through a
+    /// read-only bind, and checks them again before and after CRIU reads them
+    /// (runtime/src/snapshot/restore.rs).
+    fn template(checked: Checked) -> RestoreSource {
+        let m = checked.manifest;
+        RestoreSource {
+            images: checked.images,
+            loopback_up: m.empty_netns,
+            extracted: false,
+            template: Some(TemplateFile {
+                key: Manifest::image_name(&m.name)
+                    .trim_start_matches('/')
+                    .to_string(),
+                path: m.pool.path,
+                stamp: m.pool.stamp,
+                template: m.name,
+                made_with: m.made_with.map(Box::new),
+                images: m.image_stamps,
+            }),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Start of a container's init: a cold start releases the process created at Create; a
-//! restore has CRIU restore it from a checkpoint or template.
+//! template's restore continues the tree restored (stopped) at Create; a containerd
+//! checkpoint is restored now by CRIU, as runc's shim does.
 
 use std::fs;
 use std::path::PathBuf;
@@ -7,10 +8,11 @@ use std::path::PathBuf;
 use containerd_shim::protos::ttrpc;
 use trenv_runtime::ChildFds;
 use trenv_runtime::snapshot::RestorePlan;
+use trenv_runtime::snapshot::restore::continue_tree;
 
 use super::create::RESTORE_WORK;
 use super::stdio::finish_io;
-use super::{Container, PendingRestore};
+use super::{Container, PendingRestore, StartPlan};
 use crate::errors::{precondition, rt, stdio};
 use crate::io::ConsoleSocket;
 use crate::process::State;
@@ -35,7 +37,17 @@ impl Container {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(pending) = pending {
-            return self.restore_init(pending);
+            // containerd's checkpoint: restored now, as runc's shim does.
+            let pid = self.restore_init(pending)?;
+            self.init.lock().started(pid);
+            return Ok(pid);
+        }
+        if let StartPlan::Template(_) = self.plan {
+            // Restored at Create and left stopped there (`restore_at_create`).
+            let pid = self.init.pid();
+            continue_tree(pid).map_err(rt)?;
+            self.init.lock().started(pid);
+            return Ok(pid);
         }
         crate::runtime().start(&self.at).map_err(rt)?;
         let mut g = self.init.lock();
@@ -44,7 +56,27 @@ impl Container {
         Ok(pid)
     }
 
-    /// Start of a container created from a checkpoint: CRIU restores its processes.
+    /// A template's restore, at Create: the restored tree is left stopped until Start
+    /// continues it, so that Create answers with a real process whose namespaces a client
+    /// can use before Start (faasd attaches its network to `/proc/PID/ns/net` between the
+    /// two), as for a cold start. A failure leaves nothing behind.
+    pub(super) fn restore_at_create(&self) -> Result<(), ttrpc::Error> {
+        let pending = self
+            .pending_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(mut pending) = pending else {
+            return Ok(());
+        };
+        pending.plan.stopped = true;
+        self.restore_init(pending).map(|_| ()).inspect_err(|_| {
+            let _ = self.destroy();
+        })
+    }
+
+    /// CRIU restores the processes of a container created from a checkpoint or template;
+    /// the restored init's pid (recorded; the caller marks it started).
     fn restore_init(&self, pending: PendingRestore) -> Result<i32, ttrpc::Error> {
         let paths = self.init.stdio.clone();
         let (console, child) = if paths.terminal {
@@ -74,7 +106,7 @@ impl Container {
             None => None,
         };
         let mut g = self.init.lock();
-        g.started(pid);
+        g.pid = pid;
         if let Some(io) = io {
             g.io = Some(io);
         }

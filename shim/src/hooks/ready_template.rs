@@ -1,7 +1,9 @@
 //! The template a container asks for with `io.trenv.template.create=NAME`
-//! (runtime/src/template/ready.rs): once its init started, a thread waits for the ready file to appear inside the
-//! container, then a zygote worker checkpoints the running function (it keeps running)
-//! into template NAME, exactly as `trenv template create` does.
+//! (runtime/src/template/ready.rs), or that a `template = "auto"` rule of the node asks for
+//! it (runtime/src/function_rules.rs): once its init started, a thread waits for the ready
+//! file to appear inside the container, then a zygote worker checkpoints the running function (it keeps running)
+//! into template NAME, exactly as `trenv template create` does. A dump CRIU refuses (a
+//! connection open at that moment) is tried again a few times while the function runs.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -19,6 +21,10 @@ use crate::process::State;
 const POLL: Duration = Duration::from_millis(10);
 /// How long a function may take to get ready.
 const PATIENCE: Duration = Duration::from_secs(600);
+/// How many times a template is tried, and the pause before the second try (doubled each
+/// time after).
+const ATTEMPTS: u32 = 5;
+const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// How long a function may keep its ready file open after creating it.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -104,23 +110,51 @@ fn make_when_ready(c: &Container, pid: i32, t: &ReadyTemplate) {
         began.elapsed().as_secs_f64(),
         t.name
     );
-    let made = Instant::now();
-    match crate::runtime().make_template(&c.at, t, &c.criu) {
-        Ok(summary) => log::info!(
-            "template {} made from container {} in {:.2} s: {summary}",
-            t.name,
-            c.id,
-            made.elapsed().as_secs_f64()
-        ),
-        // Several instances of one function may all ask for its template: the first makes it.
-        Err(e) if e.kind() == trenv_runtime::ErrorKind::AlreadyExists => {
-            log::info!("template {} not made from container {}: {e}", t.name, c.id)
+    let mut retry_in = FIRST_RETRY;
+    for attempt in 1..=ATTEMPTS {
+        let made = Instant::now();
+        match crate::runtime().make_template(&c.at, t, &c.criu) {
+            Ok(summary) => {
+                log::info!(
+                    "template {} made from container {} in {:.2} s: {summary}",
+                    t.name,
+                    c.id,
+                    made.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            // Several instances of one function may all ask for its template: the first
+            // makes it.
+            Err(e) if e.kind() == trenv_runtime::ErrorKind::AlreadyExists => {
+                log::info!("template {} not made from container {}: {e}", t.name, c.id);
+                return;
+            }
+            // CRIU refuses a moment that passes: a request's connection open while the
+            // function serves (a health check, the platform's first call).
+            Err(e)
+                if e.kind() == trenv_runtime::ErrorKind::Internal
+                    && attempt < ATTEMPTS
+                    && c.init.state() != State::Stopped =>
+            {
+                log::warn!(
+                    "template {} from container {}: attempt {attempt} of {ATTEMPTS} failed \
+                     ({e}); trying again in {} ms",
+                    t.name,
+                    c.id,
+                    retry_in.as_millis()
+                );
+                std::thread::sleep(retry_in);
+                retry_in *= 2;
+            }
+            Err(e) => {
+                log::error!(
+                    "template {} could not be made from container {}: {e}",
+                    t.name,
+                    c.id
+                );
+                return;
+            }
         }
-        Err(e) => log::error!(
-            "template {} could not be made from container {}: {e}",
-            t.name,
-            c.id
-        ),
     }
 }
 
