@@ -293,7 +293,7 @@ fn a_faasd_shaped_client_runs_a_function_on_runc() {
 }
 
 /// On trenv, both ways: the second start restored from the template the first made, the
-/// records naming the function.
+/// records naming the function and its image.
 fn on_trenv(runtime: Runtime) {
     let s = invoked_twice(runtime);
     let records = wait_records(&s, 2);
@@ -301,6 +301,8 @@ fn on_trenv(runtime: Runtime) {
     assert_eq!(starts, ["cold", "template"], "{runtime:?}: {records:#?}");
     for r in &records {
         assert_eq!(r["function"], s.id.as_str(), "{runtime:?}: {r}");
+        // Not in the spec (only CRI writes it there): asked of containerd by the shim.
+        assert_eq!(r["image"], s.function.image.as_str(), "{runtime:?}: {r}");
     }
     assert_eq!(s.templates().len(), 1, "{runtime:?}: {:?}", s.templates());
 }

@@ -9,6 +9,7 @@ mod events;
 mod exit_clock;
 mod hooks;
 mod idle_trim;
+mod image_of;
 mod info;
 mod io;
 mod metrics;

@@ -22,6 +22,8 @@ pub struct TrenvShim {
     namespace: String,
     /// The ttrpc socket this shim serves (server mode).
     socket: String,
+    /// containerd's gRPC socket (`-address`).
+    containerd: String,
 }
 
 /// Whether `dir` is a mount point (its device differs from its parent's).
@@ -132,6 +134,7 @@ impl Shim for TrenvShim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
             socket: args.socket.clone(),
+            containerd: args.address.clone(),
         }
     }
 
@@ -179,6 +182,11 @@ impl Shim for TrenvShim {
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events = Events::new(publisher, address, self.namespace.clone());
         crate::container::sandbox::sweep_periodically();
-        Service::new(events, self.exit.clone(), self.namespace.clone())
+        Service::new(
+            events,
+            self.exit.clone(),
+            self.namespace.clone(),
+            self.containerd.clone(),
+        )
     }
 }

@@ -6,6 +6,7 @@
 //! from the kernel-free `trenv-meter`; this crate is presentation (arguments, tables,
 //! charts, progress). The runtime is linked for `template` and `node`, which act on the host.
 
+mod container;
 mod meter;
 mod node;
 mod plot;
@@ -39,6 +40,8 @@ enum Command {
     Node(node::NodeArgs),
     /// The node's idle pool of sandboxes (`trenv pool list | inspect | drain`).
     Pool(pool::PoolArgs),
+    /// What containerd records of a container (`trenv container image ID`).
+    Container(container::ContainerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Template(args) => template::run(args),
         Command::Node(args) => node::run(args),
         Command::Pool(args) => pool::run(args),
+        Command::Container(args) => container::run(args),
     }
 }

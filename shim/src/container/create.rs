@@ -138,6 +138,7 @@ impl Container {
             pending_restore: Mutex::new(None),
             create_time: Mutex::new(None),
             sandbox: Mutex::new(None),
+            image_of: Arc::default(),
         };
         let held = super::sandbox::take(
             &req.id,

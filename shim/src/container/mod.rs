@@ -56,6 +56,8 @@ pub struct Container {
     pub create_time: Mutex<Option<std::time::Duration>>,
     /// The pooled sandbox the container runs in (released at Delete).
     sandbox: Mutex<Option<sandbox::Held>>,
+    /// The image, asked of containerd when the spec does not name it (metering records).
+    pub image_of: Arc<crate::image_of::ImageOf>,
 }
 
 /// How a container's init process starts.
@@ -65,7 +67,7 @@ pub enum StartPlan {
     Cold,
     /// Restored by CRIU from a checkpoint's images at Start.
     Checkpoint,
-    /// Restored at Start from a memory template.
+    /// Restored from a memory template at Create, left stopped, continued at Start.
     Template(String),
 }
 
@@ -212,6 +214,7 @@ pub mod test_support {
             pending_restore: Mutex::new(None),
             create_time: Mutex::new(None),
             sandbox: Mutex::new(None),
+            image_of: Arc::default(),
         })
     }
 }

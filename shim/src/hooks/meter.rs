@@ -11,7 +11,13 @@ pub struct MeterHook {
     pub config: Option<MeterConfig>,
     /// The containerd namespace of this shim's containers.
     pub namespace: String,
+    /// containerd's gRPC socket (the shim's `-address`), asked for the image of containers
+    /// whose spec does not name it; empty: not asked.
+    pub containerd: String,
 }
+
+/// How long a record waits for its container's image to be looked up (image_of.rs).
+const IMAGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl MeterHook {
     fn start(&self, inv: &Invocation<'_>) -> Option<Meter> {
@@ -77,13 +83,33 @@ impl Hook for MeterHook {
             ending.at_wall,
         );
         let id = inv.container.id.clone();
-        Some(Box::new(move || match measured.write() {
-            Ok(w) => {
-                if let Some(e) = w.series_lost {
-                    log::warn!("metering series of {id}: {e}");
-                }
+        let image_of = inv.container.image_of.clone();
+        let mut measured = measured;
+        Some(Box::new(move || {
+            if measured.record.identity.image.is_empty() {
+                measured.record.identity.image = image_of.wait(IMAGE_PATIENCE);
             }
-            Err(e) => log::error!("metering record of {id} lost: {e}"),
+            match measured.write() {
+                Ok(w) => {
+                    if let Some(e) = w.series_lost {
+                        log::warn!("metering series of {id}: {e}");
+                    }
+                }
+                Err(e) => log::error!("metering record of {id} lost: {e}"),
+            }
         }))
+    }
+
+    /// The image of a container whose spec does not name it is asked of containerd now,
+    /// off the start path; the records take it when they are written.
+    fn started(&self, inv: &Invocation<'_>, _pid: i32) {
+        let c = inv.container;
+        if inv.is_init()
+            && self.config.is_some()
+            && c.annotations.image.is_empty()
+            && !self.containerd.is_empty()
+        {
+            c.image_of.look_up(&self.containerd, &self.namespace, &c.id);
+        }
     }
 }

@@ -49,7 +49,8 @@ pub type AfterExit = Box<dyn FnOnce() + Send>;
 
 /// Work attached to the lifecycle of a container's processes.
 pub trait Hook: Send + Sync {
-    /// The container was created (its init exists unless it is restored at Start).
+    /// The container was created (its init exists unless a containerd checkpoint is
+    /// restored at Start).
     fn created(&self, _c: &Arc<Container>) {}
     /// The process is about to start; an error refuses the start.
     fn before_start(&self, _inv: &Invocation<'_>) -> Result<(), ttrpc::Error> {

@@ -79,7 +79,14 @@ impl Inner {
 }
 
 impl Service {
-    pub fn new(events: Events, exit: Arc<ExitSignal>, namespace: String) -> Service {
+    /// The task service of the shim of containerd namespace `namespace`, whose containerd
+    /// serves its API on `containerd` (a socket path or `unix://` address).
+    pub fn new(
+        events: Events,
+        exit: Arc<ExitSignal>,
+        namespace: String,
+        containerd: String,
+    ) -> Service {
         crate::io::set_namespace(&namespace);
         if crate::alias::active() {
             log::info!(
@@ -98,6 +105,7 @@ impl Service {
                         Config::defaults_with_env()
                     })),
                     namespace: namespace.clone(),
+                    containerd,
                 }),
                 Box::new(AutotuneHook),
                 Box::new(OomHook {
