@@ -308,24 +308,5 @@ pub fn cni() -> Result<Cni, String> {
 
 /// The processes of the tree rooted at `pid` (`pid` first).
 pub fn process_tree(pid: i32) -> Vec<i32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        let p = all[i];
-        if let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.filter_map(|t| t.ok()) {
-                let children = t.path().join("children");
-                for c in fs::read_to_string(children)
-                    .unwrap_or_default()
-                    .split_whitespace()
-                {
-                    if let Ok(c) = c.parse() {
-                        all.push(c);
-                    }
-                }
-            }
-        }
-        i += 1;
-    }
-    all
+    trenv_runtime::sys::tree::process_tree(pid)
 }

@@ -211,7 +211,7 @@ fn assert_nothing_left(c: &Ctr, id: &str) {
         !info.lines().any(|l| l.contains(&format!("/{id}/"))),
         "a mount of {id} was left behind"
     );
-    for ctl in ["memory", "pids", "freezer"] {
+    for ctl in ["memory", "pids", "freezer", "systemd"] {
         let dir = Path::new("/sys/fs/cgroup")
             .join(ctl)
             .join(&c.namespace)
@@ -1491,6 +1491,20 @@ fn a_template_restore_answers_create_with_a_stopped_process_that_start_continues
     fs::set_permissions(&core, fs::Permissions::from_mode((mode ^ 0o040) & 0o7777)).unwrap();
     assert_eq!(api.start(id, "").expect("Start") as i32, pid);
     assert_eq!(api.task_status(id).unwrap(), "RUNNING");
+    // On a v1 host the restored init is in the container's `name=systemd` cgroup too, as a
+    // cold start's (ctr.rs::processes_join_the_name_systemd_hierarchy_as_on_runc).
+    let named = Path::new("/sys/fs/cgroup/systemd");
+    if !trenv_integration::cgroup_v2_host() && named.is_dir() {
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let line = cgroups
+            .lines()
+            .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p.to_string()));
+        assert_eq!(
+            line,
+            Some(format!("/{}/{id}", c.namespace)),
+            "the restored init's cgroups: {cgroups}"
+        );
+    }
     assert_eq!(fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(), netns);
     let start = Instant::now();
     while proc_state(pid) == 'T' {

@@ -33,7 +33,7 @@ use trenv_criu::{FdPlan, Notify};
 use super::criu::{CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, external_namespaces};
 use super::honour::SpecRecord;
 use super::{SnapshotError, make_dir, open_dir};
-use crate::container::cgroup::Cgroup;
+use crate::container::cgroup::{Cgroup, NamedSystemd};
 use crate::container::spec::{bind_mounts, namespace_path};
 use crate::container::{Location, StdioFds};
 use crate::sys::{FileStamp, dir_changed, mountinfo};
@@ -446,6 +446,14 @@ fn run_criu(
     req.opts = Some(o).into();
     let container_err = crate::container::ContainerError::from;
     cgroup.add_task(session.pid()).map_err(container_err)?;
+    // And into the container's `name=systemd` cgroup on a v1 host, as a cold start's init
+    // (container/exec.rs): the restored tasks inherit CRIU's cgroups.
+    let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    if let Some(named) = NamedSystemd::of(cgroups_path.as_deref(), &at.id)
+        && let Err(e) = named.join(session.pid())
+    {
+        log::warn!("joining {}: {e}", named.path().display());
+    }
     if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
         cgroup.update(r).map_err(container_err)?;
     }

@@ -183,33 +183,13 @@ fn settle(c: &Container, pid: i32, file: &OwnedFd) {
 
 /// Whether a process of the tree rooted at `root` has the file (`dev`, `ino`) open.
 fn held_open(root: i32, dev: u64, ino: u64) -> bool {
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let p = tree[i];
-        i += 1;
-        if let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) {
-            for fd in fds.filter_map(Result::ok) {
-                if nix::sys::stat::stat(&fd.path())
-                    .is_ok_and(|s| s.st_dev == dev && s.st_ino == ino)
-                {
-                    return true;
-                }
-            }
-        }
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.filter_map(Result::ok) {
-                let children =
-                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                tree.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<i32>().ok()),
-                );
-            }
-        }
-    }
-    false
+    trenv_runtime::sys::tree::process_tree(root)
+        .into_iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .flat_map(|fds| fds.filter_map(Result::ok))
+        .any(|fd| {
+            nix::sys::stat::stat(&fd.path()).is_ok_and(|s| s.st_dev == dev && s.st_ino == ino)
+        })
 }
 
 #[cfg(test)]
