@@ -83,10 +83,32 @@ impl Setup {
         // The node's policy: every container of the namespace is a function named after
         // it, templated transparently. The shim is given it through a wrapper (the shim
         // reads /etc/trenv/config.toml otherwise, which the other tests share).
+        // And CRIU through a wrapper that dies once, at its next run, when asked to
+        // (`fail_next_criu`).
+        let criu = dir.join("criu");
+        let real_criu = ["/usr/local/sbin/criu", "/usr/sbin/criu"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("CRIU is installed (integration/setup.sh)");
+        let flag = dir.join("fail-next-criu");
+        fs::write(
+            &criu,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = swrk ] && [ -e {f} ]; then rm -f {f}; exit 1; fi\n\
+                 exec {real_criu} \"$@\"\n",
+                f = flag.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&criu, fs::Permissions::from_mode(0o755)).unwrap();
         let config = dir.join("config.toml");
         fs::write(
             &config,
-            format!("[[functions]]\nnamespace = \"{NAMESPACE}\"\ntemplate = \"auto\"\n"),
+            format!(
+                "[criu]\nbinary = \"{}\"\n\n[[functions]]\nnamespace = \"{NAMESPACE}\"\n\
+                 template = \"auto\"\n",
+                criu.display()
+            ),
         )
         .unwrap();
         let shim = match runtime {
@@ -181,6 +203,45 @@ impl Setup {
             let _ = cni.detach(&Pins::at(&self.netns_dir()), &self.id);
         }
         let _ = fs::remove_dir_all(self.netns_dir());
+    }
+
+    /// CRIU's next run (the next restore or dump through this setup's shims) dies at once.
+    fn fail_next_criu(&self) {
+        fs::write(self.dir.join("fail-next-criu"), "").unwrap();
+    }
+
+    fn criu_failed(&self) -> bool {
+        !self.dir.join("fail-next-criu").exists()
+    }
+
+    /// How many times the shims said they made the function's template (containerd's log).
+    fn templates_made(&self) -> usize {
+        let log = std::env::var("CONTAINERD_LOG").expect("CONTAINERD_LOG (containerd.sh env)");
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let line = format!("{}-", self.id);
+        text.lines()
+            .filter(|l| {
+                l.contains("template ")
+                    && l.contains(&line)
+                    && l.contains(&format!(" made from container {} in ", self.id))
+            })
+            .count()
+    }
+
+    /// Waits until the function's template was made `n` times.
+    fn wait_made(&self, n: usize) {
+        let start = Instant::now();
+        let limit = Duration::from_secs(120 * trenv_integration::time_scale());
+        while self.templates_made() < n {
+            assert!(
+                start.elapsed() < limit,
+                "{:?}: template of {} made {} times, not {n}, within {limit:?}",
+                self.runtime,
+                self.id,
+                self.templates_made()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn netns_dir(&self) -> PathBuf {
@@ -315,4 +376,55 @@ fn a_faasd_shaped_client_gets_a_transparent_template_from_trenv_installed_as_run
 #[test]
 fn a_faasd_shaped_client_gets_a_transparent_template_from_trenv_named_explicitly() {
     on_trenv(Runtime::Trenv);
+}
+
+/// A function's automatic template that cannot be used is replaced, and the start it fails
+/// is cold instead of failed: CRIU dying during the restore at Create, and a template found
+/// modified at Create, each give a cold start (recorded as such) that makes the template
+/// anew; the start after them restores again.
+#[test]
+fn a_broken_automatic_template_gives_a_cold_start_and_is_made_anew() {
+    let s = Setup::new(Runtime::Trenv);
+    s.create_container();
+    let (_, ip) = s.start_task();
+    assert_answers(&s, &ip, "first start");
+    s.wait_made(1);
+    s.stop_task();
+
+    s.fail_next_criu();
+    let (_, ip) = s.start_task();
+    assert!(s.criu_failed(), "the start did not run CRIU");
+    assert_answers(&s, &ip, "after a failed restore");
+    s.wait_made(2);
+    s.stop_task();
+
+    let names = s.templates();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let images = std::path::Path::new("/var/lib/trenv/templates")
+        .join(format!("@{NAMESPACE}"))
+        .join(&names[0])
+        .join("images");
+    let core = fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("core-"))
+        })
+        .unwrap_or_else(|| panic!("no core image in {}", images.display()));
+    let mode = fs::metadata(&core).unwrap().permissions().mode();
+    fs::set_permissions(&core, fs::Permissions::from_mode((mode ^ 0o040) & 0o7777)).unwrap();
+    let (_, ip) = s.start_task();
+    assert_answers(&s, &ip, "after a modified template");
+    s.wait_made(3);
+    s.stop_task();
+
+    let (_, ip) = s.start_task();
+    assert_answers(&s, &ip, "restored from the template made anew");
+    s.stop_task();
+    let records = wait_records(&s, 4);
+    let starts: Vec<&str> = records.iter().filter_map(|r| r["start"].as_str()).collect();
+    assert_eq!(starts, ["cold", "cold", "cold", "template"], "{records:#?}");
+    assert_eq!(s.templates(), names);
 }

@@ -21,6 +21,7 @@ use trenv_runtime::container::cgroup::Cgroup;
 use trenv_runtime::container::create::NewContainer;
 use trenv_runtime::container::rootfs::{Mount, Scratch};
 use trenv_runtime::container::spec::{has_own_namespace, load_spec, validate};
+use trenv_runtime::error::Classified;
 use trenv_runtime::function_rules::{AutoTemplate, auto_template_name, rootfs_identity, rule_for};
 use trenv_runtime::snapshot::{Phases, RestorePlan, TemplateFile};
 use trenv_runtime::template::ready::ReadyTemplate;
@@ -64,14 +65,61 @@ struct RestoreSource {
     extracted: bool,
 }
 
+/// What a Create may do with a function's automatic template (`[[functions]]` rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auto {
+    /// Restore from it if it exists and checks out (else start cold and make it).
+    Restore,
+    /// Its restore just failed: remove it, start cold and make it anew.
+    Remake,
+}
+
+/// Why a Create failed: a restore from an automatic template (the caller starts cold
+/// instead), or anything else.
+enum Failed {
+    AutoRestore(ttrpc::Error),
+    Other(ttrpc::Error),
+}
+
+impl From<ttrpc::Error> for Failed {
+    fn from(e: ttrpc::Error) -> Failed {
+        Failed::Other(e)
+    }
+}
+
 impl Container {
     /// Creates the container (its init process waits for Start) in containerd namespace
-    /// `namespace`, the root of its tenant.
+    /// `namespace`, the root of its tenant. A restore from a function's automatic template
+    /// that fails (a dead CRIU, a template it cannot use) leaves nothing and the container
+    /// is created cold, its template made anew: the node's rule asked for a transparent
+    /// template, not for a failure.
     pub fn create(
         req: &CreateTaskRequest,
         opts: &RuntimeOptions,
         namespace: &str,
     ) -> Result<Container, ttrpc::Error> {
+        match Self::create_as(req, opts, namespace, Auto::Restore) {
+            Ok(c) => Ok(c),
+            Err(Failed::AutoRestore(e)) => {
+                log::warn!(
+                    "container {}: the restore from its automatic template failed ({e:?}); \
+                     starting it cold, its template made anew",
+                    req.id
+                );
+                Self::create_as(req, opts, namespace, Auto::Remake).map_err(|f| match f {
+                    Failed::AutoRestore(e) | Failed::Other(e) => e,
+                })
+            }
+            Err(Failed::Other(e)) => Err(e),
+        }
+    }
+
+    fn create_as(
+        req: &CreateTaskRequest,
+        opts: &RuntimeOptions,
+        namespace: &str,
+        auto_mode: Auto,
+    ) -> Result<Container, Failed> {
         let mut phases = Phases::start();
         let r = Request::read(req, opts)?;
         // trenv's configuration: a template needs it readable; anything else runs with
@@ -87,11 +135,12 @@ impl Container {
         )
         .map_err(|e| invalid(e.to_string()))?;
         match (loaded, &annotations.template) {
-            (Err(e), Some(_)) => return Err(precondition(e.to_string())),
+            (Err(e), Some(_)) => return Err(precondition(e.to_string()).into()),
             (Err(e), None) => log::warn!("{e}; container {} runs with the defaults", req.id),
             (Ok(_), _) => {}
         }
-        let auto = r.apply_function_rule(&mut annotations, &config, namespace);
+        let auto = r.apply_function_rule(&mut annotations, &config, namespace, auto_mode);
+        let auto_restore = auto.is_some();
         phases.mark("spec");
         // Checking the driver first catches a systemd driver this host cannot honour
         // before anything is created.
@@ -171,11 +220,18 @@ impl Container {
                 }),
             None => r.create_init(&container, (sandbox, scratch)),
         };
-        if created.is_err() {
-            // The runtime undid its part (or destroy did, which released it already).
-            container.release_sandbox();
+        match created {
+            Ok(()) => Ok(container),
+            Err(e) => {
+                // The runtime undid its part (or destroy did, which released it already).
+                container.release_sandbox();
+                Err(if auto_restore {
+                    Failed::AutoRestore(e)
+                } else {
+                    Failed::Other(e)
+                })
+            }
         }
-        created.map(|_| container)
     }
 }
 
@@ -286,6 +342,7 @@ impl<'a> Request<'a> {
         annotations: &mut Annotations,
         config: &Config,
         namespace: &str,
+        mode: Auto,
     ) -> Option<Checked> {
         let id = &self.req.id;
         let rule = rule_for(&config.functions, namespace, id)?;
@@ -310,33 +367,56 @@ impl<'a> Request<'a> {
         let env_may_differ = &config.templates.env_may_differ;
         let name = auto_template_name(function, &self.spec, &rootfs, env_may_differ, rule);
         let store = TemplateStore::new(&config.templates.dir);
-        match store.check(&annotations.tenant, &name, &self.spec, env_may_differ) {
-            Ok(checked) => {
-                log::info!("container {id}: function {function} restores from template {name}");
-                annotations.template = Some(name);
-                Some(checked)
-            }
-            Err(TemplateError::NotFound { .. }) => {
-                log::info!(
-                    "container {id}: function {function} starts cold; template {name} is made \
-                     once {} exists in it",
-                    rule.ready_file().display()
-                );
-                let policy = rule.policy();
-                annotations.make_template = Some(ReadyTemplate {
-                    name,
-                    tenant: annotations.tenant.clone(),
-                    ready_file: rule.ready_file(),
-                    min_vma: policy.min_vma,
-                    include_heap: policy.include_heap,
-                });
-                None
-            }
-            Err(e) => {
-                log::warn!("container {id}: function {function} starts cold: {e}");
-                None
+        let tenant = &annotations.tenant;
+        // Why an existing template is replaced, if it is.
+        let replaced = match mode {
+            Auto::Remake => Some("its restore failed".to_string()),
+            Auto::Restore => match store.check(tenant, &name, &self.spec, env_may_differ) {
+                Ok(checked) => {
+                    log::info!("container {id}: function {function} restores from template {name}");
+                    annotations.template = Some(name);
+                    return Some(checked);
+                }
+                Err(TemplateError::NotFound { .. }) => None,
+                // There but unusable (corrupt, changed, made by an older trenv): the rule's
+                // own template, replaced.
+                Err(e) if e.kind() == trenv_runtime::ErrorKind::FailedPrecondition => {
+                    Some(e.to_string())
+                }
+                Err(e) => {
+                    log::warn!("container {id}: function {function} starts cold: {e}");
+                    return None;
+                }
+            },
+        };
+        if let Some(why) = replaced {
+            log::warn!(
+                "container {id}: template {name} of function {function} is removed and made \
+                 anew: {why}"
+            );
+            match store.remove(tenant, &name, &config.pool.dir) {
+                // Another instance's Create removed it first.
+                Ok(()) | Err(TemplateError::NotFound { .. }) => {}
+                Err(e) => {
+                    log::warn!("container {id}: function {function} starts cold: {e}");
+                    return None;
+                }
             }
         }
+        log::info!(
+            "container {id}: function {function} starts cold; template {name} is made once {} \
+             exists in it",
+            rule.ready_file().display()
+        );
+        let policy = rule.policy();
+        annotations.make_template = Some(ReadyTemplate {
+            name,
+            tenant: tenant.clone(),
+            ready_file: rule.ready_file(),
+            min_vma: policy.min_vma,
+            include_heap: policy.include_heap,
+        });
+        None
     }
 
     /// A restored container's Create: rootfs and stdio pipes now; the processes are
