@@ -87,6 +87,9 @@ pub struct Inner {
 pub struct Process {
     pub exec_id: String,
     pub stdio: StdioPaths,
+    /// Before the process itself was spawned (or restored): an exit reaped earlier under
+    /// the same pid was another process's (task/exits.rs).
+    pub since: std::time::Instant,
     inner: Mutex<Inner>,
     exited: Condvar,
 }
@@ -119,6 +122,7 @@ impl Process {
         Process {
             exec_id: exec_id.to_string(),
             stdio,
+            since: std::time::Instant::now(),
             inner: Mutex::new(Inner {
                 pid: 0,
                 state: State::Created,

@@ -155,9 +155,13 @@ impl Inner {
         if p.exec_id.is_empty() && pid > 0 {
             p.lock().mount_ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok();
         }
-        let code = self.unclaimed().remove(&pid);
-        if let Some((code, _)) = code {
+        let kept = self.unclaimed().remove(&pid);
+        if let Some(code) = its_exit(kept, p.since) {
             self.exited(c.clone(), p.clone(), code);
+        } else if kept.is_some() {
+            log::info!(
+                "pid {pid}: an exit reaped before this process existed ignored (another process had the pid)"
+            );
         }
     }
 
@@ -169,5 +173,31 @@ impl Inner {
         };
         self.hooks.started(&inv, pid);
         self.claim(c, p, pid);
+    }
+}
+
+/// The exit code of a process created at `since` from the exit `kept` under its pid (code,
+/// when it was reaped), if that exit is its own. An exit reaped before the process existed
+/// was another process's, whose pid the kernel has since given to this one: the shim's own
+/// helpers (CNI plugins, trenv's CLI, logging programs) exit unclaimed too, and pids wrap
+/// around quickly on a busy node (32768 by default).
+fn its_exit(kept: Option<(i32, Instant)>, since: Instant) -> Option<i32> {
+    kept.filter(|(_, reaped)| *reaped >= since)
+        .map(|(code, _)| code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_reaped_before_the_process_existed_is_not_its_own() {
+        let before = Instant::now();
+        let since = before + Duration::from_millis(5);
+        let after = since + Duration::from_millis(5);
+        assert_eq!(its_exit(Some((137, before)), since), None);
+        assert_eq!(its_exit(Some((3, after)), since), Some(3));
+        assert_eq!(its_exit(Some((0, since)), since), Some(0));
+        assert_eq!(its_exit(None, since), None);
     }
 }
