@@ -1,7 +1,8 @@
 //! Create: the spec checked (before anything is made), the rootfs mounted, the spec derived
 //! for libcontainer, a missing working directory made in the root as runc makes it, the
-//! init process created and waiting for Start. Also the Create of a container that a checkpoint or template
-//! restores at Start (rootfs and spec only). Nothing is left behind on failure.
+//! init process created and waiting for Start. Also the Create of a container whose
+//! processes CRIU restores (rootfs and spec only): a template's in the shim's Create, a
+//! checkpoint's at Start. Nothing is left behind on failure.
 
 use std::fs;
 use std::os::fd::OwnedFd;
@@ -79,8 +80,8 @@ pub fn create(
     result
 }
 
-/// Create of a container restored at Start: mounts the rootfs and records the derived
-/// spec (what exec and delete read later); the processes come from CRIU.
+/// Create of a container whose processes CRIU restores: mounts the rootfs and records the
+/// derived spec (what exec and delete read later); the processes come from CRIU.
 pub fn prepare_restore(
     at: &Location,
     mounts: &[Mount],
