@@ -282,6 +282,34 @@ pub fn trenv_cli() -> Command {
     c
 }
 
+/// A `core-*.img` of a template's image directory `images` (one process's CRIU core image).
+pub fn core_image(images: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(images)
+        .unwrap_or_else(|e| panic!("{}: {e}", images.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("core-"))
+        })
+        .unwrap_or_else(|| panic!("no core image in {}", images.display()))
+}
+
+/// Changes a file's mode (group read flipped): its ctime changes, its contents do not —
+/// the least a template's check must catch.
+pub fn flip_mode(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode();
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode((mode ^ 0o040) & 0o7777),
+    )
+    .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
 /// A container id unique within this test run.
 pub fn unique_id(prefix: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);

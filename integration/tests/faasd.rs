@@ -404,17 +404,8 @@ fn a_broken_automatic_template_gives_a_cold_start_and_is_made_anew() {
         .join(format!("@{NAMESPACE}"))
         .join(&names[0])
         .join("images");
-    let core = fs::read_dir(&images)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|f| f.to_string_lossy().starts_with("core-"))
-        })
-        .unwrap_or_else(|| panic!("no core image in {}", images.display()));
-    let mode = fs::metadata(&core).unwrap().permissions().mode();
-    fs::set_permissions(&core, fs::Permissions::from_mode((mode ^ 0o040) & 0o7777)).unwrap();
+    let core = trenv_integration::core_image(&images);
+    trenv_integration::flip_mode(&core);
     let (_, ip) = s.start_task();
     assert_answers(&s, &ip, "after a modified template");
     s.wait_made(3);

@@ -1370,15 +1370,7 @@ fn an_image_edited_in_place_with_its_mtime_restored_is_caught() {
     run_sleeper(&c, src);
     create_template(&c, name, src);
     let images = template_dir(&c, name).join("images");
-    let file = fs::read_dir(&images)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|f| f.to_string_lossy().starts_with("core-"))
-        })
-        .unwrap_or_else(|| panic!("no core image in {}", images.display()));
+    let file = trenv_integration::core_image(&images);
     let mtime = fs::metadata(&file).unwrap().modified().unwrap();
     let since = mtime.duration_since(std::time::UNIX_EPOCH).unwrap();
     let mut bytes = fs::read(&file).unwrap();
@@ -1439,7 +1431,6 @@ fn create_restoring(c: &Ctr, id: &str, name: &str) {
 /// and the next Create refuses them.
 #[test]
 fn a_template_restore_answers_create_with_a_stopped_process_that_start_continues() {
-    use std::os::unix::fs::PermissionsExt;
     let c = ctr();
     let case = Case::new(&c, "late");
     let (src, name, id) = (&case.src, &case.name, &case.id);
@@ -1478,17 +1469,8 @@ fn a_template_restore_answers_create_with_a_stopped_process_that_start_continues
     assert_eq!(api.task_status(id).unwrap(), "CREATED");
     let netns = fs::read_link(format!("/proc/{pid}/ns/net")).expect("its network namespace");
     let images = template_dir(&c, name).join("images");
-    let core = fs::read_dir(&images)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|f| f.to_string_lossy().starts_with("core-"))
-        })
-        .unwrap_or_else(|| panic!("no core image in {}", images.display()));
-    let mode = fs::metadata(&core).unwrap().permissions().mode();
-    fs::set_permissions(&core, fs::Permissions::from_mode((mode ^ 0o040) & 0o7777)).unwrap();
+    let core = trenv_integration::core_image(&images);
+    trenv_integration::flip_mode(&core);
     assert_eq!(api.start(id, "").expect("Start") as i32, pid);
     assert_eq!(api.task_status(id).unwrap(), "RUNNING");
     // On a v1 host the restored init is in the container's `name=systemd` cgroup too, as a
