@@ -197,15 +197,29 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// Rooted at a child of its own, not at the test process: the other tests of this
+    /// binary fork children that hold copies of this process's descriptors for a moment.
     #[test]
-    fn a_file_this_process_holds_open_is_found_and_a_closed_one_is_not() {
+    fn a_file_a_process_tree_holds_open_is_found_and_one_it_does_not_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".lock");
-        let f = std::fs::File::create(&path).unwrap();
+        std::fs::write(&path, "").unwrap();
         let m = std::fs::metadata(&path).unwrap();
-        let me = std::process::id() as i32;
-        assert!(held_open(me, m.dev(), m.ino()));
-        drop(f);
-        assert!(!held_open(me, m.dev(), m.ino()));
+        let holder = |input: std::process::Stdio| {
+            std::process::Command::new("sleep")
+                .arg("10")
+                .stdin(input)
+                .spawn()
+                .unwrap()
+        };
+        let mut holding = holder(std::fs::File::open(&path).unwrap().into());
+        let mut not = holder(std::process::Stdio::null());
+        let found = held_open(holding.id() as i32, m.dev(), m.ino());
+        let not_found = held_open(not.id() as i32, m.dev(), m.ino());
+        for c in [&mut holding, &mut not] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(found && !not_found, "found {found}, not found {not_found}");
     }
 }
