@@ -13,6 +13,7 @@
 
 mod error;
 pub mod image;
+pub mod kernel_templates;
 mod swrk;
 pub mod template;
 pub mod tmpfs;

@@ -9,6 +9,7 @@ pub mod api;
 pub mod bench;
 pub mod cri;
 pub mod function;
+pub mod mmt;
 pub mod pyfn;
 pub mod terminal;
 pub mod tracefs;

@@ -98,6 +98,16 @@ mkdir -p /mnt/pmem/pool
 chmod 0700 /mnt/pmem/pool
 say "DAX pool: /dev/pmem0 $(($(blockdev --getsize64 /dev/pmem0) / 1048576)) MiB, ext4 -o dax on /mnt/pmem"
 
+# --- the kernel side of memory templates: kernel-patches/trenv-mmt (integration/vm/kmod.sh
+# built it for this kernel). Its tests need it: a module that does not load fails them.
+export TRENV_MMT_REQUIRED=1
+if insmod "$TRENV_CACHE/vm/kmod/trenv_mmt.ko" && [[ -c /dev/trenv-mmt ]]; then
+    say "kernel templates: trenv_mmt loaded, /dev/trenv-mmt"
+else
+    say "ERROR: cannot load $TRENV_CACHE/vm/kmod/trenv_mmt.ko: $(dmesg | tail -n 3)"
+    status=1
+fi
+
 use_pool() {
     mkdir -p /etc/trenv
     case "$1" in

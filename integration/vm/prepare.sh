@@ -141,4 +141,5 @@ prepare_initramfs() {
 prepare_qemu
 prepare_kernel
 prepare_initramfs
+"$TRENV_REPO/integration/vm/kmod.sh"
 log "VM test bed ready in $VM_CACHE (kernel $(cat "$VM_CACHE/kernel/release"), $(cat "$VM_CACHE/qemu/.stamp" | sed 's/^/qemu /'))"
