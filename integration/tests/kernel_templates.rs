@@ -304,11 +304,9 @@ fn a_dax_template_unregistered_while_mapped_is_kept_until_its_pages_are_unmapped
     let file = File::open(&path).unwrap();
     dev.register(&file, &path).unwrap();
     let len = pages() * PAGE;
-    let mapped = Mapping::anon(len);
-    // SAFETY: this test's own mapping, read only through `words` below.
-    unsafe { dev.attach(file.as_fd(), &path, 0, mapped.addr(), len as u64) }.unwrap();
-    let words = unsafe { std::slice::from_raw_parts(mapped.addr() as *const u64, len / 8) };
-    assert_eq!(checksum(words), expected_checksum(0, len / 8));
+    let mut mapped = Mapping::anon(len);
+    mapped.attach(&dev, &file, &path, 0).unwrap();
+    assert_eq!(checksum(mapped.words()), expected_checksum(0, len / 8));
 
     dev.unregister(&file, &path).unwrap();
     let q = dev.query(&file, &path).unwrap();
@@ -317,7 +315,7 @@ fn a_dax_template_unregistered_while_mapped_is_kept_until_its_pages_are_unmapped
     std::fs::remove_file(&path).unwrap();
     drop(file);
     let other = pool.file("other");
-    assert_eq!(checksum(words), expected_checksum(0, len / 8));
+    assert_eq!(checksum(mapped.words()), expected_checksum(0, len / 8));
 
     // Released within a few seconds of the unmap (checked every second).
     drop(mapped);
@@ -390,9 +388,8 @@ fn attaching_where_a_template_cannot_go_is_refused_with_the_reason() {
     let len = 64 * PAGE;
 
     // Not registered yet.
-    let anon = Mapping::anon(len);
-    // SAFETY (all attaches below): the ranges are this test's own mappings, unused else.
-    let e = unsafe { dev.attach(file.as_fd(), &path, 0, anon.addr(), len as u64) }.unwrap_err();
+    let mut anon = Mapping::anon(len);
+    let e = anon.attach(&dev, &file, &path, 0).unwrap_err();
     assert!(
         matches!(e, KernelTemplateError::NotRegistered { .. }),
         "{e}"
@@ -407,27 +404,27 @@ fn attaching_where_a_template_cannot_go_is_refused_with_the_reason() {
 
     // A file mapping is not anonymous memory.
     let filemap = Mapping::file(&file, len);
-    let e = unsafe { dev.attach(file.as_fd(), &path, 0, filemap.addr(), len as u64) }.unwrap_err();
+    let e = filemap.attach(&dev, &file, &path, 0).unwrap_err();
     assert!(matches!(e, KernelTemplateError::NotAnonymous { .. }), "{e}");
 
     // Nothing mapped there.
     let gone = Mapping::anon(len);
     let addr = gone.addr();
     drop(gone);
+    // SAFETY: nothing is mapped at addr: the module must refuse it.
     let e = unsafe { dev.attach(file.as_fd(), &path, 0, addr, len as u64) }.unwrap_err();
     assert!(matches!(e, KernelTemplateError::NotMapped { .. }), "{e}");
 
     // Beyond the template's end.
-    let offset = (pages() * PAGE) as u64;
-    let e =
-        unsafe { dev.attach(file.as_fd(), &path, offset, anon.addr(), len as u64) }.unwrap_err();
+    let e = anon
+        .attach(&dev, &file, &path, (pages() * PAGE) as u64)
+        .unwrap_err();
     assert!(matches!(e, KernelTemplateError::OutOfRange { .. }), "{e}");
 
     // Attached once; a second attach onto the same pages finds them taken.
-    unsafe { dev.attach(file.as_fd(), &path, 0, anon.addr(), len as u64) }.unwrap();
-    let words = unsafe { std::slice::from_raw_parts(anon.addr() as *const u64, len / 8) };
-    assert_eq!(checksum(words), expected_checksum(0, len / 8));
-    let e = unsafe { dev.attach(file.as_fd(), &path, 0, anon.addr(), len as u64) }.unwrap_err();
+    anon.attach(&dev, &file, &path, 0).unwrap();
+    assert_eq!(checksum(anon.words()), expected_checksum(0, len / 8));
+    let e = anon.attach(&dev, &file, &path, 0).unwrap_err();
     assert!(matches!(e, KernelTemplateError::Busy { .. }), "{e}");
     drop(anon);
     dev.unregister(&file, &path).unwrap();
@@ -481,6 +478,24 @@ impl Mapping {
     fn addr(&self) -> u64 {
         self.ptr as u64
     }
+
+    /// Attaches `path`'s template from `offset` over all of this mapping.
+    fn attach(
+        &self,
+        dev: &Device,
+        file: &File,
+        path: &Path,
+        offset: u64,
+    ) -> Result<(), KernelTemplateError> {
+        // SAFETY: the mapping is this test's own, and nothing holds references into it
+        // (words() borrows it only after).
+        unsafe { dev.attach(file.as_fd(), path, offset, self.addr(), self.len as u64) }
+    }
+
+    fn words(&mut self) -> &mut [u64] {
+        // SAFETY: the mapping lives as long as self, which the slice borrows.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast(), self.len / 8) }
+    }
 }
 
 impl Drop for Mapping {
@@ -488,4 +503,50 @@ impl Drop for Mapping {
         // SAFETY: the mapping made in map, not used after this.
         unsafe { libc::munmap(self.ptr, self.len) };
     }
+}
+
+/// The parts of a pool file that were never written (holes) read as zeros and take no
+/// memory from the pool: the template holds the zero page for them.
+#[test]
+fn holes_in_a_tmpfs_pool_file_read_as_zeros_and_cost_the_pool_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dev) = device("holes") else {
+        return;
+    };
+    let pool = Pool::tmpfs();
+    let path = pool.dir.join("sparse");
+    let half = 32;
+    write_pool(&path, half).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len((2 * half * PAGE) as u64)
+        .unwrap();
+    let blocks = std::fs::metadata(&path).unwrap().blocks();
+    let file = File::open(&path).unwrap();
+    assert_eq!(dev.register(&file, &path).unwrap(), (2 * half) as u64);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().blocks(),
+        blocks,
+        "registering filled the holes"
+    );
+    let len = 2 * half * PAGE;
+    let mut m = Mapping::anon(len);
+    m.attach(&dev, &file, &path, 0).unwrap();
+    let (written, hole) = m.words().split_at_mut(half * WORDS_PER_PAGE);
+    assert_eq!(
+        checksum(written),
+        expected_checksum(0, half * WORDS_PER_PAGE)
+    );
+    assert!(
+        hole.iter().all(|w| *w == 0),
+        "a hole does not read as zeros"
+    );
+    // A write into a hole is the instance's own.
+    hole[5] = 0xfeed;
+    assert_eq!(hole[5], 0xfeed);
+    assert_eq!(std::fs::metadata(&path).unwrap().blocks(), blocks);
+    drop(m);
+    dev.unregister(&file, &path).unwrap();
 }

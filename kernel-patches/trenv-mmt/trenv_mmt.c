@@ -16,6 +16,7 @@
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
+#include <linux/pagemap.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
 #include <linux/module.h>
@@ -93,7 +94,7 @@ static void mmt_put_pages(struct mmt_template *t, unsigned long n)
 		 * page's dirty flag. A tmpfs page must stay dirty, or reclaim with
 		 * swap could drop its contents: mark it again before letting go.
 		 */
-		if (!t->dax)
+		if (!t->dax && !is_zero_page(t->pages[i]))
 			set_page_dirty_lock(t->pages[i]);
 		put_page(t->pages[i]);
 	}
@@ -114,7 +115,7 @@ static bool mmt_dax_idle(const struct mmt_template *t)
 	unsigned long i;
 
 	for (i = 0; i < t->nr_pages; i++)
-		if (page_ref_count(t->pages[i]) > 2)
+		if (!is_zero_page(t->pages[i]) && page_ref_count(t->pages[i]) > 2)
 			return false;
 	return true;
 }
@@ -172,9 +173,46 @@ static struct file *mmt_pool_file(int fd)
 }
 
 /*
- * Takes a reference on each page of the pool file: the file is mapped shared and
- * read-only in the caller for the time of get_user_pages (which reads holes in as
- * pages of zeros), then unmapped.
+ * A tmpfs pool file's pages, from its page cache: a page that is not there is a hole
+ * (or was fallocated and never written) and reads as zeros, so the template holds the
+ * zero page for it and the pool spends no memory on it; one swapped out is read in.
+ */
+static int mmt_collect_shmem(struct mmt_template *t)
+{
+	struct address_space *mapping = t->file->f_mapping;
+	struct folio *folio;
+	unsigned long i;
+
+	for (i = 0; i < t->nr_pages; i++) {
+		folio = filemap_get_folio(mapping, i);
+		if (!IS_ERR(folio) && !folio_test_uptodate(folio)) {
+			folio_put(folio);
+			folio = ERR_PTR(-ENOENT);
+		}
+		if (IS_ERR(folio) && xa_is_value(xa_load(&mapping->i_pages, i)))
+			folio = shmem_read_folio_gfp(mapping, i, mapping_gfp_mask(mapping));
+		if (IS_ERR(folio) && PTR_ERR(folio) != -ENOENT) {
+			unsigned long j;
+
+			for (j = 0; j < i; j++)
+				put_page(t->pages[j]);
+			return PTR_ERR(folio);
+		}
+		if (IS_ERR(folio)) {
+			t->pages[i] = ZERO_PAGE(0);
+			get_page(t->pages[i]);
+		} else {
+			t->pages[i] = folio_file_page(folio, i);
+		}
+		cond_resched();
+	}
+	return 0;
+}
+
+/*
+ * Takes a reference on each page of the pool file. tmpfs: from the page cache. fsdax:
+ * the file is mapped shared and read-only in the caller for the time of
+ * get_user_pages (holes read as the zero page), then unmapped.
  */
 static int mmt_collect_pages(struct mmt_template *t)
 {
@@ -182,6 +220,8 @@ static int mmt_collect_pages(struct mmt_template *t)
 	long got;
 	int ret = 0;
 
+	if (!t->dax)
+		return mmt_collect_shmem(t);
 	addr = vm_mmap(t->file, 0, len, PROT_READ, MAP_SHARED, 0);
 	if (IS_ERR_VALUE(addr))
 		return (int)addr;

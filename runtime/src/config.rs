@@ -112,6 +112,9 @@ pub struct PoolConfig {
     pub dir: PathBuf,
     /// For "numa": the node the tmpfs must be bound to.
     pub node: Option<u32>,
+    /// Restore templates through the kernel's template module (kernel-patches/trenv-mmt)
+    /// when the running kernel has it loaded (default); `false` keeps the pool-file mapping.
+    pub kernel_templates: bool,
 }
 
 /// Sandbox repurposing (docs/sandboxes.md).
@@ -206,6 +209,7 @@ impl Default for PoolConfig {
             kind: "tmpfs".into(),
             dir: PathBuf::from(crate::paths::POOL_DIR),
             node: None,
+            kernel_templates: true,
         }
     }
 }

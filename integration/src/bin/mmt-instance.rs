@@ -23,8 +23,9 @@ use trenv_criu::kernel_templates::Device;
 use trenv_integration::mmt::{PAGE, WORDS_PER_PAGE, checksum, expected_checksum, mark, word};
 
 fn minflt() -> i64 {
-    // SAFETY: getrusage writes the struct it is given.
+    // SAFETY: rusage is plain old data; all zeros is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes the struct it is given.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     ru.ru_minflt
 }

@@ -17,6 +17,7 @@ use crate::error::{Classified, ErrorKind};
 use crate::snapshot::SnapshotError;
 
 pub mod build;
+pub mod kernel;
 pub mod manifest;
 pub mod mempool;
 pub mod ready;
@@ -126,6 +127,8 @@ pub enum TemplateError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     Criu(#[from] trenv_criu::CriuError),
+    #[error(transparent)]
+    Kernel(#[from] trenv_criu::kernel_templates::KernelTemplateError),
     #[error("writing template {name}'s manifest: {source}")]
     Encode {
         name: String,
@@ -160,6 +163,10 @@ impl Classified for TemplateError {
             TemplateError::Checkpoint(e) => e.kind(),
             TemplateError::Container(e) => e.kind(),
             TemplateError::Criu(e) => e.kind(),
+            TemplateError::Kernel(trenv_criu::kernel_templates::KernelTemplateError::Stale {
+                ..
+            }) => ErrorKind::FailedPrecondition,
+            TemplateError::Kernel(_) => ErrorKind::Internal,
             TemplateError::Io { .. } | TemplateError::Encode { .. } => ErrorKind::Internal,
         }
     }

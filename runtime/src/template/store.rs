@@ -34,10 +34,14 @@ pub(crate) const STAGING_PREFIX: &str = ".staging-";
 pub struct Checked {
     pub manifest: Manifest,
     pub images: PathBuf,
+    /// How its memory will be restored (kernel.rs).
+    pub backend: super::kernel::Backend,
 }
 
 pub struct TemplateStore {
     pub root: PathBuf,
+    /// Restores use the kernel's template module when the kernel has it (kernel.rs).
+    kernel_templates: bool,
 }
 
 /// What a tenant holds: its templates (with builds in progress) and the pool memory their
@@ -89,7 +93,14 @@ impl TemplateStore {
     pub fn new(root: &Path) -> TemplateStore {
         TemplateStore {
             root: root.to_path_buf(),
+            kernel_templates: true,
         }
+    }
+
+    /// Whether restores may use the kernel's template module (`[pool] kernel_templates`).
+    pub fn with_kernel_templates(mut self, on: bool) -> TemplateStore {
+        self.kernel_templates = on;
+        self
     }
 
     /// The directory of `tenant`'s templates.
@@ -228,6 +239,11 @@ impl TemplateStore {
                 files.push(p);
             }
         }
+        // Registered with the kernel's template module, a file's memory stays until it is
+        // unregistered.
+        for p in &files {
+            super::kernel::forget(p)?;
+        }
         remove_pool_files(&files)?;
         fs::remove_dir_all(&dir).map_err(io(&dir))
     }
@@ -345,9 +361,16 @@ impl TemplateStore {
             name: name.into(),
             difference: d,
         })?;
+        let backend = if self.kernel_templates {
+            super::kernel::prepare(&m.pool.path)?
+        } else {
+            super::kernel::forget(&m.pool.path)?;
+            super::kernel::Backend::PoolFile
+        };
         Ok(Checked {
             manifest: m,
             images,
+            backend,
         })
     }
 }

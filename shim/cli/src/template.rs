@@ -199,7 +199,17 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
         }
         TemplateCommand::Inspect { name, tenant } => {
             let m = store.get(&tenant.or_default()?, &name)?;
-            println!("{}", serde_json::to_string_pretty(&m)?);
+            // The manifest, and the memory backend a restore on this node will use.
+            let mut v = serde_json::to_value(&m)?;
+            let backend = trenv_runtime::template::kernel::current(config.pool.kernel_templates)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("memory_backend".into(), serde_json::to_value(backend)?);
+                o.insert(
+                    "memory_backend_description".into(),
+                    backend.describe().into(),
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         TemplateCommand::Rm {
             name,

@@ -314,6 +314,7 @@ impl<'a> Request<'a> {
         // Only the container's own tenant's templates: another tenant's of the same name
         // is NOT_FOUND, as if it did not exist.
         let checked = TemplateStore::new(&config.templates.dir)
+            .with_kernel_templates(config.pool.kernel_templates)
             .check(
                 &annotations.tenant,
                 name,
@@ -366,7 +367,8 @@ impl<'a> Request<'a> {
         };
         let env_may_differ = &config.templates.env_may_differ;
         let name = auto_template_name(function, &self.spec, &rootfs, env_may_differ, rule);
-        let store = TemplateStore::new(&config.templates.dir);
+        let store = TemplateStore::new(&config.templates.dir)
+            .with_kernel_templates(config.pool.kernel_templates);
         let tenant = &annotations.tenant;
         // Why an existing template is replaced, if it is.
         let replaced = match mode {
@@ -515,6 +517,11 @@ impl RestoreSource {
     /// (runtime/src/snapshot/restore.rs).
     fn template(checked: Checked) -> RestoreSource {
         let m = checked.manifest;
+        log::info!(
+            "template {}: memory restored by {}",
+            m.name,
+            checked.backend.describe()
+        );
         RestoreSource {
             images: checked.images,
             loopback_up: m.empty_netns,
