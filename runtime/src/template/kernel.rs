@@ -92,3 +92,39 @@ fn open(pool: &Path) -> Result<File, KernelTemplateError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turned_off_is_the_pool_file_mapping_whatever_the_kernel() {
+        assert_eq!(current(false).unwrap(), Backend::PoolFile);
+    }
+
+    #[test]
+    fn without_the_module_restores_map_the_pool_file_and_removal_has_nothing_to_undo() {
+        if Path::new(trenv_criu::kernel_templates::DEVICE).exists() {
+            // A kernel with the module: integration/tests/kernel_templates.rs covers it.
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("t.tpl");
+        std::fs::write(&pool, [0u8; 4096]).unwrap();
+        assert_eq!(prepare(&pool).unwrap(), Backend::PoolFile);
+        assert_eq!(current(true).unwrap(), Backend::PoolFile);
+        forget(&pool).unwrap();
+    }
+
+    #[test]
+    fn backends_are_named_as_inspect_shows_them() {
+        assert_eq!(
+            serde_json::to_value(Backend::PoolFile).unwrap(),
+            serde_json::json!("pool-file")
+        );
+        assert_eq!(
+            serde_json::to_value(Backend::Kernel).unwrap(),
+            serde_json::json!("kernel")
+        );
+    }
+}
