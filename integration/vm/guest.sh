@@ -109,17 +109,17 @@ else
 fi
 
 # POOL of a plan line: tmpfs or dax, restored through the kernel templates (the module is
-# loaded), or tmpfs-pool-file: the pool-file mapping (kernel_templates = false). The
-# tests read which one to expect from TRENV_MMT_EXPECT.
+# loaded), or tmpfs-pool-file / dax-pool-file: the same pool with the pool-file mapping
+# (kernel_templates = false). The tests read which one to expect from TRENV_MMT_EXPECT.
 use_pool() {
     mkdir -p /etc/trenv
-    case "$1" in
+    case "${1%-pool-file}" in
     tmpfs) printf '[pool]\nkind = "tmpfs"\ndir = "/run/trenv/pool"\n' >/etc/trenv/config.toml ;;
-    tmpfs-pool-file) printf '[pool]\nkind = "tmpfs"\ndir = "/run/trenv/pool"\nkernel_templates = false\n' >/etc/trenv/config.toml ;;
     dax) printf '[pool]\nkind = "dax"\ndir = "/mnt/pmem/pool"\n' >/etc/trenv/config.toml ;;
     *) return 1 ;;
     esac
-    if [[ "$1" == tmpfs-pool-file ]]; then
+    if [[ "$1" == *-pool-file ]]; then
+        printf 'kernel_templates = false\n' >>/etc/trenv/config.toml
         export TRENV_MMT_EXPECT=pool-file
     else
         export TRENV_MMT_EXPECT=kernel

@@ -572,12 +572,20 @@ fn run(o: &Options) -> Result<Value, String> {
             "copy": template_info(&copy_t, &o.namespace)?["conversion"],
             "map": template_info(&map_t, &o.namespace)?["conversion"],
         },
+        "memory_backend": template_info(&map_t, &o.namespace)?["memory_backend"],
     });
 
     if o.latency {
         let mut e2e: Vec<Vec<f64>> = vec![Vec::new(); 5];
         let mut with_container: Vec<Vec<f64>> = vec![Vec::new(); 5];
         let mut shim: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        // The first request that reads all the state, the same request again, and Create
+        // to the first one's answer.
+        let mut first_req: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        let mut second_req: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        let mut to_first: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        let mut first_faults: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        let mut second_faults: Vec<Vec<f64>> = vec![Vec::new(); 5];
         // Through the API: the restores only ([copy, map, repurposed]).
         let api = Containerd::from_env(&o.namespace)?;
         let mut api_start: Vec<Vec<f64>> = vec![Vec::new(); 3];
@@ -623,6 +631,18 @@ fn run(o: &Options) -> Result<Value, String> {
                 {
                     shim[i].push(s);
                 }
+                // A cold start is stopped at its ready line (see cold()): restores only.
+                if matches!(
+                    mode,
+                    Mode::CopyRestore | Mode::MapRestore | Mode::RepurposedRestore
+                ) {
+                    let [first, second] = full_state_requests(&ctr, &id, &ready)?;
+                    first_req[i].push(first.ms);
+                    second_req[i].push(second.ms);
+                    to_first[i].push(ms + first.ms);
+                    first_faults[i].push(first.faults);
+                    second_faults[i].push(second.faults);
+                }
                 ctr.remove(&id);
                 let (j, template, env) = match mode {
                     Mode::CopyRestore => (0, &copy_t, &fresh_env[..]),
@@ -648,6 +668,16 @@ fn run(o: &Options) -> Result<Value, String> {
             &Mode::ALL,
             "end_to_end_ms",
             [&mut e2e, &mut with_container, &mut shim],
+        );
+        report["full_state_request"] = request_table(
+            &Mode::ALL,
+            [
+                &mut first_req,
+                &mut second_req,
+                &mut to_first,
+                &mut first_faults,
+                &mut second_faults,
+            ],
         );
         report["api_latency"] = latency_table(
             &[Mode::CopyRestore, Mode::MapRestore, Mode::RepurposedRestore],
@@ -728,6 +758,72 @@ fn latency_table(modes: &[Mode], first: &str, samples: [&mut [Vec<f64>]; 3]) -> 
         row.insert("with_container_ms".into(), stats(&mut with_container[i]));
         row.insert("in_shim_ms".into(), stats(&mut shim[i]));
         out.insert(mode.key().into(), Value::Object(row));
+    }
+    Value::Object(out)
+}
+
+/// One full-state request: its time through `ctr` (the answer is polled from the
+/// function's log, so this is coarse) and the page faults the function took for it (exact).
+struct Request {
+    ms: f64,
+    faults: f64,
+}
+
+/// The function's first request that reads all of its state (SIGUSR1: a checksum over
+/// everything, answered in its log), then the same request again. Their difference is
+/// what the first touch of the state costs: the page faults of a template mapped lazily,
+/// none where the page tables were filled at restore.
+fn full_state_requests(ctr: &Ctr, id: &str, ready: &str) -> Result<[Request; 2], String> {
+    let pid = trenv_integration::bench::task_pid(ctr, id).ok_or(format!("{id} has no pid"))?;
+    let mut out = [0, 1].map(|_| Request {
+        ms: 0.0,
+        faults: 0.0,
+    });
+    for r in &mut out {
+        let before = faults_of(pid)?;
+        let start = Instant::now();
+        let state = signal_state(ctr, id, "SIGUSR1");
+        r.ms = start.elapsed().as_secs_f64() * 1000.0;
+        r.faults = faults_of(pid)?.saturating_sub(before) as f64;
+        if state != ready {
+            return Err(format!(
+                "{id}: state {state} differs from the template's {ready}"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Minor and major page faults of process `pid` so far (/proc/PID/stat fields 10 and 12).
+fn faults_of(pid: i32) -> Result<u64, String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("{e}"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // rest starts at field 3 (state): minflt is field 10, majflt field 12.
+    Ok(f.get(7).copied().unwrap_or(0) + f.get(9).copied().unwrap_or(0))
+}
+
+/// The full-state request table: per mode the first request, the second, and Create to
+/// the first one's answer.
+fn request_table(modes: &[Mode], samples: [&mut [Vec<f64>]; 5]) -> Value {
+    let [first, second, to_first, first_faults, second_faults] = samples;
+    let mut out = serde_json::Map::new();
+    for (i, mode) in modes.iter().enumerate() {
+        out.insert(
+            mode.key().into(),
+            json!({
+                "name": mode.name(),
+                "first_request_ms": stats(&mut first[i]),
+                "second_request_ms": stats(&mut second[i]),
+                "create_to_first_full_response_ms": stats(&mut to_first[i]),
+                "first_request_faults": stats(&mut first_faults[i]),
+                "second_request_faults": stats(&mut second_faults[i]),
+            }),
+        );
     }
     Value::Object(out)
 }
@@ -992,6 +1088,46 @@ fn print_report(r: &Value) {
             if e50 <= 8.0 { "MET" } else { "MISSED" },
             if e99 <= 12.0 { "MET" } else { "MISSED" },
             if api50 <= 15.0 { "MET" } else { "MISSED" }
+        );
+    }
+    if let Some(req) = r.get("full_state_request") {
+        println!("\n## The first request that reads all the state (ms, through ctr)\n");
+        println!(
+            "first: the first SIGUSR1 after the start (a checksum over the whole state); \
+             second: the same again; Create to first: the start (e2e) plus the first. \
+             Memory backend of the template restores: {}\n",
+            r["memory_backend"].as_str().unwrap_or("?")
+        );
+        println!(
+            "| mode | first P50 | first P99 | second P50 | second P99 | Create to first P50 | Create to first P99 | faults, first P50 | faults, second P50 | n |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+        for m in [Mode::CopyRestore, Mode::MapRestore, Mode::RepurposedRestore] {
+            let row = &req[m.key()];
+            let cells: Vec<String> = [
+                "first_request_ms",
+                "second_request_ms",
+                "create_to_first_full_response_ms",
+            ]
+            .iter()
+            .flat_map(|c| [f(&row[*c]["p50"]), f(&row[*c]["p99"])])
+            .collect();
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                m.name(),
+                cells.join(" | "),
+                f(&row["first_request_faults"]["p50"]),
+                f(&row["second_request_faults"]["p50"]),
+                row["first_request_ms"]["n"]
+            );
+        }
+        let p = |k: &str, what: &str| req[k][what]["p50"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "\nfirst minus second request at P50 (the first touch of the state): copy restore \
+             {:.1} ms, template restore {:.1} ms",
+            p("copy_restore", "first_request_ms") - p("copy_restore", "second_request_ms"),
+            p("map_restore", "first_request_ms") - p("map_restore", "second_request_ms")
         );
     }
     if let Some(lat) = r.get("cri_latency") {
