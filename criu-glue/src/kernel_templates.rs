@@ -46,7 +46,7 @@ struct QueryArg {
     registered: u32,
     stale: u32,
     dax: u32,
-    reserved: u32,
+    this_retiring: u32,
     pages: u64,
     attaches: u64,
     templates: u64,
@@ -75,6 +75,8 @@ pub struct Query {
     pub templates: u64,
     /// Unregistered DAX templates whose pages are still mapped somewhere.
     pub retiring: u64,
+    /// This file's template is one of them.
+    pub this_retiring: bool,
 }
 
 /// Which call failed.
@@ -258,6 +260,7 @@ impl Device {
             attaches: arg.attaches,
             templates: arg.templates,
             retiring: arg.retiring,
+            this_retiring: arg.this_retiring != 0,
         })
     }
 }

@@ -164,16 +164,19 @@ impl Ctr {
         // 407 bytes but got 0"), which no other run showed.
         let mut attempt = 1;
         loop {
-            src.run(&["images", "export", tar_s, image]).ok();
+            let export = src.run(&["images", "export", tar_s, image]);
+            let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
             let r = self.run(&["images", "import", tar_s]);
             let _ = std::fs::remove_file(&tar);
             if r.code == 0 {
                 return;
             }
             assert!(
-                attempt < 3,
-                "importing {image} failed {attempt} times: {r:#?}"
+                attempt < 5,
+                "importing {image} failed {attempt} times: {r:#?} (the export before it: \
+                 {export:?}, {size} bytes)"
             );
+            std::thread::sleep(Duration::from_millis(500));
             eprintln!(
                 "importing {image} into {} failed, again: {r:?}",
                 self.namespace

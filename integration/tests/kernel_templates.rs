@@ -310,20 +310,21 @@ fn a_dax_template_unregistered_while_mapped_is_kept_until_its_pages_are_unmapped
 
     dev.unregister(&file, &path).unwrap();
     let q = dev.query(&file, &path).unwrap();
-    assert!(!q.registered && q.retiring >= 1, "{q:?}");
-    // Removing the file now does not free its blocks: the mapping still reads them.
+    assert!(!q.registered && q.this_retiring && q.retiring >= 1, "{q:?}");
+    // Removing the file now does not free its blocks: the mapping still reads them. (The
+    // descriptor kept open only names the file to QUERY; it holds no page.)
     std::fs::remove_file(&path).unwrap();
-    drop(file);
-    let other = pool.file("other");
+    let _other = pool.file("other");
     assert_eq!(checksum(mapped.words()), expected_checksum(0, len / 8));
 
-    // Released within a few seconds of the unmap (checked every second).
+    // Released soon after the unmap (checked every second by the module; emulated CPUs
+    // under load are slow). Other tests' templates may be retiring meanwhile: this one's
+    // own state is what counts.
     drop(mapped);
-    let probe = File::open(&other).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let q = dev.query(&probe, &other).unwrap();
-        if q.retiring == 0 {
+        let q = dev.query(&file, &path).unwrap();
+        if !q.this_retiring {
             break;
         }
         assert!(Instant::now() < deadline, "still retiring: {q:?}");

@@ -430,6 +430,9 @@ static long mmt_query(void __user *argp)
 	up_read(&mmt_lock);
 	mutex_lock(&mmt_retire_lock);
 	arg.retiring = mmt_retiring_count;
+	list_for_each_entry(t, &mmt_retiring, node)
+		if (t->inode == file_inode(f))
+			arg.this_retiring = 1;
 	mutex_unlock(&mmt_retire_lock);
 	fput(f);
 	if (copy_to_user(argp, &arg, sizeof(arg)))

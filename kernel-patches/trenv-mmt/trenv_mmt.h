@@ -35,7 +35,7 @@ struct trenv_mmt_query {
 	__u32 registered;	/* out: 1 if registered */
 	__u32 stale;		/* out: 1 if the file changed since it was registered */
 	__u32 dax;		/* out: 1 if the pool is fsdax (persistent memory, CXL) */
-	__u32 reserved;
+	__u32 this_retiring;	/* out: 1 if this file's template was unregistered and is still mapped */
 	__u64 pages;		/* out: the template's size in pages */
 	__u64 attaches;		/* out: successful attaches so far */
 	__u64 templates;	/* out: templates registered in the module (all files) */

@@ -44,6 +44,11 @@ pub fn prepare(pool: &Path) -> Result<Backend, KernelTemplateError> {
         return Ok(Backend::PoolFile);
     };
     let file = open(pool)?;
+    // A template with nothing mapped (a copy template, or an allocator fallback) has an
+    // empty pool file: there is nothing to attach.
+    if file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
+        return Ok(Backend::PoolFile);
+    }
     let q = dev.query(&file, pool)?;
     if q.registered && !q.stale {
         return Ok(Backend::Kernel);
