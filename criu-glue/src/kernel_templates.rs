@@ -185,25 +185,29 @@ impl Device {
 
     /// Registers the pool file `pool` (at `path`, for messages); answers its pages.
     pub fn register(&self, pool: &File, path: &Path) -> Result<u64, KernelTemplateError> {
-        let mut arg = RegisterArg {
-            fd: pool.as_raw_fd(),
-            ..Default::default()
-        };
-        // SAFETY: arg is the module's struct, read and written only during the call.
-        unsafe { mmt_register(self.file.as_raw_fd(), &mut arg) }
-            .map_err(|e| error(Call::Register, path, e, None))?;
-        Ok(arg.pages)
+        self.by_file(Call::Register, pool, path)
     }
 
     /// Unregisters the pool file; its memory is released once no process maps it.
     pub fn unregister(&self, pool: &File, path: &Path) -> Result<u64, KernelTemplateError> {
+        self.by_file(Call::Unregister, pool, path)
+    }
+
+    /// REGISTER or UNREGISTER of `pool`: the two calls take the same argument.
+    fn by_file(&self, call: Call, pool: &File, path: &Path) -> Result<u64, KernelTemplateError> {
         let mut arg = RegisterArg {
             fd: pool.as_raw_fd(),
             ..Default::default()
         };
-        // SAFETY: as in register.
-        unsafe { mmt_unregister(self.file.as_raw_fd(), &mut arg) }
-            .map_err(|e| error(Call::Unregister, path, e, None))?;
+        let dev = self.file.as_raw_fd();
+        // SAFETY: arg is the module's struct, read and written only during the call.
+        let done = unsafe {
+            match call {
+                Call::Register => mmt_register(dev, &mut arg),
+                _ => mmt_unregister(dev, &mut arg),
+            }
+        };
+        done.map_err(|e| error(call, path, e, None))?;
         Ok(arg.pages)
     }
 
