@@ -581,11 +581,7 @@ fn run(o: &Options) -> Result<Value, String> {
         let mut shim: Vec<Vec<f64>> = vec![Vec::new(); 5];
         // The first request that reads all the state, the same request again, and Create
         // to the first one's answer.
-        let mut first_req: Vec<Vec<f64>> = vec![Vec::new(); 5];
-        let mut second_req: Vec<Vec<f64>> = vec![Vec::new(); 5];
-        let mut to_first: Vec<Vec<f64>> = vec![Vec::new(); 5];
-        let mut first_faults: Vec<Vec<f64>> = vec![Vec::new(); 5];
-        let mut second_faults: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        let mut requests: Vec<Vec<Requests>> = (0..5).map(|_| Vec::new()).collect();
         // Through the API: the restores only ([copy, map, repurposed]).
         let api = Containerd::from_env(&o.namespace)?;
         let mut api_start: Vec<Vec<f64>> = vec![Vec::new(); 3];
@@ -637,11 +633,11 @@ fn run(o: &Options) -> Result<Value, String> {
                     Mode::CopyRestore | Mode::MapRestore | Mode::RepurposedRestore
                 ) {
                     let [first, second] = full_state_requests(&ctr, &id, &ready)?;
-                    first_req[i].push(first.ms);
-                    second_req[i].push(second.ms);
-                    to_first[i].push(ms + first.ms);
-                    first_faults[i].push(first.faults);
-                    second_faults[i].push(second.faults);
+                    requests[i].push(Requests {
+                        start_ms: ms,
+                        first,
+                        second,
+                    });
                 }
                 ctr.remove(&id);
                 let (j, template, env) = match mode {
@@ -669,16 +665,7 @@ fn run(o: &Options) -> Result<Value, String> {
             "end_to_end_ms",
             [&mut e2e, &mut with_container, &mut shim],
         );
-        report["full_state_request"] = request_table(
-            &Mode::ALL,
-            [
-                &mut first_req,
-                &mut second_req,
-                &mut to_first,
-                &mut first_faults,
-                &mut second_faults,
-            ],
-        );
+        report["full_state_request"] = request_table(&Mode::ALL, &requests);
         report["api_latency"] = latency_table(
             &[Mode::CopyRestore, Mode::MapRestore, Mode::RepurposedRestore],
             "start_ms",
@@ -763,10 +750,23 @@ fn latency_table(modes: &[Mode], first: &str, samples: [&mut [Vec<f64>]; 3]) -> 
 }
 
 /// One full-state request: its time through `ctr` (the answer is polled from the
-/// function's log, so this is coarse) and the page faults the function took for it (exact).
+/// function's log, so this is coarse), the CPU time the function spent on it (user and
+/// system, in clock ticks: what the request itself cost, page faults included), the page
+/// faults it took (exact) and how many of them copied a page (the function's anonymous
+/// memory grew by that many pages: copy-on-write of template pages, which a mapped
+/// template takes on the first write whatever the backend; the rest map a page in).
 struct Request {
     ms: f64,
+    cpu_ms: f64,
     faults: f64,
+    copied_pages: f64,
+}
+
+/// A restore's start time and its two full-state requests.
+struct Requests {
+    start_ms: f64,
+    first: Request,
+    second: Request,
 }
 
 /// The function's first request that reads all of its state (SIGUSR1: a checksum over
@@ -777,14 +777,19 @@ fn full_state_requests(ctr: &Ctr, id: &str, ready: &str) -> Result<[Request; 2],
     let pid = trenv_integration::bench::task_pid(ctr, id).ok_or(format!("{id} has no pid"))?;
     let mut out = [0, 1].map(|_| Request {
         ms: 0.0,
+        cpu_ms: 0.0,
         faults: 0.0,
+        copied_pages: 0.0,
     });
     for r in &mut out {
-        let before = faults_of(pid)?;
+        let before = Counters::of(pid)?;
         let start = Instant::now();
         let state = signal_state(ctr, id, "SIGUSR1");
         r.ms = start.elapsed().as_secs_f64() * 1000.0;
-        r.faults = faults_of(pid)?.saturating_sub(before) as f64;
+        let after = Counters::of(pid)?;
+        r.faults = after.faults.saturating_sub(before.faults) as f64;
+        r.cpu_ms = after.cpu_ms - before.cpu_ms;
+        r.copied_pages = after.anon_kib.saturating_sub(before.anon_kib) as f64 / 4.0;
         if state != ready {
             return Err(format!(
                 "{id}: state {state} differs from the template's {ready}"
@@ -794,34 +799,69 @@ fn full_state_requests(ctr: &Ctr, id: &str, ready: &str) -> Result<[Request; 2],
     Ok(out)
 }
 
-/// Minor and major page faults of process `pid` so far (/proc/PID/stat fields 10 and 12).
-fn faults_of(pid: i32) -> Result<u64, String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("{e}"))?;
+/// What a process has spent so far: page faults, CPU time, anonymous memory.
+struct Counters {
+    faults: u64,
+    cpu_ms: f64,
+    anon_kib: u64,
+}
+
+impl Counters {
+    fn of(pid: i32) -> Result<Counters, String> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("{e}"))?;
+        let rollup =
+            fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(|e| format!("{e}"))?;
+        let (faults, ticks) = stat_counters(&stat);
+        // USER_HZ is 100 on every Linux architecture trenv runs on.
+        Ok(Counters {
+            faults,
+            cpu_ms: ticks as f64 * 10.0,
+            anon_kib: rollup_kib(&rollup, "Anonymous"),
+        })
+    }
+}
+
+/// Page faults (minor + major) and CPU clock ticks (user + system) from /proc/PID/stat.
+fn stat_counters(stat: &str) -> (u64, u64) {
     // The fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = rest
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0))
         .collect();
-    // rest starts at field 3 (state): minflt is field 10, majflt field 12.
-    Ok(f.get(7).copied().unwrap_or(0) + f.get(9).copied().unwrap_or(0))
+    let at = |field: usize| f.get(field - 3).copied().unwrap_or(0);
+    // rest starts at field 3 (state): minflt 10, majflt 12, utime 14, stime 15.
+    (at(10) + at(12), at(14) + at(15))
+}
+
+/// A `Key:   N kB` line of /proc/PID/smaps_rollup, in KiB (0 if absent).
+fn rollup_kib(rollup: &str, key: &str) -> u64 {
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The full-state request table: per mode the first request, the second, and Create to
 /// the first one's answer.
-fn request_table(modes: &[Mode], samples: [&mut [Vec<f64>]; 5]) -> Value {
-    let [first, second, to_first, first_faults, second_faults] = samples;
+fn request_table(modes: &[Mode], requests: &[Vec<Requests>]) -> Value {
     let mut out = serde_json::Map::new();
     for (i, mode) in modes.iter().enumerate() {
+        let rs = &requests[i];
+        let col = |f: &dyn Fn(&Requests) -> f64| stats(&mut rs.iter().map(f).collect::<Vec<_>>());
         out.insert(
             mode.key().into(),
             json!({
                 "name": mode.name(),
-                "first_request_ms": stats(&mut first[i]),
-                "second_request_ms": stats(&mut second[i]),
-                "create_to_first_full_response_ms": stats(&mut to_first[i]),
-                "first_request_faults": stats(&mut first_faults[i]),
-                "second_request_faults": stats(&mut second_faults[i]),
+                "first_request_ms": col(&|r| r.first.ms),
+                "second_request_ms": col(&|r| r.second.ms),
+                "create_to_first_full_response_ms": col(&|r| r.start_ms + r.first.ms),
+                "first_request_cpu_ms": col(&|r| r.first.cpu_ms),
+                "second_request_cpu_ms": col(&|r| r.second.cpu_ms),
+                "first_request_faults": col(&|r| r.first.faults),
+                "second_request_faults": col(&|r| r.second.faults),
+                "first_request_copied_pages": col(&|r| r.first.copied_pages),
             }),
         );
     }
@@ -1129,6 +1169,29 @@ fn print_report(r: &Value) {
             p("copy_restore", "first_request_ms") - p("copy_restore", "second_request_ms"),
             p("map_restore", "first_request_ms") - p("map_restore", "second_request_ms")
         );
+        println!(
+            "\nThe function's own CPU time for the request (user + system, 10 ms ticks: the \
+             fault handling included, ctr's not) and its page faults split by kind: \
+             copies (its anonymous memory grew by a page) and the rest (a page mapped in)\n"
+        );
+        println!(
+            "| mode | CPU first P50 | CPU first P99 | CPU second P50 | faults first P50 | copies P50 | other faults P50 |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for m in [Mode::CopyRestore, Mode::MapRestore, Mode::RepurposedRestore] {
+            let row = &req[m.key()];
+            let q = |c: &str, at: &str| row[c][at].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                m.name(),
+                q("first_request_cpu_ms", "p50"),
+                q("first_request_cpu_ms", "p99"),
+                q("second_request_cpu_ms", "p50"),
+                q("first_request_faults", "p50"),
+                q("first_request_copied_pages", "p50"),
+                q("first_request_faults", "p50") - q("first_request_copied_pages", "p50"),
+            );
+        }
     }
     if let Some(lat) = r.get("cri_latency") {
         println!("\n## Through CRI, as the kubelet starts a function (ms)\n");
@@ -1226,5 +1289,28 @@ fn main() {
             eprintln!("bench-templates: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rollup_kib, stat_counters};
+
+    #[test]
+    fn stat_counters_read_faults_and_cpu_ticks_after_a_command_with_spaces() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime ...
+        let stat = "42 (py fn) S 1 42 42 0 -1 4194560 1000 7 20 3 150 50 0 0 20 0 1";
+        assert_eq!(stat_counters(stat), (1020, 200));
+        assert_eq!(stat_counters("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn rollup_kib_reads_one_key_exactly() {
+        let rollup = "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss:  1200 kB\n\
+                      Anonymous:      512 kB\nAnonHugePages:  0 kB\n";
+        assert_eq!(rollup_kib(rollup, "Anonymous"), 512);
+        assert_eq!(rollup_kib(rollup, "Rss"), 1200);
+        assert_eq!(rollup_kib(rollup, "Swap"), 0);
     }
 }
