@@ -27,6 +27,8 @@ export TRENV_CLI="${CARGO_TARGET_DIR:-$TRENV_REPO/target}/debug/trenv"
 log "unit and kernel-level tests"
 status=0
 cargo test --locked --no-fail-fast --workspace --exclude trenv-integration 2>&1 | tee -a "$results" || status=1
+# A test-only library of the end-to-end suites (here and in the VM).
+trenv_jemalloc
 
 for version in $versions; do
     "$TRENV_REPO/integration/scripts/containerd.sh" start "$version"

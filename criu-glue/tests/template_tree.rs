@@ -29,7 +29,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use trenv_criu::rpc::{Criu_cg_mode, Criu_opts, Criu_req, Criu_req_type, Inherit_fd};
-use trenv_criu::template::{Policy, convert};
+use trenv_criu::template::{MappedMemory, Policy, convert};
 use trenv_criu::{Criu, FdPlan};
 
 /// Where both processes have their region (free in a test process: far above its heap
@@ -147,7 +147,14 @@ fn a_template_of_a_process_tree_restores_each_process_its_own_memory() {
     // The conversion: both regions (and any other large anonymous VMA) into one file.
     let template = tmp.path().join("t.tpl");
     let name = format!("/trenv-test/tree-{}.tpl", std::process::id());
-    let conv = convert(&images, &template, &name, &Policy::default()).unwrap();
+    let conv = convert(
+        &images,
+        &template,
+        &name,
+        &Policy::default(),
+        MappedMemory::FileBacked,
+    )
+    .unwrap();
     assert_eq!(conv.pid, root as u32);
     let pids: Vec<u32> = conv.processes.iter().map(|p| p.pid).collect();
     assert_eq!(pids, [root as u32, kid as u32]);

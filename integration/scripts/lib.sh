@@ -266,6 +266,21 @@ trenv_apt_download() {
     die "could not download $pkg from $suite"
 }
 
+# Debian bookworm's jemalloc (libjemalloc2), unpacked once into $TRENV_CACHE/jemalloc for the
+# tests of a function whose allocator takes memory it discarded for zeros
+# (integration/tests/templates.rs); the VM guest sees the same cache.
+trenv_jemalloc() {
+    local dir="$TRENV_CACHE/jemalloc" deb tmp
+    [[ -f "$dir/libjemalloc.so.2" ]] && return 0
+    deb="$(trenv_apt_download bookworm libjemalloc2 "$(trenv_apt_dir bookworm)/debs")"
+    tmp="$(mktemp -d)"
+    dpkg -x "$deb" "$tmp"
+    mkdir -p "$dir"
+    cp -L "$tmp/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" "$dir/libjemalloc.so.2.tmp"
+    mv "$dir/libjemalloc.so.2.tmp" "$dir/libjemalloc.so.2"
+    rm -rf "$tmp"
+}
+
 # Print those of the given (system, bookworm) packages that are not installed.
 trenv_pkgs_missing() {
     local installed

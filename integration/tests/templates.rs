@@ -1901,3 +1901,128 @@ fn a_restore_whose_environment_differs_is_refused_naming_the_variable() {
         ],
     );
 }
+
+/// A function whose allocator takes memory it discarded for zeros: jemalloc (Debian's
+/// libjemalloc2, `trenv_jemalloc` in integration/scripts/lib.sh), preloaded into Python.
+/// It fills 32 buffers of 1 MiB and says where they are; on SIGUSR1 it frees them, has
+/// jemalloc purge them (MADV_DONTNEED, after which jemalloc marks them zeroed) and
+/// callocs as many again, which jemalloc hands out without clearing them: it reports how
+/// many read all zeros and how many lie where the first buffers were.
+const JEMALLOC_FN: &str = "import ctypes, signal, time\n\
+    libc = ctypes.CDLL(None)\n\
+    libc.malloc.restype = ctypes.c_void_p\n\
+    libc.malloc.argtypes = [ctypes.c_size_t]\n\
+    libc.calloc.restype = ctypes.c_void_p\n\
+    libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]\n\
+    libc.free.argtypes = [ctypes.c_void_p]\n\
+    libc.mallctl.argtypes = [ctypes.c_char_p] + [ctypes.c_void_p] * 3 + [ctypes.c_size_t]\n\
+    N, SIZE = 32, 1 << 20\n\
+    def out(line):\n    with open('/tmp/fn.log', 'a') as f:\n        f.write(line + '\\n')\n\
+    bufs = [libc.malloc(SIZE) for _ in range(N)]\n\
+    for b in bufs:\n    ctypes.memset(b, 0xA5, SIZE)\n\
+    lo, hi = min(bufs), max(bufs) + SIZE\n\
+    go = []\n\
+    signal.signal(signal.SIGUSR1, lambda *_: go.append(1))\n\
+    out(f'ready lo={lo} hi={hi}')\n\
+    while not go:\n    time.sleep(0.02)\n\
+    for b in bufs:\n    libc.free(b)\n\
+    purge = libc.mallctl(b'arena.4096.purge', None, None, None, 0)\n\
+    again = [libc.calloc(1, SIZE) for _ in range(N)]\n\
+    inside = sum(lo <= a and a + SIZE <= hi for a in again)\n\
+    zeroed = sum(ctypes.string_at(a, SIZE).count(0) == SIZE for a in again)\n\
+    out(f'check purge={purge} zeroed={zeroed} inside={inside} of={N}')\n\
+    while True:\n    time.sleep(60)\n";
+
+/// The directory holding Debian's libjemalloc.so.2 (integration/test.sh fetches it).
+fn jemalloc_dir() -> PathBuf {
+    let cache = std::env::var("TRENV_CACHE").unwrap_or_else(|_| "/var/cache/trenv".into());
+    let dir = Path::new(&cache).join("jemalloc");
+    assert!(
+        dir.join("libjemalloc.so.2").is_file(),
+        "no {}/libjemalloc.so.2: run `. integration/scripts/lib.sh; trenv_jemalloc` (as \
+         integration/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A function using jemalloc restored from a template is correct with either memory
+/// backend, under the default policy. With the pool-file mapping (stock kernels), a
+/// mapped VMA would read the template's data again after MADV_DONTNEED, and jemalloc's
+/// calloc would hand that out as zeros: the conversion sees jemalloc and maps nothing
+/// (every page copied at restore). With the kernel backend (trenv-mmt, the VM test bed)
+/// discarded memory reads zeros, so the template maps the function's memory like any
+/// other's — jemalloc's buffers included — and says its restores need that backend.
+#[test]
+fn a_jemalloc_function_restored_from_a_template_is_correct_with_either_memory_backend() {
+    let c = ctr();
+    let case = Case::new(&c, "jemalloc");
+    let mount = format!(
+        "type=bind,src={},dst=/opt/jemalloc,options=rbind:ro",
+        jemalloc_dir().display()
+    );
+    let flags = [
+        "--mount",
+        mount.as_str(),
+        "--env",
+        "LD_PRELOAD=/opt/jemalloc/libjemalloc.so.2",
+        "--env",
+        "MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0",
+    ];
+    let args = ["python3", "-c", JEMALLOC_FN];
+    run_detached(&c, &case.src, &flags, PYFN, &args);
+    let ready = wait_line(&c, &case.src, "ready ", 0);
+    let (lo, hi): (u64, u64) = (
+        field(&ready, "lo=").parse().unwrap(),
+        field(&ready, "hi=").parse().unwrap(),
+    );
+    let made = case.create(&[]);
+    assert_eq!(made.code, 0, "{}{}", made.stdout, made.stderr);
+    c.remove(&case.src);
+
+    let m = inspect(&c, &case.name);
+    let backend = m["memory_backend"].as_str().unwrap().to_string();
+    if let Ok(expect) = std::env::var("TRENV_MMT_EXPECT") {
+        assert_eq!(backend, expect, "{m:#}");
+    }
+    let conversion = &m["conversion"];
+    let vmas: Vec<(u64, u64)> = serde_json::from_value(conversion["vmas"].clone()).unwrap();
+    let covered = vmas.iter().any(|&(s, e)| s <= lo && hi <= e);
+    match backend.as_str() {
+        "kernel" => {
+            assert!(conversion.get("fallback").is_none(), "{m:#}");
+            let why = conversion["needs_anonymous"].as_str().unwrap_or_default();
+            assert!(why.contains("libjemalloc.so.2: jemalloc"), "{m:#}");
+            assert!(
+                covered,
+                "jemalloc's buffers {lo:#x}-{hi:#x} not mapped: {m:#}"
+            );
+        }
+        "pool-file" => {
+            let why = conversion["fallback"].as_str().unwrap_or_default();
+            assert!(why.contains("libjemalloc.so.2: jemalloc"), "{m:#}");
+            assert!(vmas.is_empty(), "{m:#}");
+            assert!(conversion.get("needs_anonymous").is_none(), "{m:#}");
+        }
+        other => panic!("memory backend {other:?}: {m:#}"),
+    }
+
+    let annotation = format!("{ANNOTATION}={}", case.name);
+    let mut restore_flags = flags.to_vec();
+    restore_flags.extend(["--annotation", annotation.as_str()]);
+    run_detached(&c, &case.id, &restore_flags, PYFN, &args);
+    c.run(&["task", "kill", "-s", "SIGUSR1", &case.id]).ok();
+    let check = wait_line(&c, &case.id, "check ", 0);
+    assert_eq!(field(&check, "purge="), "0", "{check}");
+    assert_eq!(
+        field(&check, "zeroed="),
+        "32",
+        "calloc read old data: {check}"
+    );
+    // The purged buffers were the template's memory, and calloc handed it out again.
+    let inside: u32 = field(&check, "inside=").parse().unwrap();
+    assert!(
+        inside >= 16,
+        "calloc did not reuse the purged buffers: {check}"
+    );
+}

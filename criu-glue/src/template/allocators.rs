@@ -45,9 +45,8 @@ pub(super) fn unsafe_allocator(files: &[File_entry], mms: &[(u32, &Mm_entry)]) -
             if let Some((_, name)) = ZEROING_ALLOCATORS.iter().find(|(p, _)| base.starts_with(p)) {
                 return Some(format!(
                     "process {pid} maps {path}: {name} takes memory it discarded with \
-                     madvise to read as zeros, which a template mapping does not (it reads \
-                     the template's data again), so nothing is mapped and every page is \
-                     copied at restore"
+                     madvise to read as zeros, which a pool-file mapping does not (it reads \
+                     the template's data again)"
                 ));
             }
         }

@@ -71,6 +71,21 @@ pub struct Conversion {
     /// Why nothing was mapped although the policy asked for it (allocators.rs), if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Why this template's restores need mapped memory with anonymous semantics (the
+    /// kernel backend), if they do: it was made for that backend and maps the memory of
+    /// an allocator that a pool-file mapping would serve wrongly (allocators.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_anonymous: Option<String>,
+}
+
+/// What mapped memory of a restored instance reads after `MADV_DONTNEED`, which decides
+/// whether allocators that take discarded memory for zeros can be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappedMemory {
+    /// A private mapping of the pool file (stock kernels): the template's data again.
+    FileBacked,
+    /// Anonymous memory with the template attached (the trenv-mmt module): zeros.
+    Anonymous,
 }
 
 /// What a conversion did to one process of the tree.
@@ -106,9 +121,10 @@ impl Conversion {
         let n = self.process_count();
         let noun = if n == 1 { "process" } else { "processes" };
         let extent = format!("{} VMAs of {n} {noun}", self.vma_count());
-        match &self.fallback {
-            Some(why) => format!("{extent} (nothing mapped: {why})"),
-            None => extent,
+        match (&self.fallback, &self.needs_anonymous) {
+            (Some(why), _) => format!("{extent} (nothing mapped: {why})"),
+            (None, Some(why)) => format!("{extent} (restores need the kernel backend: {why})"),
+            (None, None) => extent,
         }
     }
 }
@@ -118,14 +134,18 @@ impl Conversion {
 /// `image_name` (an absolute path; restore hands the file over with `inherit_fd` keyed by
 /// that name without its leading `/`). On failure the new pages files made so far are
 /// removed; `template` and the images may be half-written (the caller discards both).
+/// `memory` is what the restores will map: with [`MappedMemory::Anonymous`], a function
+/// whose allocator takes discarded memory for zeros is mapped as any other, and the
+/// conversion records that its restores need that backend.
 pub fn convert(
     dir: &Path,
     template: &Path,
     image_name: &str,
     policy: &Policy,
+    memory: MappedMemory,
 ) -> Result<Conversion, TemplateError> {
     let mut new_pages = Vec::new();
-    let result = convert_tree(dir, template, image_name, policy, &mut new_pages);
+    let result = convert_tree(dir, template, image_name, policy, memory, &mut new_pages);
     if result.is_err() {
         for p in &new_pages {
             let _ = fs::remove_file(p);
@@ -140,10 +160,14 @@ fn convert_tree(
     template: &Path,
     image_name: &str,
     policy: &Policy,
+    memory: MappedMemory,
     new_pages: &mut Vec<PathBuf>,
 ) -> Result<Conversion, TemplateError> {
     let dump = dump::Dump::read(dir)?;
-    let fallback = zeroing_allocator(dir, &dump)?;
+    let (fallback, needs_anonymous) = match (zeroing_allocator(dir, &dump)?, memory) {
+        (Some(why), MappedMemory::Anonymous) => (None, Some(why)),
+        (why, _) => (why, None),
+    };
     let copy = Policy {
         min_vma: u64::MAX,
         include_heap: false,
@@ -199,6 +223,7 @@ fn convert_tree(
     .commit()?;
     Ok(Conversion {
         fallback,
+        needs_anonymous,
         ..conversion(&dump, done, file_size)
     })
 }
@@ -238,5 +263,6 @@ fn conversion(dump: &dump::Dump, done: Vec<ProcessConversion>, file_size: u64) -
         file_size,
         processes,
         fallback: None,
+        needs_anonymous: None,
     }
 }

@@ -10,6 +10,9 @@ use crate::image::{FILES_MAGIC, ImageFile, MM_MAGIC, PAGEMAP_MAGIC};
 use layout::GROWTH_TAIL;
 use pages::{PE_PARENT, PE_PRESENT};
 
+/// Restores that map the pool file (stock kernels).
+const FILE: MappedMemory = MappedMemory::FileBacked;
+
 /// The fixture's tests map its two large VMAs only (A and C), not its pages B and D.
 fn large_only() -> Policy {
     Policy {
@@ -272,7 +275,7 @@ fn a_conversion_moves_shareable_pages_and_rewrites_every_image() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
     let tpl = dir.path().join("t.tpl");
-    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap();
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE).unwrap();
     let root = ProcessConversion {
         pid: PID,
         vmas: vec![A, C],
@@ -289,6 +292,7 @@ fn a_conversion_moves_shareable_pages_and_rewrites_every_image() {
             file_size: PART + GROWTH_TAIL,
             processes: vec![root],
             fallback: None,
+            needs_anonymous: None,
         }
     );
     assert_eq!((conv.process_count(), conv.vma_count()), (1, 2));
@@ -329,7 +333,7 @@ fn a_process_tree_maps_each_process_onto_its_own_part_through_its_own_entry() {
     let dir = tempfile::tempdir().unwrap();
     build_tree(dir.path());
     let tpl = dir.path().join("t.tpl");
-    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap();
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE).unwrap();
     let processes = vec![
         ProcessConversion {
             pid: PID,
@@ -358,6 +362,7 @@ fn a_process_tree_maps_each_process_onto_its_own_part_through_its_own_entry() {
             file_size: 2 * PART + GROWTH_TAIL,
             processes,
             fallback: None,
+            needs_anonymous: None,
         }
     );
     assert_eq!((conv.process_count(), conv.vma_count()), (3, 4));
@@ -408,7 +413,7 @@ fn a_failed_conversion_of_a_tree_leaves_no_new_pages_file() {
     let full = fs::read(&pages).unwrap();
     fs::write(&pages, &full[..full.len() - PAGE as usize]).unwrap();
     let tpl = dir.path().join("t.tpl");
-    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap_err();
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE).unwrap_err();
     assert!(matches!(err, TemplateError::PageBeyondEnd { .. }), "{err}");
     assert!(err.to_string().contains("pages-2.img"), "{err}");
     assert_no_new_pages(dir.path());
@@ -425,7 +430,7 @@ fn by_default_every_private_anonymous_vma_with_dumped_pages_is_mapped() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
     let tpl = dir.path().join("t.tpl");
-    let conv = convert(dir.path(), &tpl, "/t.tpl", &Policy::default()).unwrap();
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &Policy::default(), FILE).unwrap();
     assert_eq!(conv.vmas, [A, D, B, C]);
     assert_eq!((conv.bytes_moved, conv.bytes_copied), (7 * PAGE, 0));
     let size = PART + (D.1 - D.0) + (B.1 - B.0);
@@ -469,7 +474,7 @@ fn an_empty_process_tree_is_corrupt() {
     fixture::build(dir.path());
     fixture::pstree(dir.path(), &[]);
     let tpl = dir.path().join("t.tpl");
-    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap_err();
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE).unwrap_err();
     assert!(matches!(err, TemplateError::NoProcess), "{err}");
 }
 
@@ -479,7 +484,7 @@ fn an_incremental_checkpoint_is_refused() {
     fixture::build(dir.path());
     fixture::pagemap(dir.path(), fixture::PID, 1, &[(fixture::A.0, 1, PE_PARENT)]);
     let tpl = dir.path().join("t.tpl");
-    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap_err();
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE).unwrap_err();
     assert!(matches!(err, TemplateError::Incremental), "{err}");
     // In any process of a tree, before anything is written.
     fixture::build_tree(dir.path());
@@ -489,7 +494,7 @@ fn an_incremental_checkpoint_is_refused() {
         2,
         &[(fixture::B.0, 1, PE_PARENT)],
     );
-    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap_err();
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE).unwrap_err();
     assert!(matches!(err, TemplateError::Incremental), "{err}");
     assert!(!tpl.exists());
     assert_no_new_pages(dir.path());
@@ -503,7 +508,7 @@ fn a_pages_file_of_the_wrong_length_is_corrupt() {
     let pages = dir.path().join("pages-1.img");
     let full = fs::read(&pages).unwrap();
     fs::write(&pages, [&full[..], &[0u8; PAGE as usize]].concat()).unwrap();
-    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only())
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE)
         .unwrap_err()
         .to_string();
     assert!(
@@ -512,7 +517,7 @@ fn a_pages_file_of_the_wrong_length_is_corrupt() {
     );
     assert!(err.contains("28672 bytes mapped, 32768 in"), "{err}");
     fs::write(&pages, &full[..full.len() - PAGE as usize]).unwrap();
-    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only())
+    let err = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE)
         .unwrap_err()
         .to_string();
     assert!(
@@ -526,12 +531,11 @@ fn a_pages_file_of_the_wrong_length_is_corrupt() {
     assert_no_new_pages(dir.path());
 }
 
-#[test]
-fn a_function_that_maps_jemalloc_gets_nothing_mapped_and_is_told_why() {
-    let dir = tempfile::tempdir().unwrap();
-    fixture::build(dir.path());
+/// The fixture's images in `dir`, its root's file mapping (F) made jemalloc's.
+fn fixture_with_jemalloc(dir: &Path) {
+    fixture::build(dir);
     // The root's file mapping (F) is jemalloc.
-    let mm_path = dir.path().join(format!("mm-{}.img", fixture::PID));
+    let mm_path = dir.join(format!("mm-{}.img", fixture::PID));
     let mut mm: Mm_entry = ImageFile::read(&mm_path, MM_MAGIC)
         .unwrap()
         .decode(0, &mm_path)
@@ -543,7 +547,7 @@ fn a_function_that_maps_jemalloc_gets_nothing_mapped_and_is_told_why() {
     }
     .write(&mm_path)
     .unwrap();
-    let files_path = dir.path().join("files.img");
+    let files_path = dir.join("files.img");
     let mut files = ImageFile::read(&files_path, FILES_MAGIC).unwrap();
     // A complete regular-file entry (as the template's own are).
     let fe = files::template_entry(9, "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", 1 << 20);
@@ -551,9 +555,14 @@ fn a_function_that_maps_jemalloc_gets_nothing_mapped_and_is_told_why() {
         .entries
         .push(ImageFile::encode(&fe, &files_path).unwrap());
     files.write(&files_path).unwrap();
+}
 
+#[test]
+fn a_function_that_maps_jemalloc_gets_nothing_mapped_and_is_told_why() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture_with_jemalloc(dir.path());
     let tpl = dir.path().join("t.tpl");
-    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only()).unwrap();
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only(), FILE).unwrap();
     assert_eq!((conv.vma_count(), conv.bytes_moved), (0, 0), "{conv:?}");
     assert_eq!(
         conv.bytes_copied,
@@ -567,4 +576,34 @@ fn a_function_that_maps_jemalloc_gets_nothing_mapped_and_is_told_why() {
         "{}",
         conv.extent()
     );
+}
+
+#[test]
+fn for_anonymous_mapped_memory_a_jemalloc_function_is_mapped_and_its_restores_need_that() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture_with_jemalloc(dir.path());
+    let tpl = dir.path().join("t.tpl");
+    let anonymous = MappedMemory::Anonymous;
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only(), anonymous).unwrap();
+    assert_eq!(conv.fallback, None);
+    assert_eq!(conv.vma_count(), 2, "{conv:?}");
+    assert!(conv.bytes_moved > 0, "{conv:?}");
+    let why = conv.needs_anonymous.as_deref().unwrap();
+    assert!(why.contains("libjemalloc.so.2: jemalloc"), "{why}");
+    assert!(
+        conv.extent()
+            .contains("restores need the kernel backend: process 7 maps"),
+        "{}",
+        conv.extent()
+    );
+}
+
+#[test]
+fn for_anonymous_mapped_memory_other_functions_need_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture::build(dir.path());
+    let tpl = dir.path().join("t.tpl");
+    let anonymous = MappedMemory::Anonymous;
+    let conv = convert(dir.path(), &tpl, "/t.tpl", &large_only(), anonymous).unwrap();
+    assert_eq!((conv.fallback, conv.needs_anonymous), (None, None));
 }

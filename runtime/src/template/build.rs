@@ -11,8 +11,9 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use trenv_criu::template::{Conversion, Policy};
+use trenv_criu::template::{Conversion, MappedMemory, Policy};
 
+use super::kernel::Backend;
 use super::manifest::{
     FileSum, MANIFEST, MANIFEST_SUM, Manifest, PoolFile, security_digest, sha256_file, valid_name,
 };
@@ -150,11 +151,18 @@ impl Build<'_> {
             name: name.into(),
             source,
         };
+        // What the restores on this node will map decides whether a function whose
+        // allocator takes discarded memory for zeros can be mapped (allocators.rs).
+        let memory = match self.store.backend_now()? {
+            Backend::Kernel => MappedMemory::Anonymous,
+            Backend::PoolFile => MappedMemory::FileBacked,
+        };
         let conversion = trenv_criu::template::convert(
             &images,
             &self.pool_tmp,
             &Manifest::image_name(name),
             self.req.policy,
+            memory,
         )
         .map_err(convert_err)?;
         // /dev's content restored by CRIU itself rather than by tar (criu-glue/src/tmpfs.rs).

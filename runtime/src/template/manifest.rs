@@ -226,6 +226,7 @@ mod tests {
             file_size: 0x20_0000,
             processes: vec![one],
             fallback: None,
+            needs_anonymous: None,
         });
         let (body, _) = m.encode().unwrap();
         let mut old: serde_json::Value = serde_json::from_slice(&body).unwrap();

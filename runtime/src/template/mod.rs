@@ -109,6 +109,13 @@ pub enum TemplateError {
          CONTAINER -n NAMESPACE)"
     )]
     Outdated { name: String, tenant: String },
+    #[error(
+        "template {name} was made for the kernel backend (trenv-mmt), and restores on this \
+         node map the pool file ({why}): load the trenv-mmt module and set [pool] \
+         kernel_templates = true, or remove the template and make it again here (that \
+         memory is then copied at restore)"
+    )]
+    NeedsKernelBackend { name: String, why: String },
     #[error("template {name}: {source}")]
     Convert {
         name: String,
@@ -153,6 +160,7 @@ impl Classified for TemplateError {
             | TemplateError::SpecMismatch { .. }
             | TemplateError::SpecDiffers { .. }
             | TemplateError::Outdated { .. }
+            | TemplateError::NeedsKernelBackend { .. }
             | TemplateError::Legacy { .. } => ErrorKind::FailedPrecondition,
             TemplateError::Io { source, .. } if is_full(source) => ErrorKind::ResourceExhausted,
             TemplateError::Convert { source, .. } => match source {

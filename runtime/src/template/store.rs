@@ -103,6 +103,11 @@ impl TemplateStore {
         self
     }
 
+    /// The backend restores on this node use now (kernel.rs), without registering anything.
+    pub fn backend_now(&self) -> Result<super::kernel::Backend, TemplateError> {
+        Ok(super::kernel::current(self.kernel_templates)?)
+    }
+
     /// The directory of `tenant`'s templates.
     pub fn tenant_dir(&self, tenant: &Tenant) -> PathBuf {
         self.root.join(tenant.dir_name())
@@ -367,6 +372,14 @@ impl TemplateStore {
             super::kernel::forget(&m.pool.path)?;
             super::kernel::Backend::PoolFile
         };
+        if let (Some(why), super::kernel::Backend::PoolFile) =
+            (&m.conversion.needs_anonymous, backend)
+        {
+            return Err(TemplateError::NeedsKernelBackend {
+                name: name.into(),
+                why: why.clone(),
+            });
+        }
         Ok(Checked {
             manifest: m,
             images,
@@ -544,6 +557,16 @@ mod tests {
         /// Publishes template `name` of `tenant` as build.rs does, without CRIU: two image
         /// files and a pool file, read-only, with their sums and identities.
         fn publish(&self, tenant: &Tenant, name: &str) -> Manifest {
+            self.publish_converted(tenant, name, Default::default())
+        }
+
+        /// [`Fixture::publish`] with what the conversion said.
+        fn publish_converted(
+            &self,
+            tenant: &Tenant,
+            name: &str,
+            conversion: trenv_criu::template::Conversion,
+        ) -> Manifest {
             let dir = self.store.dir(tenant, name);
             let images = dir.join("images");
             fs::create_dir_all(&images).unwrap();
@@ -580,7 +603,7 @@ mod tests {
                 made_with: Some(SpecRecord::of(&spec())),
                 heap_included: false,
                 empty_netns: false,
-                conversion: Default::default(),
+                conversion,
                 pool: PoolFile {
                     kind: MemPoolKind::Tmpfs,
                     stamp: FileStamp::of(&fs::metadata(&pool_path).unwrap()),
@@ -645,6 +668,30 @@ mod tests {
                 .contains("of tenant ns-a, found as fn of tenant ns-c"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_template_made_for_the_kernel_backend_is_refused_where_restores_map_the_pool_file() {
+        let f = Fixture::new();
+        let t = tenant("default");
+        let why = "process 1 maps /usr/lib/x86_64-linux-gnu/libjemalloc.so.2: jemalloc takes \
+                   memory it discarded with madvise to read as zeros";
+        let conversion = trenv_criu::template::Conversion {
+            needs_anonymous: Some(why.into()),
+            ..Default::default()
+        };
+        f.publish_converted(&t, "fn", conversion);
+        f.publish(&t, "plain");
+        let store = TemplateStore::new(&f.store.root).with_kernel_templates(false);
+        let e = store.check(&t, "fn", &spec(), &[]).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+        let e = e.to_string();
+        assert!(e.contains("made for the kernel backend (trenv-mmt)"), "{e}");
+        assert!(e.contains("libjemalloc.so.2"), "{e}");
+        assert!(e.contains("make it again"), "{e}");
+        // A template that needs nothing more restores with either backend.
+        let plain = store.check(&t, "plain", &spec(), &[]).ok().unwrap();
+        assert_eq!(plain.backend, crate::template::kernel::Backend::PoolFile);
     }
 
     #[test]

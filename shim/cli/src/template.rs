@@ -202,12 +202,20 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
             // The manifest, and the memory backend a restore on this node will use.
             let mut v = serde_json::to_value(&m)?;
             let backend = trenv_runtime::template::kernel::current(config.pool.kernel_templates)?;
+            let refused = m.conversion.needs_anonymous.is_some()
+                && backend == trenv_runtime::template::kernel::Backend::PoolFile;
+            let description = if refused {
+                format!(
+                    "{}; this template was made for the kernel backend and its restores are \
+                     refused here",
+                    backend.describe()
+                )
+            } else {
+                backend.describe().to_string()
+            };
             if let Some(o) = v.as_object_mut() {
                 o.insert("memory_backend".into(), serde_json::to_value(backend)?);
-                o.insert(
-                    "memory_backend_description".into(),
-                    backend.describe().into(),
-                );
+                o.insert("memory_backend_description".into(), description.into());
             }
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
