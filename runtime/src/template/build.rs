@@ -82,6 +82,9 @@ impl TemplateStore {
             pool_tmp: pool_dir.join(format!(".{name}-{}.tpl.tmp", std::process::id())),
         };
         let result = b.run();
+        if let Ok(m) = &result {
+            b.register(m);
+        }
         if result.is_err() {
             let _ = fs::remove_dir_all(&b.staging);
             let _ = fs::remove_file(&b.pool_tmp);
@@ -121,6 +124,27 @@ struct Dumped {
 impl Build<'_> {
     fn images(&self) -> PathBuf {
         self.staging.join("images")
+    }
+
+    /// With the kernel backend, registers the published template's pool file with the
+    /// module now, so that its first restore does not (kernel.rs). A failure here costs
+    /// nothing but that: the first restore registers it, or says why it cannot.
+    fn register(&self, m: &Manifest) {
+        if !matches!(self.store.backend_now(), Ok(Backend::Kernel)) {
+            return;
+        }
+        match super::kernel::prepare(&m.pool.path) {
+            Ok(backend) => log::info!(
+                "template {}: pool file {} ready for restores ({backend:?})",
+                m.name,
+                m.pool.path.display()
+            ),
+            Err(e) => log::warn!(
+                "template {}: pool file {} not registered yet, its first restore will: {e}",
+                m.name,
+                m.pool.path.display()
+            ),
+        }
     }
 
     fn run(&self) -> Result<Manifest, TemplateError> {
