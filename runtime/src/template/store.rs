@@ -90,6 +90,14 @@ impl TenantLimits {
 }
 
 impl TemplateStore {
+    /// The node's store as trenv's config sets it up: its directory, and whether restores
+    /// may use the kernel's template module. Every user of the node's templates (the shim,
+    /// its worker, the CLI) takes it from here, so that they agree on the backend.
+    pub fn of_node(config: &crate::config::Config) -> TemplateStore {
+        TemplateStore::new(&config.templates.dir)
+            .with_kernel_templates(config.pool.kernel_templates)
+    }
+
     pub fn new(root: &Path) -> TemplateStore {
         TemplateStore {
             root: root.to_path_buf(),

@@ -97,7 +97,7 @@ fn make_template(
         criu: &criu,
         policy: &t.policy(),
     };
-    let m = TemplateStore::new(&config.templates.dir)
+    let m = TemplateStore::of_node(&config)
         .create(&req)
         .map_err(RemoteError::of)?;
     Ok(Reply::Template(format!(

@@ -114,7 +114,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
         Some(p) => Config::from_file(p)?,
         None => Config::load()?,
     };
-    let store = TemplateStore::new(&config.templates.dir);
+    let store = TemplateStore::of_node(&config);
     match args.command {
         TemplateCommand::Create {
             name,

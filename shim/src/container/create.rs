@@ -313,8 +313,7 @@ impl<'a> Request<'a> {
         }
         // Only the container's own tenant's templates: another tenant's of the same name
         // is NOT_FOUND, as if it did not exist.
-        let checked = TemplateStore::new(&config.templates.dir)
-            .with_kernel_templates(config.pool.kernel_templates)
+        let checked = TemplateStore::of_node(config)
             .check(
                 &annotations.tenant,
                 name,
@@ -367,8 +366,7 @@ impl<'a> Request<'a> {
         };
         let env_may_differ = &config.templates.env_may_differ;
         let name = auto_template_name(function, &self.spec, &rootfs, env_may_differ, rule);
-        let store = TemplateStore::new(&config.templates.dir)
-            .with_kernel_templates(config.pool.kernel_templates);
+        let store = TemplateStore::of_node(config);
         let tenant = &annotations.tenant;
         // Why an existing template is replaced, if it is.
         let replaced = match mode {
