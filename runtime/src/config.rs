@@ -57,8 +57,31 @@ pub struct Config {
     pub criu: CriuSection,
     pub meter: MeterSection,
     pub sandboxes: SandboxesConfig,
+    pub shim: ShimSection,
     /// The node's function rules (`[[functions]]`, function_rules.rs), first match first.
     pub functions: Vec<FunctionRule>,
+}
+
+/// How containers are grouped into shim processes (shim/src/shared.rs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShimSection {
+    /// Containers of one tenant that are not in a pod share one shim process (off by
+    /// default, as runc's shim: one shim per container; `io.trenv.shim` decides per
+    /// container either way).
+    pub shared: bool,
+    /// A shared shim without containers serves the tenant's next start for this many
+    /// seconds before it exits.
+    pub linger_secs: u64,
+}
+
+impl Default for ShimSection {
+    fn default() -> ShimSection {
+        ShimSection {
+            shared: false,
+            linger_secs: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

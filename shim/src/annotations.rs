@@ -48,6 +48,9 @@ pub const REPURPOSE: &str = "io.trenv.repurpose";
 pub const NETWORK: &str = "io.trenv.network";
 /// Where a sandboxed container's writable rootfs layer lives: memory or disk.
 pub const SCRATCH: &str = "io.trenv.scratch";
+/// `shared`: the container shares its tenant's shim process; `own`: it gets one of its
+/// own; unset: as trenv's config says (`[shim] shared`). Read by `start` (shared.rs).
+pub const SHIM: &str = "io.trenv.shim";
 
 /// A value trenv cannot use.
 #[derive(Debug, thiserror::Error)]

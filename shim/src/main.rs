@@ -15,6 +15,7 @@ mod io;
 mod metrics;
 mod options;
 mod process;
+mod shared;
 mod shim;
 mod stamp;
 mod task;

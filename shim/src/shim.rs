@@ -18,6 +18,8 @@ use crate::task::Service;
 
 pub struct TrenvShim {
     exit: Arc<ExitSignal>,
+    /// The socket this server serves, once a request came through it.
+    served: Arc<std::sync::OnceLock<crate::shared::SocketFile>>,
     id: String,
     namespace: String,
     /// The ttrpc socket this shim serves (server mode).
@@ -52,7 +54,7 @@ pub fn leftovers_in(bundle: &Path) -> bool {
 /// picks a shim before the daemon.
 pub fn start(opts: StartOpts, options: &RuntimeOptions) -> containerd_shim::Result<String> {
     let cwd = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-    let group = grouping(&cwd, &opts.id);
+    let (group, shared) = grouping(&cwd, &opts, options)?;
     if let Some(cgroup) = &options.shim_cgroup {
         trenv_runtime::container::cgroup::join_existing(Path::new(cgroup), std::process::id())
             .map_err(|e| {
@@ -64,11 +66,27 @@ pub fn start(opts: StartOpts, options: &RuntimeOptions) -> containerd_shim::Resu
     }
     // Alias mode is decided here, from the name containerd ran us under: the server's own
     // argv[0] is the resolved binary.
-    let vars = if crate::alias::active() {
-        vec![(crate::alias::ENV, "1")]
-    } else {
-        Vec::new()
-    };
+    let mut vars = Vec::new();
+    if crate::alias::active() {
+        vars.push((crate::alias::ENV, "1"));
+    }
+    let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
+    let socket = crate::shared::socket_path(&address);
+    let linger;
+    if let Some(secs) = shared {
+        // Before looking for the group's shim: one that lingers stays for this start.
+        if let Err(e) = crate::shared::take_lease(&socket) {
+            log::warn!("shared shim {group}: no lease taken ({e})");
+        }
+        linger = secs.to_string();
+        vars.push((crate::shared::ENV, linger.as_str()));
+    }
+    // The group's shim already serves: its address, and no process spawned (a new server
+    // would only find the socket taken and exit).
+    if group != opts.id && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        write_address(&address)?;
+        return Ok(address);
+    }
     let (pid, address) = spawn(opts, &group, vars)?;
     // A server that found its group's socket taken has exited (or is exiting).
     if let Err(e) = containerd_shim::cgroup::adjust_oom_score(pid)
@@ -116,13 +134,34 @@ pub fn start_command(flags: Flags) -> ! {
     }
 }
 
-/// The id whose shim serves this container: its pod's sandbox id, or its own id.
-fn grouping(bundle: &Path, id: &str) -> String {
-    Spec::load(bundle.join("config.json"))
+/// The group whose shim serves this container: its pod's sandbox id, its tenant's shared
+/// shim (shared.rs; then also the linger in seconds), or its own id.
+fn grouping(
+    bundle: &Path,
+    opts: &StartOpts,
+    options: &RuntimeOptions,
+) -> containerd_shim::Result<(String, Option<u64>)> {
+    let annotations = Spec::load(bundle.join("config.json"))
         .ok()
         .and_then(|s| s.annotations().clone())
-        .and_then(|a| a.get(SANDBOX_ID).cloned())
-        .unwrap_or_else(|| id.to_string())
+        .unwrap_or_default();
+    if let Some(pod) = annotations.get(SANDBOX_ID) {
+        return Ok((pod.clone(), None));
+    }
+    let config = trenv_runtime::config::Config::load()
+        .map(|c| c.shim)
+        .unwrap_or_default();
+    let shared = crate::shared::group_of(
+        &annotations,
+        &opts.namespace,
+        options.shim_cgroup.is_some(),
+        &config,
+    )
+    .map_err(containerd_shim::Error::InvalidArgument)?;
+    Ok(match shared {
+        Some(group) => (group, Some(config.linger_secs)),
+        None => (opts.id.clone(), None),
+    })
 }
 
 impl Shim for TrenvShim {
@@ -131,6 +170,7 @@ impl Shim for TrenvShim {
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         TrenvShim {
             exit: Arc::new(ExitSignal::default()),
+            served: Arc::default(),
             id: args.id.clone(),
             namespace: args.namespace.clone(),
             socket: args.socket.clone(),
@@ -169,10 +209,16 @@ impl Shim for TrenvShim {
         self.exit.wait();
         // containerd removes the bundle (and the `address` file the library would read to
         // find the socket) before the shim exits: remove the socket here, or it is left
-        // behind and a later shim for the same id waits a second probing it.
-        let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
-        if !path.is_empty() {
-            let _ = std::fs::remove_file(path);
+        // behind and a later shim for the same id waits a second probing it. Only this
+        // server's: a shared shim's name may be a newer shim's by now (shared.rs).
+        match self.served.get() {
+            Some(socket) => socket.remove_if_ours(),
+            None => {
+                let path = crate::shared::socket_path(&self.socket);
+                if !path.as_os_str().is_empty() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
         }
         // The shim's reaper thread is still running: let it reap the zygote now.
         crate::runtime().terminate(std::time::Duration::from_secs(1));
@@ -182,11 +228,17 @@ impl Shim for TrenvShim {
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events = Events::new(publisher, address, self.namespace.clone());
         crate::container::sandbox::sweep_periodically();
+        let server = crate::task::Server {
+            socket_path: crate::shared::socket_path(&self.socket),
+            socket: self.served.clone(),
+            linger: crate::shared::Linger::from_env(&self.socket),
+        };
         Service::new(
             events,
             self.exit.clone(),
             self.namespace.clone(),
             self.containerd.clone(),
+            server,
         )
     }
 }

@@ -3,7 +3,8 @@
 //! templates made when ready) is the [`crate::hooks`] list, called at each step.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use containerd_shim::api::*;
@@ -28,10 +29,35 @@ use crate::idle_trim::IdleTrim;
 use crate::io::StdioPaths;
 use crate::options;
 use crate::process::{Process, State, now};
+use crate::shared::{Linger, SocketFile};
 use trenv_runtime::config::Config;
 use trenv_runtime::metering::MeterConfig;
 
 mod exits;
+
+/// A Create in progress, counted while it lives (a shared shim does not linger meanwhile).
+struct Creating(Arc<Inner>);
+
+impl Creating {
+    fn new(inner: &Arc<Inner>) -> Creating {
+        inner.creating.fetch_add(1, Ordering::SeqCst);
+        Creating(inner.clone())
+    }
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        self.0.creating.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the server knows of itself when its service is made: its socket, and whether it is
+/// a shared shim (its linger).
+pub struct Server {
+    pub socket_path: std::path::PathBuf,
+    pub socket: Arc<OnceLock<SocketFile>>,
+    pub linger: Option<Linger>,
+}
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -59,9 +85,31 @@ struct Inner {
     /// The containerd namespace this shim serves (containerd's `-namespace`): the first
     /// part of every container's tenant, which no annotation can change.
     namespace: String,
+    /// Creates in progress (not yet among `containers`).
+    creating: std::sync::atomic::AtomicUsize,
+    /// A shared shim's lingering after its last container (shared.rs); `None`: the shim
+    /// exits when containerd shuts it down without containers.
+    linger: Option<Arc<Linger>>,
+    /// The socket this shim serves, known from its first request on.
+    socket: Arc<OnceLock<SocketFile>>,
+    /// The socket's path (containerd's `-socket`).
+    socket_path: std::path::PathBuf,
 }
 
 impl Inner {
+    /// Containers, or creates in progress.
+    fn has_containers(&self) -> bool {
+        self.creating.load(Ordering::SeqCst) > 0 || !self.containers().is_empty()
+    }
+
+    /// Lets the shim exit once exit handlers have finished their metering records and
+    /// events.
+    fn exit_now(&self) {
+        self.wait_exits(Duration::from_secs(5));
+        self.events.flush(Duration::from_secs(2));
+        self.exit.signal();
+    }
+
     fn containers(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
         self.containers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -86,6 +134,7 @@ impl Service {
         exit: Arc<ExitSignal>,
         namespace: String,
         containerd: String,
+        server: Server,
     ) -> Service {
         crate::io::set_namespace(&namespace);
         if crate::alias::active() {
@@ -119,6 +168,10 @@ impl Service {
             idle_trim: IdleTrim::start(),
             exits_in_flight: (Mutex::new(0), std::sync::Condvar::new()),
             namespace,
+            creating: std::sync::atomic::AtomicUsize::new(0),
+            linger: server.linger.map(Arc::new),
+            socket: server.socket,
+            socket_path: server.socket_path,
         });
         inner.clone().watch_exits();
         Service { inner }
@@ -175,6 +228,11 @@ impl Task for Service {
     ) -> TtrpcResult<CreateTaskResponse> {
         log::info!("create {} (bundle {})", req.id, req.bundle);
         self.inner.idle_trim.poke();
+        // The request came through this shim's socket: it is this shim's now.
+        self.inner
+            .socket
+            .get_or_init(|| SocketFile::of(&self.inner.socket_path));
+        let _creating = Creating::new(&self.inner);
         if self.inner.containers().contains_key(&req.id) {
             return Err(status(
                 Code::ALREADY_EXISTS,
@@ -527,13 +585,17 @@ impl Task for Service {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        if !self.inner.containers().is_empty() {
+        if self.inner.has_containers() {
             return Ok(Empty::new());
         }
-        // Exit handlers finish their metering records and events before the shim goes.
-        self.inner.wait_exits(Duration::from_secs(5));
-        self.inner.events.flush(Duration::from_secs(2));
-        self.inner.exit.signal();
+        match &self.inner.linger {
+            // A shared shim waits for its tenant's next container (shared.rs).
+            Some(linger) => {
+                let (inner, done) = (self.inner.clone(), self.inner.clone());
+                linger.start(move || inner.has_containers(), move || done.exit_now());
+            }
+            None => self.inner.exit_now(),
+        }
         Ok(Empty::new())
     }
 }

@@ -30,6 +30,9 @@
 //!    sum of their Pss, the sum of their cgroups' memory usage, the pool file, and the
 //!    machine's used memory (MemTotal − MemAvailable) before and after.
 //!
+//! `--shim-shared` puts the latency phase's trenv containers into their tenant's shared
+//! shim (`io.trenv.shim=shared`): compare a run with it to one without.
+//!
 //! A benchmark, not a test: it exits 0 whether or not the targets (template restore ≥ 3×
 //! faster than the copy restore at P50; 10 instances ≤ 35 % of the copy restore's memory)
 //! are met.
@@ -45,7 +48,7 @@ use serde_json::{Value, json};
 use trenv_integration::api::Containerd;
 use trenv_integration::bench::{containerd_version, loadavg, percentile, remove_with_prefix};
 use trenv_integration::cri::{self, Cri};
-use trenv_integration::pyfn::{LOG_ENV, field, signal_state, wait_line};
+use trenv_integration::pyfn::{LOG_ENV, field, log_lines, signal_state, wait_line};
 use trenv_integration::{BUSYBOX, Ctr, PYFN, RUNTIME};
 
 const RUNC: &str = "io.containerd.runc.v2";
@@ -54,7 +57,8 @@ const USAGE: &str = "usage: bench-templates [--runs N (30)] [--instances N (10)]
                      [--namespace NS (trenv-bench)] [--skip-latency] [--skip-memory] [--skip-cri] \
                      [--concurrent N (10; 0 skips)] [--concurrent-rounds N (3)] \
                      [--burst N (0: skipped; 50 for issue 15)] [--burst-functions N (5)] \
-                     [--burst-rounds N (3)] [--json]";
+                     [--burst-rounds N (3)] [--shim-shared] \
+                     [--request checksum|touch (checksum)] [--json]";
 
 mod burst;
 mod concurrent;
@@ -79,6 +83,7 @@ struct Options {
     burst_functions: usize,
     burst_rounds: usize,
     json: bool,
+    request: Request,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -96,6 +101,7 @@ fn parse_args() -> Result<Options, String> {
         burst_functions: 5,
         burst_rounds: 3,
         json: false,
+        request: Request::Checksum,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -142,6 +148,14 @@ fn parse_args() -> Result<Options, String> {
             "--skip-memory" => o.memory = false,
             "--skip-cri" => o.cri = false,
             "--json" => o.json = true,
+            "--shim-shared" => SHIM_SHARED.store(true, Ordering::SeqCst),
+            "--request" => {
+                o.request = match value("--request")?.as_str() {
+                    "checksum" => Request::Checksum,
+                    "touch" => Request::Touch,
+                    other => return Err(format!("--request {other}: use checksum or touch")),
+                }
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -199,6 +213,19 @@ const FRESH: [&str; 2] = ["--annotation", "io.trenv.repurpose=false"];
 /// Asks for a pooled sandbox: (e).
 const REPURPOSED: [&str; 2] = ["--annotation", "io.trenv.repurpose=true"];
 
+/// `--shim-shared`: the latency phase's trenv containers share their tenant's shim
+/// (shim/src/shared.rs), which lingers between starts: no shim process spawned per start.
+static SHIM_SHARED: AtomicBool = AtomicBool::new(false);
+
+/// The flags of [`SHIM_SHARED`] (none without it).
+fn shim_flags() -> &'static [&'static str] {
+    if SHIM_SHARED.load(Ordering::SeqCst) {
+        &["--annotation", "io.trenv.shim=shared"]
+    } else {
+        &[]
+    }
+}
+
 /// Leaves the bench namespace's pool with one idle sandbox, last used by another function
 /// (busybox), for the next (e) start: the pool of the tenant drained, then a busybox
 /// container run and deleted in a new sandbox. Not timed.
@@ -213,7 +240,7 @@ fn prepare_repurposed(ctr: &Ctr, id: &str) -> Result<(), String> {
             String::from_utf8_lossy(&drained.stderr).trim()
         ));
     }
-    let r = ctr.run(&[
+    let mut args = vec![
         "run",
         "--rm",
         "--runtime",
@@ -222,10 +249,10 @@ fn prepare_repurposed(ctr: &Ctr, id: &str) -> Result<(), String> {
         "io.trenv.function=other",
         REPURPOSED[0],
         REPURPOSED[1],
-        BUSYBOX,
-        id,
-        "true",
-    ]);
+    ];
+    args.extend(shim_flags());
+    args.extend([BUSYBOX, id, "true"]);
+    let r = ctr.run(&args);
     if r.code != 0 {
         return Err(format!("the other function {id}: {}", r.stderr.trim()));
     }
@@ -567,6 +594,8 @@ fn run(o: &Options) -> Result<Value, String> {
     let mut report = json!({
         "containerd": containerd_version(&ctr),
         "state_mb": o.mb,
+        "shim_shared": SHIM_SHARED.load(Ordering::SeqCst),
+        "request": o.request.name(),
         "loadavg_before": loadavg(),
         "templates": {
             "copy": template_info(&copy_t, &o.namespace)?["conversion"],
@@ -591,13 +620,14 @@ fn run(o: &Options) -> Result<Value, String> {
         let fresh_env: Vec<String> = env
             .iter()
             .cloned()
-            .chain(FRESH.iter().map(|s| s.to_string()))
+            .chain(FRESH.iter().chain(shim_flags()).map(|s| s.to_string()))
             .collect();
         let repurposed_env: Vec<String> = env
             .iter()
             .cloned()
-            .chain(REPURPOSED.iter().map(|s| s.to_string()))
+            .chain(REPURPOSED.iter().chain(shim_flags()).map(|s| s.to_string()))
             .collect();
+        let cold_trenv: Vec<&str> = FRESH.iter().chain(shim_flags()).copied().collect();
         for round in 0..o.runs {
             let order: Vec<Mode> = if round % 2 == 0 {
                 Mode::ALL.to_vec()
@@ -614,7 +644,7 @@ fn run(o: &Options) -> Result<Value, String> {
                 }
                 let (container_ms, ms) = match mode {
                     Mode::ColdRunc => cold(&ctr, RUNC, &id, o.mb, &[])?,
-                    Mode::ColdTrenv => cold(&ctr, RUNTIME, &id, o.mb, &FRESH)?,
+                    Mode::ColdTrenv => cold(&ctr, RUNTIME, &id, o.mb, &cold_trenv)?,
                     Mode::CopyRestore => restore(&ctr, &copy_t, &id, &fresh_env)?,
                     Mode::MapRestore => restore(&ctr, &map_t, &id, &fresh_env)?,
                     Mode::RepurposedRestore => restore(&ctr, &map_t, &id, &repurposed_env)?,
@@ -632,7 +662,7 @@ fn run(o: &Options) -> Result<Value, String> {
                     mode,
                     Mode::CopyRestore | Mode::MapRestore | Mode::RepurposedRestore
                 ) {
-                    let [first, second] = full_state_requests(&ctr, &id, &ready)?;
+                    let [first, second] = full_state_requests(&ctr, &id, &ready, o.request)?;
                     requests[i].push(Requests {
                         start_ms: ms,
                         first,
@@ -755,7 +785,7 @@ fn latency_table(modes: &[Mode], first: &str, samples: [&mut [Vec<f64>]; 3]) -> 
 /// faults it took (exact) and how many of them copied a page (the function's anonymous
 /// memory grew by that many pages: copy-on-write of template pages, which a mapped
 /// template takes on the first write whatever the backend; the rest map a page in).
-struct Request {
+struct Sample {
     ms: f64,
     cpu_ms: f64,
     faults: f64,
@@ -765,38 +795,80 @@ struct Request {
 /// A restore's start time and its two full-state requests.
 struct Requests {
     start_ms: f64,
-    first: Request,
-    second: Request,
+    first: Sample,
+    second: Sample,
 }
 
 /// The function's first request that reads all of its state (SIGUSR1: a checksum over
 /// everything, answered in its log), then the same request again. Their difference is
 /// what the first touch of the state costs: the page faults of a template mapped lazily,
 /// none where the page tables were filled at restore.
-fn full_state_requests(ctr: &Ctr, id: &str, ready: &str) -> Result<[Request; 2], String> {
+fn full_state_requests(
+    ctr: &Ctr,
+    id: &str,
+    ready: &str,
+    request: Request,
+) -> Result<[Sample; 2], String> {
     let pid = trenv_integration::bench::task_pid(ctr, id).ok_or(format!("{id} has no pid"))?;
-    let mut out = [0, 1].map(|_| Request {
+    let mut out = [0, 1].map(|_| Sample {
         ms: 0.0,
         cpu_ms: 0.0,
         faults: 0.0,
         copied_pages: 0.0,
     });
+    let mut answers = Vec::new();
     for r in &mut out {
         let before = Counters::of(pid)?;
         let start = Instant::now();
-        let state = signal_state(ctr, id, "SIGUSR1");
+        let answer = match request {
+            Request::Checksum => signal_state(ctr, id, "SIGUSR1"),
+            Request::Touch => {
+                let seen = log_lines(ctr, id).len();
+                ctr.run(&["task", "kill", "-s", "SIGHUP", id]).ok();
+                wait_line(ctr, id, "touched ", seen)
+            }
+        };
         r.ms = start.elapsed().as_secs_f64() * 1000.0;
         let after = Counters::of(pid)?;
         r.faults = after.faults.saturating_sub(before.faults) as f64;
         r.cpu_ms = after.cpu_ms - before.cpu_ms;
         r.copied_pages = after.anon_kib.saturating_sub(before.anon_kib) as f64 / 4.0;
-        if state != ready {
-            return Err(format!(
-                "{id}: state {state} differs from the template's {ready}"
-            ));
+        answers.push(answer);
+    }
+    // Correct answers: the state is the template's (checked after touching, untimed).
+    let state = match request {
+        Request::Checksum => answers[0].clone(),
+        Request::Touch => {
+            if answers[0] != answers[1] {
+                return Err(format!("{id}: two touches answered {answers:?}"));
+            }
+            signal_state(ctr, id, "SIGUSR1")
         }
+    };
+    if state != ready {
+        return Err(format!(
+            "{id}: state {state} differs from the template's {ready}"
+        ));
     }
     Ok(out)
+}
+
+/// What the full-state request does (`--request`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// SIGUSR1: a SHA-256 over all of the state (much computing per page).
+    Checksum,
+    /// SIGHUP: one byte of every page read, every object visited (little computing).
+    Touch,
+}
+
+impl Request {
+    fn name(self) -> &'static str {
+        match self {
+            Request::Checksum => "checksum",
+            Request::Touch => "touch",
+        }
+    }
 }
 
 /// What a process has spent so far: page faults, CPU time, anonymous memory.
@@ -1064,6 +1136,9 @@ fn print_report(r: &Value) {
         "containerd {}, load {} -> {}",
         r["containerd"], r["loadavg_before"], r["loadavg_after"]
     );
+    if r["shim_shared"].as_bool() == Some(true) {
+        println!("trenv containers of the latency phase in their tenant's shared shim");
+    }
     for k in ["copy", "map"] {
         let c = &r["templates"][k];
         println!(
@@ -1131,11 +1206,18 @@ fn print_report(r: &Value) {
         );
     }
     if let Some(req) = r.get("full_state_request") {
-        println!("\n## The first request that reads all the state (ms, through ctr)\n");
+        println!("\n## The first request that touches all the state (ms, through ctr)\n");
+        let what = match r["request"].as_str() {
+            Some("touch") => {
+                "SIGHUP: one byte of every page of the state read, every object visited \
+                 (--request touch)"
+            }
+            _ => "SIGUSR1: a SHA-256 over the whole state (--request checksum)",
+        };
         println!(
-            "first: the first SIGUSR1 after the start (a checksum over the whole state); \
-             second: the same again; Create to first: the start (e2e) plus the first. \
-             Memory backend of the template restores: {}\n",
+            "first: the first request after the start, {what}; second: the same again; \
+             Create to first: the start (e2e) plus the first. Memory backend of the template \
+             restores: {}\n",
             r["memory_backend"].as_str().unwrap_or("?")
         );
         println!(
