@@ -426,35 +426,46 @@ fn mem_used_kib() -> u64 {
     get("MemTotal:").saturating_sub(get("MemAvailable:"))
 }
 
-/// (Pss of the whole process, Pss of the pages of `shared_file` it maps), in KiB. Pages an
-/// instance wrote in a mapping of the file are anonymous copies and stay in its own share.
+/// (Pss of the whole process, Pss of the template's pages it maps), in KiB: the pages of
+/// `shared_file`'s mappings, or, with the kernel backend, of the VMAs the module attached
+/// the template to (`mm` in VmFlags: they name no file). Pages an instance wrote are
+/// anonymous copies and stay in its own share.
 fn pss_kib(pid: i32, shared_file: Option<&str>) -> (u64, u64) {
     let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    pss_of_smaps(&smaps, shared_file)
+}
+
+fn pss_of_smaps(smaps: &str, shared_file: Option<&str>) -> (u64, u64) {
+    let kib = |rest: &str| -> u64 {
+        rest.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     let (mut total, mut shared) = (0, 0);
-    let mut in_shared = false;
+    // The VMA being read: its Pss, Anonymous, and whether it is the template's.
+    let (mut pss, mut anon, mut template) = (0, 0, false);
+    let mut end_vma = |pss: u64, anon: u64, template: bool| {
+        total += pss;
+        if template {
+            shared += pss.saturating_sub(anon);
+        }
+    };
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or_default();
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            in_shared = shared_file.is_some_and(|f| line.trim_end().ends_with(f));
-        } else {
-            let kib = |rest: &str| -> u64 {
-                rest.split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            if let Some(rest) = line.strip_prefix("Pss:") {
-                total += kib(rest);
-                if in_shared {
-                    shared += kib(rest);
-                }
-            } else if let Some(rest) = line.strip_prefix("Anonymous:")
-                && in_shared
-            {
-                shared = shared.saturating_sub(kib(rest));
-            }
+            end_vma(pss, anon, template);
+            (pss, anon) = (0, 0);
+            template = shared_file.is_some_and(|f| line.trim_end().ends_with(f));
+        } else if let Some(rest) = line.strip_prefix("Pss:") {
+            pss = kib(rest);
+        } else if let Some(rest) = line.strip_prefix("Anonymous:") {
+            anon = kib(rest);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            template |= flags.split_whitespace().any(|f| f == "mm");
         }
     }
+    end_vma(pss, anon, template);
     (total, shared)
 }
 
@@ -1376,7 +1387,7 @@ fn main() {
 
 #[cfg(test)]
 mod tests {
-    use super::{rollup_kib, stat_counters};
+    use super::{pss_of_smaps, rollup_kib, stat_counters};
 
     #[test]
     fn stat_counters_read_faults_and_cpu_ticks_after_a_command_with_spaces() {
@@ -1385,6 +1396,31 @@ mod tests {
         let stat = "42 (py fn) S 1 42 42 0 -1 4194560 1000 7 20 3 150 50 0 0 20 0 1";
         assert_eq!(stat_counters(stat), (1020, 200));
         assert_eq!(stat_counters("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn the_template_share_is_read_from_file_mappings_and_attached_vmas() {
+        let smaps = "\
+00400000-00500000 r-xp 00000000 08:01 12 /usr/bin/python3
+Pss:                 100 kB
+Anonymous:             0 kB
+VmFlags: rd ex mr mw me
+7f0000000000-7f0000100000 rw-p 00000000 00:2a 7 /pool/t.tpl
+Pss:                 300 kB
+Anonymous:            40 kB
+VmFlags: rd wr mr mw me ac
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0 
+Pss:                 500 kB
+Anonymous:            60 kB
+VmFlags: rd wr mr mw me ac mm
+7f0000400000-7f0000500000 rw-p 00000000 00:00 0 
+Pss:                  70 kB
+Anonymous:            70 kB
+VmFlags: rd wr mr mw me ac
+";
+        // The pool file's mapping and the attached VMA, without their anonymous copies.
+        assert_eq!(pss_of_smaps(smaps, Some("/pool/t.tpl")), (970, 260 + 440));
+        assert_eq!(pss_of_smaps(smaps, None), (970, 440));
     }
 
     #[test]
