@@ -177,6 +177,20 @@ fn a_shared_shim_lingers_for_the_next_start_then_exits_and_leaves_nothing() {
         s,
         "the next start did not find the lingering shim"
     );
+    // Its log still reaches containerd's (it started in a's bundle, which is gone).
+    let log = std::env::var("CONTAINERD_LOG").expect("CONTAINERD_LOG (integration/test.sh)");
+    let started = format!("started {b} (");
+    let seen = Instant::now();
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&started)
+    {
+        assert!(
+            seen.elapsed() < Duration::from_secs(10),
+            "the shared shim's log line {started:?} never reached containerd's log"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     c.remove(&b);
     // Then it goes, after its linger, leaving no shim, zygote or socket.
     wait_gone(s, LINGER + Duration::from_secs(20), "the lingering shim");

@@ -257,6 +257,80 @@ impl Linger {
     }
 }
 
+/// The shim's log: containerd reads it from the `log` FIFO of the bundle the shim started
+/// in, and stops reading when that container is deleted. A shared shim outlives its first
+/// container, so its log follows a container it still serves: the descriptor the log
+/// writes to is pointed at that container's FIFO (containerd opens every container's, the
+/// shim's or not).
+pub struct ShimLog {
+    fd: Option<std::os::fd::RawFd>,
+    following: std::sync::Mutex<Option<PathBuf>>,
+}
+
+impl ShimLog {
+    /// The log's descriptor: the first of this process's descriptors that is a FIFO named
+    /// `log` (containerd-shim's logger opens it at start-up, before any other).
+    pub fn find() -> ShimLog {
+        let mut fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        fds.sort_unstable();
+        let fd = fds.into_iter().find(|fd| {
+            let link = fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+            link.file_name().is_some_and(|n| n == "log")
+                && fs::metadata(&link)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+        });
+        let following = fd.and_then(|fd| {
+            let link = fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+            Some(link.parent()?.to_path_buf())
+        });
+        ShimLog {
+            fd,
+            following: std::sync::Mutex::new(following),
+        }
+    }
+
+    /// Points the log at `bundle`'s FIFO, if containerd reads it.
+    pub fn follow(&self, bundle: &Path) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(fd) = self.fd else {
+            return;
+        };
+        // Non-blocking: a FIFO nobody reads would block the open (ENXIO instead).
+        let fifo = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(bundle.join("log"));
+        let Ok(fifo) = fifo else {
+            return;
+        };
+        // SAFETY: fcntl and dup3 on descriptors this process owns; `fd` is the logger's,
+        // replaced atomically by the new FIFO.
+        unsafe {
+            let flags = libc::fcntl(fifo.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fifo.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            if libc::dup3(fifo.as_raw_fd(), fd, libc::O_CLOEXEC) < 0 {
+                return;
+            }
+        }
+        *self.following.lock().unwrap_or_else(|e| e.into_inner()) = Some(bundle.to_path_buf());
+    }
+
+    /// The bundle whose FIFO the log goes to.
+    pub fn following(&self) -> Option<PathBuf> {
+        self.following
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// rename(2) that fails rather than replace an existing `to`.
 fn rename_noreplace(from: &Path, to: &Path) -> nix::Result<()> {
     nix::fcntl::renameat2(

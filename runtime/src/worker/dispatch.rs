@@ -14,6 +14,12 @@ use crate::template::{MemPool, TemplateStore};
 
 /// Runs one request. Called in a zygote worker.
 pub(super) fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RemoteError> {
+    // A shared shim's zygote keeps the working directory of the shim's first container,
+    // whose bundle containerd removes when it is deleted (shim/src/shared.rs); libcontainer
+    // needs one it can return to.
+    if std::env::current_dir().is_err() {
+        let _ = nix::unistd::chdir("/");
+    }
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     match req {
         Request::Create { container, stdio } => {

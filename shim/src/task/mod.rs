@@ -29,7 +29,7 @@ use crate::idle_trim::IdleTrim;
 use crate::io::StdioPaths;
 use crate::options;
 use crate::process::{Process, State, now};
-use crate::shared::{Linger, SocketFile};
+use crate::shared::{Linger, ShimLog, SocketFile};
 use trenv_runtime::config::Config;
 use trenv_runtime::metering::MeterConfig;
 
@@ -94,12 +94,33 @@ struct Inner {
     socket: Arc<OnceLock<SocketFile>>,
     /// The socket's path (containerd's `-socket`).
     socket_path: std::path::PathBuf,
+    /// A shared shim's log, following the containers it serves (shared.rs).
+    log: Option<ShimLog>,
 }
 
 impl Inner {
     /// Containers, or creates in progress.
     fn has_containers(&self) -> bool {
         self.creating.load(Ordering::SeqCst) > 0 || !self.containers().is_empty()
+    }
+
+    /// A shared shim's log, if it went to the FIFO of `deleted`'s bundle, goes to one of
+    /// the containers left (else it stays: containerd reads it no more).
+    fn log_follows_a_container(&self, deleted: &std::path::Path) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        if log.following().as_deref() != Some(deleted) {
+            return;
+        }
+        let next = self
+            .containers()
+            .values()
+            .map(|c| c.bundle().to_path_buf())
+            .next();
+        if let Some(bundle) = next {
+            log.follow(&bundle);
+        }
     }
 
     /// Lets the shim exit once exit handlers have finished their metering records and
@@ -169,6 +190,7 @@ impl Service {
             exits_in_flight: (Mutex::new(0), std::sync::Condvar::new()),
             namespace,
             creating: std::sync::atomic::AtomicUsize::new(0),
+            log: server.linger.as_ref().map(|_| ShimLog::find()),
             linger: server.linger.map(Arc::new),
             socket: server.socket,
             socket_path: server.socket_path,
@@ -254,6 +276,9 @@ impl Task for Service {
         *c.create_time.lock().unwrap_or_else(|e| e.into_inner()) = Some(began.elapsed());
         let pid = c.init.pid();
         self.inner.containers().insert(req.id.clone(), c.clone());
+        if let Some(log) = &self.inner.log {
+            log.follow(c.bundle());
+        }
         self.inner.events.publish(
             TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -393,6 +418,7 @@ impl Task for Service {
         }
         c.destroy()?;
         self.inner.containers().remove(&req.id);
+        self.inner.log_follows_a_container(c.bundle());
         let g = c.init.lock();
         let exit = g.exit.clone().unwrap_or_else(|| crate::process::Exit {
             status: 0,
