@@ -59,13 +59,14 @@ impl Drop for Running<'_> {
 }
 
 fn init_pid(c: &Ctr, id: &str) -> i32 {
-    let ls = c.run(&["task", "ls"]).ok().stdout;
-    ls.lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("{id} not listed: {ls}"))
+    trenv_integration::bench::task_pid(c, id).unwrap_or_else(|| panic!("{id} has no task"))
+}
+
+/// A namespace of the test's own (with the test image), removed by the caller.
+fn own_namespace(name: &str) -> Ctr {
+    let c = ctr().with_namespace(name);
+    c.ensure_images();
+    c
 }
 
 fn parent_of(pid: i32) -> i32 {
@@ -105,8 +106,7 @@ fn wait_gone(pid: i32, within: Duration, what: &str) {
 #[test]
 fn a_tenants_containers_share_one_shim_and_other_tenants_do_not() {
     let c = ctr();
-    let other_ns = c.with_namespace("trenv-test-shim-b");
-    other_ns.ensure_images();
+    let other_ns = own_namespace("trenv-test-shim-b");
     let mut here = Running::new(&c);
     let mut there = Running::new(&other_ns);
     let a = here.start("shared-a", &["--annotation", SHARED]);
@@ -162,8 +162,7 @@ fn a_tenants_containers_share_one_shim_and_other_tenants_do_not() {
 
 #[test]
 fn a_shared_shim_lingers_for_the_next_start_then_exits_and_leaves_nothing() {
-    let c = ctr().with_namespace("trenv-test-linger");
-    c.ensure_images();
+    let c = own_namespace("trenv-test-linger");
     let mut run = Running::new(&c);
     let a = run.start("linger-a", &["--annotation", SHARED]);
     let s = shim_of(&c, &a);
@@ -205,8 +204,7 @@ fn a_shared_shim_lingers_for_the_next_start_then_exits_and_leaves_nothing() {
 
 #[test]
 fn a_killed_shared_shim_reports_each_of_its_containers_exited_and_leaves_nothing() {
-    let c = ctr().with_namespace("trenv-test-shimkill");
-    c.ensure_images();
+    let c = own_namespace("trenv-test-shimkill");
     let mut run = Running::new(&c);
     let a = run.start("kill-a", &["--annotation", SHARED]);
     let b = run.start("kill-b", &["--annotation", SHARED]);
