@@ -591,12 +591,17 @@ fn processes_with_attached_memory() -> Vec<String> {
     found
 }
 
-/// Run last in the VM test bed's plan (`--ignored`: it speaks for every test before it):
-/// once every container and instance of the plan is gone, no DAX template unregistered
-/// while mapped is still retiring — none keeps its pool blocks for ever. Fails naming the
-/// processes that still have attached memory, if any.
+/// Run after other tests in the VM test bed (`--ignored`: it speaks for every test before
+/// it, e.g. as the last line of a plan): once every container and instance is gone, no DAX
+/// template unregistered while mapped is still retiring — none keeps its pool blocks for
+/// ever. Fails naming the processes that still have attached memory, if any.
+///
+/// Not in integration/vm/plan yet: it fails there (2026-12-05: after templates restored
+/// through containerd and CRIU on the DAX pool, 3 templates stayed retiring with no
+/// process mapping attached memory — a page reference the restore path leaves, or two
+/// registrations of one file holding each other's; issue 19, docs/vm.md).
 #[test]
-#[ignore = "run as the last step of integration/vm/plan"]
+#[ignore = "a known leak of DAX templates restored through CRIU: see the comment"]
 fn nothing_is_left_retiring_once_every_instance_is_gone() {
     let Some(dev) = device("final") else {
         return;
