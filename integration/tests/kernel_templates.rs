@@ -566,6 +566,58 @@ fn holes_in_a_tmpfs_pool_file_read_as_zeros_and_cost_the_pool_nothing() {
     dev.unregister(&file, &path).unwrap();
 }
 
+/// A DAX pool file with a hole over aligned 2 MiB (a template's pool file always has one:
+/// the growth tail after its last VMA) reads as zeros there, and once unregistered and
+/// unmapped the template is released: the hole is held as the small zero page, not as
+/// subpages of the huge zero page (whose references are the whole system's and kept the
+/// template retiring for ever, its blocks allocated).
+#[test]
+fn a_dax_template_with_a_huge_hole_reads_zeros_there_and_is_released_once_unmapped() {
+    let Some(pool) = Pool::dax() else {
+        eprintln!("not run: no fsdax filesystem at /mnt/pmem");
+        return;
+    };
+    let Some(dev) = device("dax-hole") else {
+        return;
+    };
+    // 2 MiB written, 4 MiB of hole (2 MiB-aligned), 2 MiB written.
+    let mib2 = (2 << 20) / PAGE;
+    let path = pool.dir.join("sparse");
+    write_pool(&path, mib2).unwrap();
+    let tail = pool.dir.join("tail");
+    write_pool(&tail, mib2).unwrap();
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start((3 * mib2 * PAGE) as u64)).unwrap();
+        f.write_all(&std::fs::read(&tail).unwrap()).unwrap();
+        f.sync_all().unwrap();
+    }
+    let file = File::open(&path).unwrap();
+    assert_eq!(dev.register(&file, &path).unwrap(), (4 * mib2) as u64);
+    let len = 4 * mib2 * PAGE;
+    let mut m = Mapping::anon(len);
+    m.attach(&dev, &file, &path, 0).unwrap();
+    let words = m.words();
+    let (head, rest) = words.split_at_mut(mib2 * WORDS_PER_PAGE);
+    let (hole, end) = rest.split_at_mut(2 * mib2 * WORDS_PER_PAGE);
+    let expected = expected_checksum(0, mib2 * WORDS_PER_PAGE);
+    assert_eq!(checksum(head), expected);
+    assert_eq!(checksum(end), expected);
+    assert!(
+        hole.iter().all(|w| *w == 0),
+        "the hole does not read as zeros"
+    );
+    hole[7] = 0xfeed;
+    assert_eq!(hole[7], 0xfeed);
+    dev.unregister(&file, &path).unwrap();
+    drop(m);
+    let q = query_until(&dev, &file, &path, Duration::from_secs(60), |q| {
+        !q.this_retiring
+    });
+    assert!(!q.this_retiring, "still retiring once unmapped: {q:?}");
+}
+
 /// The processes whose memory has VMAs the module attached pages to (`mm`, VM_MIXEDMAP,
 /// in smaps' VmFlags), as "pid (command): N VMAs".
 fn processes_with_attached_memory() -> Vec<String> {

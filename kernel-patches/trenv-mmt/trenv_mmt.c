@@ -210,6 +210,27 @@ static int mmt_collect_shmem(struct mmt_template *t)
 }
 
 /*
+ * A hole of an fsdax file reads through a shared mapping as a zero page: the small one,
+ * or, where the hole covers an aligned 2 MiB, a subpage of the huge zero page. Every
+ * page of the file that is not the device's is such a zero page; the template holds the
+ * small zero page for it, as for a tmpfs hole. (A subpage of the huge zero page would
+ * also count its head's references, which are the whole system's: the template would
+ * never look idle once unregistered, and its file's blocks would stay allocated.)
+ */
+static void mmt_dax_holes_to_zero_page(struct mmt_template *t)
+{
+	unsigned long i;
+
+	for (i = 0; i < t->nr_pages; i++) {
+		if (is_zone_device_page(t->pages[i]) || is_zero_page(t->pages[i]))
+			continue;
+		put_page(t->pages[i]);
+		t->pages[i] = ZERO_PAGE(0);
+		get_page(t->pages[i]);
+	}
+}
+
+/*
  * Takes a reference on each page of the pool file. tmpfs: from the page cache. fsdax:
  * the file is mapped shared and read-only in the caller for the time of
  * get_user_pages (holes read as the zero page), then unmapped.
@@ -218,7 +239,6 @@ static int mmt_collect_pages(struct mmt_template *t)
 {
 	unsigned long addr, len = t->nr_pages << PAGE_SHIFT;
 	long got;
-	int ret = 0;
 
 	if (!t->dax)
 		return mmt_collect_shmem(t);
@@ -235,9 +255,10 @@ static int mmt_collect_pages(struct mmt_template *t)
 
 		for (i = 0; i < got; i++)
 			put_page(t->pages[i]);
-		ret = -EFAULT;
+		return -EFAULT;
 	}
-	return ret;
+	mmt_dax_holes_to_zero_page(t);
+	return 0;
 }
 
 static long mmt_register(void __user *argp)
