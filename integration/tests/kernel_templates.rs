@@ -648,12 +648,11 @@ fn processes_with_attached_memory() -> Vec<String> {
 /// template unregistered while mapped is still retiring — none keeps its pool blocks for
 /// ever. Fails naming the processes that still have attached memory, if any.
 ///
-/// Not in integration/vm/plan yet: it fails there (2026-12-05: after templates restored
-/// through containerd and CRIU on the DAX pool, 3 templates stayed retiring with no
-/// process mapping attached memory — a page reference the restore path leaves, or two
-/// registrations of one file holding each other's; issue 19, docs/vm.md).
+/// Not in integration/vm/plan yet: it failed there before the huge zero page fix
+/// (2026-12-05), and passed after it in a shorter plan (the module's tests, a restore
+/// through containerd on the DAX pool); it joins the plan once a whole plan run passes.
 #[test]
-#[ignore = "a known leak of DAX templates restored through CRIU: see the comment"]
+#[ignore = "run after other tests of the VM test bed: see the comment"]
 fn nothing_is_left_retiring_once_every_instance_is_gone() {
     let Some(dev) = device("final") else {
         return;
