@@ -546,6 +546,12 @@ impl<'a> Pod<'a> {
 
     /// Creates and starts a container; answers its id.
     pub fn start(&mut self, config: &api::ContainerConfig) -> String {
+        self.try_start(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Creates and starts a container in the pod; says which call failed and why (a
+    /// created container is torn down with the pod either way).
+    pub fn try_start(&mut self, config: &api::ContainerConfig) -> Result<String, String> {
         let name = config
             .metadata
             .as_ref()
@@ -554,12 +560,12 @@ impl<'a> Pod<'a> {
         let id = self
             .cri
             .create_container(&self.id, config, &self.config)
-            .unwrap_or_else(|e| panic!("CreateContainer {name} in pod {}: {e}", self.id));
+            .map_err(|e| format!("CreateContainer {name} in pod {}: {e}", self.id))?;
         self.containers.push(id.clone());
         self.cri
             .start_container(&id)
-            .unwrap_or_else(|e| panic!("StartContainer {name} ({id}): {e}"));
-        id
+            .map_err(|e| format!("StartContainer {name} ({id}): {e}"))?;
+        Ok(id)
     }
 
     /// Stops and removes every container (stop signal, SIGKILL after `stop_timeout` s), then

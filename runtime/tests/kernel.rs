@@ -367,6 +367,92 @@ fn overlay_rootfs_mounts_and_unmounts(env: &Env) -> TestResult {
     Ok(())
 }
 
+fn owner(p: &Path) -> Result<(u32, u32), String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok((md.uid(), md.gid()))
+}
+
+/// containerd's `uidmap=`/`gidmap=` rootfs options (a user-namespaced pod's snapshot): an
+/// overlay's lower layers and a bind seen through the mapping; nothing of the idmapped
+/// layers' staging left; a half mapping refused with nothing mounted.
+fn idmapped_rootfs_overlay_and_bind(env: &Env) -> TestResult {
+    let base = env.root.join("idmapped");
+    let (l1, l2, upper, work, target, bind_target) = (
+        base.join("l1"),
+        base.join("l2"),
+        base.join("upper"),
+        base.join("work"),
+        base.join("rootfs"),
+        base.join("bound"),
+    );
+    for d in [&l1, &l2, &upper, &work, &target, &bind_target] {
+        fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    fs::write(l1.join("root-owned"), "x").map_err(|e| e.to_string())?;
+    fs::write(l2.join("user-owned"), "y").map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(l2.join("user-owned"), Some(1000), Some(1001))
+        .map_err(|e| e.to_string())?;
+    let map = ["uidmap=0:100000:65536", "gidmap=0:100000:65536"];
+    let overlay = Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: [
+            format!("lowerdir={}:{}", l1.display(), l2.display()),
+            format!("upperdir={}", upper.display()),
+            format!("workdir={}", work.display()),
+            map[0].to_string(),
+            map[1].to_string(),
+        ]
+        .into(),
+    };
+    rootfs::mount_all(&[overlay], &target).map_err(|e| e.to_string())?;
+    let seen = (
+        owner(&target.join("root-owned")),
+        owner(&target.join("user-owned")),
+    );
+    let staging_left = rootfs::idmapped_layers_dir(&target).exists();
+    rootfs::unmount(&target).map_err(|e| e.to_string())?;
+    let (root_owned, user_owned) = (seen.0?, seen.1?);
+    check!(root_owned == (100000, 100000), "overlay: {root_owned:?}");
+    check!(user_owned == (101000, 101001), "overlay: {user_owned:?}");
+    check!(
+        !staging_left,
+        "the idmapped layers' staging directory is left"
+    );
+    // On the layers themselves nothing changed.
+    check!(
+        owner(&l2.join("user-owned"))? == (1000, 1001),
+        "layer changed"
+    );
+    let bind = Mount {
+        kind: "bind".into(),
+        source: l2.display().to_string(),
+        options: vec!["rbind".into(), "ro".into(), map[0].into(), map[1].into()],
+    };
+    rootfs::mount_all(&[bind], &bind_target).map_err(|e| e.to_string())?;
+    let seen = owner(&bind_target.join("user-owned"));
+    let write = fs::write(bind_target.join("new"), "z");
+    rootfs::unmount(&bind_target).map_err(|e| e.to_string())?;
+    let seen = seen?;
+    check!(seen == (101000, 101001), "bind: {seen:?}");
+    check!(write.is_err(), "a read-only idmapped bind was writable");
+    let half = Mount {
+        kind: "bind".into(),
+        source: l2.display().to_string(),
+        options: vec!["rbind".into(), map[0].into()],
+    };
+    let e = rootfs::mount_all(&[half], &bind_target)
+        .map(|_| ())
+        .unwrap_err();
+    check!(e.to_string().contains("go together"), "half mapping: {e}");
+    check!(
+        !bind_target.join("user-owned").exists(),
+        "a refused idmapped mount left something mounted"
+    );
+    Ok(())
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("kernel tests need root");
@@ -401,6 +487,10 @@ fn main() {
         (
             "overlay_rootfs_mounts_and_unmounts",
             overlay_rootfs_mounts_and_unmounts,
+        ),
+        (
+            "idmapped_rootfs_overlay_and_bind",
+            idmapped_rootfs_overlay_and_bind,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

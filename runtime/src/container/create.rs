@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::cgroup::NamedSystemd;
+use super::idmap;
 use super::rootfs::{self, Mount, Scratch};
 use super::spec::{derive, ensure_cwd, validate};
 use super::stdio::builder;
@@ -44,6 +45,7 @@ pub fn create(
     let at = &c.at;
     let spec = at.spec()?;
     validate(&spec)?;
+    idmap::check_spec(&spec)?;
     let named_systemd = NamedSystemd::of(
         spec.linux()
             .as_ref()
@@ -55,17 +57,39 @@ pub fn create(
         let (derived, mut executor) = derive(spec, &at.bundle, c.sandbox.as_deref())?;
         let derived = plain_cgroups_path(derived, c.systemd_cgroup);
         ensure_cwd(&derived)?;
+        // Idmapped bind mounts (libcontainer binds idmapped copies made here), needed only
+        // until the init has made its mounts.
+        // What libcontainer creates the init from differs for a user-namespaced
+        // container (copies of its bind mounts, namespaces already joined: see
+        // idmap::stage_spec_mounts and join_before_user_namespace); the derived spec
+        // recorded for exec, checkpoint and delete is the whole one.
+        let userns = super::spec::user_namespaced(&derived);
+        let (launch, mut staged) =
+            idmap::stage_spec_mounts(derived.clone(), &at.idmap_dir(), userns)?;
+        let launch = join_before_user_namespace(launch)?;
         executor.exec_stamp = exec_stamp.map(Arc::new);
-        let dir = at.save_derived(&derived)?;
-        let container = builder(at, executor, c.console_socket.clone(), stdio)?
+        let dir = at.save_derived(&launch)?;
+        let built = builder(at, executor, c.console_socket.clone(), stdio)?
             .validate_id()
             .map_err(ContainerError::lc("checking the container id"))?
             .as_init(&dir)
             .with_systemd(c.systemd_cgroup)
             .with_detach(true)
-            .build()
-            .map_err(ContainerError::lc("creating the container"))?;
+            .build();
+        let any_staged = !staged.is_empty();
+        staged.release();
+        let container = built.map_err(ContainerError::lc("creating the container"))?;
         let pid = container.pid().ok_or(ContainerError::NoInitPid)?.as_raw();
+        if (userns || any_staged)
+            && let Err(e) = at.save_derived(&derived)
+        {
+            // An exec would join what the launch spec lists only: no init without it.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(e);
+        }
         // The init waits for Start: whatever it forks later is in there too.
         if let Some(named) = &named_systemd
             && let Err(e) = named.join(pid)
@@ -98,6 +122,53 @@ pub fn prepare_restore(
         undo(at, mounted);
     }
     result.map(|_| ())
+}
+
+/// The namespaces a user-namespaced container joins by path, joined by this (single-use)
+/// worker before libcontainer runs, and left out of the spec libcontainer gets: its
+/// children are born in them. libcontainer 0.7 enters the user namespace first and joins
+/// the others from inside it, which the kernel refuses (EPERM) for a namespace the
+/// container's user namespace does not own — a pod's network namespace made by CRI, which
+/// every `hostUsers: false` pod has; runc joins them first, as done here.
+fn join_before_user_namespace(
+    mut spec: oci_spec::runtime::Spec,
+) -> Result<oci_spec::runtime::Spec, ContainerError> {
+    use nix::sched::{CloneFlags, setns};
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    if !super::spec::user_namespaced(&spec) {
+        return Ok(spec);
+    }
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(spec);
+    };
+    let mut kept = Vec::new();
+    for n in linux.namespaces().clone().unwrap_or_default() {
+        let flag = match n.typ() {
+            T::Network => CloneFlags::CLONE_NEWNET,
+            T::Ipc => CloneFlags::CLONE_NEWIPC,
+            T::Uts => CloneFlags::CLONE_NEWUTS,
+            T::Pid => CloneFlags::CLONE_NEWPID,
+            T::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            _ => {
+                kept.push(n);
+                continue;
+            }
+        };
+        let Some(path) = n.path().clone() else {
+            kept.push(n);
+            continue;
+        };
+        let fd = fs::File::open(&path).map_err(ContainerError::io(format!(
+            "opening namespace {}",
+            path.display()
+        )))?;
+        setns(fd, flag).map_err(|e| {
+            ContainerError::io(format!("joining namespace {}", path.display()))(e.into())
+        })?;
+    }
+    linux.set_namespaces(Some(kept));
+    spec.set_linux(Some(linux));
+    Ok(spec)
 }
 
 /// Without the systemd driver a cgroups path of systemd's form ("slice:prefix:name") is a
@@ -143,6 +214,11 @@ fn mount_rootfs(
 
 /// Removes what a failed create made.
 fn undo(at: &Location, mounted: bool) {
+    if let Err(e) = idmap::sweep(&at.idmap_dir()) {
+        // Removing the state below a mount would reach into what it shows.
+        log::warn!("container {}: {e}; its state directory is left", at.id);
+        return;
+    }
     if mounted {
         let _ = rootfs::unmount(&at.rootfs());
         let _ = nix::mount::umount2(

@@ -59,6 +59,13 @@ pub fn delete(at: &Location, unmount_rootfs: bool) -> Result<(), ContainerError>
     }
     // The scratch tmpfs holding the rootfs's writable layer, once the overlay is gone.
     let _ = umount2(&rootfs::scratch_dir(&at.state_root), MntFlags::MNT_DETACH);
+    // Idmapped mounts a create that did not finish left (removing the state below a
+    // mount would reach into what it shows).
+    for dir in [at.idmap_dir(), rootfs::idmapped_layers_dir(&at.rootfs())] {
+        if let Err(e) = super::idmap::sweep(&dir) {
+            return Err(e.into());
+        }
+    }
     if let Err(e) = fs::remove_dir_all(&at.state_root)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -10,7 +10,7 @@ use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
 use super::cgroup::NamedSystemd;
-use super::executor::TrenvExecutor;
+use super::executor::{EnterUserNamespace, TrenvExecutor};
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds, seccomp};
 
@@ -40,6 +40,9 @@ pub fn exec(
         executor.deferred_caps = process.capabilities().clone();
         process.set_capabilities(None);
     }
+    if super::spec::user_namespaced(&spec) {
+        enter_user_namespace_last(&p.at, &mut process, &mut executor)?;
+    }
     let adapted = p.process.with_extension("trenv.json");
     let body = serde_json::to_vec(&process).map_err(|e| ContainerError::InvalidSpec {
         path: adapted.display().to_string(),
@@ -64,6 +67,42 @@ pub fn exec(
         .map_err(ContainerError::lc("starting the exec process"));
     let _ = fs::remove_file(&adapted);
     Ok(pid?.as_raw())
+}
+
+/// An exec into a user-namespaced container enters the init's user namespace after every
+/// other namespace, from trenv's executor (see [`EnterUserNamespace`]): libcontainer sets
+/// the process up as root (so that it can still enter), the executor then takes the
+/// process's user there and drops the capabilities.
+fn enter_user_namespace_last(
+    at: &super::Location,
+    process: &mut Process,
+    executor: &mut TrenvExecutor,
+) -> Result<(), ContainerError> {
+    let container = super::lifecycle::load(at)?;
+    let pid = container.pid().ok_or(ContainerError::NoInitPid)?;
+    let path = format!("/proc/{pid}/ns/user");
+    let ns = fs::File::open(&path).map_err(ContainerError::io(format!("opening {path}")))?;
+    let user = process.user().clone();
+    executor.user_namespace = Some(EnterUserNamespace {
+        ns: Arc::new(ns.into()),
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+    });
+    let root = oci_spec::runtime::UserBuilder::default()
+        .uid(0u32)
+        .gid(0u32)
+        .build()
+        .map_err(|e| ContainerError::InvalidSpec {
+            path: "process.user".into(),
+            reason: e.to_string(),
+        })?;
+    process.set_user(root);
+    if executor.deferred_caps.is_none() {
+        executor.deferred_caps = process.capabilities().clone();
+        process.set_capabilities(None);
+    }
+    Ok(())
 }
 
 fn read_process(path: &Path) -> Result<Process, ContainerError> {

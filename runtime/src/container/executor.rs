@@ -19,6 +19,50 @@ pub(crate) struct TrenvExecutor {
     pub filters: Vec<Filter>,
     pub deferred_caps: Option<LinuxCapabilities>,
     pub exec_stamp: Option<Arc<OwnedFd>>,
+    /// An exec into a user-namespaced container: the namespace to enter last.
+    pub user_namespace: Option<EnterUserNamespace>,
+}
+
+/// The user namespace of a container that an exec process enters after every other
+/// namespace (libcontainer 0.7's exec joins all of the init's namespaces but this one, so
+/// without it the process would run as the host's root), and the ids it then takes there
+/// (libcontainer set it up as root, so that it could still enter).
+#[derive(Clone)]
+pub(crate) struct EnterUserNamespace {
+    pub ns: Arc<OwnedFd>,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+impl EnterUserNamespace {
+    fn enter(&self) -> Result<(), String> {
+        use nix::unistd::{Gid, setgroups, setresgid};
+        nix::sched::setns(self.ns.as_ref(), nix::sched::CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("entering the container's user namespace: {e}"))?;
+        let groups: Vec<Gid> = self
+            .additional_gids
+            .iter()
+            .map(|g| Gid::from_raw(*g))
+            .collect();
+        setgroups(&groups).map_err(|e| format!("setting the groups {groups:?}: {e}"))?;
+        let gid = Gid::from_raw(self.gid);
+        setresgid(gid, gid, gid).map_err(|e| format!("setting gid {gid}: {e}"))?;
+        Ok(())
+    }
+
+    /// Takes the process's uid in the namespace, keeping the permitted capabilities for
+    /// the deferred drop that follows.
+    fn become_user(&self) -> Result<(), String> {
+        use nix::unistd::{Uid, setresuid};
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+        let uid = Uid::from_raw(self.uid);
+        let r = setresuid(uid, uid, uid).map_err(|e| format!("setting uid {uid}: {e}"));
+        // SAFETY: as above.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+        r
+    }
 }
 
 impl Executor for TrenvExecutor {
@@ -26,10 +70,16 @@ impl Executor for TrenvExecutor {
         writable_dev_null(&[0, 1, 2]).map_err(|e| {
             ExecutorError::Other(format!("reopening /dev/null for the process's stdio: {e}"))
         })?;
+        if let Some(userns) = &self.user_namespace {
+            userns.enter().map_err(ExecutorError::Other)?;
+        }
         for filter in &self.filters {
             filter.install().map_err(|e| {
                 ExecutorError::Other(format!("installing the seccomp profile: {e}"))
             })?;
+        }
+        if let Some(userns) = &self.user_namespace {
+            userns.become_user().map_err(ExecutorError::Other)?;
         }
         if let Some(caps) = &self.deferred_caps {
             let syscall = libcontainer::syscall::syscall::create_syscall();

@@ -64,9 +64,9 @@ const SECCOMP_ARCHS: &[&str] = &[
     "SCMP_ARCH_X86_64",
 ];
 
-/// The namespaces trenv creates or joins. Not "user": user namespaces are not supported
-/// end to end (templates cannot restore under a mapping), so they are not offered.
-const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "uts"];
+/// The namespaces trenv creates or joins. A user-namespaced container runs (with idmapped
+/// mounts, see [`super::idmap`]); only templates refuse it, clearly.
+const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
 
 const HOOKS: &[&str] = &[
     "prestart",
@@ -100,6 +100,7 @@ pub fn features() -> Value {
                 "operators": SECCOMP_OPERATORS,
                 "archs": SECCOMP_ARCHS,
             },
+            "mountExtensions": { "idmap": { "enabled": true } },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
         },
@@ -120,6 +121,14 @@ mod tests {
         for o in ["rro", "ro", "rbind", "rslave", "rshared"] {
             assert!(options.iter().any(|v| v == o), "{o} missing: {options:?}");
         }
+    }
+
+    #[test]
+    fn user_namespaces_and_idmapped_mounts_are_offered() {
+        let f = features();
+        assert_eq!(f["linux"]["mountExtensions"]["idmap"]["enabled"], true);
+        let ns = f["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n == "user"), "{ns:?}");
     }
 
     #[test]

@@ -52,6 +52,12 @@ impl Location {
         self.bundle.join("rootfs")
     }
 
+    /// Where idmapped copies of the spec's idmapped mounts are made during create (see
+    /// [`super::idmap`]).
+    pub(crate) fn idmap_dir(&self) -> PathBuf {
+        self.state_root.join("idmapped")
+    }
+
     /// Writes the derived spec where libcontainer reads it ([`Location::derived_bundle`]);
     /// that directory.
     pub(crate) fn save_derived(&self, derived: &Spec) -> Result<PathBuf, ContainerError> {

@@ -19,6 +19,7 @@ pub mod delete;
 pub mod exec;
 pub(crate) mod executor;
 pub mod features;
+pub mod idmap;
 pub mod lifecycle;
 pub mod location;
 pub mod rootfs;
@@ -48,6 +49,8 @@ pub enum ContainerError {
     NoInitPid,
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error("{0}; fix the container's configuration or the node")]
+    Idmap(#[from] idmap::IdmapError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
@@ -85,6 +88,14 @@ impl Classified for ContainerError {
                 ErrorKind::InvalidArgument
             }
             ContainerError::Libcontainer { source, .. } => libcontainer_kind(source),
+            ContainerError::Idmap(e)
+            | ContainerError::Rootfs(rootfs::RootfsError::Idmap { source: e, .. }) => {
+                if e.is_invalid_request() {
+                    ErrorKind::InvalidArgument
+                } else {
+                    ErrorKind::FailedPrecondition
+                }
+            }
             ContainerError::Rootfs(_)
             | ContainerError::Cgroup(_)
             | ContainerError::SaveSpec(_)

@@ -1,10 +1,13 @@
 //! The container's root filesystem as containerd hands it over: a list of mounts (usually
 //! one overlay, or a bind mount) to stack on `bundle/rootfs`.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde::{Deserialize, Serialize};
+
+use super::idmap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -19,6 +22,12 @@ pub enum RootfsError {
     Unmount { target: PathBuf, errno: nix::Error },
     #[error("mount options for {target} are too long ({len} bytes) even after shortening paths")]
     OptionsTooLong { target: PathBuf, len: usize },
+    #[error("rootfs mount on {target}: {source}")]
+    Idmap {
+        target: PathBuf,
+        #[source]
+        source: super::idmap::IdmapError,
+    },
     #[error("creating the rootfs directory {target}: {source}")]
     Dir {
         target: PathBuf,
@@ -196,7 +205,81 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), RootfsError> {
 }
 
 fn mount_one(m: &Mount, target: &Path) -> Result<(), RootfsError> {
-    let (mut flags, propagation, data) = parse_options(&m.options);
+    let idmap_err = |source| RootfsError::Idmap {
+        target: target.to_path_buf(),
+        source,
+    };
+    let (idmapping, options) = idmap::split_rootfs_options(&m.options).map_err(idmap_err)?;
+    let Some(mapping) = idmapping else {
+        return mount_plain(m, &m.options, target);
+    };
+    // containerd's `uidmap=`/`gidmap=` options (a user-namespaced pod's snapshot): the
+    // mount seen through the mapping (see super::idmap).
+    let userns = idmap::user_namespace(&mapping).map_err(idmap_err)?;
+    let (flags, _, data) = parse_options(&options);
+    if m.kind == "overlay" {
+        // Each lower layer through a read-only idmapped mount beside the rootfs, for as long
+        // as the overlay takes to be made (it keeps its own clones of its layers).
+        let staging = idmapped_layers_dir(target);
+        let mut staged = idmap::Staged::default();
+        let mut options = Vec::with_capacity(options.len());
+        for o in data.iter() {
+            let Some(dirs) = o.strip_prefix("lowerdir=") else {
+                continue;
+            };
+            let mut mapped = Vec::new();
+            for (i, dir) in dirs.split(':').enumerate() {
+                let how = idmap::TreeOptions {
+                    read_only: true,
+                    ..Default::default()
+                };
+                let tree =
+                    idmap::idmapped_tree(Path::new(dir), userns.as_fd(), how).map_err(idmap_err)?;
+                let p = staged
+                    .stage(&staging, &i.to_string(), tree, true)
+                    .map_err(idmap_err)?;
+                mapped.push(p.display().to_string());
+            }
+            options.push(format!("lowerdir={}", mapped.join(":")));
+        }
+        options.extend(
+            m.options
+                .iter()
+                .filter(|o| {
+                    !o.starts_with("lowerdir=")
+                        && !o.starts_with("uidmap=")
+                        && !o.starts_with("gidmap=")
+                })
+                .cloned(),
+        );
+        let result = mount_plain(m, &options, target);
+        staged.release();
+        return result;
+    }
+    if m.kind != "bind" && !flags.contains(MsFlags::MS_BIND) {
+        return Err(idmap_err(idmap::IdmapError::NotBind {
+            destination: "/".into(),
+            kind: m.kind.clone(),
+        }));
+    }
+    let how = idmap::TreeOptions {
+        recursive_clone: flags.contains(MsFlags::MS_REC),
+        recursive_idmap: false,
+        read_only: flags.contains(MsFlags::MS_RDONLY),
+    };
+    let tree =
+        idmap::idmapped_tree(Path::new(&m.source), userns.as_fd(), how).map_err(idmap_err)?;
+    idmap::attach(tree, target).map_err(idmap_err)
+}
+
+/// Where the idmapped lower layers of the overlay on `target` are mounted while it is made.
+pub fn idmapped_layers_dir(target: &Path) -> PathBuf {
+    target.with_file_name(".rootfs-idmapped-layers")
+}
+
+/// Mounts `m` with `options` (no idmapping) on `target`.
+fn mount_plain(m: &Mount, options: &[String], target: &Path) -> Result<(), RootfsError> {
+    let (mut flags, propagation, data) = parse_options(options);
     if m.kind == "bind" {
         flags |= MsFlags::MS_BIND;
     }

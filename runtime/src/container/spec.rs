@@ -370,6 +370,7 @@ pub(crate) fn derive(
     sandbox: Option<&Path>,
 ) -> Result<(Spec, TrenvExecutor), ContainerError> {
     join_sandbox(&mut spec, sandbox);
+    sysfs_by_bind(&mut spec);
     if let Some(root) = spec.root().clone() {
         let mut root = root;
         if root.path().is_relative() {
@@ -406,6 +407,35 @@ pub(crate) fn derive(
         }
     }
     Ok((spec, executor))
+}
+
+/// A user-namespaced container in a network namespace its user namespace does not own (a
+/// pod's, made by CRI before the container; or the host's) may not mount sysfs (EPERM): it
+/// gets a recursive bind of the host's /sys instead, with the mount's flags, as runc
+/// falls back to.
+fn sysfs_by_bind(spec: &mut Spec) {
+    if !user_namespaced(spec) || has_own_namespace(spec, LinuxNamespaceType::Network) {
+        return;
+    }
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return;
+    };
+    let mut changed = false;
+    for m in mounts
+        .iter_mut()
+        .filter(|m| m.typ().as_deref() == Some("sysfs"))
+    {
+        let mut options: Vec<String> = m.options().clone().unwrap_or_default();
+        options.retain(|o| o != "bind" && o != "rbind");
+        options.insert(0, "rbind".into());
+        m.set_typ(Some("bind".into()));
+        m.set_source(Some("/sys".into()));
+        m.set_options(Some(options));
+        changed = true;
+    }
+    if changed {
+        spec.set_mounts(Some(mounts));
+    }
 }
 
 /// The annotation of a derived spec naming the sandbox whose namespaces the container
@@ -774,6 +804,52 @@ mod tests {
                 "{asked}"
             );
         }
+    }
+
+    #[test]
+    fn sysfs_is_bound_from_the_host_in_a_user_namespace_without_its_own_network() {
+        let sysfs_of = |spec: Spec| {
+            let (derived, _) = derive(spec, Path::new("/b"), None).unwrap();
+            let m = derived
+                .mounts()
+                .iter()
+                .flatten()
+                .find(|m| m.destination() == Path::new("/sys"))
+                .cloned()
+                .unwrap();
+            (
+                m.typ().clone().unwrap(),
+                m.source().clone().unwrap(),
+                m.options().clone().unwrap(),
+            )
+        };
+        let with = |netns_path: Option<&str>, userns: bool| {
+            valid(|v| {
+                v["mounts"] = serde_json::json!([{ "destination": "/sys", "type": "sysfs",
+                    "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }]);
+                let mut ns = vec![serde_json::json!({ "type": "mount" })];
+                ns.push(match netns_path {
+                    Some(p) => serde_json::json!({ "type": "network", "path": p }),
+                    None => serde_json::json!({ "type": "network" }),
+                });
+                if userns {
+                    ns.push(serde_json::json!({ "type": "user" }));
+                    let map =
+                        serde_json::json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
+                    v["linux"]["uidMappings"] = map.clone();
+                    v["linux"]["gidMappings"] = map;
+                }
+                v["linux"]["namespaces"] = ns.into();
+            })
+        };
+        let bound = sysfs_of(with(Some("/var/run/netns/pod"), true));
+        assert_eq!(bound.0, "bind");
+        assert_eq!(bound.1, Path::new("/sys"));
+        assert_eq!(bound.2, ["rbind", "nosuid", "noexec", "nodev", "ro"]);
+        // Its own network namespace (owned by its user namespace), or no user namespace:
+        // sysfs as asked.
+        assert_eq!(sysfs_of(with(None, true)).0, "sysfs");
+        assert_eq!(sysfs_of(with(Some("/var/run/netns/pod"), false)).0, "sysfs");
     }
 
     fn with_cwd(root: &Path, cwd: &str) -> Spec {

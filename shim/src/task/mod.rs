@@ -249,6 +249,14 @@ impl Task for Service {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         log::info!("create {} (bundle {})", req.id, req.bundle);
+        log::debug!(
+            "create {}: rootfs {:?}",
+            req.id,
+            req.rootfs
+                .iter()
+                .map(|m| (m.type_.as_str(), m.source.as_str(), m.options.join(",")))
+                .collect::<Vec<_>>()
+        );
         self.inner.idle_trim.poke();
         // The request came through this shim's socket: it is this shim's now.
         self.inner
