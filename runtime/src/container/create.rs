@@ -81,7 +81,7 @@ pub fn create(
         let container = built.map_err(ContainerError::lc("creating the container"))?;
         let pid = container.pid().ok_or(ContainerError::NoInitPid)?.as_raw();
         if (userns || any_staged)
-            && let Err(e) = at.save_derived(&derived)
+            && let Err(e) = at.save_derived(&idmap::without_mount_idmaps(derived))
         {
             // An exec would join what the launch spec lists only: no init without it.
             let _ = nix::sys::signal::kill(
@@ -142,6 +142,7 @@ fn join_before_user_namespace(
         return Ok(spec);
     };
     let mut kept = Vec::new();
+    let mut joined = Vec::new();
     for n in linux.namespaces().clone().unwrap_or_default() {
         let flag = match n.typ() {
             T::Network => CloneFlags::CLONE_NEWNET,
@@ -165,10 +166,53 @@ fn join_before_user_namespace(
         setns(fd, flag).map_err(|e| {
             ContainerError::io(format!("joining namespace {}", path.display()))(e.into())
         })?;
+        joined.push(n.typ());
     }
+    // The spec's sysctls of the joined namespaces are written from here (/proc/sys/net and
+    // the IPC ones show the writer's namespaces): libcontainer would refuse them in what
+    // it now takes for the host's namespaces.
+    let mut sysctls = linux.sysctl().clone().unwrap_or_default();
+    for (key, value) in sysctls.clone() {
+        let Some(kind) = sysctl_namespace(&key) else {
+            continue;
+        };
+        if !joined.contains(&kind) {
+            continue;
+        }
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, &value).map_err(ContainerError::io(format!(
+            "setting sysctl {key}={value} in the container's namespace"
+        )))?;
+        sysctls.remove(&key);
+    }
+    linux.set_sysctl(Some(sysctls));
     linux.set_namespaces(Some(kept));
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// The namespace a sysctl belongs to (runc's list of namespaced sysctls), if any.
+fn sysctl_namespace(key: &str) -> Option<oci_spec::runtime::LinuxNamespaceType> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if key.starts_with("net.") {
+        Some(T::Network)
+    } else if key.starts_with("fs.mqueue.") || IPC.contains(&key) {
+        Some(T::Ipc)
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        Some(T::Uts)
+    } else {
+        None
+    }
 }
 
 /// Without the systemd driver a cgroups path of systemd's form ("slice:prefix:name") is a
@@ -243,6 +287,20 @@ mod tests {
 
     fn path_of(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
         spec.linux().as_ref().and_then(|l| l.cgroups_path().clone())
+    }
+
+    #[test]
+    fn sysctls_belong_to_the_namespaces_runc_says() {
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        assert_eq!(
+            sysctl_namespace("net.ipv4.ip_unprivileged_port_start"),
+            Some(T::Network)
+        );
+        assert_eq!(sysctl_namespace("kernel.shmmax"), Some(T::Ipc));
+        assert_eq!(sysctl_namespace("fs.mqueue.msg_max"), Some(T::Ipc));
+        assert_eq!(sysctl_namespace("kernel.hostname"), Some(T::Uts));
+        assert_eq!(sysctl_namespace("vm.overcommit_memory"), None);
+        assert_eq!(sysctl_namespace("kernel.pid_max"), None);
     }
 
     #[test]

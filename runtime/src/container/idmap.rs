@@ -534,6 +534,27 @@ pub fn stage_spec_mounts(
     Ok((spec, staged))
 }
 
+/// The spec without its mounts' idmappings (what is recorded once the init has made its
+/// mounts: libcontainer's exec refuses a spec that asks for idmapped mounts).
+pub fn without_mount_idmaps(mut spec: Spec) -> Spec {
+    if let Some(mut mounts) = spec.mounts().clone() {
+        for m in mounts.iter_mut() {
+            if let Some(options) = m.options().clone() {
+                m.set_options(Some(
+                    options
+                        .into_iter()
+                        .filter(|o| o != "idmap" && o != "ridmap")
+                        .collect(),
+                ));
+            }
+            m.set_uid_mappings(None);
+            m.set_gid_mappings(None);
+        }
+        spec.set_mounts(Some(mounts));
+    }
+    spec
+}
+
 /// Builds spec mappings from ranges (tests and callers that write specs).
 pub fn spec_mapping(r: IdRange) -> LinuxIdMapping {
     LinuxIdMappingBuilder::default()
