@@ -46,6 +46,9 @@ TTRPC_ADDRESS="$SOCK_DIR/containerd.sock.ttrpc"
 PIDFILE="$SOCK_DIR/containerd.pid"
 LOCKFILE="$SOCK_DIR/lock"
 RUNC_ROOT="$SOCK_DIR/runc"
+# trenv under runc's shim name, for the CRI handler that is typed io.containerd.runc.v2 with
+# a runtime_path (containerd 2.x asks only runc-typed runtimes for their features).
+ALIAS_DIR="$RUN_DIR/alias"
 CNI_BIN_DIR=/usr/lib/cni
 CNI_CONF_DIR="$TRENV_CACHE/cni/net.d"
 SANDBOX_IMAGE="${TRENV_SANDBOX_IMAGE:-docker.io/trenv/pause:latest}"
@@ -85,6 +88,7 @@ render_config() {
         -e "s|@SANDBOX_IMAGE@|$SANDBOX_IMAGE|g" \
         -e "s|@CNI_BIN_DIR@|$CNI_BIN_DIR|g" \
         -e "s|@CNI_CONF_DIR@|$CNI_CONF_DIR|g" \
+        -e "s|@TRENV_AS_RUNC@|$ALIAS_DIR/containerd-shim-runc-v2|g" \
         "$TEMPLATE" >"$tmp"
     if grep -nE '^[^#]*@[A-Z_]+@' "$tmp" >&2; then
         die "unsubstituted placeholders in $tmp"
@@ -108,7 +112,8 @@ install_cni_config() {
 
 start() {
     [[ -x "$BIN" ]] || die "$BIN missing: run integration/scripts/install-deps.sh"
-    mkdir -p "$RUN_DIR" "$ROOT" "$SOCK_DIR"
+    mkdir -p "$RUN_DIR" "$ROOT" "$SOCK_DIR" "$ALIAS_DIR"
+    ln -sfn /usr/local/bin/containerd-shim-trenv-v1 "$ALIAS_DIR/containerd-shim-runc-v2"
     # Serialise concurrent start/stop of the same instance.
     exec 9>"$LOCKFILE"
     flock 9

@@ -82,6 +82,15 @@ impl Cri {
             .map(|r| r.into_inner())
     }
 
+    /// The features CRI reports for each runtime handler (what the kubelet reads before it
+    /// admits a pod asking for them).
+    pub fn runtime_handlers(&self) -> Result<Vec<api::RuntimeHandler>, Status> {
+        let req = api::StatusRequest { verbose: false };
+        self.rt
+            .block_on(self.rs().status(req))
+            .map(|r| r.into_inner().runtime_handlers)
+    }
+
     // --- pod sandboxes ---
 
     /// Runs a pod sandbox with `config` under runtime handler `handler`; answers its id.

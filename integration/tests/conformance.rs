@@ -14,6 +14,8 @@
 //! | rootfs propagation `rshared` / `rslave`, both ways    | CRI               |
 //! | Kill racing the init's exit                           | containerd's API  |
 //! | runtime features (`-info`) and recursive read-only    | API, shim, `ctr`  |
+//! | recursive read-only through a runc-typed CRI handler  | CRI               |
+//! | a pod without host users (idmapped mounts, exec)      | CRI               |
 //! | a user-namespaced container's stdio (`IoUid`/`IoGid`) | containerd's API  |
 //! | templates and user namespaces: a clear refusal        | `ctr`, `trenv`    |
 
@@ -1324,5 +1326,107 @@ fn a_pod_without_host_users_sees_its_rootfs_and_volumes_as_its_own_as_on_runc() 
             }
             Err(e) => panic!("{handler}: StartContainer: {e}"),
         }
+    }
+}
+
+/// CRI's runtime handler typed `io.containerd.runc.v2` whose binary is trenv in alias mode
+/// (config/containerd-2.toml.in): how containerd 2.x's CRI learns trenv's features.
+const TRENV_RUNC_TYPE: &str = "trenv-runc-type";
+
+/// Processes running trenv's shim binary (under whatever name: alias mode runs it as
+/// `containerd-shim-runc-v2`) whose command line names `id`.
+fn trenv_binaries_serving(id: &str) -> Vec<i32> {
+    let trenv = std::fs::canonicalize("/usr/local/bin/containerd-shim-trenv-v1").ok();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).ok() == trenv
+                && cmdline(*pid).is_some_and(|c| c.contains(id))
+        })
+        .collect()
+}
+
+#[test]
+fn recursive_read_only_mounts_reach_pods_through_the_runc_typed_handler_as_on_runc() {
+    // containerd 2.x's CRI asks only runtimes of runc's type for their features and refuses
+    // a recursive read-only mount to a runtime that does not offer it. trenv under runc's
+    // type (runtime_path: trenv as containerd-shim-runc-v2) answers with its own.
+    // containerd 1.7's CRI has no recursive read-only mounts.
+    if containerd_version() != "2" {
+        return;
+    }
+    let cri = cri_setup();
+    let handlers = cri.runtime_handlers().expect("CRI Status");
+    let features = |name: &str| {
+        handlers
+            .iter()
+            .find(|h| h.name == name)
+            .and_then(|h| h.features)
+            .unwrap_or_else(|| panic!("no features for handler {name}: {handlers:?}"))
+    };
+    let ours = features(TRENV_RUNC_TYPE);
+    assert!(
+        ours.recursive_read_only_mounts,
+        "{TRENV_RUNC_TYPE}: {ours:?}"
+    );
+    assert_eq!(
+        ours.recursive_read_only_mounts,
+        features(RUNC_HANDLER).recursive_read_only_mounts,
+        "CRI's view of trenv and of runc differ: {handlers:?}"
+    );
+    // A host directory with a mount below it, given read-only and recursively so.
+    let host = SharedMount::new();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", &host.path("h2c/m")])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs below the volume");
+    for handler in [RUNC_HANDLER, TRENV_RUNC_TYPE] {
+        let logs = temp_dir("trenv-conf-logs");
+        let name = unique_id(&format!("conf-rro-{handler}"));
+        let mut pod = Pod::run(
+            &cri,
+            pod_config(&name, &format!("uid-{name}"), &logs.0),
+            handler,
+        );
+        let mut c = busybox_container("c");
+        c.mounts.push(api::Mount {
+            container_path: "/vol".into(),
+            host_path: host.path("h2c"),
+            readonly: true,
+            recursive_read_only: true,
+            ..Default::default()
+        });
+        let id = pod.start(&c);
+        let out = cri
+            .exec_sync(
+                &id,
+                &[
+                    "sh",
+                    "-c",
+                    "for d in /vol /vol/m; do touch $d/x 2>/dev/null && echo $d rw || echo $d ro; done",
+                ],
+                10,
+            )
+            .unwrap_or_else(|e| panic!("{handler}: ExecSync: {e}"));
+        let sandbox = pod.id.clone();
+        let containers = pod.containers.clone();
+        let served_by_trenv = !trenv_binaries_serving(&sandbox).is_empty();
+        pod.teardown(0);
+        assert_pod_gone(&cri, &sandbox, &containers);
+        assert!(
+            wait_for(SHIM_EXIT, || trenv_binaries_serving(&sandbox).is_empty()),
+            "{handler}: a shim of pod {sandbox} still runs"
+        );
+        assert_eq!(served_by_trenv, handler == TRENV_RUNC_TYPE, "{handler}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "/vol ro\n/vol/m ro\n",
+            "{handler}"
+        );
     }
 }

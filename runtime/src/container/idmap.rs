@@ -521,14 +521,7 @@ pub fn stage_spec_mounts(
             .unwrap_or(true);
         let point = staged.stage(dir, &i.to_string(), tree, is_dir)?;
         m.set_source(Some(point));
-        m.set_options(Some(
-            options
-                .into_iter()
-                .filter(|o| o != "idmap" && o != "ridmap")
-                .collect(),
-        ));
-        m.set_uid_mappings(None);
-        m.set_gid_mappings(None);
+        drop_idmapping(m);
     }
     spec.set_mounts(Some(mounts));
     Ok((spec, staged))
@@ -538,21 +531,24 @@ pub fn stage_spec_mounts(
 /// mounts: libcontainer's exec refuses a spec that asks for idmapped mounts).
 pub fn without_mount_idmaps(mut spec: Spec) -> Spec {
     if let Some(mut mounts) = spec.mounts().clone() {
-        for m in mounts.iter_mut() {
-            if let Some(options) = m.options().clone() {
-                m.set_options(Some(
-                    options
-                        .into_iter()
-                        .filter(|o| o != "idmap" && o != "ridmap")
-                        .collect(),
-                ));
-            }
-            m.set_uid_mappings(None);
-            m.set_gid_mappings(None);
-        }
+        mounts.iter_mut().for_each(drop_idmapping);
         spec.set_mounts(Some(mounts));
     }
     spec
+}
+
+/// Removes a mount's idmapping (its mappings and the `idmap`/`ridmap` options).
+fn drop_idmapping(m: &mut SpecMount) {
+    if let Some(options) = m.options().clone() {
+        m.set_options(Some(
+            options
+                .into_iter()
+                .filter(|o| o != "idmap" && o != "ridmap")
+                .collect(),
+        ));
+    }
+    m.set_uid_mappings(None);
+    m.set_gid_mappings(None);
 }
 
 /// Builds spec mappings from ranges (tests and callers that write specs).
