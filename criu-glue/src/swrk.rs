@@ -154,6 +154,16 @@ impl Criu {
             placed.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
         let mut cmd = Command::new(&self.path);
         cmd.arg("swrk").arg("3");
+        // containerd gives its shims `LD_LIBRARY_PATH=<opt>/lib:` (its opt plugin's
+        // directory, usually absent, and an empty entry: the working directory). The
+        // dynamic loader would search both, with their hardware-capability subdirectories,
+        // for each of CRIU's libraries at every exec (CRIU's own and its `tar`'s).
+        if let Some(value) = std::env::var_os("LD_LIBRARY_PATH") {
+            match library_path(&value.to_string_lossy(), |p| p.is_dir()) {
+                Some(kept) => cmd.env("LD_LIBRARY_PATH", kept),
+                None => cmd.env_remove("LD_LIBRARY_PATH"),
+            };
+        }
         let [stdin, stdout, stderr] = plan.stdio;
         cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from));
         cmd.stdout(stdout.map_or_else(Stdio::null, Stdio::from));
@@ -185,6 +195,18 @@ impl Criu {
         drop(theirs);
         Ok(Session { child, sock: mine })
     }
+}
+
+/// The entries of a `LD_LIBRARY_PATH` worth CRIU's loader searching: absolute paths of
+/// directories that exist (`is_dir`). Not an empty entry nor a relative one, which name
+/// the working directory: CRIU runs as root, and its libraries come from nowhere it
+/// happens to be started in. `None` when nothing is left.
+fn library_path(value: &str, is_dir: impl Fn(&Path) -> bool) -> Option<String> {
+    let kept: Vec<&str> = value
+        .split(':')
+        .filter(|e| e.starts_with('/') && is_dir(Path::new(e)))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(":"))
 }
 
 /// The last error lines of a CRIU log: what went wrong (CRIU's own `cr_errmsg` is its
@@ -433,6 +455,18 @@ mod tests {
         fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
         p
+    }
+
+    #[test]
+    fn criu_s_library_path_keeps_only_absolute_directories_that_exist() {
+        let exists = |p: &Path| p == Path::new("/opt/criu/lib") || p == Path::new("/usr/lib");
+        // containerd's value for its shims: an absent opt directory and the working one.
+        assert_eq!(library_path("/opt/containerd/lib:", exists), None);
+        assert_eq!(library_path("", exists), None);
+        assert_eq!(
+            library_path("/opt/criu/lib::lib:./x:/gone:/usr/lib", exists).as_deref(),
+            Some("/opt/criu/lib:/usr/lib")
+        );
     }
 
     #[test]

@@ -221,13 +221,17 @@ impl Runtime {
         rootfs: &[Mount],
         sandbox: Option<&Path>,
         scratch: Option<Scratch>,
-    ) -> Result<(), RuntimeError> {
-        self.call_done(Request::PrepareRestore {
+    ) -> Result<Phases, RuntimeError> {
+        let req = Request::PrepareRestore {
             at: at.clone(),
             rootfs: rootfs.to_vec(),
             sandbox: sandbox.map(Path::to_path_buf),
             scratch,
-        })
+        };
+        match self.call(req, &[])? {
+            Reply::Prepared(phases) => Ok(phases),
+            other => Err(unexpected("a prepared restore", &other)),
+        }
     }
 
     /// Start of such a container: CRIU restores its processes.

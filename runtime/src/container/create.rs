@@ -17,6 +17,7 @@ use super::rootfs::{self, Mount, Scratch};
 use super::spec::{derive, ensure_cwd, validate};
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds};
+use crate::snapshot::Phases;
 
 /// A container to create, as the shim describes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,17 +112,23 @@ pub fn prepare_restore(
     mounts: &[Mount],
     sandbox: Option<&Path>,
     scratch: Option<Scratch>,
-) -> Result<(), ContainerError> {
+) -> Result<Phases, ContainerError> {
+    let mut phases = Phases::start();
     let spec = at.spec()?;
     validate(&spec)?;
+    phases.mark("spec");
     let mounted = mount_rootfs(at, mounts, scratch)?;
+    phases.mark("mount");
     // The seccomp filters and capabilities of a restored process come from the image.
-    let result =
-        derive(spec, &at.bundle, sandbox).and_then(|(derived, _)| at.save_derived(&derived));
+    let result = derive(spec, &at.bundle, sandbox).and_then(|(derived, _)| {
+        phases.mark("derive");
+        at.save_derived(&derived)
+    });
     if result.is_err() {
         undo(at, mounted);
     }
-    result.map(|_| ())
+    phases.mark("save");
+    result.map(|_| phases)
 }
 
 /// The namespaces a user-namespaced container joins by path, joined by this (single-use)

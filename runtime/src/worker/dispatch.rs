@@ -51,12 +51,9 @@ pub(super) fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RemoteErr
             rootfs,
             sandbox,
             scratch,
-        } => done(container::create::prepare_restore(
-            &at,
-            &rootfs,
-            sandbox.as_deref(),
-            scratch,
-        )),
+        } => container::create::prepare_restore(&at, &rootfs, sandbox.as_deref(), scratch)
+            .map(Reply::Prepared)
+            .map_err(RemoteError::of),
         Request::Restore {
             at,
             plan,

@@ -84,6 +84,9 @@ pub(crate) enum Request {
 pub(crate) enum Reply {
     Pid(i32),
     Done,
+    /// A restored container's Create is done (rootfs, derived spec): where it spent its
+    /// time in the worker.
+    Prepared(Phases),
     /// A restored init and where the restore spent its time.
     Restored {
         pid: i32,
@@ -99,6 +102,7 @@ impl Reply {
         match self {
             Reply::Pid(_) => "a pid",
             Reply::Done => "done",
+            Reply::Prepared(_) => "a prepared restore",
             Reply::Restored { .. } => "a restore",
             Reply::Template(_) => "a template",
         }

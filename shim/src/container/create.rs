@@ -429,10 +429,11 @@ impl<'a> Request<'a> {
         (sandbox, scratch): Placement,
         phases: &mut Phases,
     ) -> Result<(), ttrpc::Error> {
-        crate::runtime()
+        let in_worker = crate::runtime()
             .prepare_restore(&self.at, &self.rootfs, sandbox.as_deref(), scratch)
             .map_err(rt)?;
         phases.mark("rootfs");
+        log::debug!("{}: rootfs and spec in a worker: {in_worker}", self.at.id);
         let (io, child) = if self.paths.terminal {
             (None, [None, None, None])
         } else {

@@ -798,6 +798,10 @@ fn latency_table(modes: &[Mode], first: &str, samples: [&mut [Vec<f64>]; 3]) -> 
 /// template takes on the first write whatever the backend; the rest map a page in).
 struct Sample {
     ms: f64,
+    /// The request's wall time as the function measured it, from its start to its answer
+    /// (`us=` of pyfn's `touched` line): its response time without `ctr`'s. NaN for the
+    /// checksum request, which does not report it.
+    fn_ms: f64,
     cpu_ms: f64,
     faults: f64,
     copied_pages: f64,
@@ -823,6 +827,7 @@ fn full_state_requests(
     let pid = trenv_integration::bench::task_pid(ctr, id).ok_or(format!("{id} has no pid"))?;
     let mut out = [0, 1].map(|_| Sample {
         ms: 0.0,
+        fn_ms: f64::NAN,
         cpu_ms: 0.0,
         faults: 0.0,
         copied_pages: 0.0,
@@ -836,7 +841,17 @@ fn full_state_requests(
             Request::Touch => {
                 let seen = log_lines(ctr, id).len();
                 ctr.run(&["task", "kill", "-s", "SIGHUP", id]).ok();
-                wait_line(ctr, id, "touched ", seen)
+                let line = wait_line(ctr, id, "touched ", seen);
+                let us: f64 = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("us=")?.parse().ok())
+                    .ok_or(format!("{id}: no request time (us=) in {line:?}"))?;
+                r.fn_ms = us / 1000.0;
+                // The answer without its timing, so that two touches compare equal.
+                line.split_whitespace()
+                    .filter(|w| !w.starts_with("us="))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             }
         };
         r.ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -940,6 +955,8 @@ fn request_table(modes: &[Mode], requests: &[Vec<Requests>]) -> Value {
                 "first_request_ms": col(&|r| r.first.ms),
                 "second_request_ms": col(&|r| r.second.ms),
                 "create_to_first_full_response_ms": col(&|r| r.start_ms + r.first.ms),
+                "first_request_fn_ms": col(&|r| r.first.fn_ms),
+                "second_request_fn_ms": col(&|r| r.second.fn_ms),
                 "first_request_cpu_ms": col(&|r| r.first.cpu_ms),
                 "second_request_cpu_ms": col(&|r| r.second.cpu_ms),
                 "first_request_faults": col(&|r| r.first.faults),
@@ -1265,18 +1282,23 @@ fn print_report(r: &Value) {
         println!(
             "\nThe function's own CPU time for the request (user + system, 10 ms ticks: the \
              fault handling included, ctr's not) and its page faults split by kind: \
-             copies (its anonymous memory grew by a page) and the rest (a page mapped in)\n"
+             copies (its anonymous memory grew by a page) and the rest (a page mapped in); \
+             for the touch request also its wall time as the function measured it, from its \
+             start to its answer (its response time without ctr's)\n"
         );
         println!(
-            "| mode | CPU first P50 | CPU first P99 | CPU second P50 | faults first P50 | copies P50 | other faults P50 |"
+            "| mode | time first P50 | time first P99 | time second P50 | CPU first P50 | CPU first P99 | CPU second P50 | faults first P50 | copies P50 | other faults P50 |"
         );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for m in [Mode::CopyRestore, Mode::MapRestore, Mode::RepurposedRestore] {
             let row = &req[m.key()];
             let q = |c: &str, at: &str| row[c][at].as_f64().unwrap_or(f64::NAN);
             println!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 m.name(),
+                q("first_request_fn_ms", "p50"),
+                q("first_request_fn_ms", "p99"),
+                q("second_request_fn_ms", "p50"),
                 q("first_request_cpu_ms", "p50"),
                 q("first_request_cpu_ms", "p99"),
                 q("second_request_cpu_ms", "p50"),
