@@ -40,16 +40,22 @@ install -m 0755 "$target/release/trenv" /usr/local/bin/trenv
 log "installed /usr/local/bin/containerd-shim-trenv-v1 and /usr/local/bin/trenv"
 
 # The template memory pool, and the tmpfs where trenv's CRIU caches its kernel probe
-# (install-deps.sh builds CRIU with RUNDIR=/run/trenv/criu).
+# (install-deps.sh builds CRIU with RUNDIR=/run/trenv/criu). The pool keeps its files in
+# 2 MiB pages where it can (huge=within_size): a restored function's read fault then maps
+# 2 MiB of its template at once (docs/templates.md, "Pools"); a pool mounted before
+# without it is switched (a remount keeps its files).
 mount_tmpfs() {
-    local dir="$1" size="$2" what="$3"
+    local dir="$1" size="$2" what="$3" extra="${4:-}"
     if [[ "$(stat -f -c %T "$dir" 2>/dev/null)" != tmpfs ]]; then
         mkdir -p "$dir"
-        mount -t tmpfs -o "mode=0700,size=$size" "trenv-$(basename "$dir")" "$dir"
+        mount -t tmpfs -o "mode=0700,size=$size$extra" "trenv-$(basename "$dir")" "$dir"
         log "mounted $what: tmpfs on $dir"
+    elif [[ -n "$extra" ]] && ! findmnt -n -o OPTIONS --target "$dir" | grep -q "${extra#,}"; then
+        mount -o "remount${extra}" "$dir"
+        log "remounted $what with ${extra#,}"
     fi
 }
-mount_tmpfs /run/trenv/pool "${TRENV_POOL_SIZE:-50%}" "the template memory pool"
+mount_tmpfs /run/trenv/pool "${TRENV_POOL_SIZE:-50%}" "the template memory pool" ",huge=within_size"
 mount_tmpfs /run/trenv/criu 16m "CRIU's kernel-probe cache"
 # The CNI network that io.trenv.network=trenv-fn attaches to a sandbox (docs/sandboxes.md;
 # trenv's [sandboxes] cni_conf_dir).

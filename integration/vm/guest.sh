@@ -80,7 +80,7 @@ for d in "$TRENV_CACHE/run" /var/lib/trenv /var/lib/containerd; do
     mount -t tmpfs -o mode=0755 trenv-vm "$d" || fail "cannot mount a tmpfs on $d"
 done
 mkdir -p /run/trenv/pool /run/trenv/criu
-mount -t tmpfs -o mode=0700,size=50% trenv-pool /run/trenv/pool
+mount -t tmpfs -o mode=0700,size=50%,huge=within_size trenv-pool /run/trenv/pool
 mount -t tmpfs -o mode=0700,size=16m trenv-criu /run/trenv/criu
 
 # --- the DAX pool: ext4 on the emulated PMem (memmap=SIZE!OFFSET on the command line) --

@@ -6,8 +6,13 @@
 //! other private anonymous VMA that holds a dumped page is converted, `[heap]` and VMAs of
 //! one page included (`Policy`); a larger `min_vma` or leaving `[heap]` out are choices of
 //! the template's maker. The
-//! chosen VMAs are laid out back to back: each starts at a page-aligned offset (VMA bounds
-//! are page aligned), so CRIU maps it with one `mmap` of the file at that offset. In a
+//! chosen VMAs are laid out one after the other: each starts at a page-aligned offset (VMA
+//! bounds are page aligned), so CRIU maps it with one `mmap` of the file at that offset. A
+//! VMA that spans an aligned 2 MiB range of addresses starts at an offset congruent to its
+//! address modulo 2 MiB (after at most 2 MiB less a page of holes): in a pool that keeps its
+//! files in 2 MiB pages (a tmpfs mounted `huge=`, an fsdax filesystem), a restored process's
+//! read fault then maps a whole 2 MiB page of the template, not one page (or the 16 of
+//! fault-around); smaller VMAs follow each other without holes. In a
 //! process tree each process's VMAs follow the previous process's (`base`): one template
 //! file holds them all, and no two processes' regions overlap, even where their VMAs have
 //! the same addresses (a child forked from its parent).
@@ -67,6 +72,10 @@ impl Default for Policy {
     }
 }
 
+/// The size of the pool's large pages: a VMA that spans an aligned range of this size is
+/// placed at an offset congruent to its address modulo it.
+pub const HUGE_PAGE: u64 = 2 << 20;
+
 /// Holes after the last mapped VMA (see the module's documentation): a `realloc` that
 /// grows the last VMA of the file by up to this much reads zeros, as anonymous memory
 /// would; beyond, it would read past the end.
@@ -87,13 +96,13 @@ pub(super) struct Slot {
     pub offset: u64,
 }
 
-/// One process's part of the template file: its chosen VMAs in address order, back to
-/// back from the offset it was planned from ([`Layout::plan`]).
+/// One process's part of the template file: its chosen VMAs in address order, one after
+/// the other from the offset it was planned from ([`Layout::plan`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Layout {
     pub slots: Vec<Slot>,
-    /// Offset just past the last slot (that offset plus the chosen VMAs' sizes; holes
-    /// included): the template file's size if this is the last process.
+    /// Offset just past the last slot (that offset plus the chosen VMAs' sizes and the
+    /// holes that align them): the template file's size if this is the last process.
     pub end: u64,
 }
 
@@ -115,12 +124,13 @@ impl Layout {
             .iter()
             .filter(|v| shareable(v, policy) && holds_pages(pagemap, v.start(), v.end()));
         for v in chosen {
+            let offset = slot_offset(v.start(), v.end(), layout.end);
             layout.slots.push(Slot {
                 start: v.start(),
                 end: v.end(),
-                offset: layout.end,
+                offset,
             });
-            layout.end += v.end() - v.start();
+            layout.end = offset + (v.end() - v.start());
         }
         layout
     }
@@ -135,6 +145,20 @@ impl Layout {
     pub fn slot_starting_at(&self, start: u64) -> Option<&Slot> {
         self.slots.iter().find(|s| s.start == start)
     }
+}
+
+/// Where the VMA `[start, end)` goes in a file whose next free offset is `next` (both page
+/// aligned): `next`, or, if the VMA spans an aligned [`HUGE_PAGE`] of addresses, the first
+/// offset from `next` on that is congruent to `start` modulo [`HUGE_PAGE`].
+fn slot_offset(start: u64, end: u64, next: u64) -> u64 {
+    let first_huge = start.next_multiple_of(HUGE_PAGE);
+    if first_huge + HUGE_PAGE > end {
+        return next;
+    }
+    let want = start % HUGE_PAGE;
+    let base = next - next % HUGE_PAGE;
+    let at = base + want;
+    if at >= next { at } else { at + HUGE_PAGE }
 }
 
 /// Whether a dumped page of `pagemap` (sorted by address) lies in `[start, end)`.
@@ -278,6 +302,47 @@ mod tests {
                 .slots
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_vma_spanning_an_aligned_2_mib_range_is_placed_congruent_to_its_address() {
+        let anon = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
+        let pa = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
+        let vmas = [
+            vma(0x40_0000, 0x40_5000, anon, pa), // five pages
+            vma(0x20_3000 + (1 << 40), 0x80_0000 + (1 << 40), anon, pa), // spans 4-6 MiB
+            vma(0x100_0000 + (1 << 40), 0x100_2000 + (1 << 40), anon, pa), // two pages
+            vma(0x140_0000 + (1 << 40), 0x180_0000 + (1 << 40), anon, pa), // 2 MiB aligned, 4 MiB
+        ];
+        let all = dumped(
+            &vmas
+                .iter()
+                .map(|v| (v.start(), v.end()))
+                .collect::<Vec<_>>(),
+        );
+        let layout = Layout::plan(&vmas, &all, &Policy::default(), 0);
+        let offsets: Vec<u64> = layout.slots.iter().map(|s| s.offset).collect();
+        // The small ones follow what precedes them; the large ones skip to the next offset
+        // congruent to their address (holes of less than 2 MiB).
+        assert_eq!(offsets, [0, 0x20_3000, 0x80_0000, 0xa0_0000]);
+        assert_eq!(layout.end, 0xe0_0000);
+        for s in &layout.slots {
+            let spans = s.start.next_multiple_of(HUGE_PAGE) + HUGE_PAGE <= s.end;
+            if spans {
+                assert_eq!((s.start - s.offset) % HUGE_PAGE, 0, "{s:?}");
+            }
+        }
+        // Already congruent: no hole.
+        assert_eq!(slot_offset(0x20_0000, 0x60_0000, 0x40_0000), 0x40_0000);
+        assert_eq!(slot_offset(0x20_1000, 0x60_0000, 0x40_1000), 0x40_1000);
+        // Ends one page short of spanning an aligned range: packed.
+        assert_eq!(slot_offset(0x20_1000, 0x60_0000 - 0x1000, 0x7000), 0x7000);
+        // Every hole is shorter than a large page.
+        for next in (0..0x40_0000u64).step_by(0x1000) {
+            let at = slot_offset(0x7f00_1234_5000, 0x7f00_1274_5000, next);
+            assert!(at >= next && at - next < HUGE_PAGE, "{next:#x} -> {at:#x}");
+            assert_eq!((0x7f00_1234_5000 - at) % HUGE_PAGE, 0);
+        }
     }
 
     #[test]

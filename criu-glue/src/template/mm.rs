@@ -56,7 +56,8 @@ mod tests {
         let small = vmas[1].clone();
         let converted = map_template(&mut vmas, &layout, 42);
         assert_eq!(converted, [(0x10_0000, 0x20_0000), (0x40_0000, 0x60_0000)]);
-        for (v, pgoff) in [(&vmas[0], 0), (&vmas[2], 0x10_0000)] {
+        // The third is an aligned 2 MiB: at the next offset that is a multiple of 2 MiB.
+        for (v, pgoff) in [(&vmas[0], 0), (&vmas[2], 0x20_0000)] {
             assert_eq!(v.status(), VMA_AREA_REGULAR | VMA_FILE_PRIVATE);
             assert_eq!(v.flags(), libc::MAP_PRIVATE as u32);
             assert_eq!((v.shmid(), v.pgoff()), (42, pgoff));
