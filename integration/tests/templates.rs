@@ -2039,3 +2039,100 @@ fn a_jemalloc_function_restored_from_a_template_is_correct_with_either_memory_ba
         "calloc did not reuse the purged buffers: {check}"
     );
 }
+
+/// The kB of `field` (e.g. "ShmemPmdMapped") summed over the VMAs of /proc/`pid`/smaps
+/// that map `file`.
+fn smaps_kib_of_file(pid: i32, file: &str, field: &str) -> u64 {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_file = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-')
+            && first
+                .split_once('-')
+                .is_some_and(|(a, _)| u64::from_str_radix(a, 16).is_ok())
+        {
+            in_file = line.split_whitespace().nth(5) == Some(file);
+        } else if in_file
+            && let Some(v) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':'))
+        {
+            kib += v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib
+}
+
+#[test]
+fn a_restored_instance_maps_its_template_2_mib_at_a_time_from_the_huge_page_pool() {
+    let c = ctr();
+    let src = unique_id("tpl-src");
+    let name = unique_id("huge");
+    let id = unique_id("tpl-huge");
+    let _cleanup = Cleanup {
+        ctr: &c,
+        containers: vec![src.clone(), id.clone()],
+        templates: vec![name.clone()],
+    };
+    let mb = trenv_integration::pyfn::state_mb(64);
+    let ready = start_function(&c, &src, mb);
+    create_template(&c, &name, &src);
+    c.remove(&src);
+    let manifest = inspect(&c, &name);
+    if manifest["memory_backend"].as_str() != Some("pool-file") {
+        // The kernel backend (the VM test bed) fills page tables itself.
+        return;
+    }
+    let pool_file = manifest["pool"]["path"].as_str().unwrap().to_string();
+    // integration/setup.sh mounts the pool in 2 MiB pages.
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let pool_dir = Path::new(&pool_file).parent().unwrap().parent().unwrap();
+    assert!(
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && Path::new(f[1]) == pool_dir && f[3].contains("huge=")
+        }),
+        "the pool {} is not mounted with huge=: {mounts}",
+        pool_dir.display()
+    );
+    let env = function_env(mb);
+    let annotation = format!("{ANNOTATION}={name}");
+    run_detached(
+        &c,
+        &id,
+        &with_env(&env, &["--annotation", &annotation]),
+        PYFN,
+        &[],
+    );
+    // A request that reads every page of the state maps the template in.
+    let seen = trenv_integration::pyfn::log_lines(&c, &id).len();
+    c.run(&["task", "kill", "-s", "SIGHUP", &id]);
+    let touched = wait_line(&c, &id, "touched ", seen);
+    let pages: u64 = field(&touched, "pages=").parse().unwrap();
+    assert!(pages * 4096 >= 32 << 20, "{touched}");
+    let pid = init_pid(&c, &id);
+    let pmd = smaps_kib_of_file(pid, &pool_file, "ShmemPmdMapped")
+        + smaps_kib_of_file(pid, &pool_file, "FilePmdMapped");
+    let rss = smaps_kib_of_file(pid, &pool_file, "Rss");
+    // The state's mmap (2 MiB aligned, tens of MiB) is mapped by 2 MiB pages: most of
+    // what the instance maps of the template.
+    assert!(
+        pmd >= 16 << 10 && pmd * 2 >= rss,
+        "{id} maps {rss} kB of {pool_file}, only {pmd} kB of it by 2 MiB pages \
+         (ShmemHugePages: {})",
+        fs::read_to_string("/proc/meminfo")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("ShmemHugePages"))
+            .unwrap_or("?")
+    );
+    // Still the template's state, and its writes its own.
+    assert_eq!(signal_state(&c, &id, "SIGUSR1"), ready);
+    assert_ne!(signal_state(&c, &id, "SIGUSR2"), ready);
+    c.remove(&id);
+    assert_nothing_left(&c, &id);
+}
