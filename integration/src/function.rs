@@ -267,7 +267,7 @@ pub fn run_with_client_cni(
     std::os::unix::fs::symlink(format!("/proc/{pid}/ns/net"), dir.join("net"))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     cni()?
-        .attach(&Pins::at(&dir), id, NETWORK)
+        .attach(&Pins::at(&dir), id, NETWORK, None)
         .map_err(|e| format!("CNI ADD for {id}: {e}"))?;
     api.start(id, "")
         .map_err(|e| format!("starting {id}: {}", e.message()))?;

@@ -179,7 +179,7 @@ impl Setup {
         std::os::unix::fs::symlink(format!("/proc/{pid}/ns/net"), netns.join("net")).unwrap();
         function::cni()
             .and_then(|cni| {
-                cni.attach(&Pins::at(&netns), &self.id, NETWORK)
+                cni.attach(&Pins::at(&netns), &self.id, NETWORK, None)
                     .map_err(|e| e.to_string())
             })
             .unwrap_or_else(|e| panic!("{:?}: CNI ADD for {}: {e}", self.runtime, self.id));

@@ -283,8 +283,9 @@ fn a_sandbox_never_crosses_tenants() {
     assert_eq!(px[0]["uses"], 1);
 }
 
-/// `trenv pool drain` destroys a tenant's idle sandboxes: their namespaces are unpinned
-/// and their directories gone.
+/// `trenv pool drain` destroys a tenant's idle sandboxes: their namespaces are unpinned,
+/// their directories and memory cgroups gone. An idle sandbox's memory (what the pool's
+/// memory bound counts) was measured in its own cgroup when it was purged.
 #[test]
 fn draining_the_pool_leaves_nothing() {
     let p = Probe::new();
@@ -294,6 +295,19 @@ fn draining_the_pool_leaves_nothing() {
     let id = pool[0]["id"].as_str().unwrap().to_string();
     let dir = PathBuf::from("/run/trenv/sandboxes").join(&id);
     assert!(dir.join("net").exists());
+    let account = [
+        "/sys/fs/cgroup/memory/trenv-sandboxes",
+        "/sys/fs/cgroup/trenv-sandboxes",
+    ]
+    .iter()
+    .map(|d| PathBuf::from(d).join(&id))
+    .find(|d| d.is_dir())
+    .expect("the sandbox's memory cgroup");
+    let memory = pool[0]["memory"].as_u64().unwrap();
+    assert!(
+        (16 << 10..16 << 20).contains(&memory),
+        "an idle sandbox's namespaces hold {memory} bytes"
+    );
     let out = trenv_cli()
         .args(["pool", "drain", "--tenant", &p.c.namespace, "--json"])
         .output()
@@ -302,6 +316,7 @@ fn draining_the_pool_leaves_nothing() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["destroyed"], serde_json::json!([id]));
     assert!(!dir.exists());
+    assert!(!account.exists(), "{} left", account.display());
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&id), "pins left mounted");
     assert!(p.pool().is_empty());

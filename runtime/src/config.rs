@@ -155,6 +155,9 @@ pub struct SandboxesConfig {
     pub max_idle_per_tenant: usize,
     /// An idle sandbox is destroyed after this many seconds unused.
     pub keep_alive_secs: u64,
+    /// The idle sandboxes together hold at most this many MiB (each measured in a memory
+    /// cgroup of its own when it was last purged).
+    pub max_idle_memory_mib: u64,
     /// Where a sandboxed container's writable rootfs layer lives: "memory" (a tmpfs
     /// sized by its memory limit) or "disk" (containerd's snapshot).
     pub scratch: ScratchKind,
@@ -172,6 +175,7 @@ impl Default for SandboxesConfig {
             max_idle: 64,
             max_idle_per_tenant: 16,
             keep_alive_secs: 600,
+            max_idle_memory_mib: 64,
             scratch: ScratchKind::Memory,
             cni_conf_dir: PathBuf::from(crate::paths::CNI_CONF_DIR),
             cni_bin_dir: PathBuf::from(crate::paths::CNI_BIN_DIR),
@@ -198,6 +202,7 @@ impl SandboxesConfig {
                 max_idle: self.max_idle,
                 max_idle_per_tenant: self.max_idle_per_tenant,
                 keep_alive: std::time::Duration::from_secs(self.keep_alive_secs),
+                max_idle_memory: self.max_idle_memory_mib.saturating_mul(1 << 20),
             },
             crate::sandbox::network::Cni {
                 conf_dir: self.cni_conf_dir.clone(),
@@ -434,6 +439,13 @@ mod tests {
         assert!(e.contains("unknown variant `ram`"), "{e}");
         assert!(parse("[sandboxes]\nmax_idle = -1\n").is_err());
         assert!(parse("[sandboxes]\nkeep_alive = 3\n").is_err());
+        let m = parse("[sandboxes]\nmax_idle_memory_mib = 2\n").unwrap();
+        assert_eq!(m.sandboxes.pool().bounds().max_idle_memory, 2 << 20);
+        assert_eq!(d.pool().bounds().max_idle_memory, 64 << 20);
+        let e = parse("[sandboxes]\nmax_idle_memory_mib = \"1G\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_idle_memory_mib"), "{e}");
     }
 
     #[test]

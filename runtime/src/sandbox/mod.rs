@@ -8,11 +8,13 @@
 //! * [`policy`]: which idle sandbox a container gets, which ones are evicted (pure);
 //! * [`record`]: a sandbox's state on disk, and who holds it;
 //! * [`pins`]: the kept namespaces, pinned by bind mounts;
+//! * [`memory`]: what a sandbox holds, in a memory cgroup of its own;
 //! * [`purge`]: the purge, step by step;
 //! * [`network`]: a sandbox's CNI network, attached once and kept;
 //! * [`pool`]: the pool itself, shared by every shim of the node and the CLI.
 
 pub mod key;
+pub mod memory;
 pub mod network;
 pub mod pins;
 pub mod policy;

@@ -8,6 +8,7 @@
 //! configuration still being there.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::SandboxError;
+use super::memory::MemoryAccount;
 use super::pins::{Kind, Pins};
 
 /// The interface a sandbox's network gets.
@@ -65,6 +67,14 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The sandbox a plugin runs for, and the memory account it runs in.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    pins: &'a Pins,
+    id: &'a str,
+    account: Option<&'a MemoryAccount>,
+}
+
 impl Cni {
     /// The network list named `name` in the configuration directory (`*.conflist`, or a
     /// single-plugin `*.conf` made a list).
@@ -109,14 +119,22 @@ impl Cni {
     }
 
     /// Attaches network `name` to the sandbox `id` pinned by `pins` (ADD through every
-    /// plugin), brings up its `lo`, and records what was made. On failure, whatever was
-    /// added is deleted again.
-    pub fn attach(&self, pins: &Pins, id: &str, name: &str) -> Result<Attachment, SandboxError> {
+    /// plugin, each run in the sandbox's memory `account` if given, so that what they make
+    /// is charged to it), brings up its `lo`, and records what was made. On failure,
+    /// whatever was added is deleted again.
+    pub fn attach(
+        &self,
+        pins: &Pins,
+        id: &str,
+        name: &str,
+        account: Option<&MemoryAccount>,
+    ) -> Result<Attachment, SandboxError> {
         let list = self.find(name)?;
         let mut prev: Option<Value> = None;
         let plugins = list["plugins"].as_array().cloned().unwrap_or_default();
+        let at = At { pins, id, account };
         for plugin in &plugins {
-            match self.call("ADD", pins, id, &list, plugin, prev.as_ref()) {
+            match self.call("ADD", &at, &list, plugin, prev.as_ref()) {
                 Ok(r) => prev = Some(r),
                 Err(e) => {
                     let _ = self.delete(pins, id, &list, prev.as_ref());
@@ -165,23 +183,28 @@ impl Cni {
         let plugins = list["plugins"].as_array().cloned().unwrap_or_default();
         let mut first_err = None;
         for plugin in plugins.iter().rev() {
-            if let Err(e) = self.call("DEL", pins, id, list, plugin, result) {
+            let at = At {
+                pins,
+                id,
+                account: None,
+            };
+            if let Err(e) = self.call("DEL", &at, list, plugin, result) {
                 first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Runs one plugin for `command`; its result.
+    /// Runs one plugin for `command` on the sandbox `at`; its result.
     fn call(
         &self,
         command: &str,
-        pins: &Pins,
-        id: &str,
+        at: &At<'_>,
         list: &Value,
         plugin: &Value,
         prev: Option<&Value>,
     ) -> Result<Value, SandboxError> {
+        let At { pins, id, account } = *at;
         let kind = plugin["type"].as_str().unwrap_or_default().to_string();
         let failed = |reason: String| SandboxError::Cni {
             command: command.to_string(),
@@ -206,6 +229,12 @@ impl Cni {
             .env("CNI_IFNAME", IFNAME)
             .env("CNI_PATH", &self.bin_dir)
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if let Some(j) = account.map(MemoryAccount::joiner) {
+            // SAFETY: the closure only makes system calls on a path made before the fork.
+            unsafe {
+                cmd.pre_exec(move || j.join());
+            }
+        }
         let out = crate::sys::run::output(&mut cmd, conf.to_string().as_bytes())
             .map_err(|e| failed(format!("running {}: {e}", bin.display())))?;
         let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);

@@ -1,17 +1,24 @@
 //! A sandbox's kept namespaces (network, IPC, UTS), pinned by bind-mounting their nsfs
 //! files into the sandbox's directory, so that they live on with no process in them and
-//! any shim of the node (or the CLI) can enter them by path. Made by a short-lived thread
-//! of the caller that unshares them (these kinds may be unshared per thread) and pins its
-//! own; entered the same way, by a thread that joins them and exits.
+//! any shim of the node (or the CLI) can enter them by path. Made by a short-lived child
+//! process that first joins the sandbox's memory account (so that the kernel charges the
+//! namespaces to it: [`super::memory`]), unshares them and pins its own; entered by a
+//! thread of the caller that joins them and exits.
 
+use std::ffi::{CStr, CString};
 use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::CloneFlags;
 
 use super::SandboxError;
+use super::memory::MemoryAccount;
 
 /// A namespace kind a sandbox keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,37 +63,82 @@ impl Pins {
         }
     }
 
-    /// New namespaces, pinned in `dir` (created; must not exist). Nothing is left behind on
-    /// failure.
-    pub fn create(dir: &Path) -> Result<Pins, SandboxError> {
+    /// New namespaces, pinned in `dir` (created; must not exist), charged to `account` if
+    /// given. Nothing is left behind on failure.
+    pub fn create(dir: &Path, account: Option<&MemoryAccount>) -> Result<Pins, SandboxError> {
         fs::create_dir(dir).map_err(SandboxError::io(format!("creating {}", dir.display())))?;
         let pins = Pins::at(dir);
-        let made = std::thread::scope(|s| {
-            s.spawn(|| {
-                let all = Kind::ALL
-                    .iter()
-                    .fold(CloneFlags::empty(), |f, k| f | k.flag());
-                nix::sched::unshare(all).map_err(SandboxError::sys("creating namespaces"))?;
-                for k in Kind::ALL {
-                    pins.pin(k, Path::new(&format!("/proc/thread-self/ns/{}", k.name())))?;
-                }
-                Ok(())
-            })
-            .join()
-            .unwrap_or(Err(SandboxError::ThreadPanicked))
-        });
+        let made = pins.make(account);
         if let Err(e) = made {
             pins.remove();
+            if let Some(a) = account {
+                a.remove();
+            }
             return Err(e);
         }
         Ok(pins)
     }
 
-    fn pin(&self, k: Kind, ns: &Path) -> Result<(), SandboxError> {
-        let at = self.path(k);
-        fs::File::create(&at).map_err(SandboxError::io(format!("creating {}", at.display())))?;
-        mount(Some(ns), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(SandboxError::sys(format!("pinning {}", at.display())))
+    /// Runs the child that makes and pins the namespaces.
+    fn make(&self, account: Option<&MemoryAccount>) -> Result<(), SandboxError> {
+        let joiner = match account.map(|a| (a, a.create())) {
+            Some((a, Ok(()))) => Some(a.joiner()),
+            Some((a, Err(e))) => {
+                // The sandbox is made without one: its memory counts as zero.
+                log::warn!("sandbox memory account {}: {e}", a.dir().display());
+                None
+            }
+            None => None,
+        };
+        let mut targets = Vec::new();
+        for k in Kind::ALL {
+            let at = self.path(k);
+            fs::File::create(&at)
+                .map_err(SandboxError::io(format!("creating {}", at.display())))?;
+            let src = CString::new(format!("/proc/self/ns/{}", k.name())).unwrap_or_default();
+            let dst = CString::new(at.as_os_str().as_bytes()).map_err(|e| {
+                SandboxError::io(format!("naming {}", at.display()))(io::Error::other(e))
+            })?;
+            targets.push((src, dst));
+        }
+        let all = Kind::ALL
+            .iter()
+            .fold(CloneFlags::empty(), |f, k| f | k.flag());
+        // The child does its work between fork and exec and exits there, so the program is
+        // never run (`true` names it, should the closure ever return Ok).
+        let mut cmd = Command::new("/bin/true");
+        // SAFETY: after the fork the closure makes system calls only, on data made before
+        // the fork (no allocation, no lock): join the account, unshare, bind-mount, exit.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(j) = &joiner {
+                    j.join()?;
+                }
+                nix::sched::unshare(all)?;
+                for (src, dst) in &targets {
+                    mount(
+                        Some(src.as_c_str()),
+                        dst.as_c_str(),
+                        None::<&CStr>,
+                        MsFlags::MS_BIND,
+                        None::<&CStr>,
+                    )?;
+                }
+                // Done: the pins hold the namespaces. Nothing to exec.
+                // _exit(2) ends this child without running anything of the parent's.
+                libc::_exit(0)
+            });
+        }
+        let what = "making the sandbox's namespaces (joining its memory account, unsharing \
+                    network, IPC and UTS namespaces, pinning them)";
+        let out = crate::sys::run::output(&mut cmd, b"").map_err(SandboxError::io(what))?;
+        if !out.status.success() {
+            return Err(SandboxError::io(what)(io::Error::other(format!(
+                "the child that made them ended with {}",
+                out.status
+            ))));
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -158,7 +210,7 @@ mod tests {
         }
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("sb");
-        let pins = Pins::create(&dir).unwrap();
+        let pins = Pins::create(&dir, None).unwrap();
         let ino = pins.inodes().unwrap();
         let host = fs::metadata("/proc/self/ns/net").unwrap().ino();
         assert_ne!(ino[0], host, "a new network namespace");
@@ -186,9 +238,9 @@ mod tests {
         }
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("sb");
-        Pins::create(&dir).unwrap().remove();
+        Pins::create(&dir, None).unwrap().remove();
         fs::create_dir(&dir).unwrap();
-        let e = Pins::create(&dir).unwrap_err().to_string();
+        let e = Pins::create(&dir, None).unwrap_err().to_string();
         assert!(e.contains("creating"), "{e}");
         assert!(
             dir.exists(),

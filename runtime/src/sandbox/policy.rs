@@ -4,7 +4,8 @@
 //! tenant and the same key; nothing crosses tenants. Idle sandboxes older than the
 //! keep-alive go, then a tenant's least recently used beyond its share (so that one
 //! tenant's bursts cannot push every other tenant's warm sandboxes out), then the least
-//! recently used beyond the pool's size. Pure functions over
+//! recently used beyond the pool's size, then the least recently used for as long as the
+//! idle ones together hold more memory than the pool's memory bound. Pure functions over
 //! the records, so they are tested without a kernel.
 
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub struct Bounds {
     pub max_idle_per_tenant: usize,
     /// An idle sandbox is destroyed after this long unused.
     pub keep_alive: Duration,
+    /// The idle sandboxes together hold at most this many bytes (each as measured when it
+    /// was last purged).
+    pub max_idle_memory: u64,
 }
 
 /// The sandbox to give a container that wants `want`, if any.
@@ -46,7 +50,8 @@ pub fn choose<'r>(records: &'r [Record], want: &Want<'_>) -> Option<&'r Record> 
 
 /// The idle sandboxes to destroy at `now_ms`: those unused for longer than the keep-alive,
 /// then each tenant's least recently used beyond `max_idle_per_tenant`, then the least
-/// recently used beyond `max_idle`.
+/// recently used beyond `max_idle`, then the least recently used while the rest hold more
+/// than `max_idle_memory`.
 pub fn evictions(records: &[Record], bounds: &Bounds, now_ms: u64) -> Vec<String> {
     let keep_ms = bounds.keep_alive.as_millis() as u64;
     let mut idle: Vec<&Record> = records.iter().filter(|r| r.is_idle()).collect();
@@ -73,7 +78,17 @@ pub fn evictions(records: &[Record], bounds: &Bounds, now_ms: u64) -> Vec<String
         }
     }
     let extra = left.len().saturating_sub(bounds.max_idle);
-    out.extend(left.into_iter().take(extra).map(|r| r.id.clone()));
+    let (evicted, left) = left.split_at(extra.min(left.len()));
+    out.extend(evicted.iter().map(|r| r.id.clone()));
+    let mut held: u64 = left.iter().map(|r| r.memory.unwrap_or(0)).sum();
+    // Evicting a sandbox that holds nothing measured frees nothing.
+    for r in left.iter().filter(|r| r.memory.unwrap_or(0) > 0) {
+        if held <= bounds.max_idle_memory {
+            break;
+        }
+        held -= r.memory.unwrap_or(0);
+        out.push(r.id.clone());
+    }
     out
 }
 
@@ -93,6 +108,7 @@ mod tests {
             created_ms: 0,
             last_used_ms: used,
             uses: 1,
+            memory: None,
         }
     }
 
@@ -139,6 +155,7 @@ mod tests {
             max_idle: 2,
             max_idle_per_tenant: 10,
             keep_alive: Duration::from_secs(60),
+            max_idle_memory: u64::MAX,
         };
         let rs = vec![
             rec("old", "t", "k", "f", 0),
@@ -157,6 +174,7 @@ mod tests {
             max_idle: 0,
             max_idle_per_tenant: 10,
             keep_alive: Duration::from_secs(3600),
+            max_idle_memory: u64::MAX,
         };
         assert_eq!(evictions(&rs, &zero, now).len(), 4);
     }
@@ -167,6 +185,7 @@ mod tests {
             max_idle: 5,
             max_idle_per_tenant: 2,
             keep_alive: Duration::from_secs(600),
+            max_idle_memory: u64::MAX,
         };
         // Tenant "busy" burst last: four idle sandboxes, newer than "quiet"'s two.
         let rs = vec![
@@ -184,5 +203,49 @@ mod tests {
             ..bounds
         };
         assert_eq!(evictions(&rs, &node, 100), vec!["b1", "b2", "q1"]);
+    }
+
+    #[test]
+    fn the_least_recently_used_go_while_the_idle_ones_hold_more_than_the_memory_bound() {
+        let bounds = Bounds {
+            max_idle: 10,
+            max_idle_per_tenant: 10,
+            keep_alive: Duration::from_secs(600),
+            max_idle_memory: 300,
+        };
+        let with = |id: &str, used: u64, memory: Option<u64>| Record {
+            memory,
+            ..rec(id, "t", "k", "f", used)
+        };
+        let rs = vec![
+            with("old", 10, Some(100)),
+            with("mid", 20, Some(150)),
+            with("new", 30, Some(200)),
+            with("unmeasured", 25, None),
+        ];
+        // 450 held: the oldest goes (350), then the next (200, within the bound).
+        assert_eq!(evictions(&rs, &bounds, 100), vec!["old", "mid"]);
+        let roomy = Bounds {
+            max_idle_memory: 450,
+            ..bounds
+        };
+        assert!(evictions(&rs, &roomy, 100).is_empty());
+        // One sandbox alone above the bound goes too: the pool keeps nothing it cannot hold.
+        let tiny = Bounds {
+            max_idle_memory: 0,
+            ..bounds
+        };
+        assert_eq!(
+            evictions(&rs, &tiny, 100),
+            vec!["old", "mid", "new"],
+            "an unmeasured sandbox counts as nothing"
+        );
+        // Sandboxes in use are not the pool's to count.
+        let mut busy = with("busy", 1, Some(10_000));
+        busy.state = State::Busy {
+            owner: Owner::me(),
+            container: "c".into(),
+        };
+        assert!(evictions(&[busy], &bounds, 100).is_empty());
     }
 }

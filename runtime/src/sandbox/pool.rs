@@ -17,6 +17,7 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::SandboxError;
+use super::memory::MemoryAccount;
 use super::network::{Cni, IFNAME};
 use super::pins::{Kind, Pins};
 use super::policy::{Bounds, Want, choose, evictions};
@@ -83,6 +84,10 @@ impl IdlePool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn bounds(&self) -> &Bounds {
+        &self.bounds
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -165,13 +170,20 @@ impl IdlePool {
         fs::create_dir_all(&self.dir)
             .map_err(SandboxError::io(format!("creating {}", self.dir.display())))?;
         let id = new_id();
-        let pins = Pins::create(&self.dir.join(&id))?;
+        let account = MemoryAccount::of(&id);
+        let pins = Pins::create(&self.dir.join(&id), account.as_ref())?;
         let prepared = IpcSettings::record(&pins).and_then(|_| match t.network {
-            Some(name) => self.cni.attach(&pins, &id, name).map(drop),
+            Some(name) => self
+                .cni
+                .attach(&pins, &id, name, account.as_ref())
+                .map(drop),
             None => Ok(()),
         });
         if let Err(e) = prepared {
             pins.remove();
+            if let Some(a) = &account {
+                a.remove();
+            }
             return Err(e);
         }
         let now = now_ms();
@@ -185,6 +197,7 @@ impl IdlePool {
             created_ms: now,
             last_used_ms: now,
             uses: 1,
+            memory: None,
         };
         if let Err(e) = self.write(&r) {
             self.destroy(&id);
@@ -227,9 +240,12 @@ impl IdlePool {
                 return Released::Destroyed(Some(e));
             }
         };
+        // What it holds now that its function is gone: what the memory bound counts.
+        let memory = MemoryAccount::of(&lease.id).and_then(|a| a.usage());
         let idle = (|| {
             let _lock = self.lock()?;
             r.state = State::Idle;
+            r.memory = memory;
             r.last_used_ms = now_ms();
             self.write(&r)?;
             self.sweep_locked();
@@ -246,13 +262,16 @@ impl IdlePool {
     }
 
     /// Destroys a sandbox: its network detached (CNI DEL), its namespaces unpinned, its
-    /// directory gone.
+    /// directory and its memory account gone.
     pub fn destroy(&self, id: &str) {
         let pins = Pins::at(&self.dir.join(id));
         if let Err(e) = self.cni.detach(&pins, id) {
             log::warn!("sandbox {id}: {e}; its namespace goes anyway");
         }
         pins.remove();
+        if let Some(a) = MemoryAccount::of(id) {
+            a.remove();
+        }
     }
 
     /// Destroys the idle (and abandoned) sandboxes, of `tenant` only if given; their ids.
@@ -358,12 +377,17 @@ mod tests {
     }
 
     fn pool_keeping(dir: &Path, max_idle: usize, keep_alive: Duration) -> IdlePool {
+        pool_bounded(dir, max_idle, keep_alive, u64::MAX)
+    }
+
+    fn pool_bounded(dir: &Path, max_idle: usize, keep_alive: Duration, memory: u64) -> IdlePool {
         IdlePool::new(
             dir,
             Bounds {
                 max_idle,
                 max_idle_per_tenant: max_idle,
                 keep_alive,
+                max_idle_memory: memory,
             },
             Cni {
                 conf_dir: dir.join("no-cni"),
@@ -467,5 +491,55 @@ mod tests {
         let e = zero.take(&take("t", "f", "c5")).unwrap();
         assert!(matches!(zero.release(&e), Released::Destroyed(None)));
         assert!(zero.records().is_empty());
+    }
+
+    #[test]
+    fn idle_sandboxes_are_measured_and_the_memory_bound_evicts_the_least_recently_used() {
+        if !root() {
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let roomy = pool(&base.path().join("pool"), 8);
+        let a = roomy.take(&take("t", "f", "c1")).unwrap();
+        let first = a.id.clone();
+        let account = MemoryAccount::of(&a.id);
+        if account.is_none() {
+            eprintln!("skipped: no memory controller");
+            roomy.release(&a);
+            roomy.drain(None).unwrap();
+            return;
+        }
+        let account = account.unwrap();
+        assert!(account.dir().is_dir(), "{account:?}");
+        // Its namespaces were made in its own cgroup: charged there, not to this process.
+        assert!(matches!(roomy.release(&a), Released::Idle(_)));
+        let held = roomy.records()[0].memory.expect("measured at its purge");
+        assert!(
+            held >= 16 << 10,
+            "a network, IPC and UTS namespace hold more than {held} bytes"
+        );
+        // A bound that holds it alone: once a second sandbox is idle too, the older goes
+        // (the newer stays if it holds no more than the bound).
+        let bounded = pool_bounded(roomy.dir(), 8, Duration::from_secs(600), held);
+        let a = bounded.take(&take("t", "f", "c2")).unwrap();
+        let b = bounded.take(&take("t", "f", "c3")).unwrap();
+        assert_eq!(a.id, first, "the idle one is taken again");
+        assert!(matches!(bounded.release(&a), Released::Idle(_)));
+        std::thread::sleep(Duration::from_millis(5));
+        let released = bounded.release(&b);
+        let left = bounded.records();
+        assert!(
+            left.iter()
+                .all(|r| r.id == b.id && r.memory.unwrap() <= held),
+            "{left:?}"
+        );
+        assert_eq!(matches!(released, Released::Idle(_)), left.len() == 1);
+        assert!(
+            !account.dir().exists(),
+            "the evicted sandbox's account went with it"
+        );
+        bounded.drain(None).unwrap();
+        assert!(bounded.records().is_empty());
+        assert!(!MemoryAccount::of(&b.id).unwrap().dir().exists());
     }
 }

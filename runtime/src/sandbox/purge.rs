@@ -329,7 +329,7 @@ mod tests {
             return;
         }
         let base = tempfile::tempdir().unwrap();
-        let pins = Pins::create(&base.path().join("sb")).unwrap();
+        let pins = Pins::create(&base.path().join("sb"), None).unwrap();
         IpcSettings::record(&pins).unwrap();
         pins.enter(&Kind::ALL, || {
             names("leftover", "left.domain")?;
@@ -419,7 +419,7 @@ mod tests {
             return;
         }
         let base = tempfile::tempdir().unwrap();
-        let pins = Pins::create(&base.path().join("sb")).unwrap();
+        let pins = Pins::create(&base.path().join("sb"), None).unwrap();
         IpcSettings::record(&pins).unwrap();
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", pins.path(Kind::Net).display()))

@@ -77,6 +77,10 @@ pub struct Record {
     pub last_used_ms: u64,
     /// How many containers have run in it.
     pub uses: u64,
+    /// The memory its own cgroup held when it was last purged, in bytes
+    /// ([`super::memory`]; `None`: not measured, counted as zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
 }
 
 impl Record {
@@ -170,6 +174,7 @@ mod tests {
             created_ms: 1,
             last_used_ms: 2,
             uses: 1,
+            memory: Some(123 << 10),
         };
         r.write(&p).unwrap();
         let text = fs::read_to_string(&p).unwrap();

@@ -131,8 +131,8 @@ pub fn run(args: PoolArgs) -> anyhow::Result<()> {
 /// The human table of `records` at `now_ms`.
 fn table(records: &[Record], now_ms: u64) -> String {
     let mut out = format!(
-        "{:<28} {:<24} {:<10} {:<24} {:<12} {:>5} {:>9}\n",
-        "SANDBOX", "TENANT", "STATE", "FUNCTION", "NETWORK", "USES", "IDLE"
+        "{:<28} {:<24} {:<10} {:<24} {:<12} {:>5} {:>9} {:>8}\n",
+        "SANDBOX", "TENANT", "STATE", "FUNCTION", "NETWORK", "USES", "IDLE", "MEMORY"
     );
     for r in records {
         let state = match &r.state {
@@ -145,15 +145,21 @@ fn table(records: &[Record], now_ms: u64) -> String {
         } else {
             "-".into()
         };
+        // What it held when it was last purged (the pool's memory bound adds these up).
+        let memory = match r.memory {
+            Some(b) => format!("{}K", b.div_ceil(1024)),
+            None => "-".into(),
+        };
         out.push_str(&format!(
-            "{:<28} {:<24} {:<10} {:<24} {:<12} {:>5} {:>9}\n",
+            "{:<28} {:<24} {:<10} {:<24} {:<12} {:>5} {:>9} {:>8}\n",
             r.id,
             r.tenant,
             state,
             r.function,
             r.network.as_deref().unwrap_or("-"),
             r.uses,
-            idle
+            idle,
+            memory
         ));
     }
     out
@@ -175,10 +181,13 @@ mod tests {
             created_ms: 0,
             last_used_ms: 1_000,
             uses: 3,
+            memory: Some(120 << 10),
         };
         let t = table(&[r], 61_000);
         let line = t.lines().nth(1).unwrap();
-        for want in ["sb-1", "default", "idle", "fn-a", "trenv-fn", "3", "60s"] {
+        for want in [
+            "sb-1", "default", "idle", "fn-a", "trenv-fn", "3", "60s", "120K",
+        ] {
             assert!(line.contains(want), "{want} in {line}");
         }
     }

@@ -394,7 +394,7 @@ impl Platform {
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
             let attachment = self
                 .cni
-                .attach(&Pins::at(&dir), id, function::NETWORK)
+                .attach(&Pins::at(&dir), id, function::NETWORK, None)
                 .map_err(|e| format!("CNI ADD for {id}: {e}"))?;
             conn.tasks
                 .start(id, "")

@@ -207,7 +207,7 @@ fn one_burst(
                         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                         std::os::unix::fs::symlink(format!("/proc/{pid}/ns/net"), dir.join("net"))
                             .map_err(|e| format!("{}: {e}", dir.display()))?;
-                        cni.attach(&Pins::at(&dir), id, NETWORK)
+                        cni.attach(&Pins::at(&dir), id, NETWORK, None)
                             .map_err(|e| format!("CNI ADD for {id}: {e}"))?;
                         api.start(id, "")
                             .map_err(|e| format!("starting {id}: {}", e.message()))?;
