@@ -195,13 +195,9 @@ impl Cgroup {
         Ok(version)
     }
 
-    /// Opens the cgroup that libcontainer uses for a container with this `cgroupsPath`.
-    pub fn open(
-        cgroups_path: Option<&Path>,
-        id: &str,
-        systemd: bool,
-    ) -> Result<Cgroup, CgroupError> {
-        let version = Cgroup::check(systemd)?;
+    /// The path (from each hierarchy's root) that libcontainer gives the cgroup of a
+    /// container with this `cgroupsPath`.
+    pub fn path_of(cgroups_path: Option<&Path>, id: &str) -> PathBuf {
         let cleaned = cgroups_path.map(|p| {
             if is_systemd_path(p) {
                 p.to_path_buf()
@@ -209,7 +205,17 @@ impl Cgroup {
                 clean_path(p)
             }
         });
-        let path = libcontainer::utils::get_cgroup_path(&cleaned, id);
+        libcontainer::utils::get_cgroup_path(&cleaned, id)
+    }
+
+    /// Opens the cgroup that libcontainer uses for a container with this `cgroupsPath`.
+    pub fn open(
+        cgroups_path: Option<&Path>,
+        id: &str,
+        systemd: bool,
+    ) -> Result<Cgroup, CgroupError> {
+        let version = Cgroup::check(systemd)?;
+        let path = Cgroup::path_of(cgroups_path, id);
         let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
             cgroup_path: path.clone(),
             systemd_cgroup: systemd,
@@ -224,6 +230,47 @@ impl Cgroup {
             path,
             manager,
         })
+    }
+
+    /// Makes the cgroup in each v1 hierarchy and applies `resources`, with no process in
+    /// it yet; returns the `cgroup.procs` files that a process joins it by
+    /// ([`join_prepared`]). A restore's CRIU joins it so, in the worker, with one write per
+    /// hierarchy instead of opening the cgroup there again (~1.5 ms: libcgroups reads the
+    /// mount table once per controller) and applying the limits on the restore's critical
+    /// path; the shim prepares it while the rest of Create runs. `None` on v2 and with the
+    /// systemd driver: there the worker opens and joins the cgroup as before.
+    pub fn prepare_join(
+        &self,
+        resources: Option<&LinuxResources>,
+    ) -> Result<Option<Vec<PathBuf>>, CgroupError> {
+        if !matches!(self.manager, AnyCgroupManager::V1(_)) {
+            return Ok(None);
+        }
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        let failed = |dir: &Path, e: std::io::Error| CgroupError::Op {
+            path: dir.to_path_buf(),
+            op: "creating",
+            reason: e.to_string(),
+        };
+        let mut procs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for m in crate::sys::mountinfo::read(None) {
+            let managed = V1_CONTROLLERS.iter().any(|c| m.has_super_option(c));
+            // A hierarchy mounted twice is joined once.
+            if m.fstype != "cgroup" || !managed || !seen.insert(m.super_options.clone()) {
+                continue;
+            }
+            let dir = m.mount_point.join(rel);
+            fs::create_dir_all(&dir).map_err(|e| failed(&dir, e))?;
+            if m.has_super_option("cpuset") {
+                fill_cpuset(&m.mount_point, rel).map_err(|e| failed(&dir, e))?;
+            }
+            procs.push(dir.join("cgroup.procs"));
+        }
+        if let Some(r) = resources {
+            self.update(r)?;
+        }
+        Ok(Some(procs))
     }
 
     pub fn version(&self) -> Version {
@@ -444,6 +491,52 @@ fn read_keyed(file: &Path, key: &str) -> Option<u64> {
     })
 }
 
+/// The v1 controllers libcgroups manages: a container's cgroup is in each one's hierarchy.
+const V1_CONTROLLERS: [&str; 12] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// A new v1 cpuset cgroup has no CPUs and no memory nodes, and a process cannot join it:
+/// each directory from the hierarchy's root down to `rel` that has none gets its
+/// parent's (as libcgroups does when it adds a task).
+fn fill_cpuset(mount: &Path, rel: &Path) -> std::io::Result<()> {
+    let mut dir = mount.to_path_buf();
+    for c in rel.components() {
+        let parent = dir.clone();
+        dir.push(c);
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if fs::read_to_string(dir.join(f))?.trim().is_empty() {
+                fs::write(dir.join(f), fs::read_to_string(parent.join(f))?.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves process `pid` into a cgroup made by [`Cgroup::prepare_join`], by its
+/// `cgroup.procs` files.
+pub fn join_prepared(procs: &[PathBuf], pid: i32) -> Result<(), CgroupError> {
+    for p in procs {
+        fs::write(p, pid.to_string()).map_err(|e| CgroupError::Op {
+            path: p.parent().unwrap_or(p).to_path_buf(),
+            op: "adding a process",
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 /// Mount point of a cgroup v1 controller, from /proc/self/mountinfo.
 pub fn controller_mount(controller: &str) -> Option<PathBuf> {
     crate::sys::mountinfo::read(None)
@@ -520,5 +613,55 @@ mod tests {
     fn detects_a_cgroup_version() {
         // Every Linux host running the tests has cgroups of some kind.
         assert!(Version::detect().is_ok());
+    }
+
+    #[test]
+    fn a_prepared_v1_cgroup_is_limited_before_a_process_joins_it_by_its_procs_files() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let id = format!("trenv-prepare-test-{}", std::process::id());
+        let cg = Cgroup::open(Some(Path::new(&format!("/{id}"))), &id, false).unwrap();
+        let resources: LinuxResources = serde_json::from_value(serde_json::json!({
+            "pids": {"limit": 7}
+        }))
+        .unwrap();
+        let Some(procs) = cg.prepare_join(Some(&resources)).unwrap() else {
+            assert_eq!(cg.version(), Version::V2, "v1 cgroupfs is prepared");
+            return;
+        };
+        assert!(procs.len() >= 4, "one per hierarchy: {procs:?}");
+        let pids_dir = controller_mount("pids").unwrap().join(&id);
+        assert_eq!(
+            fs::read_to_string(pids_dir.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "7",
+            "limited before anything joined"
+        );
+        let cpuset = controller_mount("cpuset").unwrap().join(&id);
+        assert!(
+            !fs::read_to_string(cpuset.join("cpuset.cpus"))
+                .unwrap()
+                .trim()
+                .is_empty()
+        );
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        join_prepared(&procs, child.id() as i32).unwrap();
+        let seen = fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+        for c in ["pids", "memory", "cpuset", "devices"] {
+            let line = seen
+                .lines()
+                .find(|l| l.split(':').nth(1).unwrap().split(',').any(|x| x == c));
+            assert!(line.unwrap().ends_with(&format!("/{id}")), "{c} in {seen}");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        cg.remove().unwrap();
+        assert!(!pids_dir.exists() && !cpuset.exists());
     }
 }

@@ -33,7 +33,7 @@ use trenv_criu::{FdPlan, Notify};
 use super::criu::{CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, external_namespaces};
 use super::honour::SpecRecord;
 use super::{SnapshotError, make_dir, open_dir};
-use crate::container::cgroup::{Cgroup, NamedSystemd};
+use crate::container::cgroup::{Cgroup, NamedSystemd, join_prepared};
 use crate::container::spec::{bind_mounts, namespace_path};
 use crate::container::{Location, StdioFds};
 use crate::sys::{FileStamp, dir_changed, mountinfo};
@@ -59,6 +59,11 @@ pub struct RestorePlan {
     /// process and its namespaces there, as for a cold start.
     #[serde(default)]
     pub stopped: bool,
+    /// The container's cgroup, made and limited by the shim ([`Cgroup::prepare_join`]):
+    /// CRIU joins it by these `cgroup.procs` files. `None`: the worker opens the cgroup,
+    /// moves CRIU into it and applies the spec's limits itself.
+    #[serde(default)]
+    pub cgroup_procs: Option<Vec<PathBuf>>,
 }
 
 /// Where a restore spent its time, in order (logged by the shim).
@@ -151,12 +156,20 @@ pub fn restore(
     phases.mark("criu spawn");
     make_dir(&plan.work)?;
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    let cgroup = Cgroup::open(cgroups_path.as_deref(), &at.id, plan.systemd_cgroup)
-        .map_err(crate::container::ContainerError::from)?;
+    let cgroup_path = Cgroup::path_of(cgroups_path.as_deref(), &at.id);
+    let open_cgroup = || {
+        Cgroup::open(cgroups_path.as_deref(), &at.id, plan.systemd_cgroup)
+            .map_err(crate::container::ContainerError::from)
+    };
+    // Opened here only when the shim did not prepare it (and to clean up a failure).
+    let cgroup = match &plan.cgroup_procs {
+        Some(procs) => Joining::Prepared(procs),
+        None => Joining::Opened(open_cgroup()?),
+    };
     phases.mark("prepare");
     let root = RootBind::mount(at, &spec)?;
     phases.mark("rootfs");
-    let result = restore_options(plan, &spec, &cgroup, inherit, &root.0, console)
+    let result = restore_options(plan, &spec, &cgroup_path, inherit, &root.0, console)
         .and_then(|o| {
             phases.mark("plan");
             let target = Target {
@@ -181,7 +194,14 @@ pub fn restore(
             Ok(pid)
         });
     drop((root, images));
-    let pid = result.inspect_err(|_| kill_leftovers(&cgroup))?;
+    let pid = result.inspect_err(|_| match &cgroup {
+        Joining::Opened(c) => kill_leftovers(c),
+        Joining::Prepared(_) => {
+            if let Ok(c) = open_cgroup() {
+                kill_leftovers(&c)
+            }
+        }
+    })?;
     adopt(at, &spec, pid, plan.systemd_cgroup)?;
     phases.mark("adopt");
     Ok((pid, phases))
@@ -350,7 +370,7 @@ fn loopback_up(pid: i32) -> Result<(), SnapshotError> {
 fn restore_options(
     plan: &RestorePlan,
     spec: &Spec,
-    cgroup: &Cgroup,
+    cgroup_path: &Path,
     inherit: Vec<Inherit_fd>,
     root: &Path,
     console: Option<&Path>,
@@ -371,7 +391,7 @@ fn restore_options(
     o.join_ns = joined_namespaces(spec)?;
     for (dest, source) in bind_mounts(spec)
         .into_iter()
-        .chain(cgroup_binds(&plan.images, cgroup)?)
+        .chain(cgroup_binds(&plan.images, cgroup_path)?)
     {
         let mut m = Ext_mount_map::new();
         m.set_key(dest);
@@ -424,11 +444,20 @@ struct Target<'a> {
     at: &'a Location,
     plan: &'a RestorePlan,
     spec: &'a Spec,
-    cgroup: &'a Cgroup,
+    cgroup: &'a Joining<'a>,
 }
 
-/// Moves CRIU into the container's cgroup (restored tasks inherit it), applies the spec's
-/// limits, and has CRIU restore; returns the restored init's pid.
+/// How CRIU joins the container's cgroup.
+enum Joining<'a> {
+    /// Made and limited by the shim: by its `cgroup.procs` files.
+    Prepared(&'a [PathBuf]),
+    /// Opened by the worker, which also applies the spec's limits.
+    Opened(Cgroup),
+}
+
+/// Moves CRIU into the container's cgroup (restored tasks inherit it) — the one the shim
+/// made and limited, or opened here with the spec's limits applied — and has CRIU
+/// restore; returns the restored init's pid.
 fn run_criu(
     t: &Target<'_>,
     session: trenv_criu::Session,
@@ -445,7 +474,16 @@ fn run_criu(
     req.set_type(Criu_req_type::RESTORE);
     req.opts = Some(o).into();
     let container_err = crate::container::ContainerError::from;
-    cgroup.add_task(session.pid()).map_err(container_err)?;
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    match cgroup {
+        Joining::Prepared(procs) => join_prepared(procs, session.pid()).map_err(container_err)?,
+        Joining::Opened(cgroup) => {
+            cgroup.add_task(session.pid()).map_err(container_err)?;
+            if let Some(r) = resources {
+                cgroup.update(r).map_err(container_err)?;
+            }
+        }
+    }
     // And into the container's `name=systemd` cgroup on a v1 host, as a cold start's init
     // (container/exec.rs): the restored tasks inherit CRIU's cgroups.
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
@@ -453,9 +491,6 @@ fn run_criu(
         && let Err(e) = named.join(session.pid())
     {
         log::warn!("joining {}: {e}", named.path().display());
-    }
-    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-        cgroup.update(r).map_err(container_err)?;
     }
     phases.mark("cgroup");
     let log = plan.work.join("restore.log");
@@ -604,7 +639,7 @@ fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<(), SnapshotError> {
 
 /// (mount point in the container, host directory) of the cgroup mounts recorded at dump
 /// time, re-targeted from the old container's cgroup to the new one's.
-fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>, SnapshotError> {
+fn cgroup_binds(images: &Path, cgroup: &Path) -> Result<Vec<(String, String)>, SnapshotError> {
     let raw = match fs::read(images.join(CGROUP_MOUNTS)) {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -613,7 +648,7 @@ fn cgroup_binds(images: &Path, cgroup: &Cgroup) -> Result<Vec<(String, String)>,
     let recorded: CgroupMounts =
         serde_json::from_slice(&raw).map_err(|e| SnapshotError::CorruptImage(CGROUP_MOUNTS, e))?;
     let host = mountinfo::read(None);
-    let new_path = cgroup.path().display().to_string();
+    let new_path = cgroup.display().to_string();
     let mut out = Vec::new();
     for m in recorded.mounts {
         let Some(host_mount) = host

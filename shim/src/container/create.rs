@@ -150,13 +150,18 @@ impl Container {
             .linux()
             .as_ref()
             .and_then(|l| l.cgroups_path().clone());
-        let cgroup = LazyCgroup::open(cgroups_path, &req.id, r.systemd);
-        phases.mark("cgroup");
         let criu = criu_config(opts, &config);
         let source = match auto {
             Some(checked) => Some(RestoreSource::template(checked)),
             None => r.restore_source(&annotations, &config, &mut phases)?,
         };
+        // A template is restored in this Create: its cgroup is made and limited meanwhile.
+        let prepare = source
+            .as_ref()
+            .is_some_and(|s| s.template.is_some())
+            .then(|| r.spec.linux().as_ref().and_then(|l| l.resources().clone()));
+        let cgroup = LazyCgroup::open(cgroups_path, &req.id, r.systemd, prepare);
+        phases.mark("cgroup");
         let mut container = Container {
             id: req.id.clone(),
             at: r.at.clone(),
@@ -195,7 +200,8 @@ impl Container {
             &container.annotations,
             &config,
             &container.plan,
-        )?;
+        )
+        .inspect_err(|_| container.cgroup.undo_prepared())?;
         let sandbox = held.as_ref().map(|h| h.dir().to_path_buf());
         // A sandboxed container's writable layer in memory, unless asked otherwise, and
         // only when its memory limit bounds it: a container without one keeps containerd's
@@ -225,6 +231,7 @@ impl Container {
             Err(e) => {
                 // The runtime undid its part (or destroy did, which released it already).
                 container.release_sandbox();
+                container.cgroup.undo_prepared();
                 Err(if auto_restore {
                     Failed::AutoRestore(e)
                 } else {
@@ -462,6 +469,7 @@ impl<'a> Request<'a> {
                 template: source.template,
                 loopback_up: source.loopback_up,
                 stopped: false,
+                cgroup_procs: None,
             },
             child,
             extracted: source.extracted,

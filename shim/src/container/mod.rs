@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use containerd_shim::protos::ttrpc;
+use oci_spec::runtime::LinuxResources;
 use trenv_runtime::config::Config;
 use trenv_runtime::container::Location;
 use trenv_runtime::container::cgroup::Cgroup;
@@ -139,20 +140,52 @@ impl Container {
 
 /// The container's cgroup, opened in the background from Create on: libcgroups reads the
 /// mount table once per v1 controller (1–1.6 ms here, more on hosts with many mounts) and
-/// nothing in Create needs it. Its first user (Start's meter) waits for it.
+/// nothing in Create needs it. Its first user (Start's meter) waits for it. For a template
+/// restore the same thread then makes the cgroup and applies the spec's limits
+/// ([`Cgroup::prepare_join`]), while the rest of Create runs, so that the restore's CRIU
+/// only has to join it.
 pub struct LazyCgroup {
-    cell: OnceLock<Option<Cgroup>>,
-    opening: Mutex<Option<std::thread::JoinHandle<Option<Cgroup>>>>,
+    cell: OnceLock<Opened>,
+    opening: Mutex<Option<std::thread::JoinHandle<Opened>>>,
+}
+
+/// What the background thread made of the cgroup.
+#[derive(Default)]
+struct Opened {
+    cgroup: Option<Cgroup>,
+    /// Its `cgroup.procs` files, when it was prepared for a restore to join.
+    procs: Option<Vec<PathBuf>>,
 }
 
 impl LazyCgroup {
-    fn open(path: Option<PathBuf>, id: &str, systemd: bool) -> LazyCgroup {
+    /// Opens the cgroup in the background; prepares it for a restore to join if
+    /// `prepare` (with the spec's resources).
+    fn open(
+        path: Option<PathBuf>,
+        id: &str,
+        systemd: bool,
+        prepare: Option<Option<LinuxResources>>,
+    ) -> LazyCgroup {
         let id = id.to_string();
         let open = move || match Cgroup::open(path.as_deref(), &id, systemd) {
-            Ok(cg) => Some(cg),
+            Ok(cg) => {
+                let procs = prepare.and_then(|r| match cg.prepare_join(r.as_ref()) {
+                    Ok(procs) => procs,
+                    // The worker opens it and applies the limits itself: an error the
+                    // user must see is reported from there.
+                    Err(e) => {
+                        log::debug!("container {id}: cgroup not prepared for the restore: {e}");
+                        None
+                    }
+                });
+                Opened {
+                    cgroup: Some(cg),
+                    procs,
+                }
+            }
             Err(e) => {
                 log::warn!("container {id}: no cgroup for stats, metering and OOM events: {e}");
-                None
+                Opened::default()
             }
         };
         let lazy = LazyCgroup {
@@ -171,18 +204,36 @@ impl LazyCgroup {
         lazy
     }
 
+    fn opened(&self) -> &Opened {
+        self.cell.get_or_init(|| {
+            let handle = self
+                .opening
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            handle.and_then(|h| h.join().ok()).unwrap_or_default()
+        })
+    }
+
     /// The cgroup, once opened; `None` if it could not be.
     pub fn get(&self) -> Option<&Cgroup> {
-        self.cell
-            .get_or_init(|| {
-                let handle = self
-                    .opening
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                handle.and_then(|h| h.join().ok()).flatten()
-            })
-            .as_ref()
+        self.opened().cgroup.as_ref()
+    }
+
+    /// The `cgroup.procs` files of the cgroup prepared for a restore, once it is.
+    pub fn prepared(&self) -> Option<Vec<PathBuf>> {
+        self.opened().procs.clone()
+    }
+
+    /// Removes the cgroup made for a restore whose Create failed before anything ran in
+    /// it (nothing else would: the container's Delete never comes).
+    pub fn undo_prepared(&self) {
+        let opened = self.opened();
+        if let (Some(cg), Some(_)) = (&opened.cgroup, &opened.procs)
+            && let Err(e) = cg.remove()
+        {
+            log::warn!("removing a failed restore's cgroup: {e}");
+        }
     }
 }
 
@@ -199,7 +250,7 @@ pub mod test_support {
             init: Arc::new(Process::new("", StdioPaths::default(), Vec::new())),
             execs: Mutex::new(HashMap::new()),
             cgroup: LazyCgroup {
-                cell: OnceLock::from(None),
+                cell: OnceLock::from(Opened::default()),
                 opening: Mutex::new(None),
             },
             mounted_rootfs: false,

@@ -70,6 +70,7 @@ impl Container {
             return Ok(());
         };
         pending.plan.stopped = true;
+        pending.plan.cgroup_procs = self.cgroup.prepared();
         self.restore_init(pending).map(|_| ()).inspect_err(|_| {
             let _ = self.destroy();
         })
