@@ -267,8 +267,11 @@ impl Cgroup {
             }
             procs.push(dir.join("cgroup.procs"));
         }
-        if let Some(r) = resources {
-            self.update(r)?;
+        if let Some(r) = resources
+            && let Err(e) = self.update(r)
+        {
+            unprepare(&procs);
+            return Err(e);
         }
         Ok(Some(procs))
     }
@@ -524,6 +527,19 @@ fn fill_cpuset(mount: &Path, rel: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes a cgroup made by [`Cgroup::prepare_join`] that nothing joined (a Create that
+/// failed first): each hierarchy's directory, if it is empty. Nothing is killed: a cgroup
+/// that something did join is not this function's to remove.
+pub fn unprepare(procs: &[PathBuf]) {
+    for dir in procs.iter().filter_map(|p| p.parent()) {
+        match fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("removing {}: {e}", dir.display()),
+        }
+    }
+}
+
 /// Moves process `pid` into a cgroup made by [`Cgroup::prepare_join`], by its
 /// `cgroup.procs` files.
 pub fn join_prepared(procs: &[PathBuf], pid: i32) -> Result<(), CgroupError> {
@@ -632,6 +648,10 @@ mod tests {
             return;
         };
         assert!(procs.len() >= 4, "one per hierarchy: {procs:?}");
+        // A Create that fails before anything joins removes it again.
+        unprepare(&procs);
+        assert!(procs.iter().all(|p| !p.parent().unwrap().exists()));
+        let procs = cg.prepare_join(Some(&resources)).unwrap().unwrap();
         let pids_dir = controller_mount("pids").unwrap().join(&id);
         assert_eq!(
             fs::read_to_string(pids_dir.join("pids.max"))

@@ -226,13 +226,11 @@ impl LazyCgroup {
     }
 
     /// Removes the cgroup made for a restore whose Create failed before anything ran in
-    /// it (nothing else would: the container's Delete never comes).
+    /// it (nothing else would: the container's Delete never comes). A restore that did
+    /// run removed its own (the worker's cleanup, or Delete).
     pub fn undo_prepared(&self) {
-        let opened = self.opened();
-        if let (Some(cg), Some(_)) = (&opened.cgroup, &opened.procs)
-            && let Err(e) = cg.remove()
-        {
-            log::warn!("removing a failed restore's cgroup: {e}");
+        if let Some(procs) = &self.opened().procs {
+            trenv_runtime::container::cgroup::unprepare(procs);
         }
     }
 }
