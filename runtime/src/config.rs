@@ -73,6 +73,10 @@ pub struct ShimSection {
     /// A shared shim without containers serves the tenant's next start for this many
     /// seconds before it exits.
     pub linger_secs: u64,
+    /// A shared shim keeps this many instances of each template it restored restored
+    /// ahead, stopped, for the next Create of the same function (shim/src/reserve.rs; 0:
+    /// none).
+    pub reserve: usize,
 }
 
 impl Default for ShimSection {
@@ -80,6 +84,7 @@ impl Default for ShimSection {
         ShimSection {
             shared: false,
             linger_secs: 30,
+            reserve: 1,
         }
     }
 }

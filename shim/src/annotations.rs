@@ -112,7 +112,7 @@ pub enum AnnotationError {
 }
 
 /// What a container's annotations ask of trenv.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Annotations {
     /// `io.trenv.function` (empty: unnamed).
     pub function: String,

@@ -312,6 +312,26 @@ impl ProcessIo {
         ))
     }
 
+    /// Pipes for a process restored before anyone asked for it (a shared shim's reserve,
+    /// shim/src/reserve.rs): the process gets all three, the shim keeps its ends unserved
+    /// until [`ReservedPipes::connect`] gives them to a container's stdio.
+    pub fn reserved(owner: Option<(u32, u32)>) -> Result<(ReservedPipes, ChildStdio), StdioError> {
+        let (in_r, in_w) = pipe("the stdin pipe")?;
+        let (out_r, out_w) = pipe("an output pipe")?;
+        let (err_r, err_w) = pipe("an output pipe")?;
+        for end in [&in_r, &out_w, &err_w] {
+            chown_pipe(end, owner)?;
+        }
+        Ok((
+            ReservedPipes {
+                stdin: in_w,
+                stdout: out_r,
+                stderr: err_r,
+            },
+            [Some(in_r), Some(out_w), Some(err_w)],
+        ))
+    }
+
     /// Serves a process's terminal: `master` is the pty master it sent over the console
     /// socket. The terminal's output goes where stdout's URI says (a terminal has no
     /// separate stderr: a logging program's fd 4 only ever sees end-of-file).
@@ -407,6 +427,72 @@ impl ProcessIo {
             logger.stop(LOGGER_STOP_GRACE);
         }
     }
+}
+
+/// The shim's ends of a reserved process's stdio pipes ([`ProcessIo::reserved`]).
+pub struct ReservedPipes {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+impl ReservedPipes {
+    /// Serves the pipes as the stdio `paths` of the container that took the process, as
+    /// [`ProcessIo::pipes`] would have: an output nobody asked for is drained (as into the
+    /// /dev/null a process without it gets), and stdin nobody writes is closed (end of
+    /// file, as /dev/null reads).
+    pub fn connect(self, paths: StdioPaths) -> Result<ProcessIo, StdioError> {
+        let output = Output::parse(&paths.stdout)?;
+        let drain = Arc::new(Drain::default());
+        let stdin = Arc::new(Mutex::new(None));
+        let mut logger = None;
+        let outputs = [(self.stdout, &paths.stdout), (self.stderr, &paths.stderr)];
+        match &output {
+            Output::Fifo => {
+                for (r, path) in outputs {
+                    let sink = if path.is_empty() {
+                        Sink::File(
+                            dev_null_for_writing().map_err(io_err("opening /dev/null".into()))?,
+                        )
+                    } else {
+                        Sink::Fifo(open_output(path)?)
+                    };
+                    copy_output(File::from(r), sink, drain.clone());
+                }
+            }
+            Output::File(path) => {
+                let file = open_log_file(path)?;
+                for (r, _) in outputs {
+                    let to = file
+                        .try_clone()
+                        .map_err(io_err(format!("duplicating {}", path.display())))?;
+                    copy_output(File::from(r), Sink::File(to), drain.clone());
+                }
+            }
+            Output::Binary(cmd) => {
+                let [(out_r, _), (err_r, _)] = outputs;
+                logger = Some(Logger::spawn(cmd, &paths.id, out_r, err_r)?);
+            }
+        }
+        if !paths.stdin.is_empty() {
+            *stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(File::from(self.stdin));
+            copy_stdin(paths.stdin.clone(), stdin.clone());
+        }
+        Ok(ProcessIo {
+            paths,
+            stdin,
+            console: None,
+            drain,
+            logger,
+        })
+    }
+}
+
+fn dev_null_for_writing() -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/null")
 }
 
 fn pipe(what: &'static str) -> Result<(OwnedFd, OwnedFd), StdioError> {

@@ -15,6 +15,7 @@ mod io;
 mod metrics;
 mod options;
 mod process;
+mod reserve;
 mod shared;
 mod shim;
 mod stamp;

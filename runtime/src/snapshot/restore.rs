@@ -207,6 +207,24 @@ pub fn restore(
     Ok((pid, phases))
 }
 
+/// Gives a restored container's state to the cgroup at `cgroups_path`: the derived spec
+/// and libcontainer's state of a tree restored ahead under a cgroup of its own (a shared
+/// shim's reserve), for the container that took it, so that its execs, stats, updates and
+/// Delete find the container's cgroup. The processes are moved by the caller.
+pub fn retarget(
+    at: &Location,
+    cgroups_path: Option<&Path>,
+    pid: i32,
+    systemd: bool,
+) -> Result<(), SnapshotError> {
+    let mut spec = at.derived_spec()?;
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_cgroups_path(cgroups_path.map(Path::to_path_buf));
+    }
+    at.save_derived(&spec)?;
+    adopt(at, &spec, pid, systemd)
+}
+
 /// Continues the tree rooted at `pid` that a restore left stopped ([`RestorePlan::stopped`]):
 /// SIGCONT to each process (a stopped process resumes as the signal is sent, even one that
 /// ignores it; the init of a PID namespace included).

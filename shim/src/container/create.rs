@@ -51,6 +51,9 @@ struct Request<'a> {
     paths: StdioPaths,
     /// The systemd cgroup driver is asked for.
     systemd: bool,
+    /// An instance for the shim's reserve: restored with stdio pipes the shim keeps
+    /// (shim/src/reserve.rs).
+    for_reserve: bool,
 }
 
 /// Where the container runs: its sandbox's directory, and its writable layer in memory.
@@ -98,7 +101,7 @@ impl Container {
         opts: &RuntimeOptions,
         namespace: &str,
     ) -> Result<Container, ttrpc::Error> {
-        match Self::create_as(req, opts, namespace, Auto::Restore) {
+        match Self::create_as(req, opts, namespace, Auto::Restore, false) {
             Ok(c) => Ok(c),
             Err(Failed::AutoRestore(e)) => {
                 log::warn!(
@@ -106,7 +109,7 @@ impl Container {
                      starting it cold, its template made anew",
                     req.id
                 );
-                Self::create_as(req, opts, namespace, Auto::Remake).map_err(|f| match f {
+                Self::create_as(req, opts, namespace, Auto::Remake, false).map_err(|f| match f {
                     Failed::AutoRestore(e) | Failed::Other(e) => e,
                 })
             }
@@ -114,14 +117,29 @@ impl Container {
         }
     }
 
+    /// An instance for the shim's reserve (shim/src/reserve.rs): a template restore like
+    /// any other, with stdio pipes the shim keeps until a container takes it; refused
+    /// unless it runs in a sandbox with its writable layer in memory.
+    pub(crate) fn create_reserved(
+        req: &CreateTaskRequest,
+        opts: &RuntimeOptions,
+        namespace: &str,
+    ) -> Result<Container, ttrpc::Error> {
+        Self::create_as(req, opts, namespace, Auto::Restore, true).map_err(|f| match f {
+            Failed::AutoRestore(e) | Failed::Other(e) => e,
+        })
+    }
+
     fn create_as(
         req: &CreateTaskRequest,
         opts: &RuntimeOptions,
         namespace: &str,
         auto_mode: Auto,
+        for_reserve: bool,
     ) -> Result<Container, Failed> {
         let mut phases = Phases::start();
-        let r = Request::read(req, opts)?;
+        let mut r = Request::read(req, opts)?;
+        r.for_reserve = for_reserve;
         // trenv's configuration: a template needs it readable; anything else runs with
         // the defaults and the environment if it is not.
         let loaded = Config::load();
@@ -155,6 +173,32 @@ impl Container {
             Some(checked) => Some(RestoreSource::template(checked)),
             None => r.restore_source(&annotations, &config, &mut phases)?,
         };
+        // The shim's reserve may have this restore done already.
+        let reserve_key = r.reserve_key(&annotations, &config, source.as_ref());
+        if let Some(key) = &reserve_key
+            && !for_reserve
+            && let Some(inst) = crate::reserve::get().and_then(|rv| rv.take(key))
+        {
+            log::info!(
+                "container {}: takes the reserve's instance {}, restored {:.1} s ago",
+                req.id,
+                inst.container.id,
+                inst.made.elapsed().as_secs_f64()
+            );
+            match Container::from_reserved(inst, &r.taken(), annotations.clone(), criu.clone()) {
+                Ok(mut c) => {
+                    c.reserve_source = r.reserve_source(key, namespace, &config);
+                    phases.mark("taken from the reserve");
+                    log::debug!("created {} from the reserve: {phases}", req.id);
+                    return Ok(c);
+                }
+                Err(e) => log::warn!(
+                    "container {}: the reserve's instance could not be taken ({e:?}); \
+                     restoring it",
+                    req.id
+                ),
+            }
+        }
         // A template is restored in this Create: its cgroup is made and limited meanwhile.
         let prepare = source
             .as_ref()
@@ -193,6 +237,8 @@ impl Container {
             create_time: Mutex::new(None),
             sandbox: Mutex::new(None),
             image_of: Arc::default(),
+            reserved_io: Mutex::new(None),
+            reserve_source: None,
         };
         let held = super::sandbox::take(
             &req.id,
@@ -214,6 +260,20 @@ impl Container {
             .memory_limit
             .filter(|_| held.is_some() && scratch_kind == ScratchKind::Memory)
             .map(|limit| Scratch { size: Some(limit) });
+        let reservable = held.is_some() && scratch.is_some() && !r.paths.terminal;
+        if for_reserve && !reservable {
+            container.cgroup.undo_prepared();
+            if let Some(h) = held {
+                h.release(&req.id);
+            }
+            return Err(precondition(
+                "a reserve's instance must run in a sandbox with its writable layer in memory",
+            )
+            .into());
+        }
+        if reservable && let Some(key) = &reserve_key {
+            container.reserve_source = r.reserve_source(key, namespace, &config);
+        }
         *container.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = held;
         phases.mark("sandbox");
         let created = match source {
@@ -288,7 +348,62 @@ impl<'a> Request<'a> {
                 id: req.id.clone(),
             },
             systemd,
+            for_reserve: false,
         })
+    }
+
+    /// The key of the shim's reserve this Create may take an instance of, or leave one of
+    /// for the next (shim/src/reserve.rs): a shared shim's template restore without a
+    /// terminal, with the reserve on.
+    fn reserve_key(
+        &self,
+        annotations: &Annotations,
+        config: &Config,
+        source: Option<&RestoreSource>,
+    ) -> Option<String> {
+        let template = source?.template.as_ref()?;
+        if config.shim.reserve == 0 || self.paths.terminal || self.systemd {
+            return None;
+        }
+        crate::reserve::get()?;
+        let stamp = serde_json::to_string(&template.stamp).ok()?;
+        crate::reserve::key(
+            &annotations.tenant.to_string(),
+            &format!("{}@{stamp}", template.path.display()),
+            &self.spec,
+            &self.rootfs,
+            self.opts,
+        )
+    }
+
+    /// What the reserve needs to restore more like this container.
+    fn reserve_source(
+        &self,
+        key: &str,
+        namespace: &str,
+        config: &Config,
+    ) -> Option<crate::reserve::Source> {
+        let want = config.shim.reserve;
+        let keep_alive = std::time::Duration::from_secs(config.sandboxes.keep_alive_secs);
+        (want > 0).then(|| crate::reserve::Source {
+            key: key.to_string(),
+            spec: self.spec.clone(),
+            rootfs: self.rootfs.clone(),
+            opts: self.opts.clone(),
+            namespace: namespace.to_string(),
+            want,
+            keep_alive,
+        })
+    }
+
+    /// What a container that takes a reserve's instance brings of its own.
+    fn taken(&self) -> super::reserved::Taking<'_> {
+        super::reserved::Taking {
+            id: &self.req.id,
+            spec: &self.spec,
+            paths: self.paths.clone(),
+            systemd: self.systemd,
+        }
     }
 
     /// What Start restores from, if anything: a template (annotation), containerd's
@@ -443,6 +558,17 @@ impl<'a> Request<'a> {
         log::debug!("{}: rootfs and spec in a worker: {in_worker}", self.at.id);
         let (io, child) = if self.paths.terminal {
             (None, [None, None, None])
+        } else if self.for_reserve {
+            match ProcessIo::reserved(self.opts.io_owner) {
+                Ok((pipes, child)) => {
+                    *c.reserved_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(pipes);
+                    (None, child)
+                }
+                Err(e) => {
+                    let _ = c.destroy();
+                    return Err(stdio(e));
+                }
+            }
         } else {
             match ProcessIo::pipes(self.paths.clone()) {
                 Ok((io, child)) => (Some(io), child),

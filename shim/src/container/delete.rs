@@ -29,6 +29,10 @@ impl Container {
         // Purged and kept only if nothing of the container is left in it (the purge
         // checks); destroyed otherwise.
         self.release_sandbox();
+        // A container that took a reserve's instance lived in the instance's directory.
+        if deleted.is_ok() {
+            crate::reserve::remove_bundle(&self.at.bundle);
+        }
         deleted
     }
 }

@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod create;
 pub mod delete;
 pub mod exec;
+mod reserved;
 pub mod sandbox;
 pub mod signal;
 pub mod start;
@@ -59,6 +60,11 @@ pub struct Container {
     sandbox: Mutex<Option<sandbox::Held>>,
     /// The image, asked of containerd when the spec does not name it (metering records).
     pub image_of: Arc<crate::image_of::ImageOf>,
+    /// A reserve's instance: the shim's ends of its stdio, until a container takes it
+    /// (shim/src/reserve.rs).
+    reserved_io: Mutex<Option<crate::io::ReservedPipes>>,
+    /// A template restore the shim's reserve can keep instances of, for the next.
+    pub reserve_source: Option<crate::reserve::Source>,
 }
 
 /// How a container's init process starts.
@@ -264,6 +270,8 @@ pub mod test_support {
             create_time: Mutex::new(None),
             sandbox: Mutex::new(None),
             image_of: Arc::default(),
+            reserved_io: Mutex::new(None),
+            reserve_source: None,
         })
     }
 }

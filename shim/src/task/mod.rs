@@ -126,6 +126,9 @@ impl Inner {
     /// Lets the shim exit once exit handlers have finished their metering records and
     /// events.
     fn exit_now(&self) {
+        if let Some(reserve) = crate::reserve::get() {
+            reserve.close();
+        }
         self.wait_exits(Duration::from_secs(5));
         self.events.flush(Duration::from_secs(2));
         self.exit.signal();
@@ -327,6 +330,10 @@ impl Task for Service {
                 }),
             );
             self.inner.started(&c, &c.init, pid);
+            // The next start of this function finds an instance restored ahead.
+            if let (Some(source), Some(reserve)) = (&c.reserve_source, crate::reserve::get()) {
+                reserve.refill(source.clone());
+            }
             // Benchmarks read this line (integration/src/bin/bench-templates.rs).
             let created = c
                 .create_time

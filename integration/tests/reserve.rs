@@ -1,0 +1,384 @@
+//! A shared shim's reserve (shim/src/reserve.rs) through a real containerd: after a
+//! template restore, the tenant's shim restores another instance ahead and leaves it
+//! stopped; the next Create of the same function takes that process instead of running
+//! CRIU — in the container's own cgroup, with its own stdio, exec, exit and Delete — while
+//! a container whose spec differs does not; a killed shim's instances are removed by the
+//! next shim of the node.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use trenv_integration::pyfn::{LOG_ENV, field, signal_state, wait_line};
+use trenv_integration::{Ctr, PYFN, RUNTIME, cgroup_v2_host, trenv_cli, unique_id};
+
+const SHARED: &str = "io.trenv.shim=shared";
+/// A memory limit: the reserve is for containers whose writable layer is in memory.
+const LIMIT: &str = "268435456";
+const STATE_MB: &str = "FN_STATE_MB=16";
+
+/// A namespace of the test's own (its own tenant, so its own shared shim and templates).
+fn own_namespace(name: &str) -> Ctr {
+    let c = Ctr::from_env().with_namespace(name);
+    c.ensure_images();
+    c.ensure_image(PYFN);
+    c
+}
+
+/// Containers and a template removed however the test ends.
+struct Cleanup<'a> {
+    ctr: &'a Ctr,
+    containers: Vec<String>,
+    template: Option<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for id in &self.containers {
+            self.ctr.remove(id);
+        }
+        if let Some(t) = &self.template {
+            let _ = trenv_cli()
+                .args(["template", "rm", t, "-n", &self.ctr.namespace])
+                .output();
+        }
+    }
+}
+
+fn run_detached(c: &Ctr, id: &str, flags: &[&str]) {
+    let mut a = vec!["run", "-d", "--runtime", RUNTIME];
+    a.extend_from_slice(flags);
+    a.extend(["--env", STATE_MB, "--env", LOG_ENV, PYFN, id]);
+    c.run(&a).ok();
+    assert!(
+        c.wait_status(id, "RUNNING", Duration::from_secs(30)),
+        "{id} did not start: {:?}",
+        c.task_status(id)
+    );
+}
+
+/// A template of the 16 MiB Python function in `c`'s namespace; its state checksum.
+fn make_template(c: &Ctr, clean: &mut Cleanup<'_>, name: &str) -> String {
+    let src = unique_id("rsv-src");
+    clean.containers.push(src.clone());
+    run_detached(c, &src, &[]);
+    let state = field(&wait_line(c, &src, "ready ", 0), "state=");
+    let out = trenv_cli()
+        .args([
+            "template",
+            "create",
+            name,
+            "--from",
+            &src,
+            "-n",
+            &c.namespace,
+        ])
+        .output()
+        .expect("running trenv");
+    assert!(
+        out.status.success(),
+        "template create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    clean.template = Some(name.to_string());
+    c.remove(&src);
+    state
+}
+
+fn restoring_flags(template: &str) -> Vec<String> {
+    [
+        "--memory-limit",
+        LIMIT,
+        "--annotation",
+        SHARED,
+        "--annotation",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("io.trenv.template={template}")])
+    .collect()
+}
+
+/// The directory holding the tenant's containers' cgroups in the pids hierarchy (v1) or
+/// the unified one (v2): ctr's `cgroupsPath` is `/<namespace>/<id>`.
+fn cgroup_parent(ns: &str) -> PathBuf {
+    if cgroup_v2_host() {
+        Path::new("/sys/fs/cgroup").join(ns)
+    } else {
+        Path::new("/sys/fs/cgroup/pids").join(ns)
+    }
+}
+
+/// The reserve's instances of the tenant: (cgroup directory, processes in it).
+fn instances(ns: &str) -> Vec<(PathBuf, Vec<i32>)> {
+    let Ok(dir) = fs::read_dir(cgroup_parent(ns)) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("trenv-reserve-")
+        })
+        .map(|e| {
+            let procs = fs::read_to_string(e.path().join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            (e.path(), procs)
+        })
+        .collect()
+}
+
+/// The tenant's instances now (a lingering shim of an earlier run may hold some, of
+/// other templates).
+fn instance_dirs_now(ns: &str) -> Vec<PathBuf> {
+    instances(ns).into_iter().map(|(dir, _)| dir).collect()
+}
+
+/// Waits (at most 30 s) for an instance not among `before` to be ready: its processes
+/// stopped (while it is restored, CRIU is in its cgroup); its init's pid.
+fn wait_instance(ns: &str, before: &[PathBuf]) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(pid) = instances(ns)
+            .iter()
+            .filter(|(dir, procs)| {
+                !before.contains(dir)
+                    && !procs.is_empty()
+                    && procs.iter().all(|p| proc_state(*p) == 'T')
+            })
+            .find_map(|(_, procs)| procs.iter().min().copied())
+        {
+            return pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no reserve instance appeared in {}",
+            cgroup_parent(ns).display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn proc_state(pid: i32) -> char {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next()?.trim_start().chars().next())
+        .unwrap_or('-')
+}
+
+fn init_pid(c: &Ctr, id: &str) -> i32 {
+    trenv_integration::bench::task_pid(c, id).unwrap_or_else(|| panic!("{id} has no task"))
+}
+
+fn parent_of(pid: i32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no parent in {stat:?}"))
+}
+
+/// Lines of /proc/self/mountinfo naming `what`.
+fn mounts_naming(what: &str) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_until(within: Duration, what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_next_start_takes_the_reserved_instance_and_it_is_the_container_s_own() {
+    let c = own_namespace("trenv-test-reserve");
+    let mut clean = Cleanup {
+        ctr: &c,
+        containers: Vec::new(),
+        template: None,
+    };
+    let name = unique_id("rsv-t");
+    let state = make_template(&c, &mut clean, &name);
+    let flags = restoring_flags(&name);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // The first start restores the template; the shim then restores one more, stopped.
+    let a = unique_id("rsv-a");
+    clean.containers.push(a.clone());
+    let before = instance_dirs_now(&c.namespace);
+    run_detached(&c, &a, &flags);
+    assert_eq!(signal_state(&c, &a, "SIGUSR1"), state);
+    let reserved = wait_instance(&c.namespace, &before);
+    let instance_id = instance_of(&c.namespace, reserved);
+    assert_eq!(
+        proc_state(reserved),
+        'T',
+        "a reserved instance waits stopped"
+    );
+    assert_eq!(
+        parent_of(reserved),
+        parent_of(init_pid(&c, &a)),
+        "the instance is a child of the tenant's shim"
+    );
+    // The next start takes it: the same process, now the container's, with its output
+    // going where the container's goes.
+    let b = unique_id("rsv-b");
+    clean.containers.push(b.clone());
+    let out_dir = tempfile::tempdir().expect("a temporary directory");
+    let out = out_dir.path().join("b.log");
+    let log_uri = format!("file://{}", out.display());
+    let mut b_flags = flags.clone();
+    b_flags.extend(["--log-uri", log_uri.as_str()]);
+    run_detached(&c, &b, &b_flags);
+    assert_eq!(init_pid(&c, &b), reserved, "{b} did not take the instance");
+    assert_eq!(proc_state(reserved), 'S', "Start continued the instance");
+    let cgroup = fs::read_to_string(format!("/proc/{reserved}/cgroup")).unwrap_or_default();
+    let own = format!("/{}/{b}", c.namespace);
+    assert!(
+        cgroup
+            .lines()
+            .all(|l| l.ends_with(&own) || l.ends_with(":/")),
+        "{b}'s processes are in its own cgroup: {cgroup}"
+    );
+    // Its memory is the template's, it answers through exec, and its stdout is the
+    // container's.
+    assert_eq!(signal_state(&c, &b, "SIGUSR1"), state);
+    wait_until(Duration::from_secs(10), "no output reached b's log", || {
+        fs::read_to_string(&out).is_ok_and(|t| t.contains("check state="))
+    });
+    // The instance's cgroup became the container's (or its processes left it).
+    assert!(
+        !cgroup_parent(&c.namespace).join(&instance_id).exists(),
+        "the instance's cgroup is left"
+    );
+    // It exits and is deleted like any container, and takes its directory with it.
+    c.run(&["task", "kill", "-s", "SIGTERM", &b]).ok();
+    assert!(
+        c.wait_status(&b, "STOPPED", Duration::from_secs(20)),
+        "{b} did not stop"
+    );
+    c.remove(&b);
+    let cgroup_dir = cgroup_parent(&c.namespace).join(&b);
+    assert!(!cgroup_dir.exists(), "{} is left", cgroup_dir.display());
+    assert!(
+        mounts_naming(&instance_id).is_empty(),
+        "its mounts are left"
+    );
+    assert!(
+        instance_dirs(&instance_id).is_empty(),
+        "its directory is left"
+    );
+}
+
+/// The id of the instance whose init is `pid` (its cgroup's name).
+fn instance_of(ns: &str, pid: i32) -> String {
+    instances(ns)
+        .into_iter()
+        .find(|(_, procs)| procs.contains(&pid))
+        .and_then(|(dir, _)| Some(dir.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| panic!("{pid} is in no instance's cgroup"))
+}
+
+/// Directories of the instance `id` below the reserve's directory.
+fn instance_dirs(id: &str) -> Vec<PathBuf> {
+    fs::read_dir("/run/trenv/reserve")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|owner| fs::read_dir(owner.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.ends_with(id))
+        .collect()
+}
+
+#[test]
+fn a_start_whose_spec_differs_does_not_take_the_instance() {
+    let c = own_namespace("trenv-test-reserve-d");
+    let mut clean = Cleanup {
+        ctr: &c,
+        containers: Vec::new(),
+        template: None,
+    };
+    let name = unique_id("rsv-t");
+    let state = make_template(&c, &mut clean, &name);
+    let flags = restoring_flags(&name);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let a = unique_id("rsv-a");
+    clean.containers.push(a.clone());
+    let before = instance_dirs_now(&c.namespace);
+    run_detached(&c, &a, &flags);
+    let reserved = wait_instance(&c.namespace, &before);
+    // Another hostname: restored from the template as before, not given the instance
+    // made with a's.
+    let b = unique_id("rsv-b");
+    clean.containers.push(b.clone());
+    let mut b_flags = flags.clone();
+    b_flags.extend(["--hostname", "elsewhere"]);
+    run_detached(&c, &b, &b_flags);
+    assert_ne!(init_pid(&c, &b), reserved);
+    assert_eq!(
+        proc_state(reserved),
+        'T',
+        "the instance {reserved} still waits: {:?}",
+        instances(&c.namespace)
+    );
+    assert_eq!(signal_state(&c, &b, "SIGUSR1"), state);
+    let hostname = trenv_integration::exec(&c, &b, &["cat", "/proc/sys/kernel/hostname"]);
+    assert_eq!(hostname.trim(), "elsewhere");
+}
+
+#[test]
+fn a_killed_shims_instances_are_removed_by_the_next_shim() {
+    let c = own_namespace("trenv-test-reserve-k");
+    let mut clean = Cleanup {
+        ctr: &c,
+        containers: Vec::new(),
+        template: None,
+    };
+    let name = unique_id("rsv-t");
+    make_template(&c, &mut clean, &name);
+    let flags = restoring_flags(&name);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let a = unique_id("rsv-a");
+    clean.containers.push(a.clone());
+    let before = instance_dirs_now(&c.namespace);
+    run_detached(&c, &a, &flags);
+    let reserved = wait_instance(&c.namespace, &before);
+    let instance_id = instance_of(&c.namespace, reserved);
+    let instance_cgroup = cgroup_parent(&c.namespace).join(&instance_id);
+    let shim = parent_of(init_pid(&c, &a));
+    // SAFETY: kill(2) with a pid and a signal number.
+    let killed = unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert_eq!(killed, 0, "killing the shim");
+    // containerd cleans up after the shim (the task is then gone or stopped).
+    wait_until(Duration::from_secs(30), "the container still runs", || {
+        c.task_status(&a).as_deref() != Some("RUNNING")
+    });
+    c.remove(&a);
+    // The orphaned instance waits, stopped, until the next shim of the node looks.
+    assert_eq!(proc_state(reserved), 'T');
+    assert!(!mounts_naming(&instance_id).is_empty());
+    let b = unique_id("rsv-b");
+    clean.containers.push(b.clone());
+    run_detached(&c, &b, &flags);
+    wait_until(
+        Duration::from_secs(30),
+        "the dead shim's instance was not removed",
+        || proc_state(reserved) == '-' && mounts_naming(&instance_id).is_empty(),
+    );
+    wait_until(Duration::from_secs(10), "its cgroup is left", || {
+        !instance_cgroup.exists()
+    });
+    let left = instance_dirs(&instance_id);
+    assert!(left.is_empty(), "its directory is left: {left:?}");
+}
