@@ -137,24 +137,27 @@ fn instance_dirs_now(ns: &str) -> Vec<PathBuf> {
     instances(ns).into_iter().map(|(dir, _)| dir).collect()
 }
 
-/// Waits (at most 30 s) for an instance not among `before` to be ready: its processes
-/// stopped (while it is restored, CRIU is in its cgroup); its init's pid.
+/// Waits (at most a minute) for an instance not among `before` to be ready (its directory
+/// says so once a Create can take it); its init's pid.
 fn wait_instance(ns: &str, before: &[PathBuf]) -> i32 {
     let start = Instant::now();
     loop {
         if let Some(pid) = instances(ns)
             .iter()
             .filter(|(dir, procs)| {
+                let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
                 !before.contains(dir)
                     && !procs.is_empty()
-                    && procs.iter().all(|p| proc_state(*p) == 'T')
+                    && id.is_some_and(|id| {
+                        instance_dirs(&id).iter().any(|d| d.join("ready").exists())
+                    })
             })
             .find_map(|(_, procs)| procs.iter().min().copied())
         {
             return pid;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < Duration::from_secs(60),
             "no reserve instance appeared in {}",
             cgroup_parent(ns).display()
         );
@@ -167,6 +170,12 @@ fn proc_state(pid: i32) -> char {
         .ok()
         .and_then(|s| s.rsplit(')').next()?.trim_start().chars().next())
         .unwrap_or('-')
+}
+
+/// The process is gone (a zombie is: its orphans are reaped by the node's init, whenever
+/// it gets to it).
+fn gone(pid: i32) -> bool {
+    matches!(proc_state(pid), '-' | 'Z')
 }
 
 fn init_pid(c: &Ctr, id: &str) -> i32 {
@@ -267,6 +276,12 @@ fn the_next_start_takes_the_reserved_instance_and_it_is_the_container_s_own() {
         c.wait_status(&b, "STOPPED", Duration::from_secs(20)),
         "{b} did not stop"
     );
+    // Its metering record: a template restore, restored ahead, in a repurposed sandbox or
+    // a new one, exiting as SIGTERM made it.
+    let record = trenv_integration::record_in(&trenv_integration::meter_dir(), &b, "");
+    assert_eq!(record["start"], "template", "{record}");
+    assert_eq!(record["reserve"], true, "{record}");
+    assert_ne!(record["sandbox"], "", "{record}");
     c.remove(&b);
     let cgroup_dir = cgroup_parent(&c.namespace).join(&b);
     assert!(!cgroup_dir.exists(), "{} is left", cgroup_dir.display());
@@ -338,7 +353,7 @@ fn a_start_whose_spec_differs_does_not_take_the_instance() {
 }
 
 #[test]
-fn a_killed_shims_instances_are_removed_by_the_next_shim() {
+fn a_killed_shims_instances_and_the_containers_that_took_them_leave_nothing() {
     let c = own_namespace("trenv-test-reserve-k");
     let mut clean = Cleanup {
         ctr: &c,
@@ -349,36 +364,55 @@ fn a_killed_shims_instances_are_removed_by_the_next_shim() {
     make_template(&c, &mut clean, &name);
     let flags = restoring_flags(&name);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let a = unique_id("rsv-a");
-    clean.containers.push(a.clone());
+    // a restores the template; b takes the instance made after it; a second instance
+    // waits when the shim is killed.
+    let (a, b) = (unique_id("rsv-a"), unique_id("rsv-b"));
+    clean.containers.extend([a.clone(), b.clone()]);
     let before = instance_dirs_now(&c.namespace);
     run_detached(&c, &a, &flags);
-    let reserved = wait_instance(&c.namespace, &before);
-    let instance_id = instance_of(&c.namespace, reserved);
-    let instance_cgroup = cgroup_parent(&c.namespace).join(&instance_id);
+    let taken = wait_instance(&c.namespace, &before);
+    let taken_id = instance_of(&c.namespace, taken);
+    let before = instance_dirs_now(&c.namespace);
+    run_detached(&c, &b, &flags);
+    assert_eq!(init_pid(&c, &b), taken, "{b} did not take the instance");
+    let waiting = wait_instance(&c.namespace, &before);
+    let waiting_id = instance_of(&c.namespace, waiting);
     let shim = parent_of(init_pid(&c, &a));
     // SAFETY: kill(2) with a pid and a signal number.
     let killed = unsafe { libc::kill(shim, libc::SIGKILL) };
     assert_eq!(killed, 0, "killing the shim");
-    // containerd cleans up after the shim (the task is then gone or stopped).
-    wait_until(Duration::from_secs(30), "the container still runs", || {
-        c.task_status(&a).as_deref() != Some("RUNNING")
+    // containerd cleans up after the shim (the task is then gone or stopped), and with it
+    // the processes of both containers.
+    for id in [&a, &b] {
+        wait_until(Duration::from_secs(30), "a container still runs", || {
+            c.task_status(id).as_deref() != Some("RUNNING")
+        });
+        c.remove(id);
+    }
+    wait_until(Duration::from_secs(30), "b's process is left", || {
+        gone(taken)
     });
-    c.remove(&a);
-    // The orphaned instance waits, stopped, until the next shim of the node looks.
-    assert_eq!(proc_state(reserved), 'T');
-    assert!(!mounts_naming(&instance_id).is_empty());
-    let b = unique_id("rsv-b");
-    clean.containers.push(b.clone());
-    run_detached(&c, &b, &flags);
-    wait_until(
-        Duration::from_secs(30),
-        "the dead shim's instance was not removed",
-        || proc_state(reserved) == '-' && mounts_naming(&instance_id).is_empty(),
+    // The orphaned instance waits, stopped, until the next shim of the node looks; so do
+    // the mounts of the instance b took.
+    assert_eq!(proc_state(waiting), 'T');
+    assert!(!mounts_naming(&waiting_id).is_empty());
+    let d = unique_id("rsv-d");
+    clean.containers.push(d.clone());
+    run_detached(&c, &d, &flags);
+    for id in [&taken_id, &waiting_id] {
+        wait_until(
+            Duration::from_secs(30),
+            "a dead shim's instance was not removed",
+            || mounts_naming(id).is_empty() && instance_dirs(id).is_empty(),
+        );
+        let cgroup = cgroup_parent(&c.namespace).join(id);
+        wait_until(Duration::from_secs(10), "its cgroup is left", || {
+            !cgroup.exists()
+        });
+    }
+    assert!(gone(waiting), "the waiting instance's process is left");
+    assert!(
+        !cgroup_parent(&c.namespace).join(&b).exists(),
+        "b's cgroup is left"
     );
-    wait_until(Duration::from_secs(10), "its cgroup is left", || {
-        !instance_cgroup.exists()
-    });
-    let left = instance_dirs(&instance_id);
-    assert!(left.is_empty(), "its directory is left: {left:?}");
 }

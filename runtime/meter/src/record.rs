@@ -87,6 +87,9 @@ pub struct Identity {
     /// The function that ran in a repurposed sandbox before.
     #[serde(default)]
     pub previous_function: String,
+    /// A template restore whose process a shared shim restored ahead (its reserve).
+    #[serde(default)]
+    pub reserve: bool,
 }
 
 /// One invocation's record (one line of invocations.jsonl).

@@ -177,7 +177,7 @@ impl Container {
         let reserve_key = r.reserve_key(&annotations, &config, source.as_ref());
         if let Some(key) = &reserve_key
             && !for_reserve
-            && let Some(inst) = crate::reserve::get().and_then(|rv| rv.take(key))
+            && let Some(inst) = crate::reserve::get().and_then(|rv| rv.take(&key.0))
         {
             log::info!(
                 "container {}: takes the reserve's instance {}, restored {:.1} s ago",
@@ -209,6 +209,7 @@ impl Container {
         let mut container = Container {
             id: req.id.clone(),
             at: r.at.clone(),
+            bundle: r.at.bundle.clone(),
             init: Arc::new(Process::new("", r.paths.clone(), Vec::new())),
             execs: Mutex::new(HashMap::new()),
             cgroup,
@@ -239,6 +240,7 @@ impl Container {
             image_of: Arc::default(),
             reserved_io: Mutex::new(None),
             reserve_source: None,
+            from_reserve: false,
         };
         let held = super::sandbox::take(
             &req.id,
@@ -360,33 +362,35 @@ impl<'a> Request<'a> {
         annotations: &Annotations,
         config: &Config,
         source: Option<&RestoreSource>,
-    ) -> Option<String> {
+    ) -> Option<(String, PathBuf)> {
         let template = source?.template.as_ref()?;
         if config.shim.reserve == 0 || self.paths.terminal || self.systemd {
             return None;
         }
         crate::reserve::get()?;
         let stamp = serde_json::to_string(&template.stamp).ok()?;
-        crate::reserve::key(
+        let key = crate::reserve::key(
             &annotations.tenant.to_string(),
             &format!("{}@{stamp}", template.path.display()),
             &self.spec,
             &self.rootfs,
             self.opts,
-        )
+        )?;
+        Some((key, template.path.clone()))
     }
 
     /// What the reserve needs to restore more like this container.
     fn reserve_source(
         &self,
-        key: &str,
+        (key, pool_file): &(String, PathBuf),
         namespace: &str,
         config: &Config,
     ) -> Option<crate::reserve::Source> {
         let want = config.shim.reserve;
         let keep_alive = std::time::Duration::from_secs(config.sandboxes.keep_alive_secs);
         (want > 0).then(|| crate::reserve::Source {
-            key: key.to_string(),
+            key: key.clone(),
+            pool_file: pool_file.clone(),
             spec: self.spec.clone(),
             rootfs: self.rootfs.clone(),
             opts: self.opts.clone(),
@@ -400,6 +404,7 @@ impl<'a> Request<'a> {
     fn taken(&self) -> super::reserved::Taking<'_> {
         super::reserved::Taking {
             id: &self.req.id,
+            bundle: self.at.bundle.clone(),
             spec: &self.spec,
             paths: self.paths.clone(),
             systemd: self.systemd,

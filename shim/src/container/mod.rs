@@ -33,7 +33,11 @@ pub use start::NEVER_STARTED;
 
 pub struct Container {
     pub id: String,
+    /// Where libcontainer keeps its state: containerd's bundle, or for a container that
+    /// took a reserve's instance, the instance's directory (shim/src/reserve.rs).
     pub at: Location,
+    /// containerd's bundle of the container (its log FIFO, its State).
+    bundle: PathBuf,
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     pub cgroup: LazyCgroup,
@@ -65,6 +69,8 @@ pub struct Container {
     reserved_io: Mutex<Option<crate::io::ReservedPipes>>,
     /// A template restore the shim's reserve can keep instances of, for the next.
     pub reserve_source: Option<crate::reserve::Source>,
+    /// The container took an instance from the reserve (metering records say so).
+    pub from_reserve: bool,
 }
 
 /// How a container's init process starts.
@@ -140,7 +146,7 @@ impl Container {
     }
 
     pub fn bundle(&self) -> &Path {
-        &self.at.bundle
+        &self.bundle
     }
 }
 
@@ -251,6 +257,7 @@ pub mod test_support {
         Arc::new(Container {
             id: id.into(),
             at: Location::new(id, Path::new("/nonexistent/bundle")),
+            bundle: PathBuf::from("/nonexistent/bundle"),
             init: Arc::new(Process::new("", StdioPaths::default(), Vec::new())),
             execs: Mutex::new(HashMap::new()),
             cgroup: LazyCgroup {
@@ -272,6 +279,7 @@ pub mod test_support {
             image_of: Arc::default(),
             reserved_io: Mutex::new(None),
             reserve_source: None,
+            from_reserve: false,
         })
     }
 }

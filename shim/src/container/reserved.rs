@@ -22,9 +22,11 @@ use crate::io::{ReservedPipes, StdioPaths};
 use crate::process::Process;
 use crate::reserve::Instance;
 
-/// What the taking container brings: its id, spec, stdio and cgroup driver.
+/// What the taking container brings: its id, bundle, spec, stdio and cgroup driver.
 pub(super) struct Taking<'a> {
     pub id: &'a str,
+    /// containerd's bundle of the container.
+    pub bundle: PathBuf,
     pub spec: &'a Spec,
     pub paths: StdioPaths,
     pub systemd: bool,
@@ -161,6 +163,7 @@ impl Container {
         Ok(Container {
             id: t.id.to_string(),
             at: old.at.clone(),
+            bundle: t.bundle.clone(),
             init,
             execs: Mutex::new(HashMap::new()),
             cgroup,
@@ -178,6 +181,7 @@ impl Container {
             image_of: Arc::default(),
             reserved_io: Mutex::new(None),
             reserve_source: None,
+            from_reserve: true,
         })
     }
 }
@@ -231,13 +235,15 @@ fn move_tree(
         return Ok(());
     }
     let cg: &Cgroup = cgroup.get().ok_or(TakeError::NoCgroup)?;
-    if let Some(r) = resources {
-        cg.update(r)
-            .map_err(|source| TakeError::Join { pid, source })?;
-    }
+    // Joining first makes the cgroup with its controllers enabled (libcgroups on v2); the
+    // processes are stopped, so the limits apply before any of them runs again.
     for p in tree {
         cg.add_task(p)
             .map_err(|source| TakeError::Join { pid: p, source })?;
+    }
+    if let Some(r) = resources {
+        cg.update(r)
+            .map_err(|source| TakeError::Join { pid, source })?;
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ impl MeterHook {
             .into(),
             sandbox: sandbox.into(),
             previous_function,
+            reserve: c.from_reserve,
             container_id: c.id.clone(),
             sandbox_id: c.annotations.sandbox_id.clone(),
             image: c.annotations.image.clone(),
