@@ -87,8 +87,9 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     # A function templated once and restored: the Python test function (64 MiB of state).
     ctr_() { "$CTR" --address "$CONTAINERD_ADDRESS" "$@"; }
     src="trenv-demo-fn-$$" inst="trenv-demo-fn-$$-1" tpl="demo-fn-$$"
+    shared1="trenv-demo-fn-$$-2" shared2="trenv-demo-fn-$$-3"
     cleanup_demo() {
-        for c in "$inst" "$src"; do
+        for c in "$inst" "$shared1" "$shared2" "$src"; do
             ctr_ task kill -s SIGKILL "$c" >/dev/null 2>&1 || true
             ctr_ task delete "$c" >/dev/null 2>&1 || true
             ctr_ container delete "$c" >/dev/null 2>&1 || true
@@ -133,6 +134,27 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     done
     log "its metering record:"
     grep "$record" "$meter/invocations.jsonl" | tail -n 1 | jq . || true
+    # A tenant's shared shim keeps an instance restored ahead (docs/templates.md, "The
+    # reserve"): the first start below restores the template, the second takes the process
+    # the shim restored meanwhile (no CRIU on its path). Its writable layer in memory, which
+    # the memory limit bounds.
+    log "demo: two more instances in the tenant's shared shim; the second takes the one it restored ahead"
+    for c in "$shared1" "$shared2"; do
+        ctr_ run -d --runtime io.containerd.trenv.v1 --annotation io.trenv.function=demo-fn \
+            --env FN_STATE_MB=64 --env FN_LOG=/tmp/fn.log --memory-limit 268435456 \
+            --annotation io.trenv.shim=shared --annotation "io.trenv.template=$tpl" \
+            docker.io/trenv/pyfn:latest "$c" >/dev/null
+        sleep 1
+    done
+    ctr_ task kill -s SIGTERM "$shared2"
+    record="\"container_id\":\"$shared2\",\"exec_id\":\"\""
+    for _ in $(seq 50); do
+        grep -q "$record" "$meter/invocations.jsonl" 2>/dev/null && break
+        sleep 0.1
+    done
+    log "its metering record says it was restored ahead:"
+    grep "$record" "$meter/invocations.jsonl" | tail -n 1 |
+        jq -c '{container_id, start, reserve, sandbox}' || true
     cleanup_demo
     trap - EXIT
     # Deleted, the two Python containers left their sandboxes (network, IPC and UTS

@@ -31,7 +31,7 @@
 
 /* Larger pool files are refused (16 GiB): the page array is kept in memory. */
 #define MMT_MAX_PAGES (16UL << (30 - PAGE_SHIFT))
-/* How often retiring DAX templates are checked for pages still mapped somewhere. */
+/* How often retiring templates are checked for pages still mapped somewhere. */
 #define MMT_RETIRE_INTERVAL (HZ)
 
 struct mmt_template {
@@ -109,14 +109,25 @@ static void mmt_free(struct mmt_template *t)
 	module_put(THIS_MODULE);
 }
 
-/* True when no page of t is referenced by anyone but the filesystem and t. */
-static bool mmt_dax_idle(const struct mmt_template *t)
+/*
+ * True when no page of t is mapped anywhere any more: a DAX page is referenced by nobody
+ * but the filesystem and t; a tmpfs page is in no page table. Instances hold a tmpfs
+ * template's page cache folios in anonymous memory, where the file's truncation cannot
+ * find them: the file must outlive those mappings, or its eviction would take folios out
+ * of the page cache while they are still mapped.
+ */
+static bool mmt_idle(const struct mmt_template *t)
 {
 	unsigned long i;
 
-	for (i = 0; i < t->nr_pages; i++)
-		if (!is_zero_page(t->pages[i]) && page_ref_count(t->pages[i]) > 2)
+	for (i = 0; i < t->nr_pages; i++) {
+		struct page *p = t->pages[i];
+
+		if (is_zero_page(p))
+			continue;
+		if (t->dax ? page_ref_count(p) > 2 : folio_mapped(page_folio(p)))
 			return false;
+	}
 	return true;
 }
 
@@ -127,7 +138,7 @@ static void mmt_retire_work(struct work_struct *work)
 
 	mutex_lock(&mmt_retire_lock);
 	list_for_each_entry_safe(t, next, &mmt_retiring, node) {
-		if (mmt_dax_idle(t)) {
+		if (mmt_idle(t)) {
 			list_move(&t->node, &done);
 			mmt_retiring_count--;
 		}
@@ -143,7 +154,7 @@ static void mmt_retire_work(struct work_struct *work)
 
 static void mmt_release(struct mmt_template *t)
 {
-	if (!t->dax || mmt_dax_idle(t)) {
+	if (mmt_idle(t)) {
 		mmt_free(t);
 		return;
 	}

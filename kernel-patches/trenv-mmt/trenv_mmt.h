@@ -39,7 +39,7 @@ struct trenv_mmt_query {
 	__u64 pages;		/* out: the template's size in pages */
 	__u64 attaches;		/* out: successful attaches so far */
 	__u64 templates;	/* out: templates registered in the module (all files) */
-	__u64 retiring;		/* out: unregistered DAX templates whose pages are still mapped */
+	__u64 retiring;		/* out: unregistered templates whose pages are still mapped */
 };
 
 #define TRENV_MMT_IOC_MAGIC 0xB7
