@@ -341,9 +341,14 @@ impl Task for Service {
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
             log::info!(
-                "started {} (pid {pid}, {}): create {:.1} ms, start {:.1} ms",
+                "started {} (pid {pid}, {}{}): create {:.1} ms, start {:.1} ms",
                 c.id,
                 c.plan,
+                if c.from_reserve {
+                    ", from the reserve"
+                } else {
+                    ""
+                },
                 created.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 began.elapsed().as_secs_f64() * 1e3
             );

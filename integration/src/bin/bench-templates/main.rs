@@ -414,10 +414,15 @@ fn restore_api(
 }
 
 /// The shim's own Create + Start time for container `id`, from containerd's log.
-/// The shim logged that container `id` took an instance from its reserve.
+/// The shim logged that container `id` started from an instance of its reserve (a shared
+/// shim's log follows its newest container from its Create's end: the "started" line is
+/// the first of the container's that surely reaches containerd).
 fn took_instance(log: &PathBuf, id: &str) -> bool {
-    let needle = format!("container {id}: takes the reserve's instance");
-    fs::read_to_string(log).is_ok_and(|t| t.contains(&needle))
+    let needle = format!("started {id} (");
+    fs::read_to_string(log).is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.contains(&needle) && l.contains("from the reserve"))
+    })
 }
 
 fn shim_time(log: &PathBuf, id: &str) -> Option<f64> {
