@@ -78,11 +78,16 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
         --annotation io.trenv.function=demo docker.io/trenv/busybox:latest "$demo" \
         sh -c 'echo "hello from trenv: $(uname -sr), pid $$, $(id)"; x=$(head -c 20000000 /dev/zero | tr "\0" x); echo "built ${#x} bytes of state"'
     meter="${TRENV_METER_DIR:-/var/lib/trenv/meter}"
+    # Waits (at most 5 s) for a metering record with this text (the caller shows it).
+    wait_record() {
+        for _ in $(seq 50); do
+            grep -q "$1" "$meter/invocations.jsonl" 2>/dev/null && return 0
+            sleep 0.1
+        done
+        return 0
+    }
     log "its metering record ($meter/invocations.jsonl, format in docs/metering.md):"
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-        grep -q "\"container_id\":\"$demo\"" "$meter/invocations.jsonl" 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_record "\"container_id\":\"$demo\""
     grep "\"container_id\":\"$demo\"" "$meter/invocations.jsonl" | tail -n 1 | jq .
     # A function templated once and restored: the Python test function (64 MiB of state).
     ctr_() { "$CTR" --address "$CONTAINERD_ADDRESS" "$@"; }
@@ -128,10 +133,7 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     ctr_ task kill -s SIGTERM "$inst"
     # The record of the function itself (its init process), not of the probes above.
     record="\"container_id\":\"$inst\",\"exec_id\":\"\""
-    for _ in $(seq 50); do
-        grep -q "$record" "$meter/invocations.jsonl" 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_record "$record"
     log "its metering record:"
     grep "$record" "$meter/invocations.jsonl" | tail -n 1 | jq . || true
     # A tenant's shared shim keeps an instance restored ahead (docs/templates.md, "The
@@ -148,10 +150,7 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
     done
     ctr_ task kill -s SIGTERM "$shared2"
     record="\"container_id\":\"$shared2\",\"exec_id\":\"\""
-    for _ in $(seq 50); do
-        grep -q "$record" "$meter/invocations.jsonl" 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_record "$record"
     log "its metering record says it was restored ahead:"
     grep "$record" "$meter/invocations.jsonl" | tail -n 1 |
         jq -c '{container_id, start, reserve, sandbox}' || true
@@ -165,10 +164,7 @@ if [[ "${TRENV_SKIP_DEMO:-0}" != 1 ]]; then
         --annotation io.trenv.repurpose=true docker.io/trenv/busybox:latest "$again" \
         sh -c 'echo "  hello from $(hostname), network namespace $(readlink /proc/self/ns/net)"'
     record="\"container_id\":\"$again\""
-    for _ in $(seq 50); do
-        grep -q "$record" "$meter/invocations.jsonl" 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_record "$record"
     log "its metering record says where it started:"
     grep "$record" "$meter/invocations.jsonl" | tail -n 1 |
         jq -c '{container_id, function, start, sandbox, previous_function}' || true

@@ -209,6 +209,22 @@ fn wait_until(within: Duration, what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// A template of the test's own and the first start from it in a shared shim, which then
+/// restores an instance ahead: (the template's state checksum, the flags of a start like
+/// the first, the first container, the instance's init once ready).
+fn first_start(c: &Ctr, clean: &mut Cleanup<'_>) -> (String, Vec<String>, String, i32) {
+    let name = unique_id("rsv-t");
+    let state = make_template(c, clean, &name);
+    let flags = restoring_flags(&name);
+    let a = unique_id("rsv-a");
+    clean.containers.push(a.clone());
+    let before = instance_dirs_now(&c.namespace);
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    run_detached(c, &a, &refs);
+    let reserved = wait_instance(&c.namespace, &before);
+    (state, flags, a, reserved)
+}
+
 #[test]
 fn the_next_start_takes_the_reserved_instance_and_it_is_the_container_s_own() {
     let c = own_namespace("trenv-test-reserve");
@@ -217,17 +233,10 @@ fn the_next_start_takes_the_reserved_instance_and_it_is_the_container_s_own() {
         containers: Vec::new(),
         template: None,
     };
-    let name = unique_id("rsv-t");
-    let state = make_template(&c, &mut clean, &name);
-    let flags = restoring_flags(&name);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // The first start restores the template; the shim then restores one more, stopped.
-    let a = unique_id("rsv-a");
-    clean.containers.push(a.clone());
-    let before = instance_dirs_now(&c.namespace);
-    run_detached(&c, &a, &flags);
+    let (state, flags, a, reserved) = first_start(&c, &mut clean);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     assert_eq!(signal_state(&c, &a, "SIGUSR1"), state);
-    let reserved = wait_instance(&c.namespace, &before);
     let instance_id = instance_of(&c.namespace, reserved);
     assert_eq!(
         proc_state(reserved),
@@ -324,15 +333,8 @@ fn a_start_whose_spec_differs_does_not_take_the_instance() {
         containers: Vec::new(),
         template: None,
     };
-    let name = unique_id("rsv-t");
-    let state = make_template(&c, &mut clean, &name);
-    let flags = restoring_flags(&name);
+    let (state, flags, _a, reserved) = first_start(&c, &mut clean);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let a = unique_id("rsv-a");
-    clean.containers.push(a.clone());
-    let before = instance_dirs_now(&c.namespace);
-    run_detached(&c, &a, &flags);
-    let reserved = wait_instance(&c.namespace, &before);
     // Another hostname: restored from the template as before, not given the instance
     // made with a's.
     let b = unique_id("rsv-b");
@@ -360,17 +362,12 @@ fn a_killed_shims_instances_and_the_containers_that_took_them_leave_nothing() {
         containers: Vec::new(),
         template: None,
     };
-    let name = unique_id("rsv-t");
-    make_template(&c, &mut clean, &name);
-    let flags = restoring_flags(&name);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // a restores the template; b takes the instance made after it; a second instance
     // waits when the shim is killed.
-    let (a, b) = (unique_id("rsv-a"), unique_id("rsv-b"));
-    clean.containers.extend([a.clone(), b.clone()]);
-    let before = instance_dirs_now(&c.namespace);
-    run_detached(&c, &a, &flags);
-    let taken = wait_instance(&c.namespace, &before);
+    let (_, flags, a, taken) = first_start(&c, &mut clean);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let b = unique_id("rsv-b");
+    clean.containers.push(b.clone());
     let taken_id = instance_of(&c.namespace, taken);
     let before = instance_dirs_now(&c.namespace);
     run_detached(&c, &b, &flags);
@@ -414,5 +411,38 @@ fn a_killed_shims_instances_and_the_containers_that_took_them_leave_nothing() {
     assert!(
         !cgroup_parent(&c.namespace).join(&b).exists(),
         "b's cgroup is left"
+    );
+}
+
+#[test]
+fn an_instance_killed_while_it_waits_is_removed_and_the_next_start_restores() {
+    let c = own_namespace("trenv-test-reserve-x");
+    let mut clean = Cleanup {
+        ctr: &c,
+        containers: Vec::new(),
+        template: None,
+    };
+    let (state, flags, _a, reserved) = first_start(&c, &mut clean);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let instance_id = instance_of(&c.namespace, reserved);
+    // SAFETY: kill(2) with a pid and a signal number.
+    let killed = unsafe { libc::kill(reserved, libc::SIGKILL) };
+    assert_eq!(killed, 0, "killing the instance");
+    wait_until(Duration::from_secs(10), "the instance did not die", || {
+        gone(reserved)
+    });
+    let b = unique_id("rsv-b");
+    clean.containers.push(b.clone());
+    run_detached(&c, &b, &flags);
+    assert_ne!(init_pid(&c, &b), reserved);
+    assert_eq!(signal_state(&c, &b, "SIGUSR1"), state);
+    // The dead instance is gone with everything it had.
+    let cgroup = cgroup_parent(&c.namespace).join(&instance_id);
+    wait_until(Duration::from_secs(10), "the dead instance is left", || {
+        !cgroup.exists() && mounts_naming(&instance_id).is_empty()
+    });
+    assert!(
+        instance_dirs(&instance_id).is_empty(),
+        "its directory is left"
     );
 }

@@ -283,13 +283,25 @@ impl Task for Service {
             );
         }
         let began = Instant::now();
-        let c = Arc::new(Container::create(&req, &opts, &self.inner.namespace)?);
+        // A shared shim's log goes to the new container's from its Create on (what the
+        // Create logs reaches containerd), back to the one it followed if Create fails.
+        let followed = self.inner.log.as_ref().map(|log| {
+            let previous = log.following();
+            log.follow(std::path::Path::new(&req.bundle));
+            (log, previous)
+        });
+        let c = match Container::create(&req, &opts, &self.inner.namespace) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                if let Some((log, Some(previous))) = followed {
+                    log.follow(&previous);
+                }
+                return Err(e);
+            }
+        };
         *c.create_time.lock().unwrap_or_else(|e| e.into_inner()) = Some(began.elapsed());
         let pid = c.init.pid();
         self.inner.containers().insert(req.id.clone(), c.clone());
-        if let Some(log) = &self.inner.log {
-            log.follow(c.bundle());
-        }
         self.inner.events.publish(
             TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
