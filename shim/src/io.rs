@@ -1112,6 +1112,42 @@ mod tests {
     }
 
     #[test]
+    fn reserved_pipes_serve_the_stdio_of_whoever_takes_them() {
+        // Taken by a container that logs to a file: both streams reach it, written before
+        // and after the connection, and end with the process.
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("taken.log");
+        let (pipes, mut child) = ProcessIo::reserved(None).unwrap();
+        let mut out = File::from(child[1].take().unwrap());
+        out.write_all(b"before\n").unwrap();
+        let io = pipes
+            .connect(StdioPaths {
+                stdout: format!("file://{}", log.display()),
+                stderr: format!("file://{}", log.display()),
+                ..StdioPaths::default()
+            })
+            .unwrap();
+        out.write_all(b"after\n").unwrap();
+        drop((out, child));
+        io.waiter().wait(Duration::from_secs(5));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "before\nafter\n");
+
+        // Taken by one that asks for no stdio: output is drained (no EPIPE, never blocks
+        // on a full pipe) and stdin reads end-of-file.
+        let (pipes, mut child) = ProcessIo::reserved(None).unwrap();
+        let io = pipes.connect(StdioPaths::default()).unwrap();
+        let mut out = File::from(child[1].take().unwrap());
+        for _ in 0..64 {
+            out.write_all(&[b'x'; 4096]).unwrap();
+        }
+        let mut input = File::from(child[0].take().unwrap());
+        let mut buf = [0u8; 8];
+        assert_eq!(input.read(&mut buf).unwrap(), 0, "stdin is at its end");
+        drop((out, child));
+        io.waiter().wait(Duration::from_secs(5));
+    }
+
+    #[test]
     fn unread_output_is_counted_until_the_client_reads_it() {
         let (_dir, path) = fifo();
         let mut reader = OpenOptions::new()
