@@ -177,7 +177,22 @@ fn evict<T>(
     out
 }
 
+/// The reserve of this shim if it has one already (nothing is swept or made).
+pub fn existing() -> Option<&'static Arc<Reserve>> {
+    RESERVE.get()
+}
+
 impl Reserve {
+    /// Removes the instances not taken within `keep_alive` (run with the pool's periodic
+    /// sweep, so that an unused instance goes even if no other is made).
+    pub fn expire(&self, keep_alive: Duration) {
+        let gone = evict(&mut self.state().ready, |i| i.made, keep_alive, MAX_KEYS);
+        for inst in gone {
+            log::info!("reserve: instance {} expired", inst.container.id);
+            inst.destroy();
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

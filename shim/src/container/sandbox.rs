@@ -70,6 +70,11 @@ pub fn sweep_periodically() {
                 let config = Config::load().unwrap_or_default();
                 let secs = (config.sandboxes.keep_alive_secs / 4).clamp(1, 60);
                 std::thread::sleep(std::time::Duration::from_secs(secs));
+                if let Some(reserve) = crate::reserve::existing() {
+                    reserve.expire(std::time::Duration::from_secs(
+                        config.sandboxes.keep_alive_secs,
+                    ));
+                }
                 match config.sandboxes.pool().sweep() {
                     Ok(gone) if !gone.is_empty() => {
                         log::debug!("pool sweep: destroyed sandboxes {gone:?}")
