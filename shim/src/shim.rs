@@ -196,6 +196,9 @@ impl Shim for TrenvShim {
                     self.namespace
                 );
             }
+            // A shared shim that died leaves its reserve's instances (and the directories
+            // of the containers that took them): removed now, as the container is.
+            crate::reserve::sweep_dead();
             runtime.terminate(std::time::Duration::from_secs(1));
         }
         Ok(DeleteResponse {
