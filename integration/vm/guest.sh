@@ -144,14 +144,14 @@ while read -r kind name pool args; do
         exe="$(awk -v n="$name" '$1 == n {print $2}' "$RESULTS/executables")"
         [[ -x "$exe" ]] || fail "plan: no test executable for $name"
         say "step $step: $name tests, $pool pool: $args"
-        timeout "${TRENV_VM_STEP_TIMEOUT:-600}" "$exe" --exact --test-threads 2 $args 2>&1 | tee "$log"
+        timeout "${TRENV_VM_STEP_TIMEOUT:-900}" "$exe" --exact --test-threads 2 $args 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         ;;
     bench)
         exe="$(awk -v n="$name" '$1 == n {print $2}' "$RESULTS/executables")"
         [[ -x "$exe" ]] || fail "plan: no benchmark executable for $name"
         say "step $step: $name, $pool pool: $args"
-        TRENV_CLI="$TRENV_CLI" timeout "${TRENV_VM_STEP_TIMEOUT:-600}" "$exe" $args 2>&1 | tee "$log"
+        TRENV_CLI="$TRENV_CLI" timeout "${TRENV_VM_STEP_TIMEOUT:-900}" "$exe" $args 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         ;;
     *) fail "plan: unknown step kind $kind" ;;

@@ -67,7 +67,7 @@ cp "$PLAN" "$RESULTS/plan"
     # host thread): tests that check a time to the millisecond widen their bound by this.
     printf 'export TRENV_TEST_TIME_SCALE=%q\n' "${TRENV_VM_TIME_SCALE:-10}"
     # How long one step of the plan may take (guest.sh), e.g. longer for bench-plan.
-    printf 'export TRENV_VM_STEP_TIMEOUT=%q\n' "${TRENV_VM_STEP_TIMEOUT:-600}"
+    printf 'export TRENV_VM_STEP_TIMEOUT=%q\n' "${TRENV_VM_STEP_TIMEOUT:-900}"
 } >"$RESULTS/env"
 
 qemu_dir="$VM_CACHE/qemu"
