@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The real functions (integration/functions/) through a small function platform: starts
 # (runc.v2 cold + CNI, vanilla CRIU restore, trenv template restore in a fresh and in a
-# repurposed sandbox), the memory of ten instances, and workloads W1, W2 and a trace shaped
-# like the Azure Functions 2019 dataset with the node's memory over time (docs/benchmarks.md,
-# "Real functions").
+# repurposed sandbox, and from a shared shim's reserve), the memory of ten instances, and
+# workloads W1, W2 and a trace shaped like the Azure Functions 2019 dataset with the
+# node's memory over time (docs/benchmarks.md, "Real functions").
 #
 #   integration/bench/functions.sh [-v VERSION] [BENCH ARGS...]
 #
 #   -v VERSION   containerd to run against: 2 (default) or 1.7
-#   BENCH ARGS   passed to bench-functions: --functions a,b (all), --modes a,c,d,e (all),
+#   BENCH ARGS   passed to bench-functions: --functions a,b (all), --modes a,c,d,e,f (all),
 #                --runs N (30), --instances N (10), --skip-starts, --skip-memory,
 #                --workloads w1,w2,trace|none (all), --max N (10), --keep-alive S (10),
 #                --bursts N (8), --burst-gap S (6), --trace-minutes N (30),

@@ -366,6 +366,18 @@ fn bad_trenv_annotations_are_refused_naming_the_annotation_and_the_value() {
                 ]),
                 &["io.trenv.template.ready-file", "relative"],
             ),
+            Row::refused(
+                "reserve many",
+                annotate(&[("io.trenv.reserve", "many")]),
+                &["io.trenv.reserve", "many"],
+            ),
+            // Each instance holds node memory: no more than the node's [shim] reserve_max
+            // (16 by default).
+            Row::refused(
+                "reserve above the node's bound",
+                annotate(&[("io.trenv.reserve", "100000")]),
+                &["io.trenv.reserve=100000", "reserve_max"],
+            ),
         ],
         &["echo", "ran"],
     );

@@ -145,32 +145,42 @@ fn instance_dirs_now(ns: &str) -> Vec<PathBuf> {
     instances(ns).into_iter().map(|(dir, _)| dir).collect()
 }
 
-/// Waits (at most a minute) for an instance not among `before` to be ready (its directory
-/// says so once a Create can take it); its init's pid.
-fn wait_instance(ns: &str, before: &[PathBuf]) -> i32 {
+/// The inits of the tenant's instances not among `before` that are ready (their directory
+/// says so once a Create can take them).
+fn ready_instances(ns: &str, before: &[PathBuf]) -> Vec<i32> {
+    instances(ns)
+        .iter()
+        .filter(|(dir, procs)| {
+            let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            !before.contains(dir)
+                && !procs.is_empty()
+                && id.is_some_and(|id| instance_dirs(&id).iter().any(|d| d.join("ready").exists()))
+        })
+        .filter_map(|(_, procs)| procs.iter().min().copied())
+        .collect()
+}
+
+/// Waits (at most a minute) for `n` instances not among `before` to be ready; their inits.
+fn wait_instances(ns: &str, before: &[PathBuf], n: usize) -> Vec<i32> {
     let start = Instant::now();
     loop {
-        if let Some(pid) = instances(ns)
-            .iter()
-            .filter(|(dir, procs)| {
-                let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-                !before.contains(dir)
-                    && !procs.is_empty()
-                    && id.is_some_and(|id| {
-                        instance_dirs(&id).iter().any(|d| d.join("ready").exists())
-                    })
-            })
-            .find_map(|(_, procs)| procs.iter().min().copied())
-        {
-            return pid;
+        let ready = ready_instances(ns, before);
+        if ready.len() >= n {
+            return ready;
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "no reserve instance appeared in {}",
+            "{} of {n} reserve instances appeared in {}",
+            ready.len(),
             cgroup_parent(ns).display()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits (at most a minute) for an instance not among `before` to be ready; its init.
+fn wait_instance(ns: &str, before: &[PathBuf]) -> i32 {
+    wait_instances(ns, before, 1)[0]
 }
 
 fn proc_state(pid: i32) -> char {
@@ -351,6 +361,47 @@ fn instance_dirs(id: &str) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| p.ends_with(id))
         .collect()
+}
+
+#[test]
+fn a_function_asking_for_three_instances_gets_them_and_three_starts_at_once_take_them() {
+    let c = own_namespace("trenv-test-reserve-n");
+    let mut clean = Cleanup {
+        ctr: &c,
+        containers: Vec::new(),
+        template: None,
+    };
+    let name = unique_id("rsv-t");
+    let state = make_template(&c, &mut clean, &name);
+    let mut flags = restoring_flags(&name);
+    flags.extend(["--annotation".to_string(), "io.trenv.reserve=3".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let a = unique_id("rsv-a");
+    clean.containers.push(a.clone());
+    let before = instance_dirs_now(&c.namespace);
+    run_detached(&c, &a, &flags);
+    // The shim restores three ahead (io.trenv.reserve=3 instead of [shim] reserve).
+    let mut reserved = wait_instances(&c.namespace, &before, 3);
+    reserved.sort_unstable();
+    // Three starts at once (as a platform scales out) take one each (the one made first:
+    // the refill that begins after the first take is not taken before them).
+    let ids: Vec<String> = (0..3).map(|_| unique_id("rsv-n")).collect();
+    clean.containers.extend(ids.iter().cloned());
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (c, flags) = (&c, &flags);
+            s.spawn(move || run_detached(c, id, flags));
+        }
+    });
+    let mut took: Vec<i32> = ids.iter().map(|id| init_pid(&c, id)).collect();
+    took.sort_unstable();
+    assert_eq!(
+        took, reserved,
+        "the three starts did not take the three instances"
+    );
+    for id in &ids {
+        assert_eq!(signal_state(&c, id, "SIGUSR1"), state, "{id}'s memory");
+    }
 }
 
 #[test]

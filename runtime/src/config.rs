@@ -77,6 +77,12 @@ pub struct ShimSection {
     /// ahead, stopped, for the next Create of the same function (shim/src/reserve.rs; 0:
     /// none).
     pub reserve: usize,
+    /// At most this many functions (templates with the same spec) have instances in a
+    /// shim's reserve: a new one's instance replaces those of the function whose newest
+    /// instance is the oldest (0: no reserve).
+    pub reserve_functions: usize,
+    /// The most instances a container's `io.trenv.reserve` annotation may ask for.
+    pub reserve_max: usize,
 }
 
 impl Default for ShimSection {
@@ -85,6 +91,8 @@ impl Default for ShimSection {
             shared: false,
             linger_secs: 30,
             reserve: 1,
+            reserve_functions: 8,
+            reserve_max: 16,
         }
     }
 }
@@ -366,6 +374,21 @@ mod tests {
             e.contains("policy \"all\"") && e.contains("is invalid"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_reserve_is_bounded_per_function_and_in_functions() {
+        let d = Config::default().shim;
+        assert_eq!((d.reserve, d.reserve_functions, d.reserve_max), (1, 8, 16));
+        let c = parse("[shim]\nreserve = 2\nreserve_functions = 3\nreserve_max = 10\n").unwrap();
+        assert_eq!(
+            (c.shim.reserve, c.shim.reserve_functions, c.shim.reserve_max),
+            (2, 3, 10)
+        );
+        let e = parse("[shim]\nreserve_function = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserve_function"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub const SCRATCH: &str = "io.trenv.scratch";
 /// `shared`: the container shares its tenant's shim process; `own`: it gets one of its
 /// own; unset: as trenv's config says (`[shim] shared`). Read by `start` (shared.rs).
 pub const SHIM: &str = "io.trenv.shim";
+/// How many instances of the container's function its shared shim keeps restored ahead
+/// (shim/src/reserve.rs), at most `[shim] reserve_max`; unset: `[shim] reserve`.
+pub const RESERVE: &str = "io.trenv.reserve";
 
 /// A value trenv cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,16 @@ pub enum AnnotationError {
     Network(String),
     #[error("annotation {SCRATCH}={0:?}: expected memory (a tmpfs) or disk")]
     Scratch(String),
+    #[error(
+        "annotation {RESERVE}={0:?}: expected a whole number of instances to keep restored \
+         ahead (0 for none; unset: [shim] reserve in trenv's config)"
+    )]
+    Reserve(String),
+    #[error(
+        "annotation {RESERVE}={value}: more than this node allows ({max}, [shim] reserve_max \
+         in trenv's config): ask for at most {max}"
+    )]
+    ReserveAbove { value: usize, max: usize },
     #[error(transparent)]
     Tenant(#[from] TenantError),
 }
@@ -138,6 +151,9 @@ pub struct Annotations {
     pub network: Option<String>,
     /// Where its writable rootfs layer lives (`io.trenv.scratch`; `None`: as configured).
     pub scratch: Option<ScratchKind>,
+    /// Instances of its function kept restored ahead (`io.trenv.reserve`; `None`: as
+    /// configured). Bounded by [`Annotations::check_reserve`].
+    pub reserve: Option<usize>,
 }
 
 impl Annotations {
@@ -182,7 +198,15 @@ impl Annotations {
             "disk" => Some(ScratchKind::Disk),
             other => return Err(AnnotationError::Scratch(other.into())),
         };
+        let reserve = match get(RESERVE) {
+            v if v.is_empty() => None,
+            v => Some(
+                v.parse::<usize>()
+                    .map_err(|_| AnnotationError::Reserve(v))?,
+            ),
+        };
         Ok(Annotations {
+            reserve,
             repurpose,
             network,
             scratch,
@@ -200,6 +224,24 @@ impl Annotations {
             hull,
             meter_interval,
         })
+    }
+}
+
+impl Annotations {
+    /// Refuses an `io.trenv.reserve` above the node's `max` (`[shim] reserve_max`): each
+    /// instance holds memory and a sandbox of the node's, so a pod author may not ask for
+    /// any number.
+    pub fn check_reserve(&self, max: usize) -> Result<(), AnnotationError> {
+        match self.reserve {
+            Some(value) if value > max => Err(AnnotationError::ReserveAbove { value, max }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Instances of the container's function to keep ahead: its annotation's, or
+    /// `configured` (`[shim] reserve`).
+    pub fn reserve_or(&self, configured: usize) -> usize {
+        self.reserve.unwrap_or(configured)
     }
 }
 
@@ -399,6 +441,7 @@ mod tests {
         // The template a container makes is its own tenant's.
         assert_eq!(a.make_template.unwrap().tenant, a.tenant);
         let plain = Annotations::parse(None, "ns-b", Path::new("/nonexistent")).unwrap();
+        assert_eq!(plain.reserve_or(1), 1);
         assert_eq!(plain.tenant.to_string(), "ns-b");
         // io.trenv.tenant cannot climb out: no separators, no `..`.
         for bad in ["../x", "a/b", "a+b", ".."] {
@@ -409,6 +452,23 @@ mod tests {
             )
             .unwrap_err();
             assert!(e.to_string().contains("annotation io.trenv.tenant"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_reserve_is_a_number_of_instances_within_the_node_s_bound() {
+        let ten = parse(&[(RESERVE, "10")]).unwrap();
+        assert_eq!(ten.reserve_or(1), 10);
+        assert!(ten.check_reserve(16).is_ok());
+        let e = ten.check_reserve(4).unwrap_err().to_string();
+        assert!(
+            e.contains("io.trenv.reserve=10") && e.contains("reserve_max"),
+            "{e}"
+        );
+        assert_eq!(parse(&[(RESERVE, "0")]).unwrap().reserve_or(1), 0);
+        for bad in ["-1", "two", "1.5", " 3"] {
+            let e = parse(&[(RESERVE, bad)]).unwrap_err().to_string();
+            assert!(e.contains("annotation io.trenv.reserve"), "{bad}: {e}");
         }
     }
 }

@@ -47,10 +47,6 @@ pub const READY_FILE: &str = "ready";
 /// The prefix of an instance's container id.
 pub const ID_PREFIX: &str = "trenv-reserve-";
 
-/// At most this many functions (keys) have instances in one shim: a new one's instance
-/// replaces those of the function whose newest instance is the oldest.
-const MAX_KEYS: usize = 4;
-
 /// How long [`Reserve::close`] waits for fills in progress.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -71,6 +67,10 @@ pub struct Source {
     /// An instance not taken for this long goes (`[sandboxes] keep_alive_secs`, as an
     /// idle sandbox).
     pub keep_alive: Duration,
+    /// At most this many functions (keys) have instances in the shim
+    /// (`[shim] reserve_functions`): a new one's instance replaces those of the function
+    /// whose newest instance is the oldest.
+    pub functions: usize,
 }
 
 /// A restored, stopped instance waiting for a Create.
@@ -185,8 +185,8 @@ pub fn existing() -> Option<&'static Arc<Reserve>> {
 impl Reserve {
     /// Removes the instances not taken within `keep_alive` (run with the pool's periodic
     /// sweep, so that an unused instance goes even if no other is made).
-    pub fn expire(&self, keep_alive: Duration) {
-        let gone = evict(&mut self.state().ready, |i| i.made, keep_alive, MAX_KEYS);
+    pub fn expire(&self, keep_alive: Duration, functions: usize) {
+        let gone = evict(&mut self.state().ready, |i| i.made, keep_alive, functions);
         for inst in gone {
             log::info!("reserve: instance {} expired", inst.container.id);
             inst.destroy();
@@ -197,13 +197,15 @@ impl Reserve {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An instance for `key` whose init is still there, if any.
+    /// An instance for `key` whose init is still there, if any: the one made first.
     pub fn take(&self, key: &str) -> Option<Instance> {
         loop {
             let inst = {
                 let mut s = self.state();
                 let list = s.ready.get_mut(key)?;
-                let inst = list.pop();
+                // The one waiting longest first (the others are further from their
+                // keep-alive's end; refills go after them).
+                let inst = (!list.is_empty()).then(|| list.remove(0));
                 if list.is_empty() {
                     s.ready.remove(key);
                 }
@@ -281,7 +283,12 @@ impl Reserve {
                     log::debug!("reserve: instance {}: {e}", inst.container.id);
                 }
                 s.ready.entry(source.key.clone()).or_default().push(inst);
-                evict(&mut s.ready, |i| i.made, source.keep_alive, MAX_KEYS)
+                evict(
+                    &mut s.ready,
+                    |i| i.made,
+                    source.keep_alive,
+                    source.functions,
+                )
             };
             for old in evicted {
                 log::info!("reserve: instance {} evicted", old.container.id);
@@ -373,10 +380,16 @@ fn make_in(source: &Source, id: &str, bundle: &Path) -> Result<Instance, String>
     }
     // SAFETY: a descriptor just returned by the kernel, owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // The template's pages mapped into the instance now, not at its first request.
-    match prefault(pid, &source.pool_file) {
-        Ok(bytes) => log::debug!("reserve: instance {id}: {} MiB faulted in", bytes >> 20),
-        Err(e) => log::debug!("reserve: instance {id}: nothing faulted in: {e}"),
+    // The template's pages mapped into the instance's processes now (a function of
+    // several processes maps it in each), not at its first request.
+    for p in trenv_runtime::sys::tree::process_tree(pid) {
+        match prefault(p, &source.pool_file) {
+            Ok(bytes) => log::debug!(
+                "reserve: instance {id}, process {p}: {} MiB faulted in",
+                bytes >> 20
+            ),
+            Err(e) => log::debug!("reserve: instance {id}, process {p}: nothing faulted in: {e}"),
+        }
     }
     Ok(Instance {
         container: c,

@@ -152,6 +152,9 @@ impl Container {
             &config.meter.hull_dir,
         )
         .map_err(|e| invalid(e.to_string()))?;
+        annotations
+            .check_reserve(config.shim.reserve_max)
+            .map_err(|e| invalid(e.to_string()))?;
         match (loaded, &annotations.template) {
             (Err(e), Some(_)) => return Err(precondition(e.to_string()).into()),
             (Err(e), None) => log::warn!("{e}; container {} runs with the defaults", req.id),
@@ -187,7 +190,7 @@ impl Container {
             );
             match Container::from_reserved(inst, &r.taken(), annotations.clone(), criu.clone()) {
                 Ok(mut c) => {
-                    c.reserve_source = r.reserve_source(key, namespace, &config);
+                    c.reserve_source = r.reserve_source(key, namespace, &annotations, &config);
                     phases.mark("taken from the reserve");
                     log::debug!("created {} from the reserve: {phases}", req.id);
                     return Ok(c);
@@ -274,7 +277,8 @@ impl Container {
             .into());
         }
         if reservable && let Some(key) = &reserve_key {
-            container.reserve_source = r.reserve_source(key, namespace, &config);
+            container.reserve_source =
+                r.reserve_source(key, namespace, &container.annotations, &config);
         }
         *container.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = held;
         phases.mark("sandbox");
@@ -364,7 +368,11 @@ impl<'a> Request<'a> {
         source: Option<&RestoreSource>,
     ) -> Option<(String, PathBuf)> {
         let template = source?.template.as_ref()?;
-        if config.shim.reserve == 0 || self.paths.terminal || self.systemd {
+        if annotations.reserve_or(config.shim.reserve) == 0
+            || config.shim.reserve_functions == 0
+            || self.paths.terminal
+            || self.systemd
+        {
             return None;
         }
         crate::reserve::get()?;
@@ -384,9 +392,10 @@ impl<'a> Request<'a> {
         &self,
         (key, pool_file): &(String, PathBuf),
         namespace: &str,
+        annotations: &Annotations,
         config: &Config,
     ) -> Option<crate::reserve::Source> {
-        let want = config.shim.reserve;
+        let want = annotations.reserve_or(config.shim.reserve);
         let keep_alive = std::time::Duration::from_secs(config.sandboxes.keep_alive_secs);
         (want > 0).then(|| crate::reserve::Source {
             key: key.clone(),
@@ -397,6 +406,7 @@ impl<'a> Request<'a> {
             namespace: namespace.to_string(),
             want,
             keep_alive,
+            functions: config.shim.reserve_functions,
         })
     }
 

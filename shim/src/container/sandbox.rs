@@ -71,9 +71,10 @@ pub fn sweep_periodically() {
                 let secs = (config.sandboxes.keep_alive_secs / 4).clamp(1, 60);
                 std::thread::sleep(std::time::Duration::from_secs(secs));
                 if let Some(reserve) = crate::reserve::existing() {
-                    reserve.expire(std::time::Duration::from_secs(
-                        config.sandboxes.keep_alive_secs,
-                    ));
+                    reserve.expire(
+                        std::time::Duration::from_secs(config.sandboxes.keep_alive_secs),
+                        config.shim.reserve_functions,
+                    );
                 }
                 match config.sandboxes.pool().sweep() {
                     Ok(gone) if !gone.is_empty() => {

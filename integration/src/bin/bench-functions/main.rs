@@ -1,9 +1,10 @@
 //! The real functions through a small function platform (issue 17; docs/benchmarks.md,
-//! "Real functions"): the functions of integration/functions/ started in four modes —
+//! "Real functions"): the functions of integration/functions/ started in five modes —
 //! (a) runc.v2 cold with CNI per container, (c) vanilla CRIU restore (a `copy` template) in
 //! a fresh sandbox, (d) trenv template restore (`map`) in a fresh sandbox, (e) trenv
-//! template restore into a sandbox repurposed from another function — all on the CNI
-//! network `trenv-fn`, requests forwarded over the bridge as a platform forwards them.
+//! template restore into a sandbox repurposed from another function, (f) an instance the
+//! tenant's shared shim restored ahead (its reserve, issue 18) — all on the CNI network
+//! `trenv-fn`, requests forwarded over the bridge as a platform forwards them.
 //!
 //! Run it through `integration/bench/functions.sh`.
 //!
@@ -48,7 +49,7 @@ use platform::{Mode, Platform, trenv_cli};
 
 /// Every id of the benchmark starts with it (`fnb-<pid>-…` for one run).
 const ID_PREFIX: &str = "fnb";
-const USAGE: &str = "usage: bench-functions [--functions a,b (all)] [--modes a,c,d,e (all)] \
+const USAGE: &str = "usage: bench-functions [--functions a,b (all)] [--modes a,c,d,e,f (all)] \
      [--runs N (30)] [--instances N (10)] [--skip-starts] [--skip-memory] \
      [--workloads w1,w2,trace (all; none)] [--max N (10)] [--keep-alive S (10)] \
      [--bursts N (8)] [--burst-gap S (6)] [--trace-minutes N (30)] [--minute-secs S (4)] \
@@ -127,7 +128,8 @@ fn parse_args() -> Result<Options, String> {
                 o.modes = list(value()?)
                     .iter()
                     .map(|m| {
-                        Mode::from_letter(m).ok_or(format!("--modes: {m} is not one of a, c, d, e"))
+                        Mode::from_letter(m)
+                            .ok_or(format!("--modes: {m} is not one of a, c, d, e, f"))
                     })
                     .collect::<Result<_, _>>()?;
                 o.modes.sort_by_key(|m| m.letter());
@@ -491,7 +493,7 @@ fn workloads(p: &Platform, o: &Options) -> Result<Value, String> {
             if STOP.load(Ordering::SeqCst) {
                 return Err("interrupted".into());
             }
-            if mode == Mode::Repurposed {
+            if matches!(mode, Mode::Repurposed | Mode::Reserve) {
                 let conn = containers::Conn::new(&p.namespace)?;
                 p.prewarm_sandboxes(&conn, o.max)?;
             }

@@ -19,7 +19,7 @@ use trenv_runtime::sandbox::network::Cni;
 use super::STOP;
 use super::containers::{Conn, Model};
 
-/// How an instance starts: the four modes of issue 17.
+/// How an instance starts: the four modes of issue 17, and (f) of issue 18.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// (a) runc.v2 cold start, CNI ADD on its network namespace before Start (as faasd).
@@ -30,10 +30,23 @@ pub enum Mode {
     Map,
     /// (e) trenv template restore into a sandbox repurposed from another function.
     Repurposed,
+    /// (f) an instance the tenant's shared shim restored ahead (its reserve,
+    /// shim/src/reserve.rs), taken by the Create: as (e) plus `io.trenv.shim=shared` and a
+    /// memory limit (the reserve is for containers whose writable layer is in memory).
+    Reserve,
 }
 
+/// The memory limit of mode (f)'s containers: above every function's need.
+const RESERVE_MEMORY_LIMIT: &str = "2147483648";
+
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Runc, Mode::Copy, Mode::Map, Mode::Repurposed];
+    pub const ALL: [Mode; 5] = [
+        Mode::Runc,
+        Mode::Copy,
+        Mode::Map,
+        Mode::Repurposed,
+        Mode::Reserve,
+    ];
 
     pub fn letter(self) -> char {
         match self {
@@ -41,6 +54,7 @@ impl Mode {
             Mode::Copy => 'c',
             Mode::Map => 'd',
             Mode::Repurposed => 'e',
+            Mode::Reserve => 'f',
         }
     }
 
@@ -50,6 +64,7 @@ impl Mode {
             Mode::Copy => "copy_restore",
             Mode::Map => "map_restore",
             Mode::Repurposed => "repurposed_restore",
+            Mode::Reserve => "reserve_restore",
         }
     }
 
@@ -59,6 +74,7 @@ impl Mode {
             Mode::Copy => "(c) CRIU restore (copy), fresh sandbox",
             Mode::Map => "(d) template restore (map), fresh sandbox",
             Mode::Repurposed => "(e) template restore, repurposed sandbox",
+            Mode::Reserve => "(f) from the shared shim's reserve (restored ahead)",
         }
     }
 
@@ -353,6 +369,16 @@ impl Platform {
             Mode::Copy => t.map(|t| restore(&t.copy, "false")),
             Mode::Map => t.map(|t| restore(&t.map, "false")),
             Mode::Repurposed => t.map(|t| restore(&t.map, "true")),
+            Mode::Reserve => t.map(|t| {
+                let mut a = restore(&t.map, "true");
+                a.extend(s(&[
+                    "--annotation",
+                    "io.trenv.shim=shared",
+                    "--memory-limit",
+                    RESERVE_MEMORY_LIMIT,
+                ]));
+                a
+            }),
         }
     }
 
@@ -556,7 +582,7 @@ impl Platform {
             .map(|t| match mode {
                 Mode::Runc => 0,
                 Mode::Copy => t.copy_pool_kib,
-                Mode::Map | Mode::Repurposed => t.map_pool_kib,
+                Mode::Map | Mode::Repurposed | Mode::Reserve => t.map_pool_kib,
             })
             .sum()
     }
@@ -579,14 +605,52 @@ impl ShimLog {
         ShimLog { path, from }
     }
 
+    /// The log's lines since this was made (at most 64 MiB of them).
+    fn since(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let Some(mut file) = self.path.as_ref().and_then(|p| fs::File::open(p).ok()) else {
+            return String::new();
+        };
+        if file.seek(SeekFrom::Start(self.from)).is_err() {
+            return String::new();
+        }
+        let mut raw = Vec::new();
+        let _ = file.take(64 << 20).read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+
+    /// Whether the shim logged since that container `id` started from an instance of its
+    /// reserve (mode (f): its `started` line says so).
+    pub fn started_from_reserve(&self, id: &str) -> bool {
+        let needle = format!("started {id} (");
+        self.since()
+            .lines()
+            .any(|l| l.contains(&needle) && l.contains("from the reserve"))
+    }
+
+    /// Waits (at most `within`) until the shim logged since that an instance of its reserve
+    /// is ready (the refill after a mode (f) start); whether it did.
+    pub fn wait_reserve_ready(&self, within: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self
+                .since()
+                .lines()
+                .any(|l| l.contains("reserve: instance") && l.contains(" ready in "))
+            {
+                return true;
+            }
+            if start.elapsed() > within || STOP.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The shim's message, if it logged since that template `name` will not be made.
     fn template_failure(&self, name: &str) -> Option<String> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = fs::File::open(self.path.as_ref()?).ok()?;
-        file.seek(SeekFrom::Start(self.from)).ok()?;
-        let mut raw = Vec::new();
-        file.take(64 << 20).read_to_end(&mut raw).ok()?;
-        let text = String::from_utf8_lossy(&raw);
+        self.path.as_ref()?;
+        let text = self.since();
         let failed = format!("template {name} could not be made");
         let none = format!("no template {name}");
         let line = text.lines().find(|l| {
@@ -668,6 +732,7 @@ mod tests {
     #[test]
     fn modes_by_letter() {
         assert_eq!(Mode::from_letter("e"), Some(Mode::Repurposed));
+        assert_eq!(Mode::from_letter("f"), Some(Mode::Reserve));
         assert_eq!(Mode::from_letter("b"), None);
         assert_eq!(Mode::from_letter("ab"), None);
     }

@@ -7,12 +7,15 @@
 //! itself takes, the part of the first response that no start can remove). Before each (e) start, untimed: the tenant's pool drained,
 //! then an instance of another function started and removed, so that the only idle
 //! sandbox is one that last ran another function; after the start, `trenv pool list`
-//! tells whether the instance did get it.
+//! tells whether the instance did get it. Mode (f): before the rounds, one untimed start of
+//! each function leaves its instance in the shared shim's reserve; after each (f) start,
+//! untimed, the shim's refill is waited for (the shim's log says when it is ready), so that
+//! its restore neither competes with the next start nor is missing for the next (f) start.
 
 use serde_json::{Value, json};
 
 use super::containers::Conn;
-use super::platform::{Mode, Platform, ms};
+use super::platform::{Mode, Platform, ShimLog, ms};
 use super::{STOP, stats};
 
 /// The samples of one function in one mode.
@@ -26,6 +29,8 @@ struct Cell {
     errors: usize,
     first_error: Option<String>,
     repurposed: usize,
+    /// (f) starts that took an instance from the reserve.
+    reserved: usize,
 }
 
 pub fn run(p: &Platform, modes: &[Mode], runs: usize) -> Result<Value, String> {
@@ -34,6 +39,22 @@ pub fn run(p: &Platform, modes: &[Mode], runs: usize) -> Result<Value, String> {
     let mut cells: Vec<Vec<Cell>> = (0..n)
         .map(|_| modes.iter().map(|_| Cell::default()).collect())
         .collect();
+    if modes.contains(&Mode::Reserve) {
+        for f in (0..n).filter(|&f| p.can(f, Mode::Reserve)) {
+            let id = p.new_id(&format!("r-{}", p.functions[f].name));
+            let log = ShimLog::here();
+            let started = p.start(&conn, f, Mode::Reserve, &id);
+            let answered = started.and_then(|s| p.forward(f, 0, &s.instance, Mode::Reserve));
+            p.remove(&conn, &id, Mode::Reserve);
+            if let Err(e) = answered {
+                eprintln!(
+                    "[bench] {} (f), the reserve's first start: {e}",
+                    p.functions[f].name
+                );
+            }
+            wait_refill(&log, &p.functions[f].name);
+        }
+    }
     for round in 0..runs {
         for (f, row) in cells.iter_mut().enumerate() {
             let order: Vec<usize> = if round % 2 == 0 {
@@ -79,6 +100,7 @@ pub fn run(p: &Platform, modes: &[Mode], runs: usize) -> Result<Value, String> {
                     "with_container_ms": stats(&mut c.with_container),
                     "warm_ms": stats(&mut c.warm),
                     "repurposed": (modes[m] == Mode::Repurposed).then_some(c.repurposed),
+                    "reserved": (modes[m] == Mode::Reserve).then_some(c.reserved),
                 }),
             );
         }
@@ -93,6 +115,7 @@ fn one(p: &Platform, conn: &Conn, f: usize, mode: Mode, cell: &mut Cell) -> Resu
         p.idle_sandbox_from_other(conn, f)?;
     }
     let id = p.new_id(&format!("s-{}-{}", p.functions[f].name, mode.letter()));
+    let log = ShimLog::here();
     let result = (|| {
         let s = p.start(conn, f, mode, &id)?;
         p.forward(f, 0, &s.instance, mode)?;
@@ -110,7 +133,21 @@ fn one(p: &Platform, conn: &Conn, f: usize, mode: Mode, cell: &mut Cell) -> Resu
         Ok(())
     })();
     p.remove(conn, &id, mode);
+    if mode == Mode::Reserve {
+        if result.is_ok() && log.started_from_reserve(&id) {
+            cell.reserved += 1;
+        }
+        wait_refill(&log, &p.functions[f].name);
+    }
     result
+}
+
+/// Waits (untimed, at most 20 s) for the reserve's instance that the shim restores after a
+/// mode (f) start.
+fn wait_refill(log: &ShimLog, function: &str) {
+    if !log.wait_reserve_ready(std::time::Duration::from_secs(20)) {
+        eprintln!("[bench] {function} (f): no instance of the reserve ready within 20 s");
+    }
 }
 
 /// The phase's tables: per function, a row per mode; then the ratios against (e).
@@ -153,42 +190,51 @@ pub fn print(r: &Value, modes: &[Mode]) {
     }
     println!();
     for (name, by_mode) in functions {
-        let e = &by_mode[Mode::Repurposed.key()];
-        if e.is_null() {
-            continue;
-        }
-        let ratio = |m: Mode, q: &str| {
-            let x = by_mode[m.key()]["first_response_ms"][q].as_f64();
-            let y = e["first_response_ms"][q].as_f64();
-            match (x, y) {
-                (Some(x), Some(y)) if y > 0.0 => format!("{:.1}x", x / y),
-                _ => "-".into(),
+        for mode in [Mode::Repurposed, Mode::Reserve] {
+            let e = &by_mode[mode.key()];
+            if e.is_null() {
+                continue;
             }
-        };
-        println!(
-            "{name}: Create→first response, (e) vs (a) {} / {}, vs (c) {} / {}, vs (d) {} / {} \
-             (P50 / P99); (e) in a repurposed sandbox {} of {} times",
-            ratio(Mode::Runc, "p50"),
-            ratio(Mode::Runc, "p99"),
-            ratio(Mode::Copy, "p50"),
-            ratio(Mode::Copy, "p99"),
-            ratio(Mode::Map, "p50"),
-            ratio(Mode::Map, "p99"),
-            e["repurposed"],
-            e["n"],
-        );
-        if let (Some(p99), Some(warm)) = (
-            e["first_response_ms"]["p99"].as_f64(),
-            e["warm_ms"]["p50"].as_f64(),
-        ) {
-            let verdict = |x: f64| if x <= 25.0 { "MET" } else { "MISSED" };
+            let l = mode.letter();
+            let ratio = |m: Mode, q: &str| {
+                let x = by_mode[m.key()]["first_response_ms"][q].as_f64();
+                let y = e["first_response_ms"][q].as_f64();
+                match (x, y) {
+                    (Some(x), Some(y)) if y > 0.0 => format!("{:.1}x", x / y),
+                    _ => "-".into(),
+                }
+            };
+            let how = if mode == Mode::Reserve {
+                format!("from the reserve {} of {} times", e["reserved"], e["n"])
+            } else {
+                format!(
+                    "in a repurposed sandbox {} of {} times",
+                    e["repurposed"], e["n"]
+                )
+            };
             println!(
-                "{name}: (e) Create→first response P99 {p99:.1} ms (target <= 25 ms: {}); less \
-                 the function's own warm time (P50 {warm:.1} ms): {:.1} ms ({})",
-                verdict(p99),
-                p99 - warm,
-                verdict(p99 - warm),
+                "{name}: Create→first response, ({l}) vs (a) {} / {}, vs (c) {} / {}, vs (d) {} \
+                 / {} (P50 / P99); ({l}) {how}",
+                ratio(Mode::Runc, "p50"),
+                ratio(Mode::Runc, "p99"),
+                ratio(Mode::Copy, "p50"),
+                ratio(Mode::Copy, "p99"),
+                ratio(Mode::Map, "p50"),
+                ratio(Mode::Map, "p99"),
             );
+            if let (Some(p99), Some(warm)) = (
+                e["first_response_ms"]["p99"].as_f64(),
+                e["warm_ms"]["p50"].as_f64(),
+            ) {
+                let verdict = |x: f64| if x <= 25.0 { "MET" } else { "MISSED" };
+                println!(
+                    "{name}: ({l}) Create→first response P99 {p99:.1} ms (target <= 25 ms: {}); \
+                     less the function's own warm time (P50 {warm:.1} ms): {:.1} ms ({})",
+                    verdict(p99),
+                    p99 - warm,
+                    verdict(p99 - warm),
+                );
+            }
         }
     }
     if let Some(e) = functions

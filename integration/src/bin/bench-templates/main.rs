@@ -21,7 +21,8 @@
 //!    after Start.
 //! 3. **Concurrent starts** (`--concurrent N`, 10 by default, `--concurrent-rounds R`, 3):
 //!    N starts at once through containerd's API, runc.v2 cold against the template restore
-//!    in fresh and in repurposed sandboxes (concurrent.rs).
+//!    in fresh and in repurposed sandboxes, and N instances taken from a shared shim's
+//!    reserve of N (concurrent.rs).
 //! 4. **Burst** (`--burst N`, off by default; issue 15 asks for 50 across 5 functions):
 //!    N starts at once with CNI networking, runc.v2 cold with CNI per container against
 //!    restores into repurposed sandboxes that keep their network (burst.rs).
