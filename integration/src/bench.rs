@@ -142,3 +142,23 @@ pub fn connect(name: &str, wrapper: &str, namespace: &str) -> Ctr {
     }
     ctr
 }
+
+/// The node's reserve instances that are ready now (`ready` in their directory) and whose
+/// spec (the container they were restored for, `config.json`) satisfies `matching`. Read from
+/// the instances' directories, not from the shim's log: a shared shim's log follows its
+/// newest container, and a refill after that container is gone reaches no one.
+pub fn ready_reserve_instances(matching: impl Fn(&serde_json::Value) -> bool) -> usize {
+    std::fs::read_dir("/run/trenv/reserve")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|owner| std::fs::read_dir(owner.path()).into_iter().flatten().flatten())
+        .filter(|e| e.path().join("ready").exists())
+        .filter(|e| {
+            std::fs::read(e.path().join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|spec| matching(&spec))
+        })
+        .count()
+}

@@ -628,25 +628,6 @@ impl ShimLog {
             .any(|l| l.contains(&needle) && l.contains("from the reserve"))
     }
 
-    /// Waits (at most `within`) until the shim logged since that an instance of its reserve
-    /// is ready (the refill after a mode (f) start); whether it did.
-    pub fn wait_reserve_ready(&self, within: Duration) -> bool {
-        let start = Instant::now();
-        loop {
-            if self
-                .since()
-                .lines()
-                .any(|l| l.contains("reserve: instance") && l.contains(" ready in "))
-            {
-                return true;
-            }
-            if start.elapsed() > within || STOP.load(Ordering::SeqCst) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// The shim's message, if it logged since that template `name` will not be made.
     fn template_failure(&self, name: &str) -> Option<String> {
         self.path.as_ref()?;

@@ -42,7 +42,6 @@ pub fn run(p: &Platform, modes: &[Mode], runs: usize) -> Result<Value, String> {
     if modes.contains(&Mode::Reserve) {
         for f in (0..n).filter(|&f| p.can(f, Mode::Reserve)) {
             let id = p.new_id(&format!("r-{}", p.functions[f].name));
-            let log = ShimLog::here();
             let started = p.start(&conn, f, Mode::Reserve, &id);
             let answered = started.and_then(|s| p.forward(f, 0, &s.instance, Mode::Reserve));
             p.remove(&conn, &id, Mode::Reserve);
@@ -52,7 +51,7 @@ pub fn run(p: &Platform, modes: &[Mode], runs: usize) -> Result<Value, String> {
                     p.functions[f].name
                 );
             }
-            wait_refill(&log, &p.functions[f].name);
+            wait_refill(p, f);
         }
     }
     for round in 0..runs {
@@ -137,16 +136,32 @@ fn one(p: &Platform, conn: &Conn, f: usize, mode: Mode, cell: &mut Cell) -> Resu
         if result.is_ok() && log.started_from_reserve(&id) {
             cell.reserved += 1;
         }
-        wait_refill(&log, &p.functions[f].name);
+        wait_refill(p, f);
     }
     result
 }
 
-/// Waits (untimed, at most 20 s) for the reserve's instance that the shim restores after a
-/// mode (f) start.
-fn wait_refill(log: &ShimLog, function: &str) {
-    if !log.wait_reserve_ready(std::time::Duration::from_secs(20)) {
-        eprintln!("[bench] {function} (f): no instance of the reserve ready within 20 s");
+/// Waits (untimed, at most 20 s) for the reserve's instance of function `f` that the shim
+/// restores after a mode (f) start.
+fn wait_refill(p: &Platform, f: usize) {
+    let Some(template) = p.templates[f].as_ref().map(|t| t.map.clone()) else {
+        return;
+    };
+    let start = std::time::Instant::now();
+    while trenv_integration::bench::ready_reserve_instances(|spec| {
+        spec["annotations"]["io.trenv.template"] == template.as_str()
+    }) == 0
+    {
+        if start.elapsed() > std::time::Duration::from_secs(20)
+            || STOP.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            eprintln!(
+                "[bench] {} (f): no instance of the reserve ready within 20 s",
+                p.functions[f].name
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

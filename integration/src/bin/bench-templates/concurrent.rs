@@ -204,19 +204,9 @@ const RESERVE_ANNOTATION: &str = "io.trenv.reserve";
 /// instance's spec in its directory says so; `ready` in it once a Create can take it).
 fn ready_reserve(n: usize) -> usize {
     let want = n.to_string();
-    fs::read_dir("/run/trenv/reserve")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|owner| fs::read_dir(owner.path()).into_iter().flatten().flatten())
-        .filter(|e| e.path().join("ready").exists())
-        .filter(|e| {
-            fs::read(e.path().join("config.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .is_some_and(|s| s["annotations"][RESERVE_ANNOTATION] == want.as_str())
-        })
-        .count()
+    trenv_integration::bench::ready_reserve_instances(|spec| {
+        spec["annotations"][RESERVE_ANNOTATION] == want.as_str()
+    })
 }
 
 /// Waits (at most two minutes) until `n` instances are ready for the (f) spec.
