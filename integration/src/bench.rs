@@ -152,7 +152,12 @@ pub fn ready_reserve_instances(matching: impl Fn(&serde_json::Value) -> bool) ->
         .into_iter()
         .flatten()
         .flatten()
-        .flat_map(|owner| std::fs::read_dir(owner.path()).into_iter().flatten().flatten())
+        .flat_map(|owner| {
+            std::fs::read_dir(owner.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
         .filter(|e| e.path().join("ready").exists())
         .filter(|e| {
             std::fs::read(e.path().join("config.json"))
@@ -161,4 +166,118 @@ pub fn ready_reserve_instances(matching: impl Fn(&serde_json::Value) -> bool) ->
                 .is_some_and(|spec| matching(&spec))
         })
         .count()
+}
+
+/// The pid of the process that serves the unix socket `socket` (the peer credentials of a
+/// connection to it), e.g. containerd from its address.
+pub fn server_pid(socket: &Path) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for the call; the descriptor is open.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU time (user + system) used so far by process `pid` and its children it waited for
+/// (containerd's `shim start` commands), ms.
+pub fn process_cpu_ms(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) in parentheses; utime is field 14.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f.len() == 4).then(|| f.iter().sum::<f64>() * 1e3 / clock_ticks())
+}
+
+/// CPU time (as [`process_cpu_ms`]) of every process running the executable named `name`
+/// (e.g. the trenv shim: its servers, zygotes and workers, with what they reaped), ms. Two
+/// sums bracket what such processes used between them, those that started or were reaped
+/// meanwhile included.
+pub fn cpu_of_exe_ms(name: &str) -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| exe(pid).is_some_and(|p| p.file_name().is_some_and(|n| n == name)))
+        .filter_map(process_cpu_ms)
+        .sum()
+}
+
+/// CPU time the machine's CPUs have been busy so far (all but idle and I/O wait), ms.
+pub fn machine_busy_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0.0);
+    let guest = cpu.get(8).unwrap_or(&0.0) + cpu.get(9).unwrap_or(&0.0);
+    Some((cpu.iter().sum::<f64>() - guest - idle) * 1e3 / clock_ticks())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_grows_with_work_and_a_socket_names_its_server() {
+        let me = std::process::id() as i32;
+        let (p0, m0) = (process_cpu_ms(me).unwrap(), machine_busy_ms().unwrap());
+        // Spin until this process has used 100 ms of CPU, however busy the machine is.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while process_cpu_ms(me).unwrap() - p0 < 100.0 {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "no CPU time counted"
+            );
+        }
+        let (p1, m1) = (process_cpu_ms(me).unwrap(), machine_busy_ms().unwrap());
+        // The machine was busy at least while this process ran (ticks: 10 ms of slack each).
+        assert!(
+            m1 - m0 >= p1 - p0 - 20.0,
+            "machine {} ms, process {} ms",
+            m1 - m0,
+            p1 - p0
+        );
+        let dir = std::env::temp_dir().join(format!("trenv-peer-{me}"));
+        let _ = std::fs::remove_file(&dir);
+        let listener = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+        assert_eq!(server_pid(&dir), Some(me));
+        drop(listener);
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(server_pid(&dir), None);
+    }
 }

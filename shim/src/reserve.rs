@@ -50,6 +50,15 @@ pub const ID_PREFIX: &str = "trenv-reserve-";
 /// How long [`Reserve::close`] waits for fills in progress.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
 
+/// A fill restores its next instance once no container has taken an instance or started
+/// for this long: the starts of a burst go first, and the restores that refill the reserve
+/// (CRIU's CPU time, ~10 ms each here) come after it instead of competing with it…
+const QUIET: Duration = Duration::from_millis(20);
+
+/// …but it waits at most this long for a quiet moment, so that steady traffic does not
+/// starve the reserve.
+const MAX_DEFER: Duration = Duration::from_millis(200);
+
 /// What a fill needs of a container that restored a template, to restore another instance
 /// like it.
 #[derive(Clone)]
@@ -120,6 +129,8 @@ struct State {
     /// The shim is going: no more fills.
     closed: bool,
     made: u64,
+    /// When a container last took an instance or started (see [`QUIET`]).
+    last_demand: Option<Instant>,
 }
 
 /// The shim's reserve (one per shared shim).
@@ -202,6 +213,7 @@ impl Reserve {
         loop {
             let inst = {
                 let mut s = self.state();
+                s.last_demand = Some(Instant::now());
                 let list = s.ready.get_mut(key)?;
                 // The one waiting longest first (the others are further from their
                 // keep-alive's end; refills go after them).
@@ -227,6 +239,7 @@ impl Reserve {
     pub fn refill(self: &Arc<Self>, source: Source) {
         {
             let mut s = self.state();
+            s.last_demand = Some(Instant::now());
             let have = s.ready.get(&source.key).map_or(0, Vec::len);
             if s.closed || have >= source.want || !s.filling.insert(source.key.clone()) {
                 return;
@@ -250,6 +263,9 @@ impl Reserve {
 
     fn fill(&self, source: &Source) {
         loop {
+            if !self.wait_quiet() {
+                return;
+            }
             let n = {
                 let mut s = self.state();
                 let have = s.ready.get(&source.key).map_or(0, Vec::len);
@@ -297,6 +313,25 @@ impl Reserve {
         }
     }
 
+    /// Waits until no container took an instance or started for [`QUIET`], at most
+    /// [`MAX_DEFER`]; false if the shim is going.
+    fn wait_quiet(&self) -> bool {
+        let waiting = Instant::now();
+        loop {
+            let wait = {
+                let s = self.state();
+                if s.closed {
+                    return false;
+                }
+                defer_for(Instant::now(), s.last_demand, waiting)
+            };
+            match wait {
+                Some(d) => std::thread::sleep(d),
+                None => return true,
+            }
+        }
+    }
+
     /// No more fills; every instance removed (the shim exits). Waits for fills in
     /// progress, at most [`CLOSE_PATIENCE`].
     pub fn close(&self) {
@@ -317,6 +352,14 @@ impl Reserve {
             inst.destroy();
         }
     }
+}
+
+/// How much longer a fill that began waiting at `waiting` waits at `now`, the last take or
+/// start having been at `last_demand`; None: it restores now.
+fn defer_for(now: Instant, last_demand: Option<Instant>, waiting: Instant) -> Option<Duration> {
+    let left = MAX_DEFER.checked_sub(now.saturating_duration_since(waiting))?;
+    let quiet = QUIET.checked_sub(now.saturating_duration_since(last_demand?))?;
+    Some(quiet.min(left)).filter(|d| !d.is_zero())
 }
 
 /// Restores instance number `n` like `source`'s container.
@@ -713,6 +756,27 @@ mod tests {
         for other in [env, tenant, template, trenv_annotation, image, owner] {
             assert_ne!(base, other);
         }
+    }
+
+    #[test]
+    fn a_fill_waits_for_a_quiet_moment_but_not_for_ever() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Nothing asked yet: at once.
+        assert_eq!(defer_for(t0, None, t0), None);
+        // A start just now: the rest of the quiet time.
+        assert_eq!(defer_for(t0 + ms(5), Some(t0), t0), Some(ms(15)));
+        // Quiet long enough: at once.
+        assert_eq!(defer_for(t0 + ms(20), Some(t0), t0), None);
+        assert_eq!(defer_for(t0 + ms(50), Some(t0), t0), None);
+        // Steady demand: never past MAX_DEFER, and never longer than what is left of it.
+        let waiting = t0;
+        assert_eq!(
+            defer_for(t0 + ms(190), Some(t0 + ms(189)), waiting),
+            Some(ms(10))
+        );
+        assert_eq!(defer_for(t0 + ms(200), Some(t0 + ms(199)), waiting), None);
+        assert_eq!(defer_for(t0 + ms(500), Some(t0 + ms(499)), waiting), None);
     }
 
     #[test]

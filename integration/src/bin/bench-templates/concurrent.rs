@@ -9,7 +9,9 @@
 //! (before and after each (f) round, untimed: N instances ready, so that the refill
 //! competes with no timed start; N at most the node's `[shim] reserve_max`, 16 by default).
 //! Per start: Create to running (a restore is ready when it runs) or to `ready`; per round:
-//! from the first Create to the last start done.
+//! from the first Create to the last start done, and the CPU time the machine and containerd
+//! (with the `shim start` commands it runs) used meanwhile: on a machine of C CPUs, N starts
+//! at once cannot all be up before busy/C, and containerd's share of it is no shim's.
 
 use std::fs;
 use std::sync::Barrier;
@@ -19,6 +21,10 @@ use serde_json::{Value, json};
 use trenv_integration::api::Containerd;
 use trenv_integration::pyfn::LOG_ENV;
 use trenv_integration::{BUSYBOX, Ctr, PYFN, RUNTIME};
+
+use trenv_integration::bench::{
+    TRENV_SHIM, cpu_of_exe_ms, machine_busy_ms, process_cpu_ms, server_pid,
+};
 
 use super::{FRESH, REPURPOSED, RESERVE, RUNC, STOP, stats, trenv_cli};
 
@@ -61,6 +67,13 @@ pub struct Phase<'a> {
 pub fn run(p: &Phase<'_>) -> Result<Value, String> {
     let mut per_start: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
     let mut all_up: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut busy: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut containerd: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut shim: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut clients: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let containerd_pid = std::env::var("CONTAINERD_ADDRESS")
+        .ok()
+        .and_then(|a| server_pid(std::path::Path::new(&a)));
     for round in 0..p.rounds {
         let order: Vec<usize> = if round % 2 == 0 {
             (0..MODES.len()).collect()
@@ -77,7 +90,7 @@ pub fn run(p: &Phase<'_>) -> Result<Value, String> {
             let ids: Vec<String> = (0..p.n)
                 .map(|i| format!("{}-n{}-{round}-{i}", p.prefix, MODES[m].0))
                 .collect();
-            let result = one_round(p, m, &ids);
+            let result = one_round(p, m, &ids, containerd_pid);
             for id in &ids {
                 p.ctr.remove(id);
             }
@@ -85,9 +98,13 @@ pub fn run(p: &Phase<'_>) -> Result<Value, String> {
                 // The shim restores N more: done before anything else is timed.
                 wait_reserve(p.n)?;
             }
-            let (starts, wall) = result?;
-            per_start[m].extend(starts);
-            all_up[m].push(wall);
+            let r = result?;
+            per_start[m].extend(r.starts);
+            all_up[m].push(r.wall);
+            busy[m].extend(r.busy_ms);
+            containerd[m].extend(r.containerd_ms);
+            shim[m].push(r.shim_ms);
+            clients[m].extend(r.clients_ms);
         }
         eprintln!(
             "[bench] {} concurrent starts: round {}/{} done",
@@ -104,15 +121,42 @@ pub fn run(p: &Phase<'_>) -> Result<Value, String> {
                 "name": name,
                 "start_ms": stats(&mut per_start[m]),
                 "all_up_ms": stats(&mut all_up[m]),
+                "busy_cpu_ms": stats(&mut busy[m]),
+                "containerd_cpu_ms": stats(&mut containerd[m]),
+                "shim_cpu_ms": stats(&mut shim[m]),
+                "clients_cpu_ms": stats(&mut clients[m]),
             }),
         );
     }
-    Ok(json!({"n": p.n, "rounds": p.rounds, "modes": out}))
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(json!({"n": p.n, "rounds": p.rounds, "cpus": cpus, "modes": out}))
+}
+
+/// What one round measured.
+struct Round {
+    /// Each start's time, ms.
+    starts: Vec<f64>,
+    /// From the first Create to the last start done, ms.
+    wall: f64,
+    /// CPU time the machine was busy meanwhile, ms (None: /proc/stat unreadable).
+    busy_ms: Option<f64>,
+    /// CPU time containerd and the commands it ran used meanwhile, ms.
+    containerd_ms: Option<f64>,
+    /// CPU time trenv's shim processes (servers, zygotes, workers and what they reaped)
+    /// used meanwhile, ms.
+    shim_ms: f64,
+    /// CPU time the bench's own clients used meanwhile, ms.
+    clients_ms: Option<f64>,
 }
 
 /// One round of mode `m`: the containers created (untimed), then started at once; the
-/// time of each start and of the whole round.
-fn one_round(p: &Phase<'_>, m: usize, ids: &[String]) -> Result<(Vec<f64>, f64), String> {
+/// time of each start and of the whole round, and the CPU time used meanwhile.
+fn one_round(
+    p: &Phase<'_>,
+    m: usize,
+    ids: &[String],
+    containerd_pid: Option<i32>,
+) -> Result<Round, String> {
     let state = format!("FN_STATE_MB={}", p.mb);
     let annotation = format!("io.trenv.template={}", p.template);
     let reserve = format!("{RESERVE_ANNOTATION}={}", p.n);
@@ -160,7 +204,8 @@ fn one_round(p: &Phase<'_>, m: usize, ids: &[String]) -> Result<(Vec<f64>, f64),
         wait_reserve(p.n)?;
     }
     let cold = m == 0;
-    let barrier = Barrier::new(ids.len());
+    let barrier = Barrier::new(ids.len() + 1);
+    let mut cpu = (None, None, 0.0, None);
     let results: Vec<Result<(Instant, Instant), String>> = std::thread::scope(|s| {
         let handles: Vec<_> = ids
             .iter()
@@ -179,22 +224,48 @@ fn one_round(p: &Phase<'_>, m: usize, ids: &[String]) -> Result<(Vec<f64>, f64),
                 })
             })
             .collect();
-        handles
+        // Every thread has its connection: the CPU marks bracket the starts alone.
+        let me = std::process::id() as i32;
+        let marks = (
+            machine_busy_ms(),
+            containerd_pid.and_then(process_cpu_ms),
+            cpu_of_exe_ms(TRENV_SHIM),
+            process_cpu_ms(me),
+        );
+        barrier.wait();
+        let results: Vec<_> = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err("a start thread panicked".into()))
             })
-            .collect()
+            .collect();
+        let after = (
+            machine_busy_ms(),
+            containerd_pid.and_then(process_cpu_ms),
+            cpu_of_exe_ms(TRENV_SHIM),
+            process_cpu_ms(me),
+        );
+        cpu = (
+            marks.0.zip(after.0).map(|(a, b)| b - a),
+            marks.1.zip(after.1).map(|(a, b)| b - a),
+            after.2 - marks.2,
+            marks.3.zip(after.3).map(|(a, b)| b - a),
+        );
+        results
     });
     let times = results.into_iter().collect::<Result<Vec<_>, String>>()?;
     let first = times.iter().map(|t| t.0).min().ok_or("no starts")?;
     let last = times.iter().map(|t| t.1).max().ok_or("no starts")?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    Ok((
-        times.iter().map(|(a, b)| ms(*b - *a)).collect(),
-        ms(last - first),
-    ))
+    Ok(Round {
+        starts: times.iter().map(|(a, b)| ms(*b - *a)).collect(),
+        wall: ms(last - first),
+        busy_ms: cpu.0,
+        containerd_ms: cpu.1,
+        shim_ms: cpu.2,
+        clients_ms: cpu.3,
+    })
 }
 
 /// The annotation asking a shim for N instances ahead.
@@ -302,11 +373,15 @@ pub fn print(r: &Value) {
     println!(
         "start: one container's Tasks.Create + Tasks.Start (for (a) until the function logged \
          ready), all {} started at once from their own threads; all up: from the first Create \
-         to the last start done\n",
-        r["n"]
+         to the last start done; CPU: the CPU time the machine ({} CPUs) was busy during a \
+         round, and containerd's share (with the `shim start` commands it ran)\n",
+        r["n"], r["cpus"]
     );
-    println!("| mode | start P50 | start P99 | all up P50 | all up P99 | n |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| mode | start P50 | start P99 | all up P50 | all up P99 | CPU P50 | containerd CPU P50 \
+         | n |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
     for (key, name) in MODES {
         let m = &r["modes"][key];
@@ -314,11 +389,13 @@ pub fn print(r: &Value) {
             continue;
         }
         println!(
-            "| {name} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
             f(&m["start_ms"]["p50"]),
             f(&m["start_ms"]["p99"]),
             f(&m["all_up_ms"]["p50"]),
             f(&m["all_up_ms"]["p99"]),
+            f(&m["busy_cpu_ms"]["p50"]),
+            f(&m["containerd_cpu_ms"]["p50"]),
             m["start_ms"]["n"]
         );
     }
@@ -343,5 +420,25 @@ pub fn print(r: &Value) {
             p("reserve_restore", "start_ms", "p99"),
             p("repurposed_restore", "start_ms", "p50") / p("reserve_restore", "start_ms", "p50"),
         );
+        let cpus = r["cpus"].as_f64().unwrap_or(1.0);
+        let n = r["n"].as_f64().unwrap_or(1.0);
+        let busy = p("reserve_restore", "busy_cpu_ms", "p50");
+        let containerd = p("reserve_restore", "containerd_cpu_ms", "p50");
+        let shim = p("reserve_restore", "shim_cpu_ms", "p50");
+        let clients = p("reserve_restore", "clients_cpu_ms", "p50");
+        if busy.is_finite() && containerd.is_finite() {
+            println!(
+                "(f) CPU of a round at P50: {busy:.1} ms busy on {cpus} CPUs, so no round could \
+                 end before {:.1} ms; containerd's share {containerd:.1} ms ({:.1} ms per start, \
+                 {:.1} ms of the round's floor), trenv's shims {shim:.1} ms ({:.1} per start), \
+                 the bench's clients {clients:.1} ms, the rest {:.1} ms (the functions, CRIU \
+                 not yet reaped, the kernel's work for others)",
+                busy / cpus,
+                containerd / n,
+                containerd / cpus,
+                shim / n,
+                busy - containerd - shim - clients,
+            );
+        }
     }
 }
