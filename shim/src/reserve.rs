@@ -444,33 +444,67 @@ fn make_in(source: &Source, id: &str, bundle: &Path) -> Result<Instance, String>
 }
 
 /// Maps the pages of `pool_file` that process `pid` maps (stopped: a reserve's instance)
-/// into its page tables, by reading them through `/proc/PID/mem` (the kernel faults them
-/// in the target's address space, read-only: a write still copies). What the function
-/// reads of its template first then costs it no page fault. The bytes read.
+/// into its page tables: one byte of each page read with `process_vm_readv`, the kernel
+/// faulting the page in the target's address space (read-only: a write still copies).
+/// What the function reads of its template first then costs it no page fault; reading one
+/// byte a page instead of the whole mapping (through `/proc/PID/mem`, as before) spares the
+/// copy of every byte (a third of a shared shim's CPU time when it refilled its reserve
+/// with a 64 MiB template). The bytes of the pages faulted in.
 fn prefault(pid: i32, pool_file: &Path) -> std::io::Result<u64> {
-    use std::os::unix::fs::FileExt;
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let mem = fs::File::open(format!("/proc/{pid}/mem"))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut read = 0u64;
-    for (start, end) in mapped_ranges(&maps, pool_file) {
-        let mut at = start;
-        while at < end {
-            let n = ((end - at) as usize).min(buf.len());
-            match mem.read_at(&mut buf[..n], at) {
-                Ok(0) => break,
-                Ok(got) => {
-                    at += got as u64;
-                    read += got as u64;
-                }
-                Err(e) => return Err(e),
-            }
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as u64,
+        _ => 4096,
+    };
+    let mut sink = [0u8; PREFAULT_BATCH];
+    let mut faulted = 0u64;
+    for batch in page_batches(&mapped_ranges(&maps, pool_file), page, PREFAULT_BATCH) {
+        let remote: Vec<libc::iovec> = batch
+            .iter()
+            .map(|&a| libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: 1,
+            })
+            .collect();
+        let local = libc::iovec {
+            iov_base: sink.as_mut_ptr().cast(),
+            iov_len: remote.len(),
+        };
+        // SAFETY: `local` covers `sink` (at least `remote.len()` bytes, one per remote
+        // byte); the remote addresses are the target's and only read by the kernel.
+        let got = unsafe {
+            libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+        };
+        if got < 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        // A short read stops at a page that could not be read (the mapping changed):
+        // the rest of the batch is left to the function's own faults.
+        faulted += got as u64 * page;
     }
-    Ok(read)
+    Ok(faulted)
 }
 
-/// The readable address ranges of `maps` (a `/proc/PID/maps`) that map `file`.
+/// The most pages one `process_vm_readv` reads (the kernel's IOV_MAX).
+const PREFAULT_BATCH: usize = 1024;
+
+/// The first address of every page of `ranges`, in batches of at most `max`.
+fn page_batches(ranges: &[(u64, u64)], page: u64, max: usize) -> Vec<Vec<u64>> {
+    let mut batches: Vec<Vec<u64>> = Vec::new();
+    for &(start, end) in ranges {
+        let mut a = start - start % page;
+        while a < end {
+            match batches.last_mut() {
+                Some(b) if b.len() < max => b.push(a),
+                _ => batches.push(vec![a]),
+            }
+            a += page;
+        }
+    }
+    batches
+}
+
 fn mapped_ranges(maps: &str, file: &Path) -> Vec<(u64, u64)> {
     let file = file.to_string_lossy();
     maps.lines()
@@ -756,6 +790,90 @@ mod tests {
         for other in [env, tenant, template, trenv_annotation, image, owner] {
             assert_ne!(base, other);
         }
+    }
+
+    #[test]
+    fn every_page_of_the_ranges_is_read_once_in_batches_of_the_kernel_s_bound() {
+        let b = page_batches(&[(0x1000, 0x3000), (0x10_0800, 0x10_2000)], 0x1000, 2);
+        assert_eq!(
+            b,
+            vec![vec![0x1000, 0x2000], vec![0x10_0000, 0x10_1000]],
+            "a range that starts inside a page reads that page"
+        );
+        let many = page_batches(&[(0, 0x1000 * 2500)], 0x1000, PREFAULT_BATCH);
+        assert_eq!(
+            many.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1024, 1024, 452]
+        );
+        assert!(page_batches(&[], 0x1000, 8).is_empty());
+    }
+
+    /// The Rss (KiB) of `pid`'s mappings of `file`, from /proc/PID/smaps.
+    fn rss_of_mapping(pid: i32, file: &Path) -> u64 {
+        let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut inside = false;
+        let mut kib = 0;
+        for l in smaps.lines() {
+            if l.contains('-') && l.split_whitespace().count() >= 5 && !l.ends_with("kB") {
+                inside = l.ends_with(&*file.to_string_lossy());
+            } else if inside && let Some(v) = l.strip_prefix("Rss:") {
+                kib += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+        kib
+    }
+
+    #[test]
+    fn prefault_maps_every_page_of_the_file_into_another_process() {
+        let file = std::env::temp_dir().join(format!("trenv-prefault-{}", std::process::id()));
+        fs::write(&file, vec![7u8; 1 << 20]).unwrap();
+        let path = std::ffi::CString::new(file.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: the child only makes system calls (open, mmap, pause) before it is killed.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: as above; the child never returns into the test harness.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                let m = libc::mmap(
+                    std::ptr::null_mut(),
+                    1 << 20,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    fd,
+                    0,
+                );
+                if m == libc::MAP_FAILED {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        assert!(child > 0);
+        let mapped = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            fs::read_to_string(format!("/proc/{child}/maps"))
+                .is_ok_and(|m| m.contains(&*file.to_string_lossy()))
+        });
+        let before = rss_of_mapping(child, &file);
+        let faulted = prefault(child, &file);
+        let after = rss_of_mapping(child, &file);
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        fs::remove_file(&file).unwrap();
+        assert!(mapped, "the child never mapped the file");
+        assert_eq!(before, 0, "nothing of the mapping was resident before");
+        assert_eq!(faulted.unwrap(), 1 << 20);
+        assert_eq!(after, 1024, "every page of the mapping is resident after");
     }
 
     #[test]
