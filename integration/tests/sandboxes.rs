@@ -534,11 +534,15 @@ fn the_writable_layer_is_in_memory_counted_in_the_peak_and_gone_after() {
     }
 }
 
-/// The network namespace of a sandbox, from its pinned file.
-fn sandbox_net(id: &str) -> String {
+/// The network namespace of a sandbox, from its pinned file, and that file held open. While
+/// it is held the namespace, and so its inode number, stays allocated: the kernel reuses a
+/// freed namespace's number at once, so a namespace made after this one was destroyed
+/// could otherwise show the same `net:[…]` (a test that compared them failed once so).
+fn sandbox_net(id: &str) -> (String, fs::File) {
     let p = PathBuf::from("/run/trenv/sandboxes").join(id).join("net");
-    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap());
-    format!("net:[{ino}]")
+    let pin = fs::File::open(&p).unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&pin.metadata().unwrap());
+    (format!("net:[{ino}]"), pin)
 }
 
 fn signal(pid: i32, sig: libc::c_int) {
@@ -576,7 +580,7 @@ fn a_sandbox_whose_shim_was_killed_is_destroyed_not_handed_out() {
     let pool = p.pool();
     assert_eq!(pool.len(), 1, "{pool:?}");
     let sb = pool[0]["id"].as_str().unwrap().to_string();
-    let held = sandbox_net(&sb);
+    let (held, _held_ns) = sandbox_net(&sb);
     signal(shim_of(&a), libc::SIGKILL);
     let _ = p.c.run(&["task", "delete", "-f", &a]);
     let _ = p.c.run(&["container", "delete", &a]);
@@ -666,7 +670,7 @@ fn a_shim_killed_mid_purge_never_hands_out_a_half_purged_sandbox() {
             eprintln!("attempt {attempt}: the purge ended before the shim was stopped");
             continue;
         }
-        let half = sandbox_net(&sb);
+        let (half, _half_ns) = sandbox_net(&sb);
         let b = p.look(Via::Ctr, "after-midpurge", &[]);
         assert_ne!(b.get("net"), half, "a half-purged sandbox was handed out");
         assert_eq!(b.get("sysv shm"), "0");
