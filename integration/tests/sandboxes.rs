@@ -190,7 +190,8 @@ fn probe(via: Via) {
     assert_left_everything(&a);
     let b = p.look(via, "b", &[]);
     assert_eq!(b.get("net"), a.get("net"), "B was not given A's sandbox");
-    assert_ne!(cold.get("net"), a.get("net"));
+    // (Not compared: cold's network namespace with A's. Cold's is gone before A's is made,
+    // and the kernel reuses a freed namespace's inode number at once.)
     assert_eq!(b.without_net(), cold.without_net(), "B found traces of A");
     let pool = p.pool();
     assert_eq!(pool.len(), 1, "{pool:?}");
