@@ -34,10 +34,7 @@ fn count(ns: &str, shim: i32) -> Counts {
     let entries = |d: &str| fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
     Counts {
         mounts: info.lines().count(),
-        pins: info
-            .lines()
-            .filter(|l| l.contains("/run/trenv/sandboxes/"))
-            .count(),
+        pins: trenv_runtime::sandbox::store::pinned().unwrap(),
         cgroups: entries(&format!("/sys/fs/cgroup/memory/{ns}"))
             + entries(&format!("/sys/fs/cgroup/{ns}")),
         shim_fds: entries(&format!("/proc/{shim}/fd")),
@@ -137,7 +134,7 @@ fn a_thousand_take_release_cycles_leave_nothing_behind() {
     assert_eq!(pool[0]["state"], "idle");
     assert_eq!(pool[0]["uses"], n as u64 + 1);
     assert!(drained.status.success(), "{drained:?}");
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let info = trenv_runtime::sandbox::store::mounts().unwrap();
     let id = pool[0]["id"].as_str().unwrap();
     assert!(!info.contains(id), "the drained sandbox is still pinned");
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use trenv_integration::api::Containerd;
 use trenv_integration::{BUSYBOX, Ctr, PYFN, RUNTIME, trenv_cli, unique_id};
+use trenv_runtime::sandbox::{Kind, Pins};
 
 const REPORT_SH: &str = include_str!("fixtures/sandbox-report.sh");
 const LEAVE_PY: &str = include_str!("fixtures/sandbox-leave.py");
@@ -295,7 +296,14 @@ fn draining_the_pool_leaves_nothing() {
     assert_eq!(pool.len(), 1);
     let id = pool[0]["id"].as_str().unwrap().to_string();
     let dir = PathBuf::from("/run/trenv/sandboxes").join(&id);
-    assert!(dir.join("net").exists());
+    let pins = Pins::at(&dir);
+    assert!(pins.inodes().is_ok(), "the sandbox's namespaces are pinned");
+    assert!(
+        !fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&id),
+        "pinned in the node's pin store, not in the host's mount table"
+    );
     let account = [
         "/sys/fs/cgroup/memory/trenv-sandboxes",
         "/sys/fs/cgroup/trenv-sandboxes",
@@ -318,8 +326,9 @@ fn draining_the_pool_leaves_nothing() {
     assert_eq!(v["destroyed"], serde_json::json!([id]));
     assert!(!dir.exists());
     assert!(!account.exists(), "{} left", account.display());
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts = trenv_runtime::sandbox::store::mounts().unwrap();
     assert!(!mounts.contains(&id), "pins left mounted");
+    assert!(pins.inodes().is_err(), "pins left");
     assert!(p.pool().is_empty());
 }
 
@@ -540,7 +549,9 @@ fn the_writable_layer_is_in_memory_counted_in_the_peak_and_gone_after() {
 /// freed namespace's number at once, so a namespace made after this one was destroyed
 /// could otherwise show the same `net:[…]` (a test that compared them failed once so).
 fn sandbox_net(id: &str) -> (String, fs::File) {
-    let p = PathBuf::from("/run/trenv/sandboxes").join(id).join("net");
+    let p = Pins::at(&PathBuf::from("/run/trenv/sandboxes").join(id))
+        .path(Kind::Net)
+        .unwrap();
     let pin = fs::File::open(&p).unwrap();
     let ino = std::os::unix::fs::MetadataExt::ino(&pin.metadata().unwrap());
     (format!("net:[{ino}]"), pin)

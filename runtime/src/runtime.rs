@@ -214,18 +214,18 @@ impl Runtime {
     }
 
     /// Create of a container that Start restores: its rootfs and spec (joining the
-    /// namespaces of `sandbox`, a sandbox's directory in the pool, if given).
+    /// namespaces of `sandbox`, a sandbox of the pool, if given).
     pub fn prepare_restore(
         &self,
         at: &Location,
         rootfs: &[Mount],
-        sandbox: Option<&Path>,
+        sandbox: Option<&crate::sandbox::Joinable>,
         scratch: Option<Scratch>,
     ) -> Result<Phases, RuntimeError> {
         let req = Request::PrepareRestore {
             at: at.clone(),
             rootfs: rootfs.to_vec(),
-            sandbox: sandbox.map(Path::to_path_buf),
+            sandbox: sandbox.cloned(),
             scratch,
         };
         match self.call(req, &[])? {

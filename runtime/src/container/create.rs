@@ -17,6 +17,7 @@ use super::rootfs::{self, Mount, Scratch};
 use super::spec::{derive, ensure_cwd, validate};
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds};
+use crate::sandbox::Joinable;
 use crate::snapshot::Phases;
 
 /// A container to create, as the shim describes it.
@@ -28,9 +29,10 @@ pub struct NewContainer {
     pub systemd_cgroup: bool,
     /// Where the init's pty master is sent (a terminal was asked for).
     pub console_socket: Option<PathBuf>,
-    /// The sandbox whose namespaces the container joins (its directory in the pool).
+    /// The sandbox whose namespaces the container joins (their paths through the shim's
+    /// gate into the node's pin store).
     #[serde(default)]
-    pub sandbox: Option<PathBuf>,
+    pub sandbox: Option<Joinable>,
     /// The rootfs's writable layer in memory.
     #[serde(default)]
     pub scratch: Option<Scratch>,
@@ -55,7 +57,7 @@ pub fn create(
     );
     let mounted = mount_rootfs(at, &c.rootfs, c.scratch)?;
     let result = (|| {
-        let (derived, mut executor) = derive(spec, &at.bundle, c.sandbox.as_deref())?;
+        let (derived, mut executor) = derive(spec, &at.bundle, c.sandbox.as_ref())?;
         let derived = plain_cgroups_path(derived, c.systemd_cgroup);
         ensure_cwd(&derived)?;
         // Idmapped bind mounts (libcontainer binds idmapped copies made here), needed only
@@ -110,7 +112,7 @@ pub fn create(
 pub fn prepare_restore(
     at: &Location,
     mounts: &[Mount],
-    sandbox: Option<&Path>,
+    sandbox: Option<&Joinable>,
     scratch: Option<Scratch>,
 ) -> Result<Phases, ContainerError> {
     let mut phases = Phases::start();

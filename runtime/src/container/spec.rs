@@ -20,6 +20,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use super::executor::TrenvExecutor;
 use super::{ContainerError, cgroup, seccomp};
 use crate::error::chain;
+use crate::sandbox::Joinable;
 
 /// A spec that no container can run as it is. Each names the field and the value.
 #[derive(Debug, thiserror::Error)]
@@ -367,7 +368,7 @@ fn plain_propagation(propagation: &str) -> Option<&'static str> {
 pub(crate) fn derive(
     mut spec: Spec,
     bundle: &Path,
-    sandbox: Option<&Path>,
+    sandbox: Option<&Joinable>,
 ) -> Result<(Spec, TrenvExecutor), ContainerError> {
     join_sandbox(&mut spec, sandbox);
     sysfs_by_bind(&mut spec);
@@ -444,11 +445,10 @@ pub const SANDBOX_MARK: &str = "io.trenv.sandbox-dir";
 
 /// Points the spec's network, IPC and UTS namespaces at the sandbox's pinned ones (or, with
 /// no sandbox, makes sure the spec carries no sandbox mark).
-fn join_sandbox(spec: &mut Spec, sandbox: Option<&Path>) {
+fn join_sandbox(spec: &mut Spec, sandbox: Option<&Joinable>) {
     let mut annotations = spec.annotations().clone().unwrap_or_default();
     let marked = annotations.remove(SANDBOX_MARK).is_some();
-    if let Some(dir) = sandbox {
-        let pins = crate::sandbox::Pins::at(dir);
+    if let Some(pins) = sandbox {
         if let Some(mut linux) = spec.linux().clone() {
             let namespaces = linux.namespaces().clone().unwrap_or_default();
             let joined = namespaces
@@ -461,7 +461,7 @@ fn join_sandbox(spec: &mut Spec, sandbox: Option<&Path>) {
                         _ => None,
                     };
                     if let Some(k) = kind {
-                        n.set_path(Some(pins.path(k)));
+                        n.set_path(Some(pins.path(k).to_path_buf()));
                     }
                     n
                 })
@@ -469,7 +469,7 @@ fn join_sandbox(spec: &mut Spec, sandbox: Option<&Path>) {
             linux.set_namespaces(Some(joined));
             spec.set_linux(Some(linux));
         }
-        annotations.insert(SANDBOX_MARK.into(), dir.display().to_string());
+        annotations.insert(SANDBOX_MARK.into(), pins.dir.display().to_string());
     } else if !marked {
         return;
     }
@@ -732,7 +732,14 @@ mod tests {
         let (plain, _) = derive(spec.clone(), Path::new("/b"), None).unwrap();
         assert!(!sandboxed(&plain), "a client cannot forge the mark");
         assert!(private_netns(&plain));
-        let (joined, _) = derive(spec, Path::new("/b"), Some(Path::new("/run/sb/1"))).unwrap();
+        let at = |k: &str| PathBuf::from(format!("/proc/7/task/8/root/run/sb/1/{k}"));
+        let pins = Joinable {
+            dir: "/run/sb/1".into(),
+            net: at("net"),
+            ipc: at("ipc"),
+            uts: at("uts"),
+        };
+        let (joined, _) = derive(spec, Path::new("/b"), Some(&pins)).unwrap();
         assert!(sandboxed(&joined) && private_netns(&joined));
         let paths: Vec<_> = joined
             .linux()
@@ -748,18 +755,9 @@ mod tests {
             paths,
             vec![
                 (LinuxNamespaceType::Pid, None),
-                (
-                    LinuxNamespaceType::Network,
-                    Some(PathBuf::from("/run/sb/1/net"))
-                ),
-                (
-                    LinuxNamespaceType::Ipc,
-                    Some(PathBuf::from("/run/sb/1/ipc"))
-                ),
-                (
-                    LinuxNamespaceType::Uts,
-                    Some(PathBuf::from("/run/sb/1/uts"))
-                ),
+                (LinuxNamespaceType::Network, Some(at("net"))),
+                (LinuxNamespaceType::Ipc, Some(at("ipc"))),
+                (LinuxNamespaceType::Uts, Some(at("uts"))),
                 (LinuxNamespaceType::Mount, None),
             ]
         );

@@ -8,6 +8,7 @@
 //! * [`policy`]: which idle sandbox a container gets, which ones are evicted (pure);
 //! * [`record`]: a sandbox's state on disk, and who holds it;
 //! * [`pins`]: the kept namespaces, pinned by bind mounts;
+//! * [`store`]: the private mount namespace those pins live in, out of the host's mount table;
 //! * [`memory`]: what a sandbox holds, in a memory cgroup of its own;
 //! * [`purge`]: the purge, step by step;
 //! * [`network`]: a sandbox's CNI network, attached once and kept;
@@ -21,9 +22,10 @@ pub mod policy;
 pub mod pool;
 pub mod purge;
 pub mod record;
+pub mod store;
 
 pub use key::{Ineligible, compat_key, eligible};
-pub use pins::{Kind, Pins};
+pub use pins::{Joinable, Kind, Pins};
 pub use policy::{Bounds, Want};
 pub use pool::{IdlePool, Lease, Released, Take};
 pub use record::{Record, State};

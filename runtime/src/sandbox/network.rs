@@ -220,12 +220,13 @@ impl Cni {
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
+        let netns = pins.path(Kind::Net)?;
         let bin = self.bin_dir.join(&kind);
         let mut cmd = Command::new(&bin);
         cmd.env_clear()
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", pins.path(Kind::Net))
+            .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", IFNAME)
             .env("CNI_PATH", &self.bin_dir)
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");

@@ -422,7 +422,7 @@ mod tests {
         let pins = Pins::create(&base.path().join("sb"), None).unwrap();
         IpcSettings::record(&pins).unwrap();
         let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", pins.path(Kind::Net).display()))
+            .arg(format!("--net={}", pins.path(Kind::Net).unwrap().display()))
             .args(["sleep", "30"])
             .spawn()
             .unwrap();

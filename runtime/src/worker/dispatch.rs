@@ -51,7 +51,7 @@ pub(super) fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RemoteErr
             rootfs,
             sandbox,
             scratch,
-        } => container::create::prepare_restore(&at, &rootfs, sandbox.as_deref(), scratch)
+        } => container::create::prepare_restore(&at, &rootfs, sandbox.as_ref(), scratch)
             .map(Reply::Prepared)
             .map_err(RemoteError::of),
         Request::Restore {

@@ -60,7 +60,7 @@ pub(crate) enum Request {
     PrepareRestore {
         at: Location,
         rootfs: Vec<Mount>,
-        sandbox: Option<PathBuf>,
+        sandbox: Option<crate::sandbox::Joinable>,
         scratch: Option<crate::container::rootfs::Scratch>,
     },
     /// Start of such a container: CRIU restores its processes.

@@ -23,6 +23,7 @@ use trenv_runtime::container::rootfs::{Mount, Scratch};
 use trenv_runtime::container::spec::{has_own_namespace, load_spec, validate};
 use trenv_runtime::error::Classified;
 use trenv_runtime::function_rules::{AutoTemplate, auto_template_name, rootfs_identity, rule_for};
+use trenv_runtime::sandbox::Joinable;
 use trenv_runtime::snapshot::{Phases, RestorePlan, TemplateFile};
 use trenv_runtime::template::ready::ReadyTemplate;
 use trenv_runtime::template::store::Checked;
@@ -56,8 +57,8 @@ struct Request<'a> {
     for_reserve: bool,
 }
 
-/// Where the container runs: its sandbox's directory, and its writable layer in memory.
-type Placement = (Option<PathBuf>, Option<Scratch>);
+/// Where the container runs: its sandbox's namespaces, and its writable layer in memory.
+type Placement = (Option<Joinable>, Option<Scratch>);
 
 /// Where a restore's images come from.
 struct RestoreSource {
@@ -253,7 +254,7 @@ impl Container {
             &container.plan,
         )
         .inspect_err(|_| container.cgroup.undo_prepared())?;
-        let sandbox = held.as_ref().map(|h| h.dir().to_path_buf());
+        let sandbox = held.as_ref().map(|h| h.joinable.clone());
         // A sandboxed container's writable layer in memory, unless asked otherwise, and
         // only when its memory limit bounds it: a container without one keeps containerd's
         // snapshot (an unbounded tmpfs could take the node's memory).
@@ -567,7 +568,7 @@ impl<'a> Request<'a> {
         phases: &mut Phases,
     ) -> Result<(), ttrpc::Error> {
         let in_worker = crate::runtime()
-            .prepare_restore(&self.at, &self.rootfs, sandbox.as_deref(), scratch)
+            .prepare_restore(&self.at, &self.rootfs, sandbox.as_ref(), scratch)
             .map_err(rt)?;
         phases.mark("rootfs");
         log::debug!("{}: rootfs and spec in a worker: {in_worker}", self.at.id);

@@ -6,12 +6,10 @@
 //! admin rights, a checkpoint restore) or does not ask gets new namespaces as before; so does one whose sandbox cannot be had (the pool's directory unusable),
 //! with a warning: the pool speeds starts up, it never fails them.
 
-use std::path::Path;
-
 use oci_spec::runtime::Spec;
 use sha2::{Digest, Sha256};
 use trenv_runtime::config::Config;
-use trenv_runtime::sandbox::{self, IdlePool, Lease, Released, Take, Want};
+use trenv_runtime::sandbox::{self, IdlePool, Joinable, Lease, Released, Take, Want};
 
 use super::{Container, StartPlan};
 use crate::annotations::Annotations;
@@ -22,16 +20,14 @@ use containerd_shim::protos::ttrpc;
 pub struct Held {
     pool: IdlePool,
     pub lease: Lease,
+    /// Its namespaces' paths, for the container's spec (through this shim's gate into the
+    /// node's pin store: valid while the shim lives).
+    pub joinable: Joinable,
     /// Back to the pool at release (else destroyed: `io.trenv.repurpose=false`).
     keep: bool,
 }
 
 impl Held {
-    /// The sandbox's directory (what the spec joins).
-    pub fn dir(&self) -> &Path {
-        self.lease.pins.dir()
-    }
-
     /// Hands the sandbox back (purged and idle, or destroyed).
     pub fn release(self, container: &str) {
         if !self.keep {
@@ -163,8 +159,15 @@ pub fn take(
         domainname: spec.domainname().as_deref(),
         network,
     };
-    match pool.take(&t) {
-        Ok(lease) => {
+    let taken = pool.take(&t).and_then(|lease| match lease.pins.joinable() {
+        Ok(j) => Ok((lease, j)),
+        Err(e) => {
+            pool.destroy(&lease.id);
+            Err(e)
+        }
+    });
+    match taken {
+        Ok((lease, joinable)) => {
             log::debug!(
                 "container {id} ({function}) runs in sandbox {} ({})",
                 lease.id,
@@ -176,6 +179,7 @@ pub fn take(
             Ok(Some(Held {
                 pool,
                 lease,
+                joinable,
                 keep: wanted,
             }))
         }
