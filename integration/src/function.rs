@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trenv_runtime::sandbox::Pins;
 use trenv_runtime::sandbox::network::Cni;
+use trenv_runtime::sandbox::network::NetTarget;
 
 use crate::api::Containerd;
 use crate::{Ctr, RUNTIME};
@@ -267,7 +267,7 @@ pub fn run_with_client_cni(
     std::os::unix::fs::symlink(format!("/proc/{pid}/ns/net"), dir.join("net"))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     cni()?
-        .attach(&Pins::at(&dir), id, NETWORK, None)
+        .attach(&NetTarget::at(&dir), id, NETWORK, None)
         .map_err(|e| format!("CNI ADD for {id}: {e}"))?;
     api.start(id, "")
         .map_err(|e| format!("starting {id}: {}", e.message()))?;
@@ -286,7 +286,7 @@ pub fn remove_runc(ctr: &Ctr, id: &str) {
     ctr.remove(id);
     let dir = runc_netns_dir(id);
     if let Ok(cni) = cni() {
-        let _ = cni.detach(&Pins::at(&dir), id);
+        let _ = cni.detach(&NetTarget::at(&dir), id);
     }
     let _ = fs::remove_dir_all(&dir);
 }

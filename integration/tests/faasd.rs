@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use trenv_integration::api::{Containerd, TaskIo};
 use trenv_integration::function::{self, Function, NETWORK, RUNC};
 use trenv_integration::{Ctr, RUNTIME, meter_dir, trenv_cli, unique_id};
-use trenv_runtime::sandbox::Pins;
+use trenv_runtime::sandbox::network::NetTarget;
 
 /// The tests' containerd namespace: faasd's is `openfaas-fn`.
 const NAMESPACE: &str = "trenv-faasd";
@@ -179,7 +179,7 @@ impl Setup {
         std::os::unix::fs::symlink(format!("/proc/{pid}/ns/net"), netns.join("net")).unwrap();
         function::cni()
             .and_then(|cni| {
-                cni.attach(&Pins::at(&netns), &self.id, NETWORK, None)
+                cni.attach(&NetTarget::at(&netns), &self.id, NETWORK, None)
                     .map_err(|e| e.to_string())
             })
             .unwrap_or_else(|e| panic!("{:?}: CNI ADD for {}: {e}", self.runtime, self.id));
@@ -200,7 +200,7 @@ impl Setup {
         let _ = self.api.wait(&self.id, "");
         let _ = self.api.delete_task(&self.id);
         if let Ok(cni) = function::cni() {
-            let _ = cni.detach(&Pins::at(&self.netns_dir()), &self.id);
+            let _ = cni.detach(&NetTarget::at(&self.netns_dir()), &self.id);
         }
         let _ = fs::remove_dir_all(self.netns_dir());
     }

@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
@@ -52,9 +52,58 @@ impl Attachment {
             .collect()
     }
 
-    /// The sandbox's attachment, if it has one.
-    pub fn of(pins: &Pins) -> Option<Attachment> {
-        serde_json::from_slice(&fs::read(pins.dir().join(ATTACHMENT)).ok()?).ok()
+    /// The attachment recorded in `dir` (a sandbox's directory), if there is one.
+    pub fn of(dir: &Path) -> Option<Attachment> {
+        serde_json::from_slice(&fs::read(dir.join(ATTACHMENT)).ok()?).ok()
+    }
+}
+
+/// What a network is attached to: a network namespace, by a path the plugins open, and
+/// the directory that keeps what ADD made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetTarget {
+    pub dir: PathBuf,
+    pub netns: PathBuf,
+}
+
+impl NetTarget {
+    /// A sandbox's pinned network namespace (through this process's gate into the pin
+    /// store), its records in its directory.
+    pub fn sandbox(pins: &Pins) -> Result<NetTarget, SandboxError> {
+        Ok(NetTarget {
+            dir: pins.dir().to_path_buf(),
+            netns: pins.path(Kind::Net)?,
+        })
+    }
+
+    /// A client's own namespace: `dir/net` names it (a link to `/proc/PID/ns/net`, as a
+    /// platform that runs CNI on a task's namespace makes), `dir` keeps the records.
+    pub fn at(dir: &Path) -> NetTarget {
+        NetTarget {
+            dir: dir.to_path_buf(),
+            netns: dir.join("net"),
+        }
+    }
+
+    /// Runs `f` on a thread that joined the namespace.
+    fn enter<T: Send>(
+        &self,
+        f: impl FnOnce() -> Result<T, SandboxError> + Send,
+    ) -> Result<T, SandboxError> {
+        let ns = fs::File::open(&self.netns).map_err(SandboxError::io(format!(
+            "opening {}",
+            self.netns.display()
+        )))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    SandboxError::sys(format!("joining {}", self.netns.display())),
+                )?;
+                f()
+            })
+            .join()
+            .unwrap_or(Err(SandboxError::ThreadPanicked))
+        })
     }
 }
 
@@ -67,10 +116,10 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// The sandbox a plugin runs for, and the memory account it runs in.
+/// The namespace a plugin runs for, and the memory account it runs in.
 #[derive(Clone, Copy)]
 struct At<'a> {
-    pins: &'a Pins,
+    target: &'a NetTarget,
     id: &'a str,
     account: Option<&'a MemoryAccount>,
 }
@@ -118,13 +167,13 @@ impl Cni {
         Err(no_network())
     }
 
-    /// Attaches network `name` to the sandbox `id` pinned by `pins` (ADD through every
+    /// Attaches network `name` to `target`, the namespace of sandbox (or container) `id` (ADD through every
     /// plugin, each run in the sandbox's memory `account` if given, so that what they make
     /// is charged to it), brings up its `lo`, and records what was made. On failure,
     /// whatever was added is deleted again.
     pub fn attach(
         &self,
-        pins: &Pins,
+        target: &NetTarget,
         id: &str,
         name: &str,
         account: Option<&MemoryAccount>,
@@ -132,12 +181,16 @@ impl Cni {
         let list = self.find(name)?;
         let mut prev: Option<Value> = None;
         let plugins = list["plugins"].as_array().cloned().unwrap_or_default();
-        let at = At { pins, id, account };
+        let at = At {
+            target,
+            id,
+            account,
+        };
         for plugin in &plugins {
             match self.call("ADD", &at, &list, plugin, prev.as_ref()) {
                 Ok(r) => prev = Some(r),
                 Err(e) => {
-                    let _ = self.delete(pins, id, &list, prev.as_ref());
+                    let _ = self.delete(target, id, &list, prev.as_ref());
                     return Err(e);
                 }
             }
@@ -147,15 +200,15 @@ impl Cni {
             list,
             result: prev.unwrap_or(Value::Null),
         };
-        let p = pins.dir().join(ATTACHMENT);
+        let p = target.dir.join(ATTACHMENT);
         let saved = serde_json::to_vec(&att)
             .map_err(|e| SandboxError::io("encoding the CNI result")(e.into()))
             .and_then(|body| {
                 fs::write(&p, body).map_err(SandboxError::io(format!("writing {}", p.display())))
             })
-            .and_then(|_| pins.enter(&[Kind::Net], || super::purge::set_up("lo", true)));
+            .and_then(|_| target.enter(|| super::purge::set_up("lo", true)));
         if let Err(e) = saved {
-            let _ = self.delete(pins, id, &att.list, Some(&att.result));
+            let _ = self.delete(target, id, &att.list, Some(&att.result));
             let _ = fs::remove_file(&p);
             return Err(e);
         }
@@ -164,18 +217,18 @@ impl Cni {
 
     /// CNI DEL of the sandbox's network, if it has one (every plugin, last first; each is
     /// tried even if another fails).
-    pub fn detach(&self, pins: &Pins, id: &str) -> Result<(), SandboxError> {
-        let Some(att) = Attachment::of(pins) else {
+    pub fn detach(&self, target: &NetTarget, id: &str) -> Result<(), SandboxError> {
+        let Some(att) = Attachment::of(&target.dir) else {
             return Ok(());
         };
-        self.delete(pins, id, &att.list, Some(&att.result))?;
-        let _ = fs::remove_file(pins.dir().join(ATTACHMENT));
+        self.delete(target, id, &att.list, Some(&att.result))?;
+        let _ = fs::remove_file(target.dir.join(ATTACHMENT));
         Ok(())
     }
 
     fn delete(
         &self,
-        pins: &Pins,
+        target: &NetTarget,
         id: &str,
         list: &Value,
         result: Option<&Value>,
@@ -184,7 +237,7 @@ impl Cni {
         let mut first_err = None;
         for plugin in plugins.iter().rev() {
             let at = At {
-                pins,
+                target,
                 id,
                 account: None,
             };
@@ -204,7 +257,11 @@ impl Cni {
         plugin: &Value,
         prev: Option<&Value>,
     ) -> Result<Value, SandboxError> {
-        let At { pins, id, account } = *at;
+        let At {
+            target,
+            id,
+            account,
+        } = *at;
         let kind = plugin["type"].as_str().unwrap_or_default().to_string();
         let failed = |reason: String| SandboxError::Cni {
             command: command.to_string(),
@@ -220,7 +277,7 @@ impl Cni {
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
-        let netns = pins.path(Kind::Net)?;
+        let netns = &target.netns;
         let bin = self.bin_dir.join(&kind);
         let mut cmd = Command::new(&bin);
         cmd.env_clear()

@@ -18,7 +18,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::SandboxError;
 use super::memory::MemoryAccount;
-use super::network::{Cni, IFNAME};
+use super::network::{Attachment, Cni, IFNAME, NetTarget};
 use super::pins::{Kind, Pins};
 use super::policy::{Bounds, Want, choose, evictions};
 use super::purge::{HostNames, IpcSettings, Purged, names, purge};
@@ -175,7 +175,7 @@ impl IdlePool {
         let prepared = IpcSettings::record(&pins).and_then(|_| match t.network {
             Some(name) => self
                 .cni
-                .attach(&pins, &id, name, account.as_ref())
+                .attach(&NetTarget::sandbox(&pins)?, &id, name, account.as_ref())
                 .map(drop),
             None => Ok(()),
         });
@@ -265,7 +265,12 @@ impl IdlePool {
     /// directory and its memory account gone.
     pub fn destroy(&self, id: &str) {
         let pins = Pins::at(&self.dir.join(id));
-        if let Err(e) = self.cni.detach(&pins, id) {
+        let detached = if Attachment::of(pins.dir()).is_some() {
+            NetTarget::sandbox(&pins).and_then(|t| self.cni.detach(&t, id))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = detached {
             log::warn!("sandbox {id}: {e}; its namespace goes anyway");
         }
         pins.remove();

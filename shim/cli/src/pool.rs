@@ -75,7 +75,7 @@ pub fn run(args: PoolArgs) -> anyhow::Result<()> {
                 );
             };
             let pins = Pins::at(&pool.dir().join(&r.id));
-            let addresses = Attachment::of(&pins)
+            let addresses = Attachment::of(pins.dir())
                 .map(|a| a.addresses())
                 .unwrap_or_default();
             let inodes = pins.inodes().ok();

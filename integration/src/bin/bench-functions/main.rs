@@ -192,7 +192,10 @@ impl Drop for Cleanup {
             for e in entries.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
                 if id.starts_with(&self.prefix) {
-                    let _ = cni.detach(&trenv_runtime::sandbox::Pins::at(&e.path()), &id);
+                    let _ = cni.detach(
+                        &trenv_runtime::sandbox::network::NetTarget::at(&e.path()),
+                        &id,
+                    );
                     let _ = fs::remove_dir_all(e.path());
                 }
             }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use trenv_integration::function::{self, Function, Instance};
 use trenv_integration::{BUSYBOX, Ctr, RUNTIME};
-use trenv_runtime::sandbox::Pins;
 use trenv_runtime::sandbox::network::Cni;
+use trenv_runtime::sandbox::network::NetTarget;
 
 use super::STOP;
 use super::containers::{Conn, Model};
@@ -420,7 +420,7 @@ impl Platform {
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
             let attachment = self
                 .cni
-                .attach(&Pins::at(&dir), id, function::NETWORK, None)
+                .attach(&NetTarget::at(&dir), id, function::NETWORK, None)
                 .map_err(|e| format!("CNI ADD for {id}: {e}"))?;
             conn.tasks
                 .start(id, "")
@@ -501,7 +501,7 @@ impl Platform {
         }
         if mode == Mode::Runc {
             let dir = function::runc_netns_dir(id);
-            let _ = self.cni.detach(&Pins::at(&dir), id);
+            let _ = self.cni.detach(&NetTarget::at(&dir), id);
             let _ = fs::remove_dir_all(&dir);
         }
     }

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use trenv_integration::api::Containerd;
 use trenv_integration::pyfn::{LOG_ENV, wait_line};
 use trenv_integration::{Ctr, PYFN, RUNTIME};
-use trenv_runtime::sandbox::Pins;
 use trenv_runtime::sandbox::network::Cni;
+use trenv_runtime::sandbox::network::NetTarget;
 
 use super::concurrent::{idle_sandboxes, wait_ready};
 use super::{REPURPOSED, RUNC, STOP, stats, trenv_cli};
@@ -119,7 +119,7 @@ fn rounds(b: &Burst<'_>, cni: &Cni, functions: &[Function]) -> Result<Value, Str
                 b.ctr.remove(id);
                 let dir = netns_dir(id);
                 if m == 0 && dir.exists() {
-                    let _ = cni.detach(&Pins::at(&dir), id);
+                    let _ = cni.detach(&NetTarget::at(&dir), id);
                 }
                 let _ = fs::remove_dir_all(&dir);
             }
@@ -207,7 +207,7 @@ fn one_burst(
                         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                         std::os::unix::fs::symlink(format!("/proc/{pid}/ns/net"), dir.join("net"))
                             .map_err(|e| format!("{}: {e}", dir.display()))?;
-                        cni.attach(&Pins::at(&dir), id, NETWORK, None)
+                        cni.attach(&NetTarget::at(&dir), id, NETWORK, None)
                             .map_err(|e| format!("CNI ADD for {id}: {e}"))?;
                         api.start(id, "")
                             .map_err(|e| format!("starting {id}: {}", e.message()))?;
