@@ -390,7 +390,14 @@ fn the_python_function_keeps_its_state_across_checkpoint_and_restore() {
     run_detached(
         &c,
         &id,
-        &["--env", "FN_STATE_MB=200", "--env", LOG_ENV],
+        &[
+            "--env",
+            "FN_STATE_MB=200",
+            "--env",
+            LOG_ENV,
+            "--env",
+            "FN_TICK_MS=1000",
+        ],
         PYFN,
         &[],
     );
