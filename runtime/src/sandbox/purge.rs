@@ -22,7 +22,6 @@ use std::path::Path;
 use std::process::Command;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::CloneFlags;
 
 use super::SandboxError;
 use super::pins::{Kind, Pins};
@@ -232,16 +231,7 @@ fn sysv() -> Result<usize, SandboxError> {
 /// Removes every POSIX message queue of the thread's IPC namespace; how many. Mounts the
 /// namespace's mqueue filesystem at `dir` in a private mount namespace of this thread.
 fn mqueues(dir: &Path) -> Result<usize, SandboxError> {
-    nix::sched::unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS)
-        .map_err(SandboxError::sys("unsharing a mount namespace"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(SandboxError::sys("making the purge's mounts private"))?;
+    super::store::private_mount_namespace()?;
     mount(
         Some("mqueue"),
         dir,

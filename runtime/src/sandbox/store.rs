@@ -131,16 +131,7 @@ fn new_namespace() -> Result<File, SandboxError> {
     on_thread(|| {
         let sys = |what: &str| SandboxError::sys(format!("making the pin store: {what}"));
         let io = |what: &str| SandboxError::io(format!("making the pin store: {what}"));
-        nix::sched::unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS)
-            .map_err(sys("unsharing a mount namespace"))?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(sys("making its mounts private"))?;
+        private_mount_namespace()?;
         let root = Path::new(STORE_DIR);
         mount(
             Some("trenv-pins"),
@@ -166,6 +157,21 @@ fn new_namespace() -> Result<File, SandboxError> {
         fs::remove_dir("/old").map_err(io("removing the old root's directory"))?;
         File::open("/proc/thread-self/ns/mnt").map_err(io("opening its namespace"))
     })
+}
+
+/// Gives the calling thread a filesystem context and a mount namespace of its own, whose
+/// mounts propagate nowhere.
+pub(crate) fn private_mount_namespace() -> Result<(), SandboxError> {
+    nix::sched::unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS)
+        .map_err(SandboxError::sys("unsharing a thread's mount namespace"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(SandboxError::sys("making a thread's mounts private"))
 }
 
 /// Runs `f` on a new thread of this process (its result handed back).
