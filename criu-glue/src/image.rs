@@ -168,6 +168,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     fs::rename(&tmp, path).map_err(err)
 }
 
+/// A regular file a dumped process held open or mapped (a `files.img` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegularFile {
+    /// Its path as CRIU recorded it, relative to the mount `mnt_id` is the id of.
+    pub name: String,
+    /// The id of its mount at the dump (the first field of /proc/PID/mountinfo).
+    pub mnt_id: i32,
+}
+
+/// Every regular file of the image directory `dir`'s `files.img`.
+pub fn regular_files(dir: &Path) -> Result<Vec<RegularFile>, ImageError> {
+    use crate::generated::fdinfo::{Fd_types, File_entry};
+    let path = dir.join("files.img");
+    let files: Vec<File_entry> = ImageFile::read(&path, FILES_MAGIC)?.decode_all(0, &path)?;
+    Ok(files
+        .iter()
+        .filter(|f| f.type_() == Fd_types::REG)
+        .filter_map(|f| f.reg.as_ref())
+        .map(|r| RegularFile {
+            name: r.name().to_string(),
+            mnt_id: r.mnt_id(),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -830,6 +830,36 @@ fn a_missing_criu_is_a_clear_error() {
     assert_eq!(c.task_status(src).as_deref(), Some("RUNNING"));
 }
 
+/// A function that keeps a file of its own writable layer open cannot be templated: an
+/// instance's fresh writable layer lacks the file, so every restore would fail. The dump is
+/// taken again (a moment's write would be over), then refused with the file named; nothing
+/// is made and the function runs on.
+#[test]
+fn a_function_holding_a_file_of_its_writable_layer_is_refused_with_the_file_named() {
+    let c = ctr();
+    let case = Case::new(&c, "held");
+    let (src, name) = (&case.src, &case.name);
+    run_detached(
+        &c,
+        src,
+        &[],
+        BUSYBOX,
+        &["sh", "-c", "exec 3>>/tmp/held.log; exec sleep 1000"],
+    );
+    let r = case.create(&[]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("/tmp/held.log"), "{}", r.stderr);
+    assert!(r.stderr.contains("at each of 3 dumps"), "{}", r.stderr);
+    assert!(r.stderr.contains("writable layer"), "{}", r.stderr);
+    assert_no_staging(name);
+    assert_ne!(
+        trenv(&["template", "inspect", name, "-n", &c.namespace]).code,
+        0,
+        "no template was made"
+    );
+    assert_eq!(c.task_status(src).as_deref(), Some("RUNNING"));
+}
+
 /// A pool bound to NUMA node 0 (this machine's only node; CXL memory would be a CPU-less
 /// node): checked against its mount options, and the instances' template pages follow the
 /// pool's policy.

@@ -207,6 +207,7 @@ mod tests {
 
     fn entry(mount_options: &str, super_options: &str) -> MountEntry {
         MountEntry {
+            id: 1,
             root: "/".into(),
             mount_point: "/sys/fs/cgroup".into(),
             mount_options: mount_options.into(),

@@ -72,6 +72,11 @@ pub fn checkpoint(
     Ok(())
 }
 
+/// The pid of the container's init, if it runs (or is paused).
+pub(crate) fn init_pid(at: &Location) -> Option<i32> {
+    running_init(at).ok().map(|(_, _, pid)| pid)
+}
+
 /// The container's libcontainer state, its status (running or paused) and its init's pid.
 fn running_init(at: &Location) -> Result<(Container, ContainerStatus, i32), SnapshotError> {
     let container = Container::load(at.container_dir())

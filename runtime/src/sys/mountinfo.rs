@@ -6,6 +6,8 @@ use std::path::PathBuf;
 /// One mount, as a line of mountinfo describes it (proc(5)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The mount's id (unique in the system while it exists; CRIU's images name mounts by it).
+    pub id: i32,
     /// The directory of the filesystem that forms the mount's root.
     pub root: String,
     pub mount_point: PathBuf,
@@ -42,11 +44,13 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
 fn parse_line(line: &str) -> Option<MountEntry> {
     let (pre, post) = line.split_once(" - ")?;
     let mut pre = pre.split_whitespace();
-    let root = unescape(pre.nth(3)?);
+    let id = pre.next()?.parse().ok()?;
+    let root = unescape(pre.nth(2)?);
     let mount_point = PathBuf::from(unescape(pre.next()?));
     let mount_options = pre.next()?.to_string();
     let mut post = post.split_whitespace();
     Some(MountEntry {
+        id,
         root,
         mount_point,
         mount_options,
@@ -94,6 +98,7 @@ garbage line
         let m = parse(SAMPLE);
         assert_eq!(m.len(), 4, "the garbage line is skipped");
         assert_eq!(m[1].mount_point, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!((m[1].id, m[3].id), (35, 90));
         assert_eq!(m[1].fstype, "cgroup2");
         assert_eq!(m[1].mount_options, "rw,nosuid,nodev,noexec,relatime");
         assert_eq!(m[1].super_options, "rw,nsdelegate,memory_recursiveprot");

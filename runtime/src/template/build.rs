@@ -170,11 +170,33 @@ impl Build<'_> {
             for_template: true,
             ..Default::default()
         };
-        snapshot::checkpoint(self.req.at, &images, &work, &opts, criu)?;
         let convert_err = |source| TemplateError::Convert {
             name: name.into(),
             source,
         };
+        // A file of the source's writable layer held at the dump would make every restore
+        // fail (an instance's writable layer is fresh): most often a moment's write (a log
+        // opened for each line), so the dump is taken again, at most DUMPS times.
+        for dump in 1..=DUMPS {
+            snapshot::checkpoint(self.req.at, &images, &work, &opts, criu)?;
+            let held =
+                writable_layer_files(self.req.at, &images).map_err(|e| convert_err(e.into()))?;
+            if held.is_empty() {
+                break;
+            }
+            if dump == DUMPS {
+                return Err(TemplateError::HeldFiles {
+                    name: name.into(),
+                    files: held,
+                    dumps: DUMPS,
+                });
+            }
+            log::info!(
+                "template {name}: the dump held {held:?} of the writable layer; dumping again"
+            );
+            fs::remove_dir_all(&images).map_err(io(&images))?;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         // What the restores on this node will map decides whether a function whose
         // allocator takes discarded memory for zeros can be mapped (allocators.rs).
         let memory = match self.store.backend_now()? {
@@ -300,6 +322,62 @@ impl Build<'_> {
     }
 }
 
+/// How many times a dump is taken while it holds files of the writable layer.
+const DUMPS: u32 = 3;
+
+/// The regular files of the container's writable layer that the dump in `images` holds
+/// open or mapped: files on its rootfs mount that exist in the overlay's upper directory
+/// (made or changed by the function), which an instance's fresh writable layer lacks or
+/// has otherwise. None for a rootfs that is not an overlay.
+fn writable_layer_files(
+    at: &Location,
+    images: &Path,
+) -> Result<Vec<String>, trenv_criu::image::ImageError> {
+    let Some(pid) = snapshot::checkpoint::init_pid(at) else {
+        return Ok(Vec::new());
+    };
+    let mounts = crate::sys::mountinfo::read(Some(pid));
+    let Some(root) = mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == Path::new("/"))
+    else {
+        return Ok(Vec::new());
+    };
+    let Some(upper) = root
+        .super_options
+        .split(',')
+        .find_map(|o| o.strip_prefix("upperdir="))
+    else {
+        return Ok(Vec::new());
+    };
+    let files = trenv_criu::image::regular_files(images)?;
+    Ok(in_upper(&files, root.id, Path::new(upper)))
+}
+
+/// Of `files`, those on mount `root_id` that are regular files in `upper`.
+fn in_upper(files: &[trenv_criu::image::RegularFile], root_id: i32, upper: &Path) -> Vec<String> {
+    let mut out: Vec<String> = files
+        .iter()
+        .filter(|f| f.mnt_id == root_id)
+        .filter(|f| {
+            let rel = f.name.trim_start_matches('/');
+            // Regular files only: a directory in the upper layer is one of the image's that
+            // got a changed child (a held working directory is still there in an instance),
+            // and a whiteout is a deleted file, which CRIU keeps as a ghost.
+            !rel.is_empty()
+                && upper
+                    .join(rel)
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_file())
+        })
+        .map(|f| format!("/{}", f.name.trim_start_matches('/')))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -310,4 +388,38 @@ fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trenv_criu::image::RegularFile;
+
+    fn file(name: &str, mnt_id: i32) -> RegularFile {
+        RegularFile {
+            name: name.into(),
+            mnt_id,
+        }
+    }
+
+    #[test]
+    fn only_files_of_the_rootfs_mount_that_the_upper_layer_has_are_held() {
+        let upper = tempfile::tempdir().unwrap();
+        fs::create_dir_all(upper.path().join("tmp")).unwrap();
+        fs::write(upper.path().join("tmp/fn.log"), b"x").unwrap();
+        let files = [
+            // Open in the writable layer: held (CRIU names it with or without the '/').
+            file("/tmp/fn.log", 7),
+            file("tmp/fn.log", 7),
+            // The image's own file (a library): an instance has it.
+            file("/usr/lib/libc.so.6", 7),
+            // A working directory whose child changed: the image has it too.
+            file("/tmp", 7),
+            // The same name on another mount (a volume): not the rootfs's.
+            file("/tmp/fn.log", 8),
+            file("/", 7),
+        ];
+        assert_eq!(in_upper(&files, 7, upper.path()), vec!["/tmp/fn.log"]);
+        assert!(in_upper(&files, 9, upper.path()).is_empty());
+    }
 }

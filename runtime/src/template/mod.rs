@@ -116,6 +116,17 @@ pub enum TemplateError {
          memory is then copied at restore)"
     )]
     NeedsKernelBackend { name: String, why: String },
+    #[error(
+        "template {name}: the function held {files:?} open or mapped at each of {dumps} dumps, \
+         files of its writable layer that an instance's fresh rootfs does not have, so no \
+         restore could open them; keep such files on a volume or in the image, or have the \
+         function close them before it is templated"
+    )]
+    HeldFiles {
+        name: String,
+        files: Vec<String>,
+        dumps: u32,
+    },
     #[error("template {name}: {source}")]
     Convert {
         name: String,
@@ -161,6 +172,7 @@ impl Classified for TemplateError {
             | TemplateError::SpecDiffers { .. }
             | TemplateError::Outdated { .. }
             | TemplateError::NeedsKernelBackend { .. }
+            | TemplateError::HeldFiles { .. }
             | TemplateError::Legacy { .. } => ErrorKind::FailedPrecondition,
             TemplateError::Io { source, .. } if is_full(source) => ErrorKind::ResourceExhausted,
             TemplateError::Convert { source, .. } => match source {
