@@ -338,6 +338,91 @@ fn a_node_function_that_allocates_and_frees_heavily_is_correct_for_1000_requests
     s.remove(&i);
 }
 
+/// Priming (`io.trenv.template.warmup`): the shim sends the function three requests from
+/// inside its network namespace before it takes the template; an instance restored from it
+/// has served them (its request count goes on from 3: what its first request did once per
+/// process, V8 compiling the handler, is in the template) and answers correctly. A warm-up
+/// that fails (a 4xx answer) makes no template.
+#[test]
+fn a_template_primed_with_warm_up_requests_holds_what_they_did() {
+    let s = Scope::new();
+    let f = function::get("node-crypto");
+    let body = f.checks[0].request.to_string();
+    let warmup_body = format!("io.trenv.template.warmup-body={body}");
+    let t = s.template_with(
+        &f,
+        &[
+            "--annotation",
+            "io.trenv.template.warmup=POST http://127.0.0.1:8080/",
+            "--annotation",
+            &warmup_body,
+            "--annotation",
+            "io.trenv.template.warmup-requests=3",
+        ],
+    );
+    let annotation = format!("io.trenv.template={t}");
+    let i = s.trenv(&f, "primed", &["--annotation", &annotation]);
+    assert_eq!(
+        count(&f, &i),
+        4,
+        "the warm-up requests are not in the template"
+    );
+    assert_correct(&f, &i, "restored from a primed template");
+    s.remove(&i);
+
+    // A request the function refuses (its handler answers 400 to a body that is not
+    // JSON): no template, the source keeps running.
+    let c = &s.ctr;
+    let name = format!("primed-bad-{}", std::process::id());
+    let src = unique_id(&format!("fn-{name}"));
+    s.trenv.lock().unwrap().push(src.clone());
+    let create = format!("io.trenv.template.create={name}");
+    let network = format!("io.trenv.network={}", function::NETWORK);
+    let log = std::env::var("CONTAINERD_LOG").expect("CONTAINERD_LOG (containerd.sh env)");
+    let before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+    let r = c.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        trenv_integration::RUNTIME,
+        "--annotation",
+        &create,
+        "--annotation",
+        "io.trenv.template.warmup=POST http://127.0.0.1:8080/",
+        "--annotation",
+        "io.trenv.template.warmup-body=not json",
+        "--annotation",
+        &network,
+        &f.image,
+        &src,
+    ]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    let start = Instant::now();
+    let said = format!("container {src}: its warm-up failed");
+    loop {
+        let text = std::fs::read(&log).unwrap_or_default();
+        let new = String::from_utf8_lossy(&text[before.min(text.len())..]).to_string();
+        if let Some(line) = new.lines().find(|l| l.contains(&said)) {
+            assert!(line.contains("answered 400"), "{line}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60 * trenv_integration::time_scale()),
+            "no warm-up failure logged for {src}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let inspected = trenv_cli()
+        .args(["template", "inspect", &name, "-n", NAMESPACE])
+        .output()
+        .unwrap();
+    assert!(
+        !inspected.status.success(),
+        "a template was made after a failed warm-up"
+    );
+    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+}
+
 /// jemalloc, in Debian's fnbase image, preloaded into a Python function.
 const JEMALLOC: &str = "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 

@@ -27,6 +27,7 @@ use crate::container::rootfs::Mount;
 use crate::snapshot::honour::SpecRecord;
 use crate::template::manifest::security_digest;
 use crate::template::ready::{DEFAULT_READY_FILE, plain_ready_file, policy_named};
+use crate::template::warmup::{Warmup, WarmupError};
 
 /// One `[[functions]]` rule, as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -48,6 +49,11 @@ pub struct FunctionRule {
     pub ready_file: Option<String>,
     /// What the template maps: "map" (default), "no-heap" or "copy".
     pub policy: Option<String>,
+    /// A request the function serves before its template is taken, `[METHOD ]URL` on the
+    /// container's own loopback (template/warmup.rs), its body, and how many times.
+    pub warmup: Option<String>,
+    pub warmup_body: Option<String>,
+    pub warmup_requests: Option<u32>,
 }
 
 fn any() -> String {
@@ -91,7 +97,26 @@ impl FunctionRule {
                 "[[functions]] policy {p:?}: expected map, no-heap or copy"
             ));
         }
+        if let Err(e) = self.try_warmup() {
+            return Some(format!("[[functions]] warmup: {e}"));
+        }
         None
+    }
+
+    fn try_warmup(&self) -> Result<Option<Warmup>, WarmupError> {
+        Warmup::parse(
+            self.warmup.as_deref().unwrap_or(""),
+            self.warmup_body.as_deref().unwrap_or(""),
+            &self
+                .warmup_requests
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The warm-up of the rule's templates (none for a rule that [`Self::invalid`] refuses).
+    pub fn warmup(&self) -> Option<Warmup> {
+        self.try_warmup().ok().flatten()
     }
 
     /// Whether the rule applies to container `id` of containerd namespace `namespace`.
@@ -176,7 +201,7 @@ pub fn rootfs_identity(rootfs: &[Mount]) -> Option<String> {
 
 /// The name of the automatic template of `function` for a container with `spec` on a rootfs
 /// of identity `rootfs` (see [`rootfs_identity`]), made with the rule's ready file and
-/// policy: the function's name (made a valid template name) and 12 hex digits of a digest
+/// policy (and warm-up): the function's name (made a valid template name) and 12 hex digits of a digest
 /// of everything else. Variables of `env_may_differ` are left out (they may differ between
 /// a template and its restores).
 pub fn auto_template_name(
@@ -189,13 +214,17 @@ pub fn auto_template_name(
     let mut record = SpecRecord::of(spec);
     record.env.retain(|k, _| !env_may_differ.contains(k));
     let policy = rule.policy();
-    let identity = serde_json::json!({
+    let mut identity = serde_json::json!({
         "rootfs": rootfs,
         "spec": record,
         "security": security_digest(spec),
         "ready_file": rule.ready_file(),
         "policy": [policy.min_vma, u64::from(policy.include_heap)],
     });
+    // Only with one, so that the names of rules without a warm-up stay what they were.
+    if let Some(w) = rule.warmup() {
+        identity["warmup"] = serde_json::json!(w);
+    }
     let digest = format!("{:x}", Sha256::digest(identity.to_string().as_bytes()));
     format!("{}-{}", template_base(function), &digest[..12])
 }
@@ -302,6 +331,12 @@ mod tests {
             ("ready_file = \"tmp/x\"", "absolute path"),
             ("ready_file = \"/tmp/../etc/x\"", "absolute path"),
             ("policy = \"huge\"", "expected map, no-heap or copy"),
+            ("warmup = \"http://10.0.0.1/\"", "container's own loopback"),
+            ("warmup_requests = 3", "needs a warm-up request"),
+            (
+                "warmup = \"http://127.0.0.1/\"\nwarmup_requests = 0",
+                "from 1 to",
+            ),
         ] {
             let why = rule(text).invalid().unwrap_or_default();
             assert!(why.contains(says), "{text}: {why}");
@@ -353,6 +388,12 @@ mod tests {
         let copy = rule("policy = \"copy\"");
         assert_ne!(
             auto_template_name("figlet", &spec, "/s/2/fs", &may, &copy),
+            name
+        );
+        let primed = rule("warmup = \"POST http://127.0.0.1:8080/\"\nwarmup_body = \"{}\"");
+        assert_eq!(primed.warmup().map(|w| w.requests), Some(1));
+        assert_ne!(
+            auto_template_name("figlet", &spec, "/s/2/fs", &may, &primed),
             name
         );
     }

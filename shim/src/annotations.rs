@@ -15,6 +15,7 @@ use trenv_runtime::template::ready::{
     DEFAULT_READY_FILE, ReadyTemplate, plain_ready_file, policy_named,
 };
 use trenv_runtime::template::tenant::{KUBE_NAMESPACE_ANNOTATION, TENANT_ANNOTATION};
+use trenv_runtime::template::warmup::{Warmup, WarmupError};
 use trenv_runtime::template::{TEMPLATE_ANNOTATION, TemplateError, Tenant, TenantError};
 
 /// The function a container runs (metering records, templates).
@@ -27,6 +28,11 @@ pub const TEMPLATE_CREATE: &str = "io.trenv.template.create";
 pub const TEMPLATE_READY_FILE: &str = "io.trenv.template.ready-file";
 /// What the template made by the shim maps: map, heap or copy.
 pub const TEMPLATE_POLICY: &str = "io.trenv.template.policy";
+/// A request (`[METHOD ]URL` on the container's own loopback) the function serves before
+/// the shim takes its template; its body; how many times (runtime/src/template/warmup.rs).
+pub const TEMPLATE_WARMUP: &str = "io.trenv.template.warmup";
+pub const TEMPLATE_WARMUP_BODY: &str = "io.trenv.template.warmup-body";
+pub const TEMPLATE_WARMUP_REQUESTS: &str = "io.trenv.template.warmup-requests";
 /// The memory sampling interval of the container's invocations, in microseconds.
 pub const METER_INTERVAL: &str = "io.trenv.meter.interval-us";
 /// A hull file (`trenv meter hull`) whose upscaling hull the memory limit follows.
@@ -96,8 +102,13 @@ pub enum AnnotationError {
          anonymous memory), no-heap (all but [heap]) or copy (map nothing)"
     )]
     Policy(String),
-    #[error("annotations {TEMPLATE_READY_FILE} and {TEMPLATE_POLICY} need {TEMPLATE_CREATE}=NAME")]
+    #[error(
+        "annotations {TEMPLATE_READY_FILE}, {TEMPLATE_POLICY} and {TEMPLATE_WARMUP}(-body, \
+         -requests) need {TEMPLATE_CREATE}=NAME"
+    )]
     Orphan,
+    #[error("annotation {TEMPLATE_WARMUP} (or -body, -requests): {0}")]
+    Warmup(#[source] WarmupError),
     #[error(
         "annotation {REPURPOSE}={0:?}: expected true or false (unset: [sandboxes] enabled in \
          trenv's config)"
@@ -218,6 +229,11 @@ impl Annotations {
                 &get(TEMPLATE_CREATE),
                 &get(TEMPLATE_READY_FILE),
                 &get(TEMPLATE_POLICY),
+                [
+                    &get(TEMPLATE_WARMUP),
+                    &get(TEMPLATE_WARMUP_BODY),
+                    &get(TEMPLATE_WARMUP_REQUESTS),
+                ],
                 &tenant,
             )?,
             tenant,
@@ -268,10 +284,12 @@ fn ready_template(
     name: &str,
     file: &str,
     policy: &str,
+    [warmup, body, requests]: [&str; 3],
     tenant: &Tenant,
 ) -> Result<Option<ReadyTemplate>, AnnotationError> {
     if name.is_empty() {
-        return if file.is_empty() && policy.is_empty() {
+        let unset = [file, policy, warmup, body, requests];
+        return if unset.iter().all(|v| v.is_empty()) {
             Ok(None)
         } else {
             Err(AnnotationError::Orphan)
@@ -288,12 +306,14 @@ fn ready_template(
         plain_ready_file(file).ok_or_else(|| AnnotationError::ReadyFile(file.into()))?
     };
     let policy = policy_named(policy).ok_or_else(|| AnnotationError::Policy(policy.into()))?;
+    let warmup = Warmup::parse(warmup, body, requests).map_err(AnnotationError::Warmup)?;
     Ok(Some(ReadyTemplate {
         name: name.into(),
         tenant: tenant.clone(),
         ready_file,
         min_vma: policy.min_vma,
         include_heap: policy.include_heap,
+        warmup,
     }))
 }
 
@@ -341,6 +361,38 @@ mod tests {
         assert!(matches!(
             ready(&[(TEMPLATE_CREATE, "f"), (TEMPLATE_POLICY, "mapp")]),
             Err(AnnotationError::Policy(p)) if p == "mapp"
+        ));
+    }
+
+    #[test]
+    fn a_warm_up_is_asked_for_with_its_template_and_checked() {
+        let t = ready(&[
+            (TEMPLATE_CREATE, "f"),
+            (TEMPLATE_WARMUP, "POST http://127.0.0.1:8080/"),
+            (TEMPLATE_WARMUP_BODY, "{}"),
+            (TEMPLATE_WARMUP_REQUESTS, "3"),
+        ])
+        .unwrap()
+        .unwrap();
+        let w = t.warmup.unwrap();
+        assert_eq!((w.addr.port(), w.requests), (8080, 3));
+        assert!(
+            ready(&[(TEMPLATE_CREATE, "f")])
+                .unwrap()
+                .unwrap()
+                .warmup
+                .is_none()
+        );
+        let e = ready(&[
+            (TEMPLATE_CREATE, "f"),
+            (TEMPLATE_WARMUP, "http://10.1.1.1/"),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, AnnotationError::Warmup(_)), "{e:?}");
+        assert!(e.to_string().contains("container's own loopback"), "{e}");
+        assert!(matches!(
+            ready(&[(TEMPLATE_WARMUP, "http://127.0.0.1/")]),
+            Err(AnnotationError::Orphan)
         ));
     }
 

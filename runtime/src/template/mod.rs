@@ -6,6 +6,7 @@
 //! * [`build`]: making one from a running container (bounds, dump, rewrite, publish);
 //! * [`store`]: finding, listing, checking and removing templates;
 //! * [`ready`]: templates the shim makes once a function reports ready;
+//! * [`warmup`]: requests a function serves before its template is taken (priming);
 //! * [`mempool`]: the memory the pool files live in (tmpfs, DAX, NUMA-bound tmpfs).
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub mod mempool;
 pub mod ready;
 pub mod store;
 pub mod tenant;
+pub mod warmup;
 
 pub use manifest::{FileSum, Manifest, PoolFile, security_digest, sha256_file};
 pub use mempool::{MemPool, MemPoolError, MemPoolKind};

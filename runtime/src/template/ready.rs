@@ -5,7 +5,8 @@
 //!
 //! Ready means: a file exists in the container. By default `/tmp/.lock`, the file
 //! OpenFaaS's watchdogs create once the function is healthy; any other absolute path with
-//! `io.trenv.template.ready-file`. `io.trenv.template.policy` chooses what is mapped: `map`
+//! `io.trenv.template.ready-file`; `io.trenv.template.warmup` asks for requests to be
+//! served first (warmup.rs). `io.trenv.template.policy` chooses what is mapped: `map`
 //! (default: every private anonymous VMA, `[heap]` included), `no-heap` (all but
 //! `[heap]`) or `copy` (nothing: a plain CRIU restore), as the CLI's `--no-heap`/`--copy`. The annotations are
 //! parsed by the shim (shim/src/annotations.rs); this is what they ask for. The template
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use trenv_criu::template::Policy;
 
 use super::tenant::Tenant;
+use super::warmup::Warmup;
 
 /// The file OpenFaaS's classic and of-watchdog create when the function is ready.
 pub const DEFAULT_READY_FILE: &str = "/tmp/.lock";
@@ -62,6 +64,9 @@ pub struct ReadyTemplate {
     pub ready_file: PathBuf,
     pub min_vma: u64,
     pub include_heap: bool,
+    /// Requests the function serves before the template is taken (warmup.rs).
+    #[serde(default)]
+    pub warmup: Option<Warmup>,
 }
 
 impl ReadyTemplate {
@@ -94,6 +99,7 @@ mod tests {
             ready_file: PathBuf::from(DEFAULT_READY_FILE),
             min_vma: Policy::default().min_vma,
             include_heap: true,
+            warmup: None,
         };
         assert_eq!(t.policy(), Policy::default());
         assert_eq!(

@@ -553,6 +553,7 @@ impl<'a> Request<'a> {
             ready_file: rule.ready_file(),
             min_vma: policy.min_vma,
             include_heap: policy.include_heap,
+            warmup: rule.warmup(),
         });
         None
     }

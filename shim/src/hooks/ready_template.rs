@@ -1,7 +1,8 @@
 //! The template a container asks for with `io.trenv.template.create=NAME`
 //! (runtime/src/template/ready.rs), or that a `template = "auto"` rule of the node asks for
 //! it (runtime/src/function_rules.rs): once its init started, a thread waits for the ready
-//! file to appear inside the container, then a zygote worker checkpoints the running function (it keeps running)
+//! file to appear inside the container, sends the warm-up requests it asks for
+//! (runtime/src/template/warmup.rs), then a zygote worker checkpoints the running function (it keeps running)
 //! into template NAME, exactly as `trenv template create` does. A dump CRIU refuses (a
 //! connection open at that moment) is tried again a few times while the function runs.
 
@@ -110,6 +111,25 @@ fn make_when_ready(c: &Container, pid: i32, t: &ReadyTemplate) {
         began.elapsed().as_secs_f64(),
         t.name
     );
+    if let Some(w) = &t.warmup {
+        match w.send(pid) {
+            Ok(took) => log::info!(
+                "container {}: {} warm-up request(s) {} answered in {:.1} ms",
+                c.id,
+                w.requests,
+                w.target(),
+                took.as_secs_f64() * 1e3
+            ),
+            Err(e) => {
+                log::error!(
+                    "container {}: its warm-up failed: {e}; no template {}",
+                    c.id,
+                    t.name
+                );
+                return;
+            }
+        }
+    }
     let mut retry_in = FIRST_RETRY;
     for attempt in 1..=ATTEMPTS {
         let made = Instant::now();

@@ -54,7 +54,8 @@ const USAGE: &str = "usage: bench-functions [--functions a,b (all)] [--modes a,c
      [--workloads w1,w2,trace (all; none)] [--max N (10)] [--keep-alive S (10)] \
      [--bursts N (8)] [--burst-gap S (6)] [--trace-minutes N (30)] [--minute-secs S (4)] \
      [--trace-per-minute N (8)] [--trace-csv FILE] [--seed N (1)] \
-     [--namespace NS (trenv-bench-fn)] [--out DIR (/tmp/trenv-bench-functions)] [--json]";
+     [--warmup N (0)] [--namespace NS (trenv-bench-fn)] \
+     [--out DIR (/tmp/trenv-bench-functions)] [--json]";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -79,6 +80,8 @@ struct Options {
     trace_per_minute: f64,
     trace_csv: Option<PathBuf>,
     seed: u64,
+    /// Warm-up requests each template's source serves before the template is taken.
+    warmup: u32,
     namespace: String,
     out: PathBuf,
     json: bool,
@@ -102,6 +105,7 @@ fn parse_args() -> Result<Options, String> {
         trace_per_minute: 8.0,
         trace_csv: None,
         seed: 1,
+        warmup: 0,
         namespace: "trenv-bench-fn".into(),
         out: PathBuf::from("/tmp/trenv-bench-functions"),
         json: false,
@@ -160,6 +164,7 @@ fn parse_args() -> Result<Options, String> {
             "--trace-per-minute" => o.trace_per_minute = num("--trace-per-minute", value()?)?,
             "--trace-csv" => o.trace_csv = Some(PathBuf::from(value()?)),
             "--seed" => o.seed = num("--seed", value()?)?,
+            "--warmup" => o.warmup = num("--warmup", value()?)?,
             "--namespace" => o.namespace = value()?,
             "--out" => o.out = PathBuf::from(value()?),
             "--json" => o.json = true,
@@ -331,7 +336,9 @@ fn run(o: &Options) -> Result<Value, String> {
 
     let began = Instant::now();
     let mut p = Platform::new(ctr.clone(), &o.namespace, &prefix, functions)?;
+    p.warmup = o.warmup;
     let mut report = json!({
+        "warmup_requests": o.warmup,
         "containerd": containerd_version(&ctr),
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "loadavg_before": loadavg(),

@@ -127,6 +127,9 @@ pub struct Platform {
     other: Option<Model>,
     cni: Cni,
     seq: AtomicU64,
+    /// `--warmup`: requests (the function's first check) each template's source serves
+    /// before the shim takes the template (`io.trenv.template.warmup`); 0: none.
+    pub warmup: u32,
 }
 
 /// The `trenv` CLI ($TRENV_CLI or `trenv` on PATH).
@@ -154,6 +157,7 @@ impl Platform {
             other: None,
             cni,
             seq: AtomicU64::new(0),
+            warmup: 0,
         })
     }
 
@@ -223,6 +227,16 @@ impl Platform {
                 a.extend(["--annotation", network.as_str()]);
                 if let Some(p) = &policy {
                     a.extend(["--annotation", p.as_str()]);
+                }
+                let warmup = [
+                    "io.trenv.template.warmup=POST http://127.0.0.1:8080/".to_string(),
+                    format!("io.trenv.template.warmup-body={}", func.checks[0].request),
+                    format!("io.trenv.template.warmup-requests={}", self.warmup),
+                ];
+                if self.warmup > 0 {
+                    for w in &warmup {
+                        a.extend(["--annotation", w.as_str()]);
+                    }
                 }
                 a.extend([func.image.as_str(), src.as_str()]);
                 let r = self.ctr.run(&a);
