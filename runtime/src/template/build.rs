@@ -65,6 +65,9 @@ impl TemplateStore {
         }
         let store_dir = self.tenant_dir(tenant);
         let pool_dir = req.pool.dir.join(tenant.dir_name());
+        // Held until the template is published (or cleaned up): no removal takes the
+        // tenant's directories away meanwhile.
+        let _tenants = self.tenants_lock(false)?;
         for dir in [&store_dir, &pool_dir] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -88,8 +91,8 @@ impl TemplateStore {
         if result.is_err() {
             let _ = fs::remove_dir_all(&b.staging);
             let _ = fs::remove_file(&b.pool_tmp);
-            // The tenant's (empty) directories stay, as the store's own does: removing them
-            // would race with another build of the tenant that just created them.
+            // The tenant's directories stay (another build may use them): the next
+            // removal of a template takes them if they are empty.
         }
         // Two builds of one name at once: the second finds the first's directory.
         result.map_err(|e| match e {

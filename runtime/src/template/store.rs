@@ -30,6 +30,13 @@ const VERIFIED_DIR: &str = crate::paths::VERIFIED_DIR;
 /// The start of a build's staging directory's name, in its tenant's directory.
 pub(crate) const STAGING_PREFIX: &str = ".staging-";
 
+/// The lock file (in the store's root) that keeps tenants' directories while builds use
+/// them: a build holds it shared from before it creates its tenant's directories until it
+/// has published or cleaned up; a removal takes it exclusive, without waiting, to remove the
+/// tenants' directories that no template is left in (if a build holds it, they stay until
+/// a later removal).
+const TENANTS_LOCK: &str = ".tenants.lock";
+
 /// A template ready to restore: its manifest and images (checked); its pool file checked.
 pub struct Checked {
     pub manifest: Manifest,
@@ -258,7 +265,57 @@ impl TemplateStore {
             super::kernel::forget(p)?;
         }
         remove_pool_files(&files)?;
-        fs::remove_dir_all(&dir).map_err(io(&dir))
+        fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        self.remove_empty_tenants(pool_dir);
+        Ok(())
+    }
+
+    /// The tenants' lock ([`TENANTS_LOCK`]), shared for a build, exclusive (without
+    /// waiting: `None` while a build holds it) for [`Self::remove_empty_tenants`].
+    pub(crate) fn tenants_lock(
+        &self,
+        exclusive: bool,
+    ) -> Result<Option<nix::fcntl::Flock<fs::File>>, TemplateError> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = self.root.join(TENANTS_LOCK);
+        fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let arg = if exclusive {
+            FlockArg::LockExclusiveNonblock
+        } else {
+            FlockArg::LockShared
+        };
+        match Flock::lock(f, arg) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if exclusive => Ok(None),
+            Err((_, e)) => Err(TemplateError::Io {
+                path,
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Removes every tenant's directory of the store and of `pool_dir` that is empty (the
+    /// last template of the tenant removed; tests and sub-tenants leave many), unless a
+    /// build holds the tenants' lock. Best effort: a directory that cannot go stays.
+    pub fn remove_empty_tenants(&self, pool_dir: &Path) {
+        let Ok(Some(_lock)) = self.tenants_lock(true) else {
+            return;
+        };
+        for root in [self.root.as_path(), pool_dir] {
+            let Ok(found) = entries(root) else { continue };
+            for (name, path) in found {
+                if Tenant::from_dir_name(&name).is_some() {
+                    // rmdir: only an empty directory goes.
+                    let _ = fs::remove_dir(&path);
+                }
+            }
+        }
     }
 
     /// Removes a template of the layout before tenants, `<store>/<NAME>/`, and its pool file
@@ -826,6 +883,36 @@ mod tests {
         fs::write(dir.join(MANIFEST), raw).unwrap();
         f.store.remove(&t, "a-b", &f.pool).unwrap();
         assert!(victim.exists() && !other.pool.path.exists());
+    }
+
+    #[test]
+    fn a_tenant_s_last_template_removed_takes_its_empty_directories_unless_a_build_holds_them() {
+        let f = Fixture::new();
+        let (a, b) = (tenant("ns-a"), tenant("ns-b"));
+        f.publish(&a, "one");
+        f.publish(&a, "two");
+        f.publish(&b, "one");
+        // An empty tenant directory an older trenv left (store and pool), and a file that is
+        // not a tenant's.
+        let old = tenant("ns-old");
+        fs::create_dir_all(f.store.tenant_dir(&old)).unwrap();
+        fs::create_dir_all(f.pool.join(old.dir_name())).unwrap();
+        fs::create_dir_all(f.store.root.join("not-a-tenant")).unwrap();
+        f.store.remove(&a, "one", &f.pool).unwrap();
+        assert!(f.store.tenant_dir(&a).is_dir(), "a still has a template");
+        assert!(!f.store.tenant_dir(&old).exists() && !f.pool.join(old.dir_name()).exists());
+        assert!(f.store.root.join("not-a-tenant").is_dir());
+        // While a build holds the lock (shared), the directories stay.
+        let build = f.store.tenants_lock(false).unwrap();
+        f.store.remove(&a, "two", &f.pool).unwrap();
+        assert!(f.store.tenant_dir(&a).is_dir() && f.pool.join(a.dir_name()).is_dir());
+        drop(build);
+        f.store.remove(&b, "one", &f.pool).unwrap();
+        for t in [&a, &b] {
+            assert!(!f.store.tenant_dir(t).exists(), "{t}");
+            assert!(!f.pool.join(t.dir_name()).exists(), "{t}");
+        }
+        assert_eq!(f.store.list(None).unwrap().0.len(), 0);
     }
 
     #[test]
