@@ -50,14 +50,15 @@ pub const ID_PREFIX: &str = "trenv-reserve-";
 /// How long [`Reserve::close`] waits for fills in progress.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
 
-/// A fill restores its next instance once no container has taken an instance or started
-/// for this long: the starts of a burst go first, and the restores that refill the reserve
-/// (CRIU's CPU time, ~10 ms each here) come after it instead of competing with it…
+/// A fill restores its next instance once no Create or Start of the shim is in progress
+/// and none ended for this long: the starts of a burst go first, and the restores that
+/// refill the reserve (CRIU's CPU time, ~10 ms each here, and the prefault's) come after
+/// it instead of competing with it…
 const QUIET: Duration = Duration::from_millis(20);
 
 /// …but it waits at most this long for a quiet moment, so that steady traffic does not
-/// starve the reserve.
-const MAX_DEFER: Duration = Duration::from_millis(200);
+/// starve the reserve. (A burst of ten restores at once on two CPUs lasts ~0.5–1 s.)
+const MAX_DEFER: Duration = Duration::from_millis(1000);
 
 /// What a fill needs of a container that restored a template, to restore another instance
 /// like it.
@@ -129,8 +130,22 @@ struct State {
     /// The shim is going: no more fills.
     closed: bool,
     made: u64,
-    /// When a container last took an instance or started (see [`QUIET`]).
+    /// When a container last took an instance or started, or a Create or Start ended
+    /// (see [`QUIET`]).
     last_demand: Option<Instant>,
+    /// Creates and Starts of the shim in progress ([`Reserve::busy`]).
+    busy: usize,
+}
+
+/// A Create or Start in progress (the fills wait for it to end): [`Reserve::busy`].
+pub struct Busy(&'static Reserve);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut s = self.0.state();
+        s.busy = s.busy.saturating_sub(1);
+        s.last_demand = Some(Instant::now());
+    }
 }
 
 /// The shim's reserve (one per shared shim).
@@ -202,6 +217,14 @@ impl Reserve {
             log::info!("reserve: instance {} expired", inst.container.id);
             inst.destroy();
         }
+    }
+
+    /// Marks a Create or Start of the shim in progress until the guard is dropped.
+    pub fn busy(&'static self) -> Busy {
+        let mut s = self.state();
+        s.busy += 1;
+        s.last_demand = Some(Instant::now());
+        Busy(self)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -313,8 +336,8 @@ impl Reserve {
         }
     }
 
-    /// Waits until no container took an instance or started for [`QUIET`], at most
-    /// [`MAX_DEFER`]; false if the shim is going.
+    /// Waits until no Create or Start is in progress and none ended (no instance taken, no
+    /// container started) for [`QUIET`], at most [`MAX_DEFER`]; false if the shim is going.
     fn wait_quiet(&self) -> bool {
         let waiting = Instant::now();
         loop {
@@ -323,7 +346,7 @@ impl Reserve {
                 if s.closed {
                     return false;
                 }
-                defer_for(Instant::now(), s.last_demand, waiting)
+                defer_for(Instant::now(), s.last_demand, s.busy > 0, waiting)
             };
             match wait {
                 Some(d) => std::thread::sleep(d),
@@ -354,11 +377,21 @@ impl Reserve {
     }
 }
 
-/// How much longer a fill that began waiting at `waiting` waits at `now`, the last take or
-/// start having been at `last_demand`; None: it restores now.
-fn defer_for(now: Instant, last_demand: Option<Instant>, waiting: Instant) -> Option<Duration> {
+/// How much longer a fill that began waiting at `waiting` waits at `now`, the last take,
+/// start or end of a Create or Start having been at `last_demand`, and `busy` if one is in
+/// progress; None: it restores now.
+fn defer_for(
+    now: Instant,
+    last_demand: Option<Instant>,
+    busy: bool,
+    waiting: Instant,
+) -> Option<Duration> {
     let left = MAX_DEFER.checked_sub(now.saturating_duration_since(waiting))?;
-    let quiet = QUIET.checked_sub(now.saturating_duration_since(last_demand?))?;
+    let quiet = if busy {
+        QUIET
+    } else {
+        QUIET.checked_sub(now.saturating_duration_since(last_demand?))?
+    };
     Some(quiet.min(left)).filter(|d| !d.is_zero())
 }
 
@@ -881,20 +914,36 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         // Nothing asked yet: at once.
-        assert_eq!(defer_for(t0, None, t0), None);
+        assert_eq!(defer_for(t0, None, false, t0), None);
         // A start just now: the rest of the quiet time.
-        assert_eq!(defer_for(t0 + ms(5), Some(t0), t0), Some(ms(15)));
+        assert_eq!(defer_for(t0 + ms(5), Some(t0), false, t0), Some(ms(15)));
         // Quiet long enough: at once.
-        assert_eq!(defer_for(t0 + ms(20), Some(t0), t0), None);
-        assert_eq!(defer_for(t0 + ms(50), Some(t0), t0), None);
+        assert_eq!(defer_for(t0 + ms(20), Some(t0), false, t0), None);
+        assert_eq!(defer_for(t0 + ms(50), Some(t0), false, t0), None);
+        // A Create or Start in progress (a burst's restores): waits, however long ago the
+        // last one began.
+        assert_eq!(defer_for(t0 + ms(50), Some(t0), true, t0), Some(ms(20)));
+        assert_eq!(defer_for(t0 + ms(50), None, true, t0), Some(ms(20)));
         // Steady demand: never past MAX_DEFER, and never longer than what is left of it.
         let waiting = t0;
+        let end = MAX_DEFER;
         assert_eq!(
-            defer_for(t0 + ms(190), Some(t0 + ms(189)), waiting),
+            defer_for(t0 + end - ms(10), Some(t0 + end - ms(11)), false, waiting),
             Some(ms(10))
         );
-        assert_eq!(defer_for(t0 + ms(200), Some(t0 + ms(199)), waiting), None);
-        assert_eq!(defer_for(t0 + ms(500), Some(t0 + ms(499)), waiting), None);
+        assert_eq!(
+            defer_for(t0 + end - ms(5), None, true, waiting),
+            Some(ms(5))
+        );
+        assert_eq!(
+            defer_for(t0 + end, Some(t0 + end - ms(1)), false, waiting),
+            None
+        );
+        assert_eq!(defer_for(t0 + end, None, true, waiting), None);
+        assert_eq!(
+            defer_for(t0 + end + ms(300), Some(t0 + end + ms(299)), true, waiting),
+            None
+        );
     }
 
     #[test]

@@ -266,6 +266,8 @@ impl Task for Service {
             .socket
             .get_or_init(|| SocketFile::of(&self.inner.socket_path));
         let _creating = Creating::new(&self.inner);
+        // The reserve's fills wait until this Create (and the others of a burst) ended.
+        let _busy = crate::reserve::get().map(|r| r.busy());
         if self.inner.containers().contains_key(&req.id) {
             return Err(status(
                 Code::ALREADY_EXISTS,
@@ -329,6 +331,7 @@ impl Task for Service {
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         self.inner.idle_trim.poke();
+        let _busy = crate::reserve::get().map(|r| r.busy());
         let c = self.inner.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
             let began = Instant::now();

@@ -127,17 +127,30 @@ fn rollup_kib(pid: i32) -> (u64, u64) {
     (field("Pss:"), field("Pss_Shmem:"))
 }
 
-/// The memory an instance whose init is `pid` holds, KiB: the Pss of every process of its
-/// shim's tree (the shim, trenv's zygote, the function's processes; just the function's
-/// tree if its parent is not a shim), less their Pss of shared memory (tmpfs: a map
-/// template's pool file, counted once apart).
-pub fn instance_kib(pid: i32) -> u64 {
-    let root = trenv_integration::bench::ppid(pid)
+/// The root of the process tree whose memory an instance whose init is `pid` is charged
+/// with: its shim (which may be shared by several instances: mode (f)), or the function's
+/// own init if its parent is not a shim.
+pub fn instance_root(pid: i32) -> i32 {
+    trenv_integration::bench::ppid(pid)
         .filter(|&pp| {
             fs::read_to_string(format!("/proc/{pp}/comm"))
                 .is_ok_and(|c| c.starts_with("containerd-shim"))
         })
-        .unwrap_or(pid);
+        .unwrap_or(pid)
+}
+
+/// The memory of the instances whose inits are `pids`, KiB: the Pss of every process of
+/// their shims' trees (the shim, trenv's zygote, the functions' processes; just the
+/// function's tree if its parent is not a shim), each tree counted once however many
+/// instances share its shim, less their Pss of shared memory (tmpfs: a map template's pool
+/// file, counted once apart).
+pub fn instances_kib(pids: impl IntoIterator<Item = i32>) -> u64 {
+    let roots: std::collections::BTreeSet<i32> = pids.into_iter().map(instance_root).collect();
+    roots.into_iter().map(tree_kib).sum()
+}
+
+/// [`instances_kib`] of one tree.
+fn tree_kib(root: i32) -> u64 {
     function::process_tree(root)
         .into_iter()
         .map(|q| {

@@ -6,7 +6,8 @@
 //! the run goes on after the last answer until it has deleted them all). A
 //! sampler reads the node's memory (MemTotal − MemAvailable) and the number of live
 //! instances every 100 ms, and every 500 ms the platform's own memory: the Pss of every
-//! live instance's processes and its shim's, less shared memory (memory::instance_kib),
+//! live instance's processes and its shim's (a shim shared by several counted once), less
+//! shared memory (memory::instances_kib),
 //! which other activity on the node does not move.
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use trenv_integration::function::Instance;
 
 use super::arrivals::Arrival;
 use super::containers::Conn;
-use super::memory::instance_kib;
+use super::memory::instances_kib;
 use super::platform::{Mode, Platform, ms};
 use super::{STOP, mem_used_kib};
 
@@ -246,7 +247,7 @@ pub fn run(
                         .values()
                         .copied()
                         .collect();
-                    pids.into_iter().map(instance_kib).sum()
+                    instances_kib(pids)
                 });
                 out.push(Sample {
                     t_ms,
