@@ -366,6 +366,23 @@ fn bad_trenv_annotations_are_refused_naming_the_annotation_and_the_value() {
                 ]),
                 &["io.trenv.template.ready-file", "relative"],
             ),
+            // Read by root, sent by the shim: only to the container's own loopback (here a
+            // cloud metadata address, the usual target of a forged request).
+            Row::refused(
+                "template warm-up to another host",
+                annotate(&[
+                    ("io.trenv.template.create", "badinput-never-made"),
+                    (
+                        "io.trenv.template.warmup",
+                        "http://169.254.169.254/latest/meta-data",
+                    ),
+                ]),
+                &[
+                    "io.trenv.template.warmup",
+                    "http://169.254.169.254/latest/meta-data",
+                    "own loopback",
+                ],
+            ),
             Row::refused(
                 "reserve many",
                 annotate(&[("io.trenv.reserve", "many")]),
