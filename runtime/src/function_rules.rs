@@ -332,7 +332,7 @@ mod tests {
             ("ready_file = \"/tmp/../etc/x\"", "absolute path"),
             ("policy = \"huge\"", "expected map, no-heap or copy"),
             ("warmup = \"http://10.0.0.1/\"", "container's own loopback"),
-            ("warmup_requests = 3", "needs a warm-up request"),
+            ("warmup_requests = 3", "needs the warm-up request itself"),
             (
                 "warmup = \"http://127.0.0.1/\"\nwarmup_requests = 0",
                 "from 1 to",
