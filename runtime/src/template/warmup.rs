@@ -262,9 +262,11 @@ impl Warmup {
         s.set_write_timeout(Some(REQUEST_TIMEOUT))
             .and_then(|()| s.write_all(&self.request_bytes()))
             .map_err(|e| failed(format!("sending: {e}")))?;
-        let mut answer = Vec::new();
+        // To its end: the server closes the connection (as asked), or its Content-Length
+        // is read (a server that keeps the connection open anyway).
+        let mut answer = Reading::default();
         let mut buf = [0u8; 64 * 1024];
-        loop {
+        while !answer.complete() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(failed(format!(
@@ -276,19 +278,13 @@ impl Warmup {
                 .map_err(|e| failed(e.to_string()))?;
             match s.read(&mut buf) {
                 Ok(0) => break,
-                Ok(k) => {
-                    if answer.len() < 1024 {
-                        answer.extend_from_slice(&buf[..k]);
-                    }
-                    if answer.len() >= MAX_ANSWER {
-                        break;
-                    }
-                }
+                Ok(k) => answer.push(&buf[..k]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(failed(format!("reading the answer: {e}"))),
             }
         }
         drop(s);
+        let answer = answer.head;
         match status_of(&answer) {
             Some(status) if (200..300).contains(&status) => Ok(local),
             Some(status) => Err(WarmupError::Status {
@@ -330,6 +326,49 @@ impl Warmup {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+}
+
+/// The longest head of an answer that is kept (its status line and headers).
+const MAX_HEAD: usize = 64 * 1024;
+
+/// What has been read of an answer: its head (at most [`MAX_HEAD`] bytes) and how many bytes
+/// in all; the body itself is dropped.
+#[derive(Default)]
+struct Reading {
+    head: Vec<u8>,
+    total: usize,
+    /// Where the body starts (after the blank line), once the head is complete.
+    body_at: Option<usize>,
+    /// The head's Content-Length.
+    length: Option<usize>,
+}
+
+impl Reading {
+    fn push(&mut self, bytes: &[u8]) {
+        self.total += bytes.len();
+        if self.body_at.is_some() || self.head.len() >= MAX_HEAD {
+            return;
+        }
+        let room = MAX_HEAD - self.head.len();
+        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return;
+        };
+        self.body_at = Some(end + 4);
+        self.length = String::from_utf8_lossy(&self.head[..end])
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok());
+    }
+
+    /// The whole answer is read (by its Content-Length), or as much as is ever read
+    /// ([`MAX_ANSWER`]).
+    fn complete(&self) -> bool {
+        let by_length =
+            matches!((self.body_at, self.length), (Some(at), Some(n)) if self.total >= at + n);
+        by_length || self.total >= MAX_ANSWER
     }
 }
 
@@ -466,6 +505,31 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_complete_by_its_length_or_at_its_bound() {
+        let mut r = Reading::default();
+        r.push(b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 5\r\nX: y");
+        assert!(!r.complete());
+        r.push(b"\r\n\r\nhel");
+        assert!(!r.complete(), "3 of 5 bytes");
+        r.push(b"lo");
+        assert!(r.complete());
+        assert_eq!(status_of(&r.head), Some(200));
+        // No length: only the end of the connection (or the bound) completes it.
+        let mut r = Reading::default();
+        r.push(b"HTTP/1.0 200 OK\r\n\r\nbody");
+        assert!(!r.complete());
+        r.push(&vec![0u8; MAX_ANSWER]);
+        assert!(r.complete());
+        assert!(r.head.len() <= MAX_HEAD);
+        // A head longer than the bound is cut there and never completes by length.
+        let mut r = Reading::default();
+        r.push(b"HTTP/1.1 200 OK\r\n");
+        r.push(&vec![b'x'; MAX_HEAD * 2]);
+        assert_eq!(r.head.len(), MAX_HEAD);
+        assert!(!r.complete());
+    }
+
+    #[test]
     fn the_status_is_read_from_the_first_line() {
         assert_eq!(status_of(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\n"), Some(200));
         assert_eq!(
@@ -528,6 +592,9 @@ mod tests {
                 }
                 requests.push(String::from_utf8(req).unwrap());
                 write!(s, "HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok").unwrap();
+                // Keeps the connection open despite `Connection: close` until the client
+                // closes its end: the answer is complete by its length.
+                assert_eq!(s.read(&mut buf).unwrap(), 0);
             }
             requests
         });
