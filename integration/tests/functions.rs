@@ -112,7 +112,34 @@ impl Scope {
     /// [`Scope::template`] of a source container run with `extra` arguments of `ctr run`.
     fn template_with(&self, f: &Function, extra: &[&str]) -> String {
         let name = unique_id(&format!("fn-{}", f.name));
-        self.templates.lock().unwrap().push(name.clone());
+        let src = self.run_source(f, &name, extra);
+        let start = Instant::now();
+        let limit = Duration::from_secs(180 * trenv_integration::time_scale());
+        loop {
+            let out = trenv_cli()
+                .args(["template", "inspect", &name])
+                .args(self.tenant_arg())
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "template {name} of {} was not made within {limit:?}; shim log in containerd's log",
+                f.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.ctr.remove(&src);
+        name
+    }
+
+    /// Runs a source of `f` annotated to become template `name` once ready (with `extra`
+    /// arguments of `ctr run`), on the bridge; returns its id. Both are removed with the
+    /// scope.
+    fn run_source(&self, f: &Function, name: &str, extra: &[&str]) -> String {
+        self.templates.lock().unwrap().push(name.to_string());
         let src = unique_id(&format!("fn-{}-src", f.name));
         self.trenv.lock().unwrap().push(src.clone());
         let create = format!("io.trenv.template.create={name}");
@@ -137,26 +164,7 @@ impl Scope {
         args.extend([f.image.as_str(), &src]);
         let r = self.ctr.run(&args);
         assert_eq!(r.code, 0, "{}: {r:#?}", f.name);
-        let start = Instant::now();
-        let limit = Duration::from_secs(180 * trenv_integration::time_scale());
-        loop {
-            let out = trenv_cli()
-                .args(["template", "inspect", &name])
-                .args(self.tenant_arg())
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "template {name} of {} was not made within {limit:?}; shim log in containerd's log",
-                f.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.ctr.remove(&src);
-        name
+        src
     }
 }
 
@@ -372,31 +380,19 @@ fn a_template_primed_with_warm_up_requests_holds_what_they_did() {
 
     // A request the function refuses (its handler answers 400 to a body that is not
     // JSON): no template, the source keeps running.
-    let c = &s.ctr;
-    let name = format!("primed-bad-{}", std::process::id());
-    let src = unique_id(&format!("fn-{name}"));
-    s.trenv.lock().unwrap().push(src.clone());
-    let create = format!("io.trenv.template.create={name}");
-    let network = format!("io.trenv.network={}", function::NETWORK);
+    let name = unique_id("primed-bad");
     let log = std::env::var("CONTAINERD_LOG").expect("CONTAINERD_LOG (containerd.sh env)");
     let before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
-    let r = c.run(&[
-        "run",
-        "-d",
-        "--runtime",
-        trenv_integration::RUNTIME,
-        "--annotation",
-        &create,
-        "--annotation",
-        "io.trenv.template.warmup=POST http://127.0.0.1:8080/",
-        "--annotation",
-        "io.trenv.template.warmup-body=not json",
-        "--annotation",
-        &network,
-        &f.image,
-        &src,
-    ]);
-    assert_eq!(r.code, 0, "{r:#?}");
+    let src = s.run_source(
+        &f,
+        &name,
+        &[
+            "--annotation",
+            "io.trenv.template.warmup=POST http://127.0.0.1:8080/",
+            "--annotation",
+            "io.trenv.template.warmup-body=not json",
+        ],
+    );
     let start = Instant::now();
     let said = format!("container {src}: its warm-up failed");
     loop {
@@ -420,7 +416,7 @@ fn a_template_primed_with_warm_up_requests_holds_what_they_did() {
         !inspected.status.success(),
         "a template was made after a failed warm-up"
     );
-    assert_eq!(c.task_status(&src).as_deref(), Some("RUNNING"));
+    assert_eq!(s.ctr.task_status(&src).as_deref(), Some("RUNNING"));
 }
 
 /// jemalloc, in Debian's fnbase image, preloaded into a Python function.
