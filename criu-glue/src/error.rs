@@ -27,6 +27,14 @@ pub enum CriuError {
     )]
     NoVersion { path: PathBuf, reason: NoAnswer },
 
+    #[error("CRIU at {path} started ahead of its request is not usable: {reason}")]
+    NotAhead {
+        path: PathBuf,
+        reason: String,
+        /// It never said it was ready: a CRIU without trenv's patch.
+        unpatched: bool,
+    },
+
     #[error("starting {path} swrk: {source}")]
     Spawn {
         path: PathBuf,

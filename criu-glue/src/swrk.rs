@@ -8,7 +8,7 @@
 //! the session waits for its CRIU process with `waitpid`.
 
 use std::fs;
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -17,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, send, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    send, sendmsg, socketpair,
 };
 use protobuf::Message;
 
@@ -30,6 +31,10 @@ use crate::version::{CriuVersion, MIN_VERSION};
 const PARK_FLOOR: RawFd = 100;
 /// Largest response accepted from CRIU (they are a few hundred bytes).
 const MAX_RESPONSE: usize = 1 << 20;
+/// Tells a patched CRIU that it was started ahead of its request (criu-glue/patches/0006).
+const AHEAD_ENV: &str = "CRIU_SWRK_AHEAD";
+/// Why a CRIU started ahead is refused when it never says it is ready.
+const NEVER_READY: &str = "it did not say it was ready; is it trenv's CRIU?";
 
 /// A CRIU binary.
 #[derive(Debug, Clone)]
@@ -106,9 +111,7 @@ impl Criu {
     /// The version, if it is recent enough. The answer is cached in `cache_dir` (keyed by
     /// the binary's path, size and mtime), because every operation runs in a new process.
     pub fn require_version(&self, cache_dir: Option<&Path>) -> Result<CriuVersion, CriuError> {
-        let key = fs::metadata(&self.path)
-            .map(|m| format!("{} {} {}", self.path.display(), m.size(), m.mtime_nsec()))
-            .ok();
+        let key = self.stamp();
         let cache = cache_dir.map(|d| d.join("criu-version"));
         if let (Some(key), Some(cache)) = (&key, &cache)
             && let Ok(text) = fs::read_to_string(cache)
@@ -135,8 +138,36 @@ impl Criu {
         Ok(v)
     }
 
+    /// What identifies this binary for answers cached about it: its path, size and mtime.
+    pub fn stamp(&self) -> Option<String> {
+        fs::metadata(&self.path)
+            .map(|m| format!("{} {} {}", self.path.display(), m.size(), m.mtime_nsec()))
+            .ok()
+    }
+
     /// Starts `criu swrk` with the descriptors of `plan`.
     pub fn start(&self, plan: FdPlan) -> Result<Session, CriuError> {
+        let (child, sock) = self.spawn(plan, false)?;
+        Ok(Session {
+            child,
+            sock,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Starts `criu swrk` ahead of its request: it probes the kernel, says it is ready
+    /// ([`Ahead::ready`]) and waits; its descriptors come with the request
+    /// ([`Ahead::session`]). Needs trenv's CRIU (criu-glue/patches/0006).
+    pub fn ahead(&self) -> Result<Ahead, CriuError> {
+        let (child, sock) = self.spawn(FdPlan::default(), true)?;
+        Ok(Ahead {
+            path: self.path.clone(),
+            child,
+            sock,
+        })
+    }
+
+    fn spawn(&self, plan: FdPlan, ahead: bool) -> Result<(Child, OwnedFd), CriuError> {
         let (mine, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -154,6 +185,9 @@ impl Criu {
             placed.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
         let mut cmd = Command::new(&self.path);
         cmd.arg("swrk").arg("3");
+        if ahead {
+            cmd.env(AHEAD_ENV, "1");
+        }
         // containerd gives its shims `LD_LIBRARY_PATH=<opt>/lib:` (its opt plugin's
         // directory, usually absent, and an empty entry: the working directory). The
         // dynamic loader would search both, with their hardware-capability subdirectories,
@@ -193,7 +227,7 @@ impl Criu {
         })?;
         drop(placed);
         drop(theirs);
-        Ok(Session { child, sock: mine })
+        Ok((child, mine))
     }
 }
 
@@ -270,6 +304,116 @@ impl FdPlan {
         self.extra.push(fd);
         3 + self.extra.len() as i32
     }
+
+    /// The descriptors in the order a CRIU started ahead installs them: its 0, 1 and 2
+    /// (`/dev/null` for those unset), then 4, 5, …
+    fn into_sent(self) -> Result<Vec<OwnedFd>, CriuError> {
+        let mut sent = Vec::with_capacity(3 + self.extra.len());
+        for fd in self.stdio {
+            sent.push(match fd {
+                Some(fd) => fd,
+                None => fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(|e| CriuError::Sys {
+                        context: "opening /dev/null for CRIU",
+                        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                    })?,
+            });
+        }
+        sent.extend(self.extra);
+        Ok(sent)
+    }
+}
+
+/// A `criu swrk` started ahead of its request ([`Criu::ahead`]).
+pub struct Ahead {
+    path: PathBuf,
+    child: Child,
+    sock: OwnedFd,
+}
+
+impl Ahead {
+    /// Waits (at most `timeout`) until CRIU says it probed the kernel and waits for its
+    /// request. A CRIU without trenv's patch never says so: it is stopped and this fails.
+    pub fn ready(&mut self, timeout: std::time::Duration) -> Result<(), CriuError> {
+        let not_ready = |reason: &str| CriuError::NotAhead {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+            unpatched: reason == NEVER_READY,
+        };
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut pfd = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        let ready = loop {
+            match poll(&mut pfd, PollTimeout::from(ms)) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        let answer = match ready {
+            Ok(0) => Err(not_ready(NEVER_READY)),
+            Ok(_) => {
+                let mut buf = [0u8; 256];
+                match nix::sys::socket::recv(self.sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                    Ok(0) | Err(_) => Err(not_ready("it exited before it was ready")),
+                    Ok(n) => match Criu_resp::parse_from_bytes(&buf[..n]) {
+                        Ok(r) if r.type_() == Criu_req_type::EMPTY && r.success() => Ok(()),
+                        Ok(r) if r.type_() == Criu_req_type::EMPTY => {
+                            Err(not_ready("its kernel probe failed"))
+                        }
+                        _ => Err(not_ready("it answered something else than ready")),
+                    },
+                }
+            }
+            Err(e) => Err(CriuError::sys("waiting for CRIU to be ready")(e)),
+        };
+        if answer.is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        answer
+    }
+
+    /// Whether this is a process of `criu`'s binary.
+    pub fn is_of(&self, criu: &Criu) -> bool {
+        self.path == criu.path
+    }
+
+    /// CRIU's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Whether CRIU still runs and could serve a request: not exited (killed while it
+    /// waited) nor stopped (by a signal or a tracer: a restore sent to it would hang).
+    pub fn alive(&mut self) -> bool {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return false;
+        }
+        fs::read_to_string(format!("/proc/{}/stat", self.child.id())).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                .is_some_and(|state| !matches!(state, "T" | "t" | "Z" | "X"))
+        })
+    }
+
+    /// Stops CRIU and reaps it.
+    pub fn discard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The session of this CRIU, whose first request carries `plan`'s descriptors.
+    pub fn session(self, plan: FdPlan) -> Result<Session, CriuError> {
+        Ok(Session {
+            child: self.child,
+            sock: self.sock,
+            pending: plan.into_sent()?,
+        })
+    }
 }
 
 /// Answers CRIU's notifications (`notify_scripts`). `fd` is the descriptor CRIU passed
@@ -286,10 +430,20 @@ impl Notify for () {
     }
 }
 
+/// CRIU's socket: readable (or hung up) only when CRIU exits, while it waits for its
+/// request.
+impl AsFd for Ahead {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
 /// A running `criu swrk`.
 pub struct Session {
     child: Child,
     sock: OwnedFd,
+    /// Descriptors its first request carries (a CRIU started ahead).
+    pending: Vec<OwnedFd>,
 }
 
 impl Session {
@@ -364,7 +518,7 @@ impl Session {
     }
 
     fn send(
-        &self,
+        &mut self,
         msg: &Criu_req,
         op: &'static str,
         log: &Option<PathBuf>,
@@ -372,7 +526,22 @@ impl Session {
         let bytes = msg
             .write_to_bytes()
             .map_err(|source| CriuError::Encode { source })?;
-        match send(self.sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
+        let sent = if self.pending.is_empty() {
+            send(self.sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL)
+        } else {
+            let raw: Vec<RawFd> = self.pending.iter().map(AsRawFd::as_raw_fd).collect();
+            let sent = sendmsg::<()>(
+                self.sock.as_raw_fd(),
+                &[IoSlice::new(&bytes)],
+                &[ControlMessage::ScmRights(&raw)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            // CRIU holds its copies now (or never will).
+            self.pending.clear();
+            sent
+        };
+        match sent {
             Ok(_) => Ok(()),
             Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => {
                 Err(CriuError::died(op, log))
@@ -455,6 +624,34 @@ mod tests {
         fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
         p
+    }
+
+    #[test]
+    fn descriptors_sent_with_a_request_come_in_the_order_criu_installs_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| -> OwnedFd {
+            let p = dir.path().join(name);
+            fs::write(&p, name).unwrap();
+            fs::File::open(p).unwrap().into()
+        };
+        let mut plan = FdPlan::default();
+        plan.stdio(1, file("out"));
+        assert_eq!(plan.add(file("a")), 4);
+        assert_eq!(plan.add(file("b")), 5);
+        let sent = plan.into_sent().unwrap();
+        let names: Vec<String> = sent
+            .iter()
+            .map(|fd| {
+                fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        // 0, 1, 2 (unset ones /dev/null), then 4, 5: CRIU's 3 is its socket.
+        assert_eq!(names, ["null", "out", "null", "a", "b"]);
     }
 
     #[test]

@@ -181,7 +181,8 @@ fn a_template_of_a_process_tree_restores_each_process_its_own_memory() {
             let _ = fs::remove_file(Role::path(&role.go));
             let _ = fs::remove_file(Role::path(&role.result));
         }
-        let restored = restore(&criu, &images, &template, &name[1..]);
+        // The second by a CRIU started ahead, its descriptors sent with the request.
+        let restored = restore(&criu, &images, &template, &name[1..], round == 1);
         tree.pids = vec![restored, kid];
         assert_eq!(restored, root, "round {round}");
         let offsets = [root, kid].map(|pid| template_offset(pid, &template));
@@ -465,8 +466,9 @@ fn dump(criu: &Criu, images: &Path, pid: i32) {
         .unwrap_or_else(|e| panic!("{e}\n{}", fs::read_to_string(&log).unwrap_or_default()));
 }
 
-/// Restores the tree with the template handed over as `key`; answers the root's pid.
-fn restore(criu: &Criu, images: &Path, template: &Path, key: &str) -> i32 {
+/// Restores the tree with the template handed over as `key`, by a CRIU started `ahead`
+/// or on demand; answers the root's pid.
+fn restore(criu: &Criu, images: &Path, template: &Path, key: &str, ahead: bool) -> i32 {
     let dir = open_dir(images);
     let mut plan = FdPlan::default();
     let mut inherit = Inherit_fd::new();
@@ -484,9 +486,14 @@ fn restore(criu: &Criu, images: &Path, template: &Path, key: &str) -> i32 {
     req.set_type(Criu_req_type::RESTORE);
     req.opts = Some(o).into();
     let log = images.join("restore.log");
-    let resp = criu
-        .start(plan)
-        .unwrap()
+    let session = if ahead {
+        let mut a = criu.ahead().unwrap();
+        a.ready(Duration::from_secs(5)).unwrap();
+        a.session(plan).unwrap()
+    } else {
+        criu.start(plan).unwrap()
+    };
+    let resp = session
         .call(req, "restore", Some(log.clone()), &mut ())
         .unwrap_or_else(|e| panic!("{e}\n{}", fs::read_to_string(&log).unwrap_or_default()));
     resp.restore.as_ref().map_or(0, |r| r.pid())

@@ -84,7 +84,8 @@ impl Setup {
         // it, templated transparently. The shim is given it through a wrapper (the shim
         // reads /etc/trenv/config.toml otherwise, which the other tests share).
         // And CRIU through a wrapper that dies once, at its next run, when asked to
-        // (`fail_next_criu`).
+        // (`fail_next_criu`): with no CRIU started ahead, whose death before its request
+        // would only mean a restore without it (tests/templates.rs tests that).
         let criu = dir.join("criu");
         let real_criu = ["/usr/local/sbin/criu", "/usr/sbin/criu"]
             .into_iter()
@@ -105,8 +106,8 @@ impl Setup {
         fs::write(
             &config,
             format!(
-                "[criu]\nbinary = \"{}\"\n\n[[functions]]\nnamespace = \"{NAMESPACE}\"\n\
-                 template = \"auto\"\n",
+                "[criu]\nbinary = \"{}\"\nstart_ahead = false\n\n[[functions]]\n\
+                 namespace = \"{NAMESPACE}\"\ntemplate = \"auto\"\n",
                 criu.display()
             ),
         )

@@ -2170,3 +2170,148 @@ fn a_restored_instance_maps_its_template_2_mib_at_a_time_from_the_huge_page_pool
     c.remove(&id);
     assert_nothing_left(&c, &id);
 }
+
+/// The shim's line on how it restored container `id` (containerd's log): its phases, the
+/// first of which says whether CRIU was started ahead ("criu ahead") or not ("criu spawn").
+fn restore_line(id: &str) -> String {
+    let log = std::env::var("CONTAINERD_LOG").expect("CONTAINERD_LOG (containerd.sh env)");
+    let needle = format!("restored {id} (pid");
+    let start = Instant::now();
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().rev().find(|l| l.contains(&needle)) {
+            return l.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {needle:?} line in {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The spare restorers of shim `shim` (worker/spare.rs: `trenv-spare` children of its
+/// zygote), each with its CRIU once started.
+fn spares_of(shim: i32) -> Vec<(i32, Option<i32>)> {
+    let comm = |p: i32| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    trenv_integration::pids_named("trenv-spare")
+        .into_iter()
+        .filter(|&s| parent_of(s).and_then(parent_of) == Some(shim))
+        .map(|s| {
+            let criu = trenv_integration::pids_named("criu")
+                .into_iter()
+                .find(|&c| parent_of(c) == Some(s) && comm(c).trim() == "criu");
+            (s, criu)
+        })
+        .collect()
+}
+
+/// Waits (at most 10 s) for a spare of `shim` whose CRIU runs, other than `not`, then
+/// long enough for that CRIU to be ready (it takes ~2 ms); answers (spare, CRIU).
+fn ready_spare(shim: i32, not: &[i32]) -> (i32, i32) {
+    let start = Instant::now();
+    loop {
+        if let Some((s, Some(criu))) = spares_of(shim).into_iter().find(|(s, _)| !not.contains(s)) {
+            std::thread::sleep(Duration::from_millis(500));
+            return (s, criu);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "shim {shim} keeps no spare restorer: {:?}",
+            spares_of(shim)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send_signal(pid: i32, signal: &str) {
+    let st = std::process::Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -s {signal} {pid}");
+}
+
+fn gone(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
+fn wait_gone(pid: i32, what: &str) {
+    let start = Instant::now();
+    while !gone(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} (pid {pid}) still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Spare restorers (worker/spare.rs): a shared shim keeps a worker whose CRIU was started
+/// ahead; a restore takes it ("criu ahead") and the shim makes another. One whose CRIU was
+/// stopped is not used (the restore starts its own CRIU and the stopped one is removed),
+/// one whose CRIU died is replaced; each instance is correct; and a killed shim takes its
+/// spare and its CRIU with it.
+#[test]
+fn a_shared_shim_restores_with_a_spare_restorer_and_never_with_a_stopped_or_dead_one() {
+    let c = ctr();
+    let case = Case::new(&c, "spare");
+    let ready = start_function(&c, &case.src, 64);
+    let r = case.create(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    c.remove(&case.src);
+    let env = function_env(64);
+    let annotation = format!("{ANNOTATION}={}", case.name);
+    let flags = with_env(
+        &env,
+        &[
+            "--annotation",
+            &annotation,
+            "--annotation",
+            "io.trenv.shim=shared",
+        ],
+    );
+    let mut cleanup = Cleanup {
+        ctr: &c,
+        containers: Vec::new(),
+        templates: Vec::new(),
+    };
+    let mut restore = |n: usize| {
+        let id = format!("{}-{n}", case.id);
+        cleanup.containers.push(id.clone());
+        run_detached(&c, &id, &flags, PYFN, &[]);
+        assert_eq!(signal_state(&c, &id, "SIGUSR1"), ready, "instance {id}");
+        (id.clone(), restore_line(&id))
+    };
+
+    let (first, _) = restore(1);
+    let shim = parent_of(init_pid(&c, &first)).expect("the shared shim");
+    let (spare, _) = ready_spare(shim, &[]);
+    let (_, line) = restore(2);
+    assert!(line.contains("criu ahead"), "{line}");
+    wait_gone(spare, "the spare the restore took, once it served");
+
+    // Stopped: not used, and removed.
+    let (spare, criu) = ready_spare(shim, &[spare]);
+    send_signal(criu, "STOP");
+    let (_, line) = restore(3);
+    assert!(line.contains("criu spawn"), "{line}");
+    wait_gone(criu, "the stopped CRIU of a spare");
+
+    // Dead: the spare goes, another comes, restores go on.
+    let (spare, criu) = ready_spare(shim, &[spare]);
+    send_signal(criu, "KILL");
+    wait_gone(spare, "a spare whose CRIU died");
+    restore(4);
+
+    // The shim killed: its spare and that spare's CRIU go with it.
+    let (spare, criu) = ready_spare(shim, &[spare]);
+    drop(cleanup);
+    send_signal(shim, "KILL");
+    wait_gone(spare, "the spare of a killed shim");
+    wait_gone(criu, "the CRIU of a killed shim's spare");
+}

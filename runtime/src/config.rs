@@ -225,11 +225,23 @@ impl SandboxesConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CriuSection {
     /// The CRIU binary (default: `criu` on PATH or in the sbin directories).
     pub binary: Option<PathBuf>,
+    /// A shim about to restore keeps a spare restorer: a worker whose CRIU was started
+    /// ahead and has probed the kernel (needs trenv's CRIU; default true).
+    pub start_ahead: bool,
+}
+
+impl Default for CriuSection {
+    fn default() -> CriuSection {
+        CriuSection {
+            binary: None,
+            start_ahead: true,
+        }
+    }
 }
 
 impl Default for TemplatesConfig {

@@ -257,6 +257,20 @@ impl Runtime {
         }
     }
 
+    /// Has a spare restorer made ahead of a restore that is coming (worker/spare.rs): the
+    /// restore then neither forks a worker nor starts CRIU. `always`: after each restore
+    /// that takes it, another (a shim serving many containers). Nothing if `criu` names no
+    /// usable CRIU (the restore will say why), one that cannot start ahead, or one is
+    /// kept already.
+    pub fn keep_spare_restorer(&self, criu: &CriuConfig, always: bool) -> Result<(), RuntimeError> {
+        match criu.criu() {
+            Ok(c) if !crate::worker::spare::refuses(&c) => {
+                Ok(self.zygote.keep_spare(c.path(), always)?)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Makes template `template` of the running container; one line on what it holds.
     pub fn make_template(
         &self,

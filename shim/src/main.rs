@@ -62,6 +62,35 @@ fn print_info() -> ! {
 
 const RUNTIME_ID: &str = "io.containerd.trenv.v1";
 
+/// Set by `start` for a new server whose first container is restored from a template:
+/// the CRIU binary of the runtime options, or empty for trenv's configured one.
+pub(crate) const SPARE_RESTORER_ENV: &str = "TRENV_SPARE_RESTORER";
+
+/// A new server's first container will be restored: its runtime keeps a spare restorer
+/// (trenv_runtime's worker/spare.rs) from now on, ready by the time the Create comes.
+fn keep_spare_restorer(runtime: &Runtime) {
+    let Some(binary) = std::env::var_os(SPARE_RESTORER_ENV) else {
+        return;
+    };
+    let configured = trenv_runtime::config::Config::load()
+        .map(|c| c.criu)
+        .unwrap_or_default();
+    if !configured.start_ahead {
+        return;
+    }
+    let binary = Some(std::path::PathBuf::from(binary))
+        .filter(|p| !p.as_os_str().is_empty())
+        .or(configured.binary);
+    let criu = trenv_runtime::snapshot::CriuConfig {
+        binary,
+        cache_dir: Some(std::path::PathBuf::from(trenv_runtime::paths::RUN_DIR)),
+    };
+    let always = std::env::var_os(shared::ENV).is_some();
+    if let Err(e) = runtime.keep_spare_restorer(&criu, always) {
+        log::debug!("no spare restorer: {e}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flags = containerd_shim::parse(&args[1..]).ok();
@@ -96,6 +125,9 @@ fn main() {
         // SAFETY: nothing has started a thread yet.
         match unsafe { Runtime::fork() } {
             Ok(r) => {
+                if action.is_empty() {
+                    keep_spare_restorer(&r);
+                }
                 let _ = RUNTIME.set(r);
             }
             Err(e) => {

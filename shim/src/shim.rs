@@ -54,7 +54,7 @@ pub fn leftovers_in(bundle: &Path) -> bool {
 /// picks a shim before the daemon.
 pub fn start(opts: StartOpts, options: &RuntimeOptions) -> containerd_shim::Result<String> {
     let cwd = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-    let (group, shared) = grouping(&cwd, &opts, options)?;
+    let (group, shared, restores) = grouping(&cwd, &opts, options)?;
     if let Some(cgroup) = &options.shim_cgroup {
         trenv_runtime::container::cgroup::join_existing(Path::new(cgroup), std::process::id())
             .map_err(|e| {
@@ -86,6 +86,12 @@ pub fn start(opts: StartOpts, options: &RuntimeOptions) -> containerd_shim::Resu
     if group != opts.id && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         write_address(&address)?;
         return Ok(address);
+    }
+    // A new server for a container restored from a template keeps a spare restorer from
+    // its start (main.rs), while containerd connects and sends the Create.
+    let criu = options.criu_path.clone().unwrap_or_default();
+    if restores {
+        vars.push((crate::SPARE_RESTORER_ENV, criu.as_str()));
     }
     let (pid, address) = spawn(opts, &group, vars)?;
     // A server that found its group's socket taken has exited (or is exiting).
@@ -135,18 +141,20 @@ pub fn start_command(flags: Flags) -> ! {
 }
 
 /// The group whose shim serves this container: its pod's sandbox id, its tenant's shared
-/// shim (shared.rs; then also the linger in seconds), or its own id.
+/// shim (shared.rs; then also the linger in seconds), or its own id; and whether the
+/// container asks for a template restore.
 fn grouping(
     bundle: &Path,
     opts: &StartOpts,
     options: &RuntimeOptions,
-) -> containerd_shim::Result<(String, Option<u64>)> {
+) -> containerd_shim::Result<(String, Option<u64>, bool)> {
     let annotations = Spec::load(bundle.join("config.json"))
         .ok()
         .and_then(|s| s.annotations().clone())
         .unwrap_or_default();
+    let restores = annotations.contains_key(trenv_runtime::template::TEMPLATE_ANNOTATION);
     if let Some(pod) = annotations.get(SANDBOX_ID) {
-        return Ok((pod.clone(), None));
+        return Ok((pod.clone(), None, restores));
     }
     let config = trenv_runtime::config::Config::load()
         .map(|c| c.shim)
@@ -159,8 +167,8 @@ fn grouping(
     )
     .map_err(containerd_shim::Error::InvalidArgument)?;
     Ok(match shared {
-        Some(group) => (group, Some(config.linger_secs)),
-        None => (opts.id.clone(), None),
+        Some(group) => (group, Some(config.linger_secs), restores),
+        None => (opts.id.clone(), None, restores),
     })
 }
 

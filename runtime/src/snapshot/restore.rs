@@ -149,11 +149,22 @@ pub fn restore(
         }
         None => plan,
     };
-    // CRIU starts first: its exec and start-up (~2 ms) run while this worker opens the
-    // cgroup and mounts the root on the other CPU; it reads the request only when sent.
+    // A spare restorer's CRIU was started ahead (worker/spare.rs); otherwise CRIU starts
+    // first: its exec and start-up (~2 ms) run while this worker opens the cgroup and
+    // mounts the root on the other CPU; it reads the request only when sent.
     let (fds, inherit) = descriptors(plan, &spec, stdio)?;
-    let session = criu.start(fds)?;
-    phases.mark("criu spawn");
+    let session = match crate::worker::spare::take(&criu) {
+        Some(ahead) => {
+            let s = ahead.session(fds)?;
+            phases.mark("criu ahead");
+            s
+        }
+        None => {
+            let s = criu.start(fds)?;
+            phases.mark("criu spawn");
+            s
+        }
+    };
     make_dir(&plan.work)?;
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
     let cgroup_path = Cgroup::path_of(cgroups_path.as_deref(), &at.id);

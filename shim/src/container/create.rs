@@ -203,6 +203,14 @@ impl Container {
                 ),
             }
         }
+        // A restore is coming: a spare restorer starts CRIU meanwhile, if none is kept.
+        if config.criu.start_ahead
+            && source.as_ref().is_some_and(|s| s.template.is_some())
+            && let Err(e) = crate::runtime()
+                .keep_spare_restorer(&criu, std::env::var_os(crate::shared::ENV).is_some())
+        {
+            log::debug!("container {}: no spare restorer: {e}", req.id);
+        }
         // A template is restored in this Create: its cgroup is made and limited meanwhile.
         let prepare = source
             .as_ref()
