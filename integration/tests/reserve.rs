@@ -277,7 +277,13 @@ fn the_next_start_takes_the_reserved_instance_and_it_is_the_container_s_own() {
     b_flags.extend(["--log-uri", log_uri.as_str()]);
     run_detached(&c, &b, &b_flags);
     assert_eq!(init_pid(&c, &b), reserved, "{b} did not take the instance");
-    assert_eq!(proc_state(reserved), 'S', "Start continued the instance");
+    // Continued: no longer stopped (sleeping, or still running what SIGCONT resumed: a
+    // slow machine such as the VM test bed caught it running).
+    let run_state = proc_state(reserved);
+    assert!(
+        matches!(run_state, 'S' | 'R' | 'D'),
+        "Start continued the instance: its state is {run_state:?}"
+    );
     let cgroup = fs::read_to_string(format!("/proc/{reserved}/cgroup")).unwrap_or_default();
     let own = format!("/{}/{b}", c.namespace);
     assert!(
