@@ -394,7 +394,8 @@ fn zygote_main(ctrl: OwnedFd, parent: Pid) -> ! {
                 // SAFETY: see above.
                 unsafe { libc::prctl(libc::PR_SET_NAME, c"trenv-worker".as_ptr()) };
                 drop(ctrl);
-                spares.forget();
+                // The spare is the zygote's, not this worker's: its socket closes here.
+                drop(spares);
                 worker_main(fds)
             }
             Ok(ForkResult::Parent { .. }) => drop(fds),
@@ -527,11 +528,6 @@ impl Spares {
             Ok(_) => Ok(()),
             Err(_) => Err(fds),
         }
-    }
-
-    /// In a forked worker: the spare is the zygote's, not this worker's.
-    fn forget(self) {
-        drop(self);
     }
 }
 

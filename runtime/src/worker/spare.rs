@@ -38,8 +38,8 @@ pub(crate) fn refuses(criu: &Criu) -> bool {
         .is_some_and(|s| std::fs::read_to_string(refusal_note()).is_ok_and(|n| n == s))
 }
 
-fn refused(criu: &std::path::Path) {
-    if let Some(stamp) = Criu::locate(Some(criu)).ok().and_then(|c| c.stamp()) {
+fn refused(criu: &Criu) {
+    if let Some(stamp) = criu.stamp() {
         let _ = std::fs::write(refusal_note(), stamp);
     }
 }
@@ -63,11 +63,12 @@ pub(crate) fn take(criu: &Criu) -> Option<Ahead> {
 /// request's descriptors, then serve it as any worker. Exits if CRIU cannot be made
 /// ready, if CRIU dies while it waits, or if the zygote goes away.
 pub(super) fn spare_main(sock: OwnedFd, criu: PathBuf) -> ! {
-    let ahead = Criu::locate(Some(&criu)).and_then(|c| {
-        let mut a = c.ahead()?;
-        a.ready(READY_WITHIN)?;
-        Ok(a)
-    });
+    let Ok(criu) = Criu::locate(Some(&criu)) else {
+        exit(3)
+    };
+    let ahead = criu
+        .ahead()
+        .and_then(|mut a| a.ready(READY_WITHIN).map(|()| a));
     let ahead = match ahead {
         Ok(a) => a,
         Err(trenv_criu::CriuError::NotAhead {
