@@ -10,6 +10,12 @@
 //! the offset), and then gives the child the parent's mapping: the conversion gives each
 //! process its own entry, which this test would catch if it did not.
 //!
+//! Both also map a file privately (as a program maps its `.data`) and write some of its
+//! pages, the parent before the fork and the child after: the conversion maps each
+//! process's written runs from the template and leaves the rest of the mapping to the file,
+//! so each restored process must read its own writes where it wrote and the file's bytes
+//! everywhere else.
+//!
 //! Both also have a page mapped above every other VMA but their stack, so that the child's
 //! is the last VMA of the template file; the restored child grows it with `mremap` by
 //! 16 MiB, which maps the file's next bytes: they must exist and read as zeros (the holes
@@ -38,6 +44,9 @@ const ADDR: usize = 0x5a5a_0000_0000;
 const LEN: usize = 4 << 20;
 const PAGE: usize = 4096;
 const PAGES: usize = LEN / PAGE;
+/// Where both map the file privately, and its size in pages.
+const FILE_ADDR: usize = 0x5a5b_0000_0000;
+const FILE_PAGES: usize = 8;
 /// What both write over their region once they have checked it.
 const SCRIBBLE: u8 = 0xee;
 /// Where the page that the restored child grows is (free below the stack; chosen before
@@ -64,18 +73,45 @@ fn child_byte(k: usize) -> u8 {
     }
 }
 
+/// The file's byte on page `k`.
+fn file_byte(k: usize) -> u8 {
+    0x30 + k as u8
+}
+
+/// What the parent reads from its private mapping of the file: its writes on pages 1 and 2.
+fn parent_file_byte(k: usize) -> u8 {
+    if (1..=2).contains(&k) {
+        0xa0 + k as u8
+    } else {
+        file_byte(k)
+    }
+}
+
+/// The child's: its writes on pages 2 and 5, its parent's (inherited) on page 1.
+fn child_file_byte(k: usize) -> u8 {
+    match k {
+        2 | 5 => 0xc0 + k as u8,
+        _ => parent_file_byte(k),
+    }
+}
+
+/// The byte a process reads on each page of a region.
+type Bytes = fn(usize) -> u8;
+
 /// One process's control files: the test creates `go`, the process answers in `result`.
 struct Role {
     ready: CString,
     go: CString,
     result: CString,
     expected: fn(usize) -> u8,
+    /// What it reads from its private mapping of the file.
+    file_expected: fn(usize) -> u8,
     /// Grows its page above the others once its region is checked.
     grows: bool,
 }
 
 impl Role {
-    fn new(ctl: &Path, name: &str, expected: fn(usize) -> u8, grows: bool) -> Role {
+    fn new(ctl: &Path, name: &str, expected: (Bytes, Bytes), grows: bool) -> Role {
         let path = |what: &str| {
             CString::new(ctl.join(format!("{what}-{name}")).to_str().unwrap()).unwrap()
         };
@@ -83,7 +119,8 @@ impl Role {
             ready: path("ready"),
             go: path("go"),
             result: path("result"),
-            expected,
+            expected: expected.0,
+            file_expected: expected.1,
             grows,
         }
     }
@@ -129,11 +166,18 @@ fn a_template_of_a_process_tree_restores_each_process_its_own_memory() {
     let (images, ctl) = (tmp.path().join("images"), tmp.path().join("ctl"));
     fs::create_dir(&images).unwrap();
     fs::create_dir(&ctl).unwrap();
-    let parent = Role::new(&ctl, "parent", parent_byte, false);
-    let child = Role::new(&ctl, "child", child_byte, true);
+    let parent = Role::new(&ctl, "parent", (parent_byte, parent_file_byte), false);
+    let child = Role::new(&ctl, "child", (child_byte, child_file_byte), true);
     GROW_AT.store(free_below_stack(), Ordering::SeqCst);
+    let data = tmp.path().join("data");
+    let bytes: Vec<u8> = (0..FILE_PAGES * PAGE)
+        .map(|i| file_byte(i / PAGE))
+        .collect();
+    fs::write(&data, bytes).unwrap();
+    let data_fd = fs::File::open(&data).unwrap();
 
-    let root = spawn_tree(&parent, &child);
+    let root = spawn_tree(&parent, &child, &data_fd);
+    drop(data_fd);
     let mut tree = Tree { pids: vec![root] };
     wait_for(&Role::path(&parent.ready));
     wait_for(&Role::path(&child.ready));
@@ -166,6 +210,25 @@ fn a_template_of_a_process_tree_restores_each_process_its_own_memory() {
             p.pid
         );
     }
+    // The runs each process wrote of its mapping of the file, and nothing else of it.
+    let file_page = |k: usize| (FILE_ADDR + k * PAGE) as u64;
+    let file_runs = |p: &trenv_criu::template::ProcessConversion| -> Vec<(u64, u64)> {
+        p.vmas
+            .iter()
+            .copied()
+            .filter(|&(a, _)| (file_page(0)..file_page(FILE_PAGES)).contains(&a))
+            .collect()
+    };
+    assert_eq!(
+        file_runs(&conv.processes[0]),
+        [(file_page(1), file_page(3))],
+        "{conv:?}"
+    );
+    assert_eq!(
+        file_runs(&conv.processes[1]),
+        [(file_page(1), file_page(3)), (file_page(5), file_page(6))],
+        "{conv:?}"
+    );
     let grow = GROW_AT.load(Ordering::SeqCst) as u64;
     assert_eq!(
         conv.processes[1].vmas.last(),
@@ -187,6 +250,15 @@ fn a_template_of_a_process_tree_restores_each_process_its_own_memory() {
         assert_eq!(restored, root, "round {round}");
         let offsets = [root, kid].map(|pid| template_offset(pid, &template));
         assert_ne!(offsets[0], offsets[1], "both map the same part of the file");
+        for pid in [root, kid] {
+            let line = maps_line(pid, file_page(3));
+            assert!(
+                line.ends_with("/data"),
+                "{pid}: not the file at page 3: {line}"
+            );
+            let line = maps_line(pid, file_page(1));
+            assert!(line.ends_with(template.to_str().unwrap()), "{pid}: {line}");
+        }
         // The parent checks and scribbles first: the child must still read its own.
         for (role, who) in [(&parent, "parent"), (&child, "child")] {
             fs::write(Role::path(&role.go), b"").unwrap();
@@ -206,7 +278,7 @@ fn a_template_of_a_process_tree_restores_each_process_its_own_memory() {
 /// Forks the parent, which forks the child; answers the parent's pid. Between the forks
 /// and the end of this test the processes run only async-signal-safe code (this test
 /// process has other threads): no allocation, only system calls.
-fn spawn_tree(parent: &Role, child: &Role) -> i32 {
+fn spawn_tree(parent: &Role, child: &Role, data: &fs::File) -> i32 {
     let null = fs::File::options()
         .read(true)
         .write(true)
@@ -222,6 +294,7 @@ fn spawn_tree(parent: &Role, child: &Role) -> i32 {
                 for fd in 0..3 {
                     libc::dup2(null.as_raw_fd(), fd);
                 }
+                map_file_or_exit(data.as_raw_fd(), 13);
                 libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
                 libc::chdir(c"/".as_ptr());
                 fork_and_run(parent, child)
@@ -237,6 +310,9 @@ fn spawn_tree(parent: &Role, child: &Role) -> i32 {
 /// # Safety
 /// Only in the freshly forked parent.
 unsafe fn fork_and_run(parent: &Role, child: &Role) -> ! {
+    // SAFETY: the mapping was made by spawn_tree, FILE_PAGES pages, readable and writable.
+    let file = unsafe { std::slice::from_raw_parts_mut(FILE_ADDR as *mut u8, FILE_PAGES * PAGE) };
+    write_file_pages(file, &[1, 2], parent_file_byte);
     map_or_exit(ADDR, LEN, 10);
     // SAFETY: the region was just mapped, LEN bytes, readable and writable.
     let mem = unsafe { std::slice::from_raw_parts_mut(ADDR as *mut u8, LEN) };
@@ -251,6 +327,7 @@ unsafe fn fork_and_run(parent: &Role, child: &Role) -> ! {
         -1 => unsafe { libc::_exit(11) },
         0 => {
             fill(&mut mem[..LEN - PAGE], child_byte);
+            write_file_pages(file, &[2, 5], child_file_byte);
             // SAFETY: only in this process.
             unsafe { run(child, mem) }
         }
@@ -306,6 +383,33 @@ fn map_or_exit(addr: usize, len: usize, status: i32) {
     }
 }
 
+/// Maps the file open at `fd` privately at [`FILE_ADDR`] (its descriptor is closed right
+/// after: the mapping is what is dumped), or exits with `status`. Async-signal-safe.
+fn map_file_or_exit(fd: i32, status: i32) {
+    // SAFETY: a fixed mapping where nothing is (NOREPLACE fails otherwise).
+    let at = unsafe {
+        libc::mmap(
+            FILE_ADDR as *mut libc::c_void,
+            FILE_PAGES * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+            fd,
+            0,
+        )
+    };
+    if at as usize != FILE_ADDR {
+        // SAFETY: exiting a forked process without the test's destructors.
+        unsafe { libc::_exit(status) };
+    }
+}
+
+/// Writes `byte(k)` over pages `pages` of the private mapping of the file.
+fn write_file_pages(file: &mut [u8], pages: &[usize], byte: fn(usize) -> u8) {
+    for &k in pages {
+        file[k * PAGE..(k + 1) * PAGE].fill(byte(k));
+    }
+}
+
 fn fill(mem: &mut [u8], byte: fn(usize) -> u8) {
     for (k, page) in mem.chunks_mut(PAGE).enumerate() {
         page.fill(byte(k));
@@ -327,6 +431,14 @@ unsafe fn run(role: &Role, mem: &mut [u8]) -> ! {
             libc::usleep(10_000);
         }
         let mut answer = first_difference(mem, role.expected, 1);
+        let file = std::slice::from_raw_parts_mut(FILE_ADDR as *mut u8, FILE_PAGES * PAGE);
+        if answer[0] == 0 {
+            answer = first_difference(file, role.file_expected, 7);
+        }
+        if answer[0] == 0 {
+            file.fill(SCRIBBLE);
+            answer = first_difference(file, |_| SCRIBBLE, 8);
+        }
         if answer[0] == 0 {
             mem.fill(SCRIBBLE);
             answer = first_difference(mem, |_| SCRIBBLE, 2);
@@ -415,6 +527,8 @@ fn explain(r: &[u8]) -> String {
         4 => return format!("could not grow its page above the others: errno {}", r[5]),
         5 => "read wrong bytes in the part its page grew by",
         6 => "did not read back its writes in the part its page grew by",
+        7 => "read wrong bytes from its private mapping of the file",
+        8 => "did not read back its writes to its private mapping of the file",
         _ => "answered something unknown",
     };
     format!("{what}: page {page} holds {} instead of {}", r[5], r[6])
@@ -497,6 +611,27 @@ fn restore(criu: &Criu, images: &Path, template: &Path, key: &str, ahead: bool) 
         .call(req, "restore", Some(log.clone()), &mut ())
         .unwrap_or_else(|e| panic!("{e}\n{}", fs::read_to_string(&log).unwrap_or_default()));
     resp.restore.as_ref().map_or(0, |r| r.pid())
+}
+
+/// The line of /proc/`pid`/maps of the mapping that holds `addr`.
+fn maps_line(pid: i32, addr: u64) -> String {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .find(|l| {
+            let (a, b) = l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
+            (a..b).contains(&addr)
+        })
+        .unwrap_or_else(|| panic!("{pid} maps nothing at {addr:#x}:\n{maps}"))
+        .to_string()
 }
 
 /// The offset in `template` at which `pid` maps its region (from /proc/PID/maps).

@@ -313,6 +313,7 @@ fn ready_template(
         ready_file,
         min_vma: policy.min_vma,
         include_heap: policy.include_heap,
+        file_pages: policy.file_pages,
         warmup,
     }))
 }

@@ -168,11 +168,11 @@ fn convert_tree(
         (Some(why), MappedMemory::Anonymous) => (None, Some(why)),
         (why, _) => (why, None),
     };
-    let copy = Policy {
-        min_vma: u64::MAX,
-        include_heap: false,
+    let policy = if fallback.is_some() {
+        &Policy::COPY
+    } else {
+        policy
     };
-    let policy = if fallback.is_some() { &copy } else { policy };
     // Step 1, process after process; zombies have no memory.
     let mut file_size = 0;
     let mut procs = Vec::new();

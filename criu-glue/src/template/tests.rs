@@ -18,6 +18,7 @@ fn large_only() -> Policy {
     Policy {
         min_vma: 1 << 20,
         include_heap: false,
+        file_pages: false,
     }
 }
 

@@ -46,12 +46,13 @@ pub fn policy_named(name: &str) -> Option<Policy> {
             include_heap: false,
             ..default
         }),
-        "copy" => Some(Policy {
-            min_vma: u64::MAX,
-            include_heap: false,
-        }),
+        "copy" => Some(Policy::COPY),
         _ => None,
     }
+}
+
+fn mapped() -> bool {
+    true
 }
 
 /// What to make, and when.
@@ -64,6 +65,10 @@ pub struct ReadyTemplate {
     pub ready_file: PathBuf,
     pub min_vma: u64,
     pub include_heap: bool,
+    /// Whether the written pages of file mappings are mapped (true unless `copy`; absent
+    /// from what an older shim wrote: true).
+    #[serde(default = "mapped")]
+    pub file_pages: bool,
     /// Requests the function serves before the template is taken (warmup.rs).
     #[serde(default)]
     pub warmup: Option<Warmup>,
@@ -74,6 +79,7 @@ impl ReadyTemplate {
         Policy {
             min_vma: self.min_vma,
             include_heap: self.include_heap,
+            file_pages: self.file_pages,
         }
     }
 
@@ -99,6 +105,7 @@ mod tests {
             ready_file: PathBuf::from(DEFAULT_READY_FILE),
             min_vma: Policy::default().min_vma,
             include_heap: true,
+            file_pages: true,
             warmup: None,
         };
         assert_eq!(t.policy(), Policy::default());

@@ -144,6 +144,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
             let policy = Policy {
                 min_vma: if copy { u64::MAX } else { min_vma_kib * 1024 },
                 include_heap: !copy && !no_heap,
+                file_pages: !copy,
             };
             let req = BuildRequest {
                 name: &name,

@@ -561,6 +561,7 @@ impl<'a> Request<'a> {
             ready_file: rule.ready_file(),
             min_vma: policy.min_vma,
             include_heap: policy.include_heap,
+            file_pages: policy.file_pages,
             warmup: rule.warmup(),
         });
         None
