@@ -131,8 +131,7 @@ impl IdlePool {
         };
         let taken = {
             let _lock = self.lock()?;
-            self.sweep_locked();
-            let records = self.records();
+            let records = self.sweep_and_keep().1;
             match choose(&records, &t.want).cloned() {
                 Some(mut r) => {
                     let previous = std::mem::replace(&mut r.function, t.want.function.into());
@@ -308,7 +307,13 @@ impl IdlePool {
 
     /// Destroys what must go (the caller holds the lock); their ids.
     fn sweep_locked(&self) -> Vec<String> {
-        let records = self.records();
+        self.sweep_and_keep().0
+    }
+
+    /// [`Self::sweep_locked`], and the records of the sandboxes left (read once: a take
+    /// chooses among them).
+    fn sweep_and_keep(&self) -> (Vec<String>, Vec<Record>) {
+        let mut records = self.records();
         let mut gone: Vec<String> = records
             .iter()
             .filter(|r| r.abandoned())
@@ -333,7 +338,8 @@ impl IdlePool {
         for id in &gone {
             self.destroy(id);
         }
-        gone
+        records.retain(|r| !gone.contains(&r.id));
+        (gone, records)
     }
 
     fn write(&self, r: &Record) -> Result<(), SandboxError> {
