@@ -142,3 +142,95 @@ fn wait_not_alive(ahead: &mut trenv_criu::Ahead, how: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A process in a UTS namespace of its own is restored with its host name in a namespace
+/// of its own, the host's untouched: trenv's CRIU (criu-glue/patches/0007) writes a
+/// restored UTS namespace's names from the restoring task itself instead of a worker it
+/// forks into the namespace.
+#[test]
+fn a_process_is_restored_with_the_host_name_of_its_own_uts_namespace() {
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+    use trenv_criu::rpc::Criu_opts;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: CRIU needs root to dump and restore processes");
+        return;
+    }
+    let criu = Criu::locate(None).expect("CRIU is installed by integration/setup.sh");
+    // SAFETY: prctl with constant arguments; the restored process comes back to this one.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let host = nix::unistd::gethostname().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let name = format!("trenv-uts-{}", std::process::id());
+    let mut child = Command::new("setsid")
+        .args(["unshare", "--uts", "sh", "-c"])
+        .arg(format!("hostname {name} && exec sleep 600"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let hostname_of = |pid: i32| {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-u", "hostname"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hostname_of(pid) != name || !comm_is(pid, "sleep") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process never named itself"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir = std::fs::File::open(images.path()).unwrap();
+    let call = |req_type: Criu_req_type, o: Criu_opts, log: &str| {
+        let mut req = Criu_req::new();
+        req.set_type(req_type);
+        req.opts = Some(o).into();
+        let log = images.path().join(log);
+        criu.start(FdPlan::default())
+            .unwrap()
+            .call(req, "test", Some(log.clone()), &mut ())
+            .unwrap_or_else(|e| {
+                panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+            })
+    };
+    let mut o = Criu_opts::new();
+    o.set_images_dir_fd(dir.as_raw_fd());
+    o.set_pid(pid);
+    o.set_log_file("dump.log".into());
+    o.set_log_level(4);
+    call(Criu_req_type::DUMP, o, "dump.log");
+    let _ = child.wait();
+    let mut o = Criu_opts::new();
+    o.set_images_dir_fd(dir.as_raw_fd());
+    o.set_rst_sibling(true);
+    o.set_log_file("restore.log".into());
+    o.set_log_level(4);
+    let resp = call(Criu_req_type::RESTORE, o, "restore.log");
+    let restored = resp.restore.as_ref().map_or(0, |r| r.pid());
+    assert_eq!(restored, pid);
+    let named = hostname_of(restored);
+    let own_ns = std::fs::read_link(format!("/proc/{restored}/ns/uts")).unwrap()
+        != std::fs::read_link("/proc/self/ns/uts").unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(restored),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(restored), None);
+    assert_eq!(named, name);
+    assert!(own_ns, "restored into the host's UTS namespace");
+    assert_eq!(
+        nix::unistd::gethostname().unwrap(),
+        host,
+        "the host's name changed"
+    );
+}
+
+fn comm_is(pid: i32, comm: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+}

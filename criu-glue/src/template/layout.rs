@@ -7,15 +7,17 @@
 //! included (`Policy`); a larger `min_vma` or leaving `[heap]` out are choices of the
 //! template's maker.
 //!
-//! Of a private *file* mapping (a program's or library's `.data`, its relocated
-//! read-only data) only the pages the process wrote were dumped; the others read the file.
-//! Each run of dumped pages becomes a slot of its own (`Policy::file_pages`, on by
-//! default): the VMA is split there (mm.rs), the run mapping the template file and the
+//! Of a private, writable *file* mapping (a program's or library's `.data`) only the pages
+//! the process wrote were dumped; the others read the file. Each run of dumped pages
+//! becomes a slot of its own (`Policy::file_pages`, on by default): the VMA is split there (mm.rs), the run mapping the template file and the
 //! rest the process's file as before. CRIU would otherwise map the file and copy every
 //! dumped page over it at each restore — a copy-on-write fault on the file's page and a
 //! copy of the image's, page after page (1.1–3.6 ms of a 10 ms restore of the Python
-//! function: python3.11's `.data` alone is ~300 such pages). Executable mappings are left
-//! to CRIU. After `MADV_DONTNEED` such a run reads the template's bytes (or zeros with the
+//! function: python3.11's `.data` alone is ~300 such pages). Read-only and executable
+//! mappings (relocated read-only data, code) are left to CRIU: they hold a few pages, and
+//! the kernel backend (criu-glue/patches/0005) attaches template pages to writable
+//! mappings only, so a read-only run would be the one mapping of the pool file left in an
+//! instance that must have none. After `MADV_DONTNEED` such a run reads the template's bytes (or zeros with the
 //! kernel backend) where the file's would have been read: no program discards its own
 //! `.data`.
 //!
@@ -75,7 +77,8 @@ pub struct Policy {
     /// memory for zeros (its calloc clears everything below the most the arena ever held),
     /// and allocators that do are detected (allocators.rs) and get nothing mapped.
     pub include_heap: bool,
-    /// Map the runs of dumped pages of private, non-executable file mappings (default).
+    /// Map the runs of dumped pages of private, writable, non-executable file mappings
+    /// (default).
     pub file_pages: bool,
 }
 
@@ -216,12 +219,13 @@ fn dumped_runs(pagemap: &[Pagemap_entry], start: u64, end: u64) -> Vec<(u64, u64
 }
 
 /// Whether the runs of dumped pages of file mapping `v` may map the template: a private,
-/// non-executable mapping of a regular file, neither special nor locked.
+/// writable, non-executable mapping of a regular file, neither special nor locked.
 pub(super) fn file_pieces(v: &Vma_entry) -> bool {
     let status = v.status();
     status & VMA_AREA_REGULAR != 0
         && status & VMA_FILE_PRIVATE != 0
         && status & VMA_NOT_SHAREABLE == 0
+        && v.prot() & libc::PROT_WRITE as u32 != 0
         && v.prot() & libc::PROT_EXEC as u32 == 0
         && v.flags() & (libc::MAP_GROWSDOWN | libc::MAP_HUGETLB | libc::MAP_LOCKED) as u32 == 0
 }
@@ -379,7 +383,7 @@ mod tests {
                 vma(0x50_0000, 0x50_2000, file, p),
                 (libc::PROT_READ | libc::PROT_EXEC) as u32,
             ),
-            // Relocated read-only data, all written.
+            // Relocated read-only data, all written: left to CRIU too.
             with_prot(vma(0x60_0000, 0x60_2000, file, p), libc::PROT_READ as u32),
             // A shared mapping of a file is the file.
             with_prot(
@@ -408,10 +412,9 @@ mod tests {
                 (0x40_1000, 0x40_4000, 0),
                 (0x40_6000, 0x40_7000, 0x3000),
                 (0x40_8000, 0x40_9000, 0x4000),
-                (0x60_0000, 0x60_2000, 0x5000),
             ]
         );
-        assert_eq!(layout.end, 0x7000);
+        assert_eq!(layout.end, 0x5000);
         assert_eq!(layout.slot_of(0x40_4000), None, "a page the file holds");
         let anon_only = Policy {
             file_pages: false,
