@@ -114,4 +114,23 @@ mod tests {
             PathBuf::from("/proc/42/root/tmp/.lock")
         );
     }
+
+    #[test]
+    fn what_an_older_shim_wrote_reads_with_file_pages_mapped_and_copy_maps_nothing() {
+        let t = ReadyTemplate {
+            name: "fn-a".into(),
+            tenant: Tenant::namespace("default").unwrap(),
+            ready_file: PathBuf::from(DEFAULT_READY_FILE),
+            min_vma: Policy::default().min_vma,
+            include_heap: true,
+            file_pages: true,
+            warmup: None,
+        };
+        let mut old = serde_json::to_value(&t).unwrap();
+        old.as_object_mut().unwrap().remove("file_pages");
+        let read: ReadyTemplate = serde_json::from_value(old).unwrap();
+        assert_eq!(read, t);
+        assert_eq!(policy_named("copy"), Some(Policy::COPY));
+        assert!(policy_named("no-heap").unwrap().file_pages);
+    }
 }
