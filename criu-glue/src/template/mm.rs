@@ -33,14 +33,7 @@ pub(super) fn map_template(
             out.push(v);
             continue;
         }
-        if v.status() & VMA_ANON_PRIVATE != 0 {
-            let mut v = v;
-            map_vma(&mut v, inside[0], file_id);
-            converted.push((inside[0].start, inside[0].end));
-            out.push(v);
-            continue;
-        }
-        // A file mapping: its runs from the template, the rest from its file.
+        // Its slots from the template, the rest (only a file mapping has any) from its file.
         let mut at = v.start();
         for slot in inside {
             if slot.start > at {
@@ -60,7 +53,7 @@ pub(super) fn map_template(
     converted
 }
 
-/// The part `[start, end)` of file mapping `v`, at its file's matching offset.
+/// The part `[start, end)` of mapping `v`, at its file's matching offset.
 fn part_of(v: &Vma_entry, start: u64, end: u64) -> Vma_entry {
     debug_assert!(v.start() <= start && end <= v.end() && start.is_multiple_of(PAGE));
     let mut part = v.clone();

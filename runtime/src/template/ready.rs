@@ -97,9 +97,9 @@ impl ReadyTemplate {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_ready_file_is_seen_through_the_process_root() {
-        let t = ReadyTemplate {
+    /// A template of the default policy, made when `/tmp/.lock` appears.
+    fn sample() -> ReadyTemplate {
+        ReadyTemplate {
             name: "fn-a".into(),
             tenant: Tenant::namespace("default").unwrap(),
             ready_file: PathBuf::from(DEFAULT_READY_FILE),
@@ -107,7 +107,12 @@ mod tests {
             include_heap: true,
             file_pages: true,
             warmup: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_ready_file_is_seen_through_the_process_root() {
+        let t = sample();
         assert_eq!(t.policy(), Policy::default());
         assert_eq!(
             t.ready_file_of(42),
@@ -117,15 +122,7 @@ mod tests {
 
     #[test]
     fn what_an_older_shim_wrote_reads_with_file_pages_mapped_and_copy_maps_nothing() {
-        let t = ReadyTemplate {
-            name: "fn-a".into(),
-            tenant: Tenant::namespace("default").unwrap(),
-            ready_file: PathBuf::from(DEFAULT_READY_FILE),
-            min_vma: Policy::default().min_vma,
-            include_heap: true,
-            file_pages: true,
-            warmup: None,
-        };
+        let t = sample();
         let mut old = serde_json::to_value(&t).unwrap();
         old.as_object_mut().unwrap().remove("file_pages");
         let read: ReadyTemplate = serde_json::from_value(old).unwrap();
