@@ -4,6 +4,7 @@ use std::fs;
 use std::process::Stdio;
 use std::time::Duration;
 
+use trenv_integration::api::{Containerd, TaskIo};
 use trenv_integration::{BUSYBOX, Ctr, RUNTIME, pids_matching, unique_id};
 
 fn ctr() -> Ctr {
@@ -385,6 +386,60 @@ fn task_pids(c: &Ctr, id: &str, want: usize) -> Vec<i32> {
         std::thread::sleep(Duration::from_millis(50));
     }
     pids
+}
+
+/// The program a process runs now (its `/proc/PID/exe`).
+fn exe_of(pid: i32) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("(unreadable: {e})"))
+}
+
+/// When Start (of an init, of an exec) returns, the process runs its program: not the
+/// shim's fork of itself on its way to the exec, which a checkpoint right after Start
+/// caught (CRIU found the shim's binary mapped in the container). Through containerd's
+/// API, to look at the process as soon as Start answers.
+#[test]
+fn a_started_task_or_exec_already_runs_its_program() {
+    let c = ctr();
+    let api = Containerd::from_env(&c.namespace).unwrap_or_else(|e| panic!("{e}"));
+    // The window between Start's answer and the exec is a few milliseconds: without the
+    // wait, CI's parallel load (and busy CPUs by hand) caught the init as the shim; an
+    // idle machine rarely does.
+    for round in 0..30 {
+        let id = unique_id("execd");
+        let r = c.run(&[
+            "container",
+            "create",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX,
+            &id,
+            "sleep",
+            "300",
+        ]);
+        assert_eq!(r.code, 0, "{r:#?}");
+        let pid = api
+            .create_task(&id)
+            .and_then(|_| api.start(&id, ""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let exe = exe_of(pid as i32);
+        let exec_id = format!("e{round}");
+        let exec = api
+            .exec_args(&id, &exec_id, &["sleep", "301"], &TaskIo::default())
+            .and_then(|()| api.start(&id, &exec_id))
+            .map(|pid| exe_of(pid as i32));
+        c.remove(&id);
+        assert!(
+            !exe.contains("containerd-shim-trenv"),
+            "round {round}: the init right after Start is {exe}"
+        );
+        let exec = exec.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !exec.contains("containerd-shim-trenv"),
+            "round {round}: the exec right after Start is {exec}"
+        );
+    }
 }
 
 #[test]

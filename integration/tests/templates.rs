@@ -974,10 +974,14 @@ fn a_killed_criu_during_a_restore_is_a_clear_error_and_leaves_nothing() {
                 let parent = ppid
                     .and_then(|p| fs::read_to_string(format!("/proc/{p}/comm")).ok())
                     .unwrap_or_default();
-                // This container's restore: its shim (and so CRIU) works in its bundle.
+                // This container's restore: CRIU works in the restore's work directory in
+                // the container's, once it has the request. (Not the bundle: the CRIU of a
+                // spare restorer, started ahead by a shim started for this container, works
+                // there before any request; killing it only made the restore start its own.)
                 let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
                 if parent.trim() == "trenv-worker"
                     && cwd.to_string_lossy().contains(&mine)
+                    && cwd.ends_with("criu-restore")
                     && nix_kill(pid).is_ok()
                 {
                     return true;

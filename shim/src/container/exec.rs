@@ -10,10 +10,11 @@ use trenv_runtime::container::exec::NewProcess;
 
 use super::Container;
 use super::stdio::{finish_io, prepare_io};
+use crate::container::start::EXEC_WITHIN;
 use crate::errors::{internal, precondition, rt};
 use crate::io::StdioPaths;
 use crate::process::{Process, State};
-use crate::stamp::ExecStamp;
+use crate::stamp::{ExecStamp, wait_for_exec};
 
 impl Container {
     pub fn add_exec(
@@ -63,6 +64,7 @@ impl Container {
         let (io, console, child) = prepare_io(&p.stdio)?;
         let (stamp, stamp_end) = ExecStamp::pipe()
             .map_err(|e| internal(format!("creating the exec stamp pipe: {e}")))?;
+        let watcher = stamp.watcher();
         p.lock().exec_stamp = Some(stamp);
         let process = NewProcess {
             at: self.at.clone(),
@@ -78,6 +80,16 @@ impl Container {
         let _ = fs::remove_file(&file);
         let pid = started.map_err(rt)?;
         let io = finish_io(&p.stdio, io, console);
+        // Answered once the program runs, not while the process is still the shim's fork.
+        if let Ok(w) = watcher
+            && !wait_for_exec(&w, EXEC_WITHIN)
+        {
+            log::warn!(
+                "container {}: exec {} did not exec its program within {EXEC_WITHIN:?}",
+                self.id,
+                p.exec_id
+            );
+        }
         let mut g = p.lock();
         g.started(pid);
         if let Ok(io) = io {

@@ -16,6 +16,11 @@ use super::{Container, PendingRestore, StartPlan};
 use crate::errors::{precondition, rt, stdio};
 use crate::io::ConsoleSocket;
 use crate::process::State;
+use crate::stamp::wait_for_exec;
+
+/// How long Start waits for a released process to exec its program (it takes
+/// milliseconds; a startContainer hook runs before it).
+pub const EXEC_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Exit status reported for a process that never started (as runc's shim does for a task
 /// deleted before Start: killed).
@@ -49,7 +54,17 @@ impl Container {
             self.init.lock().started(pid);
             return Ok(pid);
         }
+        let watcher = self.init.lock().exec_stamp.as_ref().map(|s| s.watcher());
         crate::runtime().start(&self.at).map_err(rt)?;
+        // Answered once the program runs, not while the init is still the shim's fork.
+        if let Some(Ok(w)) = watcher
+            && !wait_for_exec(&w, EXEC_WITHIN)
+        {
+            log::warn!(
+                "container {}: its init did not exec its program within {EXEC_WITHIN:?} of Start",
+                self.id
+            );
+        }
         let mut g = self.init.lock();
         let pid = g.pid;
         g.started(pid);
