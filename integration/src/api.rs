@@ -163,6 +163,19 @@ impl Containerd {
         options: Option<&Options>,
         runtime_path: Option<&str>,
     ) -> Result<u32, tonic::Status> {
+        self.create_task_with_rootfs(id, io, options, runtime_path, |_| {})
+    }
+
+    /// Tasks.Create as [`Containerd::create_task_with`] does, with the snapshot's mounts
+    /// changed by `edit` before they are sent (a rootfs that cannot be mounted).
+    pub fn create_task_with_rootfs(
+        &self,
+        id: &str,
+        io: &TaskIo,
+        options: Option<&Options>,
+        runtime_path: Option<&str>,
+        edit: impl FnOnce(&mut Vec<containerd_client::types::Mount>),
+    ) -> Result<u32, tonic::Status> {
         let client = &self.client;
         self.rt.block_on(async {
             let container = client
@@ -185,6 +198,8 @@ impl Containerd {
                     .into_inner()
                     .mounts
             };
+            let mut mounts = mounts;
+            edit(&mut mounts);
             let created = client
                 .tasks()
                 .create(self.request(CreateTaskRequest {

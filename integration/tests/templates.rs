@@ -1284,8 +1284,67 @@ fn a_template_restores_through_containerds_api_as_faasd_starts_a_task() {
     assert_nothing_left(&c, &case.id);
 }
 
-/// `sleep 1000` of busybox running as `id`, once it has exec'd (before that, its process
-/// still maps the shim's binary, which CRIU cannot dump).
+/// A template restore whose rootfs cannot be mounted (its writable layer's directory is
+/// not there): Create fails naming what is missing, as a failed precondition, and leaves
+/// nothing behind.
+#[test]
+fn a_restore_whose_rootfs_cannot_be_mounted_is_a_clear_error_and_leaves_nothing() {
+    let c = ctr();
+    let case = Case::new(&c, "nomount");
+    start_function(&c, &case.src, 8);
+    create_template(&c, &case.name, &case.src);
+    c.remove(&case.src);
+    let annotation = format!("{ANNOTATION}={}", case.name);
+    let env = function_env(8);
+    let r = c.run(&[
+        "containers",
+        "create",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        &env[0],
+        &env[1],
+        &env[2],
+        &env[3],
+        PYFN,
+        &case.id,
+    ]);
+    assert_eq!(r.code, 0, "containers create: {}", r.stderr);
+    let api = trenv_integration::api::Containerd::from_env(&c.namespace).unwrap();
+    let missing = format!("/nonexistent/{}/upper", case.id);
+    let mut edited = false;
+    let r = api.create_task_with_rootfs(
+        &case.id,
+        &trenv_integration::api::TaskIo::default(),
+        None,
+        None,
+        |mounts| {
+            for o in mounts.iter_mut().flat_map(|m| m.options.iter_mut()) {
+                if o.starts_with("upperdir=") {
+                    *o = format!("upperdir={missing}");
+                    edited = true;
+                }
+            }
+        },
+    );
+    assert!(edited, "the snapshot has no writable layer to take away");
+    let e = r.expect_err("a rootfs that cannot be mounted was restored into");
+    assert!(
+        e.message().contains("mounting overlay")
+            && e.message()
+                .contains(&format!("its upper directory {missing} does not exist")),
+        "{}",
+        e.message()
+    );
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    assert_ne!(c.task_status(&case.id).as_deref(), Some("RUNNING"));
+    c.remove(&case.id);
+    assert_nothing_left(&c, &case.id);
+}
+
+/// `sleep 1000` of busybox running as `id` (Start answers once it has exec'd: before, its
+/// process still mapped the shim's binary, which CRIU cannot dump).
 fn run_sleeper(c: &Ctr, id: &str) {
     run_sleeper_with(c, id, &[]);
 }
@@ -1293,15 +1352,6 @@ fn run_sleeper(c: &Ctr, id: &str) {
 /// [`run_sleeper`] with more `ctr run` flags.
 fn run_sleeper_with(c: &Ctr, id: &str, flags: &[&str]) {
     run_detached(c, id, flags, BUSYBOX, &["sleep", "1000"]);
-    let exe = format!("/proc/{}/exe", init_pid(c, id));
-    let start = Instant::now();
-    while fs::read_link(&exe).is_ok_and(|p| p.ends_with("containerd-shim-trenv-v1")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{id} never exec'd"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Another containerd namespace than the tests' own: another tenant.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::cgroup::NamedSystemd;
 use super::idmap;
 use super::rootfs::{self, Mount, Scratch};
-use super::spec::{derive, ensure_cwd, validate};
+use super::spec::{derive, derive_for_restore, ensure_cwd, validate};
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds};
 use crate::sandbox::Joinable;
@@ -122,10 +122,9 @@ pub fn prepare_restore(
     let mounted = mount_rootfs(at, mounts, scratch)?;
     phases.mark("mount");
     // The seccomp filters and capabilities of a restored process come from the image.
-    let result = derive(spec, &at.bundle, sandbox).and_then(|(derived, _)| {
-        phases.mark("derive");
-        at.save_derived(&derived)
-    });
+    let derived = derive_for_restore(spec, &at.bundle, sandbox);
+    phases.mark("derive");
+    let result = at.save_derived(&derived);
     if result.is_err() {
         undo(at, mounted);
     }

@@ -96,6 +96,10 @@ impl Classified for ContainerError {
                     ErrorKind::FailedPrecondition
                 }
             }
+            // containerd's snapshot is not (or no longer) there.
+            ContainerError::Rootfs(rootfs::RootfsError::OverlayDirMissing { .. }) => {
+                ErrorKind::FailedPrecondition
+            }
             ContainerError::Rootfs(_)
             | ContainerError::Cgroup(_)
             | ContainerError::SaveSpec(_)

@@ -18,6 +18,12 @@ pub enum RootfsError {
         target: PathBuf,
         errno: nix::Error,
     },
+    #[error("mounting overlay on {target}: its {which} {path} does not exist")]
+    OverlayDirMissing {
+        target: PathBuf,
+        which: &'static str,
+        path: String,
+    },
     #[error("unmounting {target}: {errno}")]
     Unmount { target: PathBuf, errno: nix::Error },
     #[error("mount options for {target} are too long ({len} bytes) even after shortening paths")]
@@ -322,7 +328,14 @@ fn mount_plain(m: &Mount, options: &[String], target: &Path) -> Result<(), Rootf
     if cwd_changed {
         let _ = nix::unistd::chdir("/");
     }
-    result.map_err(err)?;
+    result.map_err(|errno| match missing_overlay_dir(m, options, errno) {
+        Some((which, path)) => RootfsError::OverlayDirMissing {
+            target: target.to_path_buf(),
+            which,
+            path,
+        },
+        None => err(errno),
+    })?;
     // A read-only bind mount needs a remount to become read-only.
     if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
         mount::<str, Path, str, str>(None, target, None, flags | MsFlags::MS_REMOUNT, None)
@@ -332,6 +345,30 @@ fn mount_plain(m: &Mount, options: &[String], target: &Path) -> Result<(), Rootf
         mount::<str, Path, str, str>(None, target, None, propagation, None).map_err(err)?;
     }
     Ok(())
+}
+
+/// For an overlay mount that failed with ENOENT: the first of its directories that does not
+/// exist (which option, and the path), so that the error says what is missing.
+fn missing_overlay_dir(
+    m: &Mount,
+    options: &[String],
+    errno: nix::Error,
+) -> Option<(&'static str, String)> {
+    if m.kind != "overlay" || errno != nix::Error::ENOENT {
+        return None;
+    }
+    options.iter().find_map(|o| {
+        let (k, v) = o.split_once('=')?;
+        let which = match k {
+            "lowerdir" => "lower directory",
+            "upperdir" => "upper directory",
+            "workdir" => "work directory",
+            _ => return None,
+        };
+        v.split(':')
+            .find(|p| !p.is_empty() && !Path::new(p).exists())
+            .map(|p| (which, p.to_string()))
+    })
 }
 
 /// Rewrites overlay options with paths relative to the deepest directory all of them
@@ -394,6 +431,40 @@ mod tests {
 
     fn opts(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_missing_overlay_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let have = dir.path().display().to_string();
+        let gone = dir.path().join("gone").display().to_string();
+        let overlay = Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![],
+        };
+        let options = opts(&[
+            "index=off",
+            &format!("workdir={have}"),
+            &format!("upperdir={have}"),
+            &format!("lowerdir={have}:{gone}"),
+        ]);
+        let enoent = nix::Error::ENOENT;
+        assert_eq!(
+            missing_overlay_dir(&overlay, &options, enoent),
+            Some(("lower directory", gone.clone()))
+        );
+        assert_eq!(
+            missing_overlay_dir(&overlay, &options, nix::Error::EINVAL),
+            None
+        );
+        let all_there = opts(&[&format!("upperdir={have}"), &format!("lowerdir={have}")]);
+        assert_eq!(missing_overlay_dir(&overlay, &all_there, enoent), None);
+        let bind = Mount {
+            kind: "bind".into(),
+            ..overlay
+        };
+        assert_eq!(missing_overlay_dir(&bind, &options, enoent), None);
     }
 
     #[test]

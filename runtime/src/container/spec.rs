@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxCapabilities, LinuxNamespaceType, Spec};
 
 use super::executor::TrenvExecutor;
 use super::{ContainerError, cgroup, seccomp};
@@ -366,10 +366,32 @@ fn plain_propagation(propagation: &str) -> Option<&'static str> {
 ///   profile can be installed while CAP_SYS_ADMIN is still held (needed without
 ///   no_new_privileges), exactly as runc orders it.
 pub(crate) fn derive(
-    mut spec: Spec,
+    spec: Spec,
     bundle: &Path,
     sandbox: Option<&Joinable>,
 ) -> Result<(Spec, TrenvExecutor), ContainerError> {
+    let mut spec = adapt(spec, bundle, sandbox);
+    let profile = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let mut executor = TrenvExecutor::default();
+    if let Some(profile) = profile {
+        executor.filters = seccomp::compile(&profile)?;
+        executor.deferred_caps = without_seccomp(&mut spec);
+    }
+    Ok((spec, executor))
+}
+
+/// The spec [`derive`] derives, for processes that CRIU restores: their seccomp filters
+/// and capabilities come from the image, so the spec's profile is not compiled.
+pub(crate) fn derive_for_restore(spec: Spec, bundle: &Path, sandbox: Option<&Joinable>) -> Spec {
+    let mut spec = adapt(spec, bundle, sandbox);
+    if spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some()) {
+        without_seccomp(&mut spec);
+    }
+    spec
+}
+
+/// [`derive`]'s changes but the seccomp profile's.
+fn adapt(mut spec: Spec, bundle: &Path, sandbox: Option<&Joinable>) -> Spec {
     join_sandbox(&mut spec, sandbox);
     sysfs_by_bind(&mut spec);
     if let Some(root) = spec.root().clone() {
@@ -393,21 +415,21 @@ pub(crate) fn derive(
         linux.set_cgroups_path(Some(cgroup::clean_path(&path)));
         spec.set_linux(Some(linux));
     }
-    let profile = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-    let mut executor = TrenvExecutor::default();
-    if let Some(profile) = profile {
-        executor.filters = seccomp::compile(&profile)?;
-        if let Some(mut linux) = spec.linux().clone() {
-            linux.set_seccomp(None);
-            spec.set_linux(Some(linux));
-        }
-        if let Some(mut process) = spec.process().clone() {
-            executor.deferred_caps = process.capabilities().clone();
-            process.set_capabilities(None);
-            spec.set_process(Some(process));
-        }
+    spec
+}
+
+/// Removes the seccomp profile from `spec` and the capabilities from its process (a
+/// process under a profile drops them after installing its filters); those capabilities.
+fn without_seccomp(spec: &mut Spec) -> Option<LinuxCapabilities> {
+    if let Some(mut linux) = spec.linux().clone() {
+        linux.set_seccomp(None);
+        spec.set_linux(Some(linux));
     }
-    Ok((spec, executor))
+    let mut process = spec.process().clone()?;
+    let caps = process.capabilities().clone();
+    process.set_capabilities(None);
+    spec.set_process(Some(process));
+    caps
 }
 
 /// A user-namespaced container in a network namespace its user namespace does not own (a
@@ -635,6 +657,48 @@ mod tests {
         assert!(
             msg.ends_with("; fix the container's configuration"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_restored_container_s_spec_is_derived_as_a_cold_start_s_without_compiling_its_profile() {
+        let with_profile = |profile: serde_json::Value| {
+            valid(|v| {
+                v["root"]["path"] = "rootfs".into();
+                v["process"]["capabilities"] = serde_json::json!({ "bounding": ["CAP_KILL"] });
+                v["linux"]["cgroupsPath"] = "/default/../c1".into();
+                v["linux"]["seccomp"] = profile;
+            })
+        };
+        let bundle = Path::new("/run/b");
+        let profile = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{ "names": ["mkdir"], "action": "SCMP_ACT_ERRNO" }],
+        });
+        let (cold, executor) = derive(with_profile(profile.clone()), bundle, None).unwrap();
+        assert!(!executor.filters.is_empty());
+        assert!(executor.deferred_caps.is_some());
+        let restored = derive_for_restore(with_profile(profile), bundle, None);
+        assert_eq!(restored, cold);
+        assert_eq!(
+            restored.root().as_ref().unwrap().path(),
+            &bundle.join("rootfs")
+        );
+        // A profile that would not compile (a syscall this architecture does not have) is
+        // not the restore's concern: its filters come from the image.
+        let bad = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{ "names": ["no_such_syscall"], "action": "SCMP_ACT_ERRNO" }],
+        });
+        let restored = derive_for_restore(with_profile(bad), bundle, None);
+        assert!(restored.linux().as_ref().unwrap().seccomp().is_none());
+        assert!(
+            restored
+                .process()
+                .as_ref()
+                .unwrap()
+                .capabilities()
+                .is_none()
         );
     }
 
