@@ -191,21 +191,26 @@ fn exec_without_tty() {
     assert_eq!(r.code, 0, "{r:#?}");
 }
 
-#[test]
-fn create_then_start_then_force_delete() {
-    let c = ctr();
-    let id = unique_id("create");
+/// `ctr container create` of busybox's `sleep 300` on trenv as `id` (no task yet).
+fn create_sleeper(c: &Ctr, id: &str) {
     c.run(&[
         "container",
         "create",
         "--runtime",
         RUNTIME,
         BUSYBOX,
-        &id,
+        id,
         "sleep",
         "300",
     ])
     .ok();
+}
+
+#[test]
+fn create_then_start_then_force_delete() {
+    let c = ctr();
+    let id = unique_id("create");
+    create_sleeper(&c, &id);
     c.run(&["task", "start", "-d", &id]).ok();
     assert!(c.wait_status(&id, "RUNNING", Duration::from_secs(10)));
     let del = c.run(&["task", "delete", "--force", &id]);
@@ -408,17 +413,7 @@ fn a_started_task_or_exec_already_runs_its_program() {
     // idle machine rarely does.
     for round in 0..30 {
         let id = unique_id("execd");
-        let r = c.run(&[
-            "container",
-            "create",
-            "--runtime",
-            RUNTIME,
-            BUSYBOX,
-            &id,
-            "sleep",
-            "300",
-        ]);
-        assert_eq!(r.code, 0, "{r:#?}");
+        create_sleeper(&c, &id);
         let pid = api
             .create_task(&id)
             .and_then(|_| api.start(&id, ""))

@@ -78,6 +78,21 @@ impl<'a> Case<'a> {
     }
 }
 
+impl Case<'_> {
+    /// `ctr containers create` of the instance, annotated with the template (a function of
+    /// `mb` MiB), for a client of containerd's API to start.
+    fn create_instance(&self, mb: u32) {
+        let annotation = format!("{ANNOTATION}={}", self.name);
+        let env = function_env(mb);
+        let mut args = vec!["containers", "create", "--runtime", RUNTIME, "--annotation"];
+        args.push(&annotation);
+        args.extend(env.iter().map(String::as_str));
+        args.extend([PYFN, self.id.as_str()]);
+        let r = self.ctr.run(&args);
+        assert_eq!(r.code, 0, "containers create: {}", r.stderr);
+    }
+}
+
 impl Drop for Case<'_> {
     fn drop(&mut self) {
         self.ctr.remove(&self.id);
@@ -1258,23 +1273,7 @@ fn a_template_restores_through_containerds_api_as_faasd_starts_a_task() {
     create_template(&c, &case.name, &case.src);
     c.remove(&case.src);
 
-    let annotation = format!("{ANNOTATION}={}", case.name);
-    let env = function_env(mb);
-    let r = c.run(&[
-        "containers",
-        "create",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        &annotation,
-        &env[0],
-        &env[1],
-        &env[2],
-        &env[3],
-        PYFN,
-        &case.id,
-    ]);
-    assert_eq!(r.code, 0, "containers create: {}", r.stderr);
+    case.create_instance(mb);
     let api = trenv_integration::api::Containerd::from_env(&c.namespace).unwrap();
     let started = api.start_task(&case.id).unwrap();
     assert_eq!(api.task_status(&case.id).unwrap(), "RUNNING");
@@ -1294,23 +1293,7 @@ fn a_restore_whose_rootfs_cannot_be_mounted_is_a_clear_error_and_leaves_nothing(
     start_function(&c, &case.src, 8);
     create_template(&c, &case.name, &case.src);
     c.remove(&case.src);
-    let annotation = format!("{ANNOTATION}={}", case.name);
-    let env = function_env(8);
-    let r = c.run(&[
-        "containers",
-        "create",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        &annotation,
-        &env[0],
-        &env[1],
-        &env[2],
-        &env[3],
-        PYFN,
-        &case.id,
-    ]);
-    assert_eq!(r.code, 0, "containers create: {}", r.stderr);
+    case.create_instance(8);
     let api = trenv_integration::api::Containerd::from_env(&c.namespace).unwrap();
     let missing = format!("/nonexistent/{}/upper", case.id);
     let mut edited = false;
