@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+/// How long Start waits for a released process to exec its program (it takes
+/// milliseconds; a startContainer hook runs before it).
+pub const EXEC_WITHIN: Duration = Duration::from_secs(10);
+
 /// The shim's end of a process's stamp pipe.
 pub struct ExecStamp(OwnedFd);
 

@@ -10,11 +10,10 @@ use trenv_runtime::container::exec::NewProcess;
 
 use super::Container;
 use super::stdio::{finish_io, prepare_io};
-use crate::container::start::EXEC_WITHIN;
 use crate::errors::{internal, precondition, rt};
 use crate::io::StdioPaths;
 use crate::process::{Process, State};
-use crate::stamp::{ExecStamp, wait_for_exec};
+use crate::stamp::{EXEC_WITHIN, ExecStamp, wait_for_exec};
 
 impl Container {
     pub fn add_exec(

@@ -16,11 +16,7 @@ use super::{Container, PendingRestore, StartPlan};
 use crate::errors::{precondition, rt, stdio};
 use crate::io::ConsoleSocket;
 use crate::process::State;
-use crate::stamp::wait_for_exec;
-
-/// How long Start waits for a released process to exec its program (it takes
-/// milliseconds; a startContainer hook runs before it).
-pub const EXEC_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::stamp::{EXEC_WITHIN, wait_for_exec};
 
 /// Exit status reported for a process that never started (as runc's shim does for a task
 /// deleted before Start: killed).
