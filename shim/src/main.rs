@@ -84,6 +84,7 @@ fn keep_spare_restorer(runtime: &Runtime) {
     let criu = trenv_runtime::snapshot::CriuConfig {
         binary,
         cache_dir: Some(std::path::PathBuf::from(trenv_runtime::paths::RUN_DIR)),
+        ..Default::default()
     };
     let always = std::env::var_os(shared::ENV).is_some();
     if let Err(e) = runtime.keep_spare_restorer(&criu, always) {

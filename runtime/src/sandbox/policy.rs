@@ -109,6 +109,7 @@ mod tests {
             last_used_ms: used,
             uses: 1,
             memory: None,
+            names: None,
         }
     }
 

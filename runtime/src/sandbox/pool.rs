@@ -138,26 +138,33 @@ impl IdlePool {
                     r.state = busy.clone();
                     r.uses += 1;
                     r.last_used_ms = now_ms();
+                    let idle_names = r.names.take();
                     self.write(&r)?;
-                    Some(Lease {
+                    let lease = Lease {
                         pins: Pins::at(&self.dir.join(&r.id)),
                         id: r.id,
                         previous: Some(previous),
-                    })
+                    };
+                    Some((lease, idle_names))
                 }
                 None => None,
             }
         };
-        let lease = match taken {
+        let (lease, idle_names) = match taken {
             Some(l) => l,
-            None => self.create(t, busy)?,
+            None => (self.create(t, busy)?, None),
         };
         let host = HostNames::current();
-        let (h, d) = (
-            t.hostname.unwrap_or(&host.hostname),
-            t.domainname.unwrap_or(&host.domainname),
-        );
-        if let Err(e) = lease.pins.enter(&[Kind::Uts], || names(h, d)) {
+        let wanted = HostNames {
+            hostname: t.hostname.unwrap_or(&host.hostname).to_string(),
+            domainname: t.domainname.unwrap_or(&host.domainname).to_string(),
+        };
+        // An idle sandbox has the names its purge gave it (no process ran in it since).
+        if idle_names.as_ref() != Some(&wanted)
+            && let Err(e) = lease
+                .pins
+                .enter(&[Kind::Uts], || names(&wanted.hostname, &wanted.domainname))
+        {
             self.destroy(&lease.id);
             return Err(e);
         }
@@ -197,6 +204,7 @@ impl IdlePool {
             last_used_ms: now,
             uses: 1,
             memory: None,
+            names: None,
         };
         if let Err(e) = self.write(&r) {
             self.destroy(&id);
@@ -232,7 +240,8 @@ impl IdlePool {
             return Released::Destroyed(None);
         }
         let managed: Vec<String> = r.network.iter().map(|_| IFNAME.to_string()).collect();
-        let purged = match purge(&lease.pins, &HostNames::current(), &managed) {
+        let host = HostNames::current();
+        let purged = match purge(&lease.pins, &host, &managed) {
             Ok(p) => p,
             Err(e) => {
                 self.destroy(&lease.id);
@@ -245,6 +254,7 @@ impl IdlePool {
             let _lock = self.lock()?;
             r.state = State::Idle;
             r.memory = memory;
+            r.names = Some(host);
             r.last_used_ms = now_ms();
             self.write(&r)?;
             self.sweep_locked();
@@ -449,6 +459,65 @@ mod tests {
             .filter(|e| e.file_name() != ".lock")
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// A taken sandbox has the names its container wants: its own, or the host's (which
+    /// an idle sandbox already has from its purge, recorded, so the take leaves them).
+    #[test]
+    fn a_taken_sandbox_has_the_wanted_names_set_or_kept_from_its_purge() {
+        if !root() {
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let p = pool(&base.path().join("pool"), 4);
+        let names_of = |l: &Lease| {
+            l.pins
+                .enter(&[Kind::Uts], || {
+                    let u = nix::sys::utsname::uname().unwrap();
+                    Ok((
+                        u.nodename().to_string_lossy().into_owned(),
+                        u.domainname().to_string_lossy().into_owned(),
+                    ))
+                })
+                .unwrap()
+        };
+        let host = HostNames::current();
+        let host = (host.hostname, host.domainname);
+        let record = |id: &str| p.records().into_iter().find(|r| r.id == id).unwrap();
+        let a = p.take(&take("t1", "fa", "c1")).unwrap();
+        assert_eq!(names_of(&a).0, "fn-host");
+        // The function names itself: a purge puts the host's names back and records them.
+        a.pins
+            .enter(&[Kind::Uts], || names("changed-by-fa", "fa.domain"))
+            .unwrap();
+        assert!(matches!(p.release(&a), Released::Idle(_)));
+        let idle = record(&a.id).names.unwrap();
+        assert_eq!((idle.hostname, idle.domainname), host);
+        let hosts = Take {
+            hostname: None,
+            ..take("t1", "fb", "c2")
+        };
+        let b = p.take(&hosts).unwrap();
+        assert_eq!(b.id, a.id);
+        assert_eq!(names_of(&b), host);
+        assert_eq!(
+            record(&b.id).names,
+            None,
+            "a busy sandbox's names are not known"
+        );
+        // Renamed while busy: the record knows nothing of it, the purge resets it.
+        b.pins
+            .enter(&[Kind::Uts], || names("changed-by-fb", "fb.domain"))
+            .unwrap();
+        p.release(&b);
+        let c = p.take(&hosts).unwrap();
+        assert_eq!((c.id.as_str(), names_of(&c)), (a.id.as_str(), host.clone()));
+        p.release(&c);
+        let d = p.take(&take("t1", "fd", "c4")).unwrap();
+        assert_eq!(d.id, a.id);
+        assert_eq!(names_of(&d), ("fn-host".to_string(), host.1.clone()));
+        p.release(&d);
+        p.drain(None).unwrap();
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Purged {
 }
 
 /// The names a new UTS namespace starts with: the host's.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostNames {
     pub hostname: String,
     pub domainname: String,

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::purge::HostNames;
+
 /// A process that holds a sandbox: its pid and its start time (clock ticks after boot,
 /// `/proc/PID/stat` field 22), which a recycled pid does not share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,11 @@ pub struct Record {
     /// ([`super::memory`]; `None`: not measured, counted as zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
+    /// The hostname and domain name its UTS namespace has while idle, as its last purge
+    /// set them (`None` while a container runs in it, which may change them): a take that
+    /// wants these names need not set them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<HostNames>,
 }
 
 impl Record {
@@ -175,11 +182,24 @@ mod tests {
             last_used_ms: 2,
             uses: 1,
             memory: Some(123 << 10),
+            names: None,
         };
         r.write(&p).unwrap();
         let text = fs::read_to_string(&p).unwrap();
         assert!(text.contains("\"state\": \"busy\""), "{text}");
         assert_eq!(Record::read(&p).unwrap(), r);
+        let idle = Record {
+            state: State::Idle,
+            names: Some(HostNames {
+                hostname: "node-1".into(),
+                domainname: "(none)".into(),
+            }),
+            ..r.clone()
+        };
+        idle.write(&p).unwrap();
+        assert_eq!(Record::read(&p).unwrap(), idle);
+        // A busy record, as records written before the names were kept, has none.
+        assert!(!text.contains("names"), "{text}");
         assert!(!r.abandoned() && !r.is_idle());
         let dead = Record {
             state: State::Purging {

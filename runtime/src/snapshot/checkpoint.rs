@@ -116,7 +116,7 @@ fn dump_options(
     let mut o = Criu_opts::new();
     o.set_pid(pid);
     o.set_log_file("dump.log".into());
-    o.set_log_level(4);
+    o.set_log_level(super::criu::LogLevel::DEBUG.get());
     o.set_root(at.rootfs_of(spec).display().to_string());
     o.set_leave_running(!opts.exit);
     o.set_ext_unix_sk(opts.external_unix_sockets);

@@ -132,6 +132,7 @@ pub fn restore(
 ) -> Result<(i32, Phases), SnapshotError> {
     let mut phases = Phases::start();
     let spec = at.derived_spec()?;
+    let log_level = criu.restore_log_level;
     let criu = criu.criu()?;
     // A template's images are read where they are, through a read-only bind.
     let images = match &plan.template {
@@ -181,7 +182,8 @@ pub fn restore(
     let root = RootBind::mount(at, &spec)?;
     phases.mark("rootfs");
     let result = restore_options(plan, &spec, &cgroup_path, inherit, &root.0, console)
-        .and_then(|o| {
+        .and_then(|mut o| {
+            o.set_log_level(log_level.get());
             phases.mark("plan");
             let target = Target {
                 at,
@@ -395,7 +397,8 @@ fn loopback_up(pid: i32) -> Result<(), SnapshotError> {
 }
 
 /// CRIU's options for this restore: inherited descriptors, the root, the namespaces the
-/// container joins, the external mounts re-bound, the console.
+/// container joins, the external mounts re-bound, the console (the log's level is the
+/// configuration's: `CriuConfig::restore_log_level`).
 fn restore_options(
     plan: &RestorePlan,
     spec: &Spec,
@@ -407,7 +410,6 @@ fn restore_options(
     let mut o = Criu_opts::new();
     o.inherit_fd = inherit;
     o.set_log_file("restore.log".into());
-    o.set_log_level(4);
     o.set_root(root.display().to_string());
     o.set_rst_sibling(true);
     o.set_evasive_devices(true);

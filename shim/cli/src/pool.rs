@@ -182,6 +182,7 @@ mod tests {
             last_used_ms: 1_000,
             uses: 3,
             memory: Some(120 << 10),
+            names: None,
         };
         let t = table(&[r], 61_000);
         let line = t.lines().nth(1).unwrap();

@@ -140,6 +140,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
             let criu = CriuConfig {
                 binary: config.criu.binary.clone(),
                 cache_dir: Some(PathBuf::from(trenv_runtime::paths::RUN_DIR)),
+                ..Default::default()
             };
             let policy = Policy {
                 min_vma: if copy { u64::MAX } else { min_vma_kib * 1024 },

@@ -119,6 +119,7 @@ fn criu_config(opts: &RuntimeOptions, config: &Config) -> CriuConfig {
             .map(PathBuf::from)
             .or_else(|| config.criu.binary.clone()),
         cache_dir: Some(PathBuf::from(CRIU_CACHE_DIR)),
+        restore_log_level: config.criu.restore_log_level,
     }
 }
 
@@ -281,5 +282,27 @@ pub mod test_support {
             reserve_source: None,
             from_reserve: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_s_criu_path_wins_and_the_restore_log_level_is_the_config_s() {
+        let mut config = Config::default();
+        config.criu.binary = Some(PathBuf::from("/opt/criu"));
+        config.criu.restore_log_level = 4.try_into().unwrap();
+        let c = criu_config(&RuntimeOptions::default(), &config);
+        assert_eq!(c.binary, Some(PathBuf::from("/opt/criu")));
+        assert_eq!(c.restore_log_level.get(), 4);
+        let opts = RuntimeOptions {
+            criu_path: Some("/usr/local/sbin/criu".into()),
+            ..RuntimeOptions::default()
+        };
+        let c = criu_config(&opts, &config);
+        assert_eq!(c.binary, Some(PathBuf::from("/usr/local/sbin/criu")));
+        assert_eq!(c.cache_dir, Some(PathBuf::from(CRIU_CACHE_DIR)));
     }
 }

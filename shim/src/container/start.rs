@@ -176,7 +176,8 @@ impl SlowRestore {
                     let text = fs::read_to_string(&log).unwrap_or_default();
                     let lines: Vec<&str> = text.lines().collect();
                     log::warn!(
-                        "restoring {id} has taken {} s so far; the end of CRIU's log {}:\n{}",
+                        "restoring {id} has taken {} s so far; the end of CRIU's log {} \
+                         (CRIU logs each step with [criu] restore_log_level = 3 or 4):\n{}",
                         waited.as_secs(),
                         log.display(),
                         lines[lines.len().saturating_sub(8)..].join("\n")
