@@ -149,79 +149,27 @@ fn wait_not_alive(ahead: &mut trenv_criu::Ahead, how: &str) {
 /// forks into the namespace.
 #[test]
 fn a_process_is_restored_with_the_host_name_of_its_own_uts_namespace() {
-    use std::os::fd::AsRawFd;
-    use std::process::{Command, Stdio};
     use trenv_criu::rpc::Criu_opts;
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: CRIU needs root to dump and restore processes");
-        return;
-    }
-    let criu = Criu::locate(None).expect("CRIU is installed by integration/setup.sh");
-    // SAFETY: prctl with constant arguments; the restored process comes back to this one.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let Some(criu) = criu_as_root() else { return };
     let host = nix::unistd::gethostname().unwrap();
     let images = tempfile::tempdir().unwrap();
     let name = format!("trenv-uts-{}", std::process::id());
-    let mut child = Command::new("setsid")
-        .args(["unshare", "--uts", "sh", "-c"])
-        .arg(format!("hostname {name} && exec sleep 600"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
     let hostname_of = |pid: i32| {
-        let out = Command::new("nsenter")
+        let out = std::process::Command::new("nsenter")
             .args(["-t", &pid.to_string(), "-u", "hostname"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while hostname_of(pid) != name || !comm_is(pid, "sleep") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process never named itself"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let dir = std::fs::File::open(images.path()).unwrap();
-    let call = |req_type: Criu_req_type, o: Criu_opts, log: &str| {
-        let mut req = Criu_req::new();
-        req.set_type(req_type);
-        req.opts = Some(o).into();
-        let log = images.path().join(log);
-        criu.start(FdPlan::default())
-            .unwrap()
-            .call(req, "test", Some(log.clone()), &mut ())
-            .unwrap_or_else(|e| {
-                panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-            })
-    };
-    let mut o = Criu_opts::new();
-    o.set_images_dir_fd(dir.as_raw_fd());
-    o.set_pid(pid);
-    o.set_log_file("dump.log".into());
-    o.set_log_level(4);
-    call(Criu_req_type::DUMP, o, "dump.log");
-    let _ = child.wait();
-    let mut o = Criu_opts::new();
-    o.set_images_dir_fd(dir.as_raw_fd());
-    o.set_rst_sibling(true);
-    o.set_log_file("restore.log".into());
-    o.set_log_level(4);
-    let resp = call(Criu_req_type::RESTORE, o, "restore.log");
-    let restored = resp.restore.as_ref().map_or(0, |r| r.pid());
-    assert_eq!(restored, pid);
+    let pid = sleeper(&["--uts"], &format!("hostname {name}"), |pid| {
+        hostname_of(pid) == name
+    });
+    dump(&criu, images.path(), pid, |_| {});
+    let restored = restore(&criu, images.path(), |_: &mut Criu_opts| {});
     let named = hostname_of(restored);
     let own_ns = std::fs::read_link(format!("/proc/{restored}/ns/uts")).unwrap()
         != std::fs::read_link("/proc/self/ns/uts").unwrap();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(restored),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(restored), None);
+    kill_and_reap(restored);
     assert_eq!(named, name);
     assert!(own_ns, "restored into the host's UTS namespace");
     assert_eq!(
@@ -229,6 +177,138 @@ fn a_process_is_restored_with_the_host_name_of_its_own_uts_namespace() {
         host,
         "the host's name changed"
     );
+}
+
+/// A process of a network namespace of its own, dumped empty as trenv dumps a template's,
+/// restored into another network namespace (`join_ns net`, as into a sandbox's): it runs
+/// in that namespace, and trenv's CRIU (criu-glue/patches/0008) joined it where it made a
+/// new one before, only to leave it at once.
+#[test]
+fn a_process_restored_into_a_joined_network_namespace_makes_none() {
+    use trenv_criu::rpc::{Criu_network_lock_method, Join_namespace};
+    let Some(criu) = criu_as_root() else { return };
+    let images = tempfile::tempdir().unwrap();
+    let pid = sleeper(&["--net"], "true", |_| true);
+    dump(&criu, images.path(), pid, |o| {
+        o.set_network_lock(Criu_network_lock_method::SKIP);
+        o.set_empty_ns(libc::CLONE_NEWNET as u32);
+    });
+    // The namespace to join, held by a process of its own.
+    let target = sleeper(&["--net"], "true", |_| true);
+    let net = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let restored = restore(&criu, images.path(), |o| {
+        let mut j = Join_namespace::new();
+        j.set_ns("net".into());
+        j.set_ns_file(format!("/proc/{target}/ns/net"));
+        o.join_ns.push(j);
+    });
+    let (joined, wanted) = (net(restored), net(target));
+    kill_and_reap(restored);
+    kill_and_reap(target);
+    assert_eq!(joined, wanted);
+    let log = std::fs::read_to_string(images.path().join("restore.log")).unwrap();
+    assert!(
+        log.contains("Joined network namespace"),
+        "a network namespace was made and left:\n{log}"
+    );
+}
+
+/// The installed CRIU, and this process made a child subreaper (a restored process comes
+/// back to it); `None` without root.
+fn criu_as_root() -> Option<Criu> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: CRIU needs root to dump and restore processes");
+        return None;
+    }
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    Some(Criu::locate(None).expect("CRIU is installed by integration/setup.sh"))
+}
+
+/// A `sleep` in a session of its own and in new namespaces (`unshare` flags), once `setup`
+/// ran in them and `ready` says so.
+fn sleeper(unshare: &[&str], setup: &str, ready: impl Fn(i32) -> bool) -> i32 {
+    use std::process::{Command, Stdio};
+    let child = Command::new("setsid")
+        .arg("unshare")
+        .args(unshare)
+        .args(["sh", "-c"])
+        .arg(format!("{setup} && exec sleep 600"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !comm_is(pid, "sleep") || !ready(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Reaped by whoever waits: this process is a subreaper and the dump kills it.
+    std::mem::forget(child);
+    pid
+}
+
+/// One CRIU request on the images in `images`, its log there as `log`.
+fn call(
+    criu: &Criu,
+    images: &std::path::Path,
+    req_type: Criu_req_type,
+    mut o: trenv_criu::rpc::Criu_opts,
+    log: &str,
+) -> trenv_criu::rpc::Criu_resp {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(images).unwrap();
+    o.set_images_dir_fd(dir.as_raw_fd());
+    o.set_log_file(log.into());
+    o.set_log_level(4);
+    let mut req = Criu_req::new();
+    req.set_type(req_type);
+    req.opts = Some(o).into();
+    let log = images.join(log);
+    criu.start(FdPlan::default())
+        .unwrap()
+        .call(req, "test", Some(log.clone()), &mut ())
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+}
+
+/// Dumps (and so kills) `pid` into `images`, with what `edit` adds to the options.
+fn dump(
+    criu: &Criu,
+    images: &std::path::Path,
+    pid: i32,
+    edit: impl FnOnce(&mut trenv_criu::rpc::Criu_opts),
+) {
+    let mut o = trenv_criu::rpc::Criu_opts::new();
+    o.set_pid(pid);
+    edit(&mut o);
+    call(criu, images, Criu_req_type::DUMP, o, "dump.log");
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+}
+
+/// Restores the images in `images` as this process's child; the restored pid.
+fn restore(
+    criu: &Criu,
+    images: &std::path::Path,
+    edit: impl FnOnce(&mut trenv_criu::rpc::Criu_opts),
+) -> i32 {
+    let mut o = trenv_criu::rpc::Criu_opts::new();
+    o.set_rst_sibling(true);
+    edit(&mut o);
+    let resp = call(criu, images, Criu_req_type::RESTORE, o, "restore.log");
+    let pid = resp.restore.as_ref().map_or(0, |r| r.pid());
+    assert!(pid > 0, "{resp:?}");
+    pid
+}
+
+fn kill_and_reap(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
 }
 
 fn comm_is(pid: i32, comm: &str) -> bool {
