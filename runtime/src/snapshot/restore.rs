@@ -207,6 +207,7 @@ pub fn restore(
             Ok(pid)
         });
     drop((root, images));
+    phases.mark("unbind");
     let pid = result.inspect_err(|_| match &cgroup {
         Joining::Opened(c) => kill_leftovers(c),
         Joining::Prepared(_) => {
