@@ -21,7 +21,7 @@ use super::memory::MemoryAccount;
 use super::network::{Attachment, Cni, IFNAME, NetTarget};
 use super::pins::{Kind, Pins};
 use super::policy::{Bounds, Want, choose, evictions};
-use super::purge::{HostNames, IpcSettings, Purged, names, purge};
+use super::purge::{IpcSettings, Purged, UtsNames, names, purge};
 use super::record::{Owner, Record, State, now_ms};
 
 /// A sandbox's record file in its directory.
@@ -154,8 +154,8 @@ impl IdlePool {
             Some(l) => l,
             None => (self.create(t, busy)?, None),
         };
-        let host = HostNames::current();
-        let wanted = HostNames {
+        let host = UtsNames::current();
+        let wanted = UtsNames {
             hostname: t.hostname.unwrap_or(&host.hostname).to_string(),
             domainname: t.domainname.unwrap_or(&host.domainname).to_string(),
         };
@@ -240,7 +240,7 @@ impl IdlePool {
             return Released::Destroyed(None);
         }
         let managed: Vec<String> = r.network.iter().map(|_| IFNAME.to_string()).collect();
-        let host = HostNames::current();
+        let host = UtsNames::current();
         let purged = match purge(&lease.pins, &host, &managed) {
             Ok(p) => p,
             Err(e) => {
@@ -481,7 +481,7 @@ mod tests {
                 })
                 .unwrap()
         };
-        let host = HostNames::current();
+        let host = UtsNames::current();
         let host = (host.hostname, host.domainname);
         let record = |id: &str| p.records().into_iter().find(|r| r.id == id).unwrap();
         let a = p.take(&take("t1", "fa", "c1")).unwrap();

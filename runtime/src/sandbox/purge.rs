@@ -37,23 +37,24 @@ pub struct Purged {
     pub links: Vec<String>,
 }
 
-/// The names a new UTS namespace starts with: the host's.
+/// A UTS namespace's hostname and domain name: the host's (what a new namespace starts
+/// with and a purge puts back), a container's, or an idle sandbox's as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HostNames {
+pub struct UtsNames {
     pub hostname: String,
     pub domainname: String,
 }
 
-impl HostNames {
+impl UtsNames {
     /// The caller's (the shim's and the CLI's are the host's).
-    pub fn current() -> HostNames {
+    pub fn current() -> UtsNames {
         let u = nix::sys::utsname::uname().ok();
         let get = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
             u.as_ref()
                 .map(|u| f(u).to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
-        HostNames {
+        UtsNames {
             hostname: get(|u| u.nodename()),
             domainname: get(|u| u.domainname()),
         }
@@ -133,7 +134,7 @@ impl IpcSettings {
 }
 
 /// Purges the sandbox pinned by `pins`, keeping the interfaces named in `managed`.
-pub fn purge(pins: &Pins, host: &HostNames, managed: &[String]) -> Result<Purged, SandboxError> {
+pub fn purge(pins: &Pins, host: &UtsNames, managed: &[String]) -> Result<Purged, SandboxError> {
     strays(pins)?;
     let settings = IpcSettings::load(pins)?;
     let mq_dir = pins.dir().join("mq");
@@ -351,7 +352,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let host = HostNames {
+        let host = UtsNames {
             hostname: "hostname-of-host".into(),
             domainname: "(none)".into(),
         };
@@ -417,7 +418,7 @@ mod tests {
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let e = purge(&pins, &HostNames::current(), &[]).unwrap_err();
+        let e = purge(&pins, &UtsNames::current(), &[]).unwrap_err();
         assert!(matches!(e, SandboxError::Stray { kind: "net", .. }), "{e}");
         child.kill().unwrap();
         child.wait().unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::purge::HostNames;
+use super::purge::UtsNames;
 
 /// A process that holds a sandbox: its pid and its start time (clock ticks after boot,
 /// `/proc/PID/stat` field 22), which a recycled pid does not share.
@@ -87,7 +87,7 @@ pub struct Record {
     /// set them (`None` while a container runs in it, which may change them): a take that
     /// wants these names need not set them again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub names: Option<HostNames>,
+    pub names: Option<UtsNames>,
 }
 
 impl Record {
@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(Record::read(&p).unwrap(), r);
         let idle = Record {
             state: State::Idle,
-            names: Some(HostNames {
+            names: Some(UtsNames {
                 hostname: "node-1".into(),
                 domainname: "(none)".into(),
             }),
