@@ -1601,6 +1601,21 @@ fn a_template_restore_answers_create_with_a_stopped_process_that_start_continues
         .unwrap_or_else(|e| panic!("Create of {id} from {name}: {e:?}")) as i32;
     assert_eq!(proc_state(pid), 'T', "{id}'s restored init before Start");
     assert_eq!(api.task_status(id).unwrap(), "CREATED");
+    // The binds the restore made for CRIU (its root, the template's images) are
+    // unmounted by its worker once it answered, while the container lives on.
+    let binds = format!("/{id}/criu-");
+    let start = Instant::now();
+    while fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&binds))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the restore's binds of {id} are still mounted after its Create"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let netns = fs::read_link(format!("/proc/{pid}/ns/net")).expect("its network namespace");
     let images = template_dir(&c, name).join("images");
     let core = trenv_integration::core_image(&images);

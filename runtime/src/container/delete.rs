@@ -48,12 +48,10 @@ pub fn delete(at: &Location, unmount_rootfs: bool) -> Result<(), ContainerError>
             named.remove();
         }
     }
-    // What a restore left mounted (CRIU's root) goes before the rootfs it binds.
-    let _ = umount2(&at.state_root.join("criu-root"), MntFlags::MNT_DETACH);
-    let _ = umount2(
-        &at.state_root.join(crate::snapshot::restore::IMAGES_BIND),
-        MntFlags::MNT_DETACH,
-    );
+    // What a restore left mounted (CRIU's root, a template's images: a worker killed
+    // mid-restore, or one unmounting them after it answered) goes before the rootfs it
+    // binds.
+    unmount_restore_binds(&at.state_root);
     if unmount_rootfs && let Err(e) = rootfs::unmount(&at.rootfs()) {
         first_err.get_or_insert(e.into());
     }
@@ -80,6 +78,24 @@ pub fn delete(at: &Location, unmount_rootfs: bool) -> Result<(), ContainerError>
     }
 }
 
+/// Detaches the binds of restores below `state` (`criu-root-PID`, `criu-images-PID`).
+fn unmount_restore_binds(state: &std::path::Path) {
+    use crate::snapshot::restore::{IMAGES_BIND, ROOT_BIND};
+    let Ok(entries) = fs::read_dir(state) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if [ROOT_BIND, IMAGES_BIND]
+            .iter()
+            .any(|b| name.strip_prefix(b).is_some_and(|r| r.starts_with('-')))
+        {
+            let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 /// Kills every process in the container's cgroup (as the spec names it) and removes the
 /// cgroup; nothing to do when it does not exist.
 fn sweep(at: &Location) -> Result<(), ContainerError> {
@@ -94,4 +110,53 @@ fn sweep(at: &Location) -> Result<(), ContainerError> {
     cgroup.kill_all(KILL_PATIENCE);
     cgroup.remove()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounted(path: &std::path::Path) -> bool {
+        let p = path.display().to_string();
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+    }
+
+    /// Delete detaches the binds every restore of the container left (a worker killed
+    /// mid-restore, or one still unmounting after it answered), whichever worker made
+    /// them, and no other mount below the state directory.
+    #[test]
+    fn the_binds_of_every_restore_are_detached_and_nothing_else() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        let state = dir.path().join("state");
+        fs::create_dir_all(&source).unwrap();
+        let names = [
+            "criu-root-17",
+            "criu-images-17",
+            "criu-root-23",
+            "criu-rootfs",
+        ];
+        for n in names {
+            let at = state.join(n);
+            fs::create_dir_all(&at).unwrap();
+            nix::mount::mount(
+                Some(&source),
+                &at,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap();
+        }
+        unmount_restore_binds(&state);
+        let left: Vec<_> = names.iter().filter(|n| mounted(&state.join(n))).collect();
+        let _ = umount2(&state.join("criu-rootfs"), MntFlags::MNT_DETACH);
+        assert_eq!(left, [&"criu-rootfs"]);
+    }
 }

@@ -122,6 +122,16 @@ pub struct TemplateFile {
     pub images: BTreeMap<String, FileStamp>,
 }
 
+/// What a restore leaves mounted for CRIU once it succeeded: its root and images binds,
+/// unmounted when dropped. The worker drops it after it answered (two unmounts, each an
+/// expedited RCU grace period: ~0.3 ms off the restore's path); their paths are the
+/// worker's own, so that a container deleted and created again under the same id in
+/// between cannot lose its new binds to the old unmounts, and Delete sweeps any left.
+pub struct Binds {
+    _root: RootBind,
+    _images: Option<ImagesBind>,
+}
+
 /// Restores the container; returns the pid of its restored init.
 pub fn restore(
     at: &Location,
@@ -129,7 +139,7 @@ pub fn restore(
     stdio: StdioFds,
     console: Option<&Path>,
     criu: &CriuConfig,
-) -> Result<(i32, Phases), SnapshotError> {
+) -> Result<(i32, Phases, Binds), SnapshotError> {
     let mut phases = Phases::start();
     let spec = at.derived_spec()?;
     let log_level = criu.restore_log_level;
@@ -206,19 +216,28 @@ pub fn restore(
             }
             Ok(pid)
         });
-    drop((root, images));
-    phases.mark("unbind");
-    let pid = result.inspect_err(|_| match &cgroup {
-        Joining::Opened(c) => kill_leftovers(c),
-        Joining::Prepared(_) => {
-            if let Ok(c) = open_cgroup() {
-                kill_leftovers(&c)
+    let binds = Binds {
+        _root: root,
+        _images: images,
+    };
+    let pid = match result {
+        Ok(pid) => pid,
+        Err(e) => {
+            drop(binds);
+            match &cgroup {
+                Joining::Opened(c) => kill_leftovers(c),
+                Joining::Prepared(_) => {
+                    if let Ok(c) = open_cgroup() {
+                        kill_leftovers(&c)
+                    }
+                }
             }
+            return Err(e);
         }
-    })?;
+    };
     adopt(at, &spec, pid, plan.systemd_cgroup)?;
     phases.mark("adopt");
-    Ok((pid, phases))
+    Ok((pid, phases, binds))
 }
 
 /// Gives a restored container's state to the cgroup at `cgroups_path`: the derived spec
@@ -257,13 +276,22 @@ pub fn continue_tree(pid: i32) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// The container's rootfs bound at `<state>/criu-root`: CRIU wants a mount point as root
-/// whose parent is not over-mounted. Unmounted when dropped.
+/// Where a restore binds the container's rootfs for CRIU (below its state directory),
+/// followed by the restoring worker's pid ([`Binds`]).
+pub(crate) const ROOT_BIND: &str = "criu-root";
+
+/// `<state>/<what>-<this process's pid>`: a bind of this restore's own.
+fn bind_path(at: &Location, what: &str) -> PathBuf {
+    at.state_root.join(format!("{what}-{}", std::process::id()))
+}
+
+/// The container's rootfs bound at `<state>/criu-root-PID`: CRIU wants a mount point as
+/// root whose parent is not over-mounted. Unmounted when dropped.
 struct RootBind(PathBuf);
 
 impl RootBind {
     fn mount(at: &Location, spec: &Spec) -> Result<RootBind, SnapshotError> {
-        let root = at.state_root.join("criu-root");
+        let root = bind_path(at, ROOT_BIND);
         fs::create_dir_all(&root)
             .map_err(SnapshotError::io(format!("creating {}", root.display())))?;
         let rootfs = at.rootfs_of(spec);
@@ -304,7 +332,7 @@ impl Drop for RootBind {
     }
 }
 
-/// A template's image directory bound read-only at `<state>/criu-images`, for CRIU to read
+/// A template's image directory bound read-only at `<state>/criu-images-PID`, for CRIU to read
 /// in place: nothing is copied, and what CRIU writes during a restore (its statistics)
 /// cannot land in the template. The files are checked against the template's manifest
 /// when bound and again after CRIU has read them (an edit in between changes a ctime,
@@ -314,12 +342,13 @@ struct ImagesBind {
     path: PathBuf,
 }
 
-/// Where a template's images are bound during a restore (below the container's state).
+/// Where a template's images are bound during a restore (below the container's state),
+/// followed by the restoring worker's pid.
 pub(crate) const IMAGES_BIND: &str = "criu-images";
 
 impl ImagesBind {
     fn mount(at: &Location, images: &Path, t: &TemplateFile) -> Result<ImagesBind, SnapshotError> {
-        let path = at.state_root.join(IMAGES_BIND);
+        let path = bind_path(at, IMAGES_BIND);
         fs::create_dir_all(&path)
             .map_err(SnapshotError::io(format!("creating {}", path.display())))?;
         mount(

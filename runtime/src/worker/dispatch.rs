@@ -12,8 +12,17 @@ use crate::template::build::BuildRequest;
 use crate::template::ready::ReadyTemplate;
 use crate::template::{MemPool, TemplateStore};
 
-/// Runs one request. Called in a zygote worker.
-pub(super) fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RemoteError> {
+/// What a worker does once it answered, before it exits: work the answer need not wait
+/// for (a restore's unmounts).
+pub(super) type AfterReply = Vec<Box<dyn FnOnce()>>;
+
+/// Runs one request. Called in a zygote worker; `after` gets what is left to do after
+/// the answer.
+pub(super) fn handle(
+    req: Request,
+    fds: Vec<OwnedFd>,
+    after: &mut AfterReply,
+) -> Result<Reply, RemoteError> {
     // A shared shim's zygote keeps the working directory of the shim's first container,
     // whose bundle containerd removes when it is deleted (shim/src/shared.rs); libcontainer
     // needs one it can return to.
@@ -62,9 +71,10 @@ pub(super) fn handle(req: Request, fds: Vec<OwnedFd>) -> Result<Reply, RemoteErr
             criu,
         } => {
             let (child, _) = take_stdio(&mut fds, &stdio)?;
-            let (pid, phases) =
+            let (pid, phases, binds) =
                 snapshot::restore(&at, &plan, child, console_socket.as_deref(), &criu)
                     .map_err(RemoteError::of)?;
+            after.push(Box::new(move || drop(binds)));
             Ok(Reply::Restored { pid, phases })
         }
         Request::MakeTemplate { at, template, criu } => make_template(&at, &template, criu),

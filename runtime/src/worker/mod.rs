@@ -534,9 +534,10 @@ impl Spares {
 fn worker_main(mut fds: Vec<OwnedFd>) -> ! {
     let reply = fds.remove(0);
     let mut stream = UnixStream::from(reply);
+    let mut after = dispatch::AfterReply::new();
     let answer = match read_frame(&mut stream) {
         Ok(frame) => match serde_json::from_slice::<Request>(&frame) {
-            Ok(req) => match dispatch::handle(req, fds) {
+            Ok(req) => match dispatch::handle(req, fds, &mut after) {
                 Ok(r) => WireReply::Ok(r),
                 Err(e) => WireReply::Err(e),
             },
@@ -555,6 +556,10 @@ fn worker_main(mut fds: Vec<OwnedFd>) -> ! {
     } else {
         1
     };
+    drop(stream);
+    for f in after {
+        f();
+    }
     exit(code)
 }
 
