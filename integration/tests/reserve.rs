@@ -303,6 +303,16 @@ fn the_next_start_takes_the_reserved_instance_and_it_is_the_container_s_own() {
         !cgroup_parent(&c.namespace).join(&instance_id).exists(),
         "the instance's cgroup is left"
     );
+    // Also in `name=systemd` on a v1 host, where the execs above joined b's cgroup (as a
+    // cold start's execs do), not the instance's made again.
+    let named = Path::new("/sys/fs/cgroup/systemd").join(&c.namespace);
+    if !cgroup_v2_host() && named.is_dir() {
+        assert!(
+            !named.join(&instance_id).exists(),
+            "the instance's name=systemd cgroup is left"
+        );
+        assert!(named.join(&b).is_dir(), "{b} has no name=systemd cgroup");
+    }
     // It exits and is deleted like any container, and takes its directory with it.
     c.run(&["task", "kill", "-s", "SIGTERM", &b]).ok();
     assert!(

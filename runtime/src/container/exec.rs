@@ -9,7 +9,7 @@ use std::sync::Arc;
 use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
-use super::cgroup::NamedSystemd;
+use super::cgroup::{NamedSystemd, is_systemd_path};
 use super::executor::{EnterUserNamespace, TrenvExecutor};
 use super::stdio::builder;
 use super::{ContainerError, Location, StdioFds, seccomp};
@@ -52,8 +52,23 @@ pub fn exec(
         .map_err(ContainerError::io(format!("writing {}", adapted.display())))?;
     // The process must be in the container's `name=systemd` cgroup before its program runs
     // (runc's exec joins every cgroup of the container first): this worker, a one-request
-    // fork that exits next, joins it, and the process inherits it.
-    let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    // fork that exits next, joins it, and the process inherits it. The container's cgroup
+    // is its derived spec's, which libcontainer's state follows: a container that took a
+    // reserve's instance has the instance's bundle spec but its own cgroup.
+    // (A systemd-style path has none on v1, as at Create: only cgroupfs paths are taken.)
+    let cgroups_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .map(|original| {
+            if is_systemd_path(&original) {
+                return original;
+            }
+            p.at.derived_spec()
+                .ok()
+                .and_then(|d| d.linux().as_ref().and_then(|l| l.cgroups_path().clone()))
+                .unwrap_or(original)
+        });
     if let Some(named) = NamedSystemd::of(cgroups_path.as_deref(), &p.at.id)
         && let Err(e) = named.join(std::process::id() as i32)
     {
