@@ -18,6 +18,7 @@ mod process;
 mod reserve;
 mod shared;
 mod shim;
+mod signals;
 mod stamp;
 mod task;
 

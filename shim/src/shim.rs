@@ -176,6 +176,8 @@ impl Shim for TrenvShim {
     type T = Service;
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        // The framework registered its signals just before.
+        crate::signals::quiet_sigpipe();
         TrenvShim {
             exit: Arc::new(ExitSignal::default()),
             served: Arc::default(),
