@@ -109,11 +109,10 @@ impl Record {
         serde_json::from_slice(&fs::read(path).ok()?).ok()
     }
 
-    /// Writes the record atomically (a reader sees the old or the new one).
+    /// Writes the record atomically (a reader sees the old or the new one); writers hold
+    /// the pool's lock.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        fs::rename(&tmp, path)
+        crate::sys::replace(path, &serde_json::to_vec_pretty(self)?)
     }
 }
 

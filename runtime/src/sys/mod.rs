@@ -5,10 +5,12 @@ pub mod clock;
 pub mod confined;
 pub mod mountinfo;
 pub mod nsops;
+pub mod replace;
 pub mod run;
 pub mod stamp;
 pub mod tree;
 
+pub use replace::replace;
 pub use stamp::{FileStamp, dir_changed};
 
 /// Opens /dev/null for reading and writing (stdio of processes that get none).
