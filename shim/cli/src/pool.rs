@@ -54,6 +54,13 @@ pub fn run(args: PoolArgs) -> anyhow::Result<()> {
         None => Config::load()?,
     };
     let pool = config.sandboxes.pool();
+    // What is past its keep-alive (or held by a process that is gone) goes first, as at
+    // every use of the pool: a node where no shim runs any more sweeps nowhere else.
+    if !matches!(args.command, PoolCommand::Drain { .. })
+        && let Err(e) = pool.sweep()
+    {
+        eprintln!("warning: the pool was not swept: {e}");
+    }
     match args.command {
         PoolCommand::List { json, tenant } => {
             let rs: Vec<Record> = pool
