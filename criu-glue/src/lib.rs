@@ -20,7 +20,7 @@ pub mod tmpfs;
 mod version;
 
 pub use error::{CriuError, Exit, NoAnswer, Refusal};
-pub use swrk::{Ahead, Criu, FdPlan, Notify, Session};
+pub use swrk::{Ahead, Criu, FdPlan, Notify, Purpose, Session};
 pub use version::{CriuVersion, MIN_VERSION};
 
 #[allow(clippy::all, missing_docs, unused_qualifications)]

@@ -35,6 +35,25 @@ const MAX_RESPONSE: usize = 1 << 20;
 const AHEAD_ENV: &str = "CRIU_SWRK_AHEAD";
 /// Why a CRIU started ahead is refused when it never says it is ready.
 const NEVER_READY: &str = "it did not say it was ready; is it trenv's CRIU?";
+/// CRIU's own switch (`CRIU_FAULT`, `FI_NO_BREAKPOINTS`) for ending a restore without
+/// hardware breakpoints: the restored tasks are stepped through their last syscalls
+/// instead (what CRIU does on architectures without them). A breakpoint set through
+/// ptrace is a perf event of the task, and the node's first such event enables the
+/// kernel's perf scheduling hooks (code patched on every CPU, then an RCU grace period);
+/// they are disabled again a second after the last one is gone. A restore on a node where
+/// no restored process lived in the last second paid 5-11 ms for it here, a third of
+/// CRIU's call, and every restored thread kept its disabled breakpoint event, and the
+/// node its hooks on every context switch, for as long as it lived.
+const NO_BREAKPOINTS: (&str, &str) = ("CRIU_FAULT", "130");
+
+/// What a CRIU process is started for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A restore: it ends without hardware breakpoints ([`NO_BREAKPOINTS`]).
+    Restore,
+    /// Anything else (a dump, a question).
+    Other,
+}
 
 /// A CRIU binary.
 #[derive(Debug, Clone)]
@@ -93,15 +112,16 @@ impl Criu {
             path: self.path.clone(),
             reason,
         };
-        let resp = match self
-            .start(FdPlan::default())?
-            .call(req, "version", None, &mut ())
-        {
-            Ok(r) => r,
-            Err(CriuError::Failed { .. }) => return Err(no_version(NoAnswer::Refused)),
-            Err(CriuError::Died { how, .. }) => return Err(no_version(NoAnswer::Died(how))),
-            Err(e) => return Err(e),
-        };
+        let resp =
+            match self
+                .start(FdPlan::default(), Purpose::Other)?
+                .call(req, "version", None, &mut ())
+            {
+                Ok(r) => r,
+                Err(CriuError::Failed { .. }) => return Err(no_version(NoAnswer::Refused)),
+                Err(CriuError::Died { how, .. }) => return Err(no_version(NoAnswer::Died(how))),
+                Err(e) => return Err(e),
+            };
         match resp.version.as_ref() {
             Some(v) => Ok(CriuVersion::from_rpc(v)),
             None => Err(no_version(NoAnswer::NoVersion)),
@@ -145,9 +165,9 @@ impl Criu {
             .ok()
     }
 
-    /// Starts `criu swrk` with the descriptors of `plan`.
-    pub fn start(&self, plan: FdPlan) -> Result<Session, CriuError> {
-        let (child, sock) = self.spawn(plan, false)?;
+    /// Starts `criu swrk` for `purpose` with the descriptors of `plan`.
+    pub fn start(&self, plan: FdPlan, purpose: Purpose) -> Result<Session, CriuError> {
+        let (child, sock) = self.spawn(plan, purpose, false)?;
         Ok(Session {
             child,
             sock,
@@ -157,9 +177,10 @@ impl Criu {
 
     /// Starts `criu swrk` ahead of its request: it probes the kernel, says it is ready
     /// ([`Ahead::ready`]) and waits; its descriptors come with the request
-    /// ([`Ahead::session`]). Needs trenv's CRIU (criu-glue/patches/0006).
+    /// ([`Ahead::session`]). Needs trenv's CRIU (criu-glue/patches/0006). It serves a
+    /// restore (trenv's spare restorers).
     pub fn ahead(&self) -> Result<Ahead, CriuError> {
-        let (child, sock) = self.spawn(FdPlan::default(), true)?;
+        let (child, sock) = self.spawn(FdPlan::default(), Purpose::Restore, true)?;
         Ok(Ahead {
             path: self.path.clone(),
             child,
@@ -167,7 +188,12 @@ impl Criu {
         })
     }
 
-    fn spawn(&self, plan: FdPlan, ahead: bool) -> Result<(Child, OwnedFd), CriuError> {
+    fn spawn(
+        &self,
+        plan: FdPlan,
+        purpose: Purpose,
+        ahead: bool,
+    ) -> Result<(Child, OwnedFd), CriuError> {
         let (mine, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -188,6 +214,10 @@ impl Criu {
         if ahead {
             cmd.env(AHEAD_ENV, "1");
         }
+        match purpose {
+            Purpose::Restore => cmd.env(NO_BREAKPOINTS.0, NO_BREAKPOINTS.1),
+            Purpose::Other => cmd.env_remove(NO_BREAKPOINTS.0),
+        };
         // containerd gives its shims `LD_LIBRARY_PATH=<opt>/lib:` (its opt plugin's
         // directory, usually absent, and an empty entry: the working directory). The
         // dynamic loader would search both, with their hardware-capability subdirectories,

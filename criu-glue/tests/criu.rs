@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use trenv_criu::rpc::{Criu_req, Criu_req_type};
-use trenv_criu::{Criu, FdPlan, MIN_VERSION};
+use trenv_criu::{Criu, FdPlan, MIN_VERSION, Purpose};
 
 #[test]
 fn the_installed_criu_answers_its_version_over_rpc() {
@@ -213,6 +213,32 @@ fn a_process_restored_into_a_joined_network_namespace_makes_none() {
     );
 }
 
+/// A restore ends without hardware breakpoints (swrk.rs, `NO_BREAKPOINTS`: the node's
+/// first ptrace breakpoint enables the kernel's perf scheduling hooks, milliseconds on the
+/// start path): CRIU steps the restored task through its last syscalls instead, and the
+/// task runs on as it should. A dump is left as CRIU makes it.
+#[test]
+fn a_restore_ends_without_hardware_breakpoints_and_the_process_runs_on() {
+    let Some(criu) = criu_as_root() else { return };
+    let images = tempfile::tempdir().unwrap();
+    let pid = sleeper(&[], "true", |_| true);
+    dump(&criu, images.path(), pid, |_| {});
+    let restored = restore(&criu, images.path(), |_| {});
+    let running = comm_is(restored, "sleep")
+        && std::fs::read_to_string(format!("/proc/{restored}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('S'))
+        });
+    kill_and_reap(restored);
+    assert!(running, "the restored process is not sleeping on");
+    let log = std::fs::read_to_string(images.path().join("restore.log")).unwrap();
+    assert!(
+        log.contains(&format!("Force no-breakpoints restore of {restored}")),
+        "the restore set a hardware breakpoint:\n{log}"
+    );
+}
+
 /// The installed CRIU, and this process made a child subreaper (a restored process comes
 /// back to it); `None` without root.
 fn criu_as_root() -> Option<Criu> {
@@ -270,7 +296,11 @@ fn call(
     req.set_type(req_type);
     req.opts = Some(o).into();
     let log = images.join(log);
-    criu.start(FdPlan::default())
+    let purpose = match req_type {
+        Criu_req_type::RESTORE => Purpose::Restore,
+        _ => Purpose::Other,
+    };
+    criu.start(FdPlan::default(), purpose)
         .unwrap()
         .call(req, "test", Some(log.clone()), &mut ())
         .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))

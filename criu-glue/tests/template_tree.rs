@@ -36,7 +36,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use trenv_criu::rpc::{Criu_cg_mode, Criu_opts, Criu_req, Criu_req_type, Inherit_fd};
 use trenv_criu::template::{MappedMemory, Policy, convert};
-use trenv_criu::{Criu, FdPlan};
+use trenv_criu::{Criu, FdPlan, Purpose};
 
 /// Where both processes have their region (free in a test process: far above its heap
 /// and below its libraries and stacks), and its size.
@@ -574,7 +574,7 @@ fn dump(criu: &Criu, images: &Path, pid: i32) {
     req.set_type(Criu_req_type::DUMP);
     req.opts = Some(o).into();
     let log = images.join("dump.log");
-    criu.start(FdPlan::default())
+    criu.start(FdPlan::default(), Purpose::Other)
         .unwrap()
         .call(req, "dump", Some(log.clone()), &mut ())
         .unwrap_or_else(|e| panic!("{e}\n{}", fs::read_to_string(&log).unwrap_or_default()));
@@ -605,7 +605,7 @@ fn restore(criu: &Criu, images: &Path, template: &Path, key: &str, ahead: bool) 
         a.ready(Duration::from_secs(5)).unwrap();
         a.session(plan).unwrap()
     } else {
-        criu.start(plan).unwrap()
+        criu.start(plan, Purpose::Restore).unwrap()
     };
     let resp = session
         .call(req, "restore", Some(log.clone()), &mut ())

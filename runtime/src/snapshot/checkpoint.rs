@@ -13,7 +13,7 @@ use oci_spec::runtime::Spec;
 use trenv_criu::rpc::{
     Criu_network_lock_method, Criu_opts, Criu_req, Criu_req_type, Ext_mount_map,
 };
-use trenv_criu::{Criu, FdPlan};
+use trenv_criu::{Criu, FdPlan, Purpose};
 
 use super::criu::{
     CGROUP_MOUNTS, CheckpointOptions, CriuConfig, DESCRIPTORS, cgroup_mounts, cgroups_mode,
@@ -184,7 +184,7 @@ fn dump(criu: &Criu, o: Criu_opts, log: &Path) -> Result<(), trenv_criu::CriuErr
     req.opts = Some(o).into();
     let tuned = crate::node::favordynmods();
     let result = criu
-        .start(FdPlan::default())
+        .start(FdPlan::default(), Purpose::Other)
         .and_then(|s| s.call(req, "dump", Some(log.to_path_buf()), &mut ()));
     crate::node::keep_favordynmods(&tuned);
     result.map(drop)

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use trenv_criu::rpc::{
     Criu_cg_mode, Criu_opts, Criu_req, Criu_req_type, Ext_mount_map, Inherit_fd, Join_namespace,
 };
-use trenv_criu::{FdPlan, Notify};
+use trenv_criu::{FdPlan, Notify, Purpose};
 
 use super::criu::{CGROUP_MOUNTS, CgroupMounts, CriuConfig, DESCRIPTORS, external_namespaces};
 use super::honour::SpecRecord;
@@ -171,7 +171,7 @@ pub fn restore(
             s
         }
         None => {
-            let s = criu.start(fds)?;
+            let s = criu.start(fds, Purpose::Restore)?;
             phases.mark("criu spawn");
             s
         }
