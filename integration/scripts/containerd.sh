@@ -148,6 +148,9 @@ start() {
             fd="${fd##*/}"
             if ((fd > 2)); then eval "exec $fd>&-"; fi
         done
+        # Nor a caller's LD_LIBRARY_PATH (cargo's, when a test starts it): the shims and
+        # the CRIU they run would search libc along it at every exec, as on no real node.
+        unset LD_LIBRARY_PATH
         PATH="$SHIM_PATH" exec setsid "$BIN" --config "$CONFIG" </dev/null >>"$LOG" 2>&1
     ) &
     pid=$!
