@@ -1,6 +1,8 @@
 //! The container lifecycle through a real containerd with `ctr`, on trenv.
 
 use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -827,6 +829,86 @@ fn lifecycle_events_are_published() {
                 d.id
             );
         }
+    }
+}
+
+/// An idle shim keeps no connection to containerd open that wakes it: the events thread
+/// drops it a second after the last event (ttrpc's client polls its socket every 10 ms
+/// while connected), and an event raised after that still arrives.
+#[test]
+fn an_idle_shim_does_not_poll_containerd_and_its_later_events_arrive() {
+    let c = ctr();
+    let mut events = c
+        .cmd(&["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
+    let d = Detached::start(&c, "idle", &[], &["sleep", "300"]);
+    let stat = fs::read_to_string(format!("/proc/{}/stat", d.init_pid())).unwrap();
+    let shim: i32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("the init's parent");
+    // Wake-ups of the shim's threads but its metering sampler's (which samples the
+    // container's memory every 10 ms by default, docs/metering.md).
+    let wakeups = || -> u64 {
+        fs::read_dir(format!("/proc/{shim}/task"))
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() != "meter")
+            })
+            .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = wakeups();
+    std::thread::sleep(Duration::from_secs(2));
+    let woken = wakeups() - before;
+    c.run(&["task", "kill", "-s", "KILL", &d.id]).ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let out = events.stdout.as_mut().unwrap();
+    set_nonblocking(out.as_raw_fd());
+    while std::time::Instant::now() < deadline
+        && !text
+            .lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains(&d.id))
+    {
+        match out.read(&mut buf) {
+            Ok(n) if n > 0 => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        woken < 30,
+        "the idle shim's threads woke {woken} times in 2 s (its ttrpc client polls every 10 ms)"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains(&d.id)),
+        "TaskExit of {} missing after the shim was idle:\n{text}",
+        d.id
+    );
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
     }
 }
 
