@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by the benchmark wrappers (lifecycle.sh, meter.sh, templates.sh, functions.sh). Source it, then:
+# Shared by the benchmark wrappers (lifecycle.sh, meter.sh, templates.sh, functions.sh,
+# start-ahead.sh, quiet-restores.sh). Source it, then:
 #
 #   run_bench BINARY [-v VERSION] [BENCH ARGS...]
 #
@@ -33,3 +34,29 @@ run_bench() {
         -p trenv-integration --bin "$bin"
     exec "${CARGO_TARGET_DIR:-$TRENV_REPO/target}/release/$bin" "$@"
 }
+
+# The A/B scripts' helpers (start-ahead.sh, quiet-restores.sh), with $CTR set:
+
+# Removes container ID of namespace NS, its task killed first; what is not there is fine.
+remove_container() {
+    "$CTR" -n "$1" task kill -s KILL "$2" >/dev/null 2>&1 || true
+    "$CTR" -n "$1" task delete -f "$2" >/dev/null 2>&1 || true
+    "$CTR" -n "$1" containers rm "$2" >/dev/null 2>&1 || true
+}
+
+# Calls FUNC ARM I for I in 1..RUNS, arms A and B in ABBA order.
+interleave() {
+    local a=$1 b=$2 runs=$3 fn=$4 i
+    for i in $(seq 1 "$runs"); do
+        if ((i % 2)); then
+            "$fn" "$a" "$i"
+            "$fn" "$b" "$i"
+        else
+            "$fn" "$b" "$i"
+            "$fn" "$a" "$i"
+        fi
+    done
+}
+
+# Nearest-rank percentile P of column C of FILE.
+pct() { sort -n -k"$2","$2" "$1" | awk -v p="$3" -v c="$2" '{v[NR]=$c} END {i=int((p*NR+99)/100); if (i<1) i=1; print v[i]}'; }

@@ -59,9 +59,7 @@ src="$tag-src"
 current=""
 cleanup() {
     for id in "$src" $current; do
-        "$CTR" -n "$ns" task kill -s KILL "$id" >/dev/null 2>&1 || true
-        "$CTR" -n "$ns" task delete -f "$id" >/dev/null 2>&1 || true
-        "$CTR" -n "$ns" containers rm "$id" >/dev/null 2>&1 || true
+        remove_container "$ns" "$id"
     done
     trenv template rm "$template" -n "$ns" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -97,9 +95,7 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 trenv template create "$template" --from "$src" -n "$ns" >/dev/null
-"$CTR" -n "$ns" task kill -s KILL "$src" >/dev/null 2>&1 || true
-"$CTR" -n "$ns" task delete -f "$src" >/dev/null 2>&1 || true
-"$CTR" -n "$ns" containers rm "$src" >/dev/null 2>&1 || true
+remove_container "$ns" "$src"
 
 # Restore N by ARM after the gap; appends "criu-ms in-shim-ms e2e-ms" to $work/ARM.
 restore() {
@@ -124,21 +120,15 @@ restore() {
         split(substr(restored, RSTART, RLENGTH), c, " ")
         printf "%.1f %.1f %.1f\n", c[3], f[2] + f[5], e2e / 1000
     }' >>"$work/$arm"
-    "$CTR" -n "$ns" task kill -s KILL "$id" >/dev/null 2>&1 || true
-    "$CTR" -n "$ns" task delete -f "$id" >/dev/null 2>&1 || true
-    "$CTR" -n "$ns" containers rm "$id" >/dev/null 2>&1 || true
+    remove_container "$ns" "$id"
     current=""
 }
 
 log "$runs restores per arm, interleaved, each after ${gap} s"
 : >"$work/none"
 : >"$work/breakpoints"
-for i in $(seq 1 "$runs"); do
-    if ((i % 2)); then restore none "$i"; restore breakpoints "$i"; else restore breakpoints "$i"; restore none "$i"; fi
-done
+interleave none breakpoints "$runs" restore
 
-# Nearest-rank percentile P of column C of FILE.
-pct() { sort -n -k"$2","$2" "$1" | awk -v p="$3" -v c="$2" '{v[NR]=$c} END {i=int((p*NR+99)/100); if (i<1) i=1; print v[i]}'; }
 printf '\n| arm | CRIU P50 | CRIU P99 | in the shim P50 | in the shim P99 | ctr run -d P50 | ctr run -d P99 | n |\n'
 printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'
 for arm in none breakpoints; do

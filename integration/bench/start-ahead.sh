@@ -69,9 +69,7 @@ current=""
 cleanup() {
     for arm in on off; do
         for id in "$tag-src-$arm" $current; do
-            "$CTR" -n "${ns_of[$arm]}" task kill -s KILL "$id" >/dev/null 2>&1 || true
-            "$CTR" -n "${ns_of[$arm]}" task delete -f "$id" >/dev/null 2>&1 || true
-            "$CTR" -n "${ns_of[$arm]}" containers rm "$id" >/dev/null 2>&1 || true
+            remove_container "${ns_of[$arm]}" "$id"
         done
         trenv template rm "$template" -n "${ns_of[$arm]}" >/dev/null 2>&1 || true
     done
@@ -111,9 +109,7 @@ for arm in on off; do
         sleep 0.1
     done
     trenv template create "$template" --from "$src" -n "${ns_of[$arm]}" >/dev/null
-    "${c[@]}" task kill -s KILL "$src" >/dev/null 2>&1 || true
-    "${c[@]}" task delete -f "$src" >/dev/null 2>&1 || true
-    "${c[@]}" containers rm "$src" >/dev/null 2>&1 || true
+    remove_container "${ns_of[$arm]}" "$src"
 done
 
 # Restore N by ARM; appends "in-shim-ms e2e-ms took-a-spare" to $work/ARM.
@@ -138,21 +134,15 @@ restore() {
         split(substr(line, RSTART, RLENGTH), f, " ")
         printf "%.1f %.1f %d\n", f[2] + f[5], e2e / 1000, (index(restored, "criu ahead") > 0)
     }' >>"$work/$arm"
-    "${ctr[@]}" task kill -s KILL "$id" >/dev/null 2>&1 || true
-    "${ctr[@]}" task delete -f "$id" >/dev/null 2>&1 || true
-    "${ctr[@]}" containers rm "$id" >/dev/null 2>&1 || true
+    remove_container "${ns_of[$arm]}" "$id"
     current=""
 }
 
 log "$runs restores per arm, interleaved"
 : >"$work/on"
 : >"$work/off"
-for i in $(seq 1 "$runs"); do
-    if ((i % 2)); then restore on "$i"; restore off "$i"; else restore off "$i"; restore on "$i"; fi
-done
+interleave on off "$runs" restore
 
-# Nearest-rank percentile P of column C of FILE.
-pct() { sort -n -k"$2","$2" "$1" | awk -v p="$3" -v c="$2" '{v[NR]=$c} END {i=int((p*NR+99)/100); if (i<1) i=1; print v[i]}'; }
 printf '\n| arm | in the shim P50 | in the shim P99 | ctr run -d P50 | ctr run -d P99 | took a spare | n |\n'
 printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n'
 for arm in on off; do
