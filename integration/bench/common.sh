@@ -58,5 +58,25 @@ interleave() {
     done
 }
 
+# Writes to WRAPPER a shim that runs the installed one (SHIM) with its own config: the
+# node's (TRENV_CONFIG or /etc/trenv/config.toml, if any) with `[criu] KEY = VALUE` set
+# (VALUE as TOML writes it), kept as WRAPPER.toml.
+criu_key_shim() {
+    local wrapper=$1 shim=$2 key=$3 value=$4
+    local node_config="${TRENV_CONFIG:-/etc/trenv/config.toml}" conf="$1.toml"
+    if [[ -f "$node_config" ]]; then
+        grep -v "^[[:space:]]*$key[[:space:]]*=" "$node_config" >"$conf" || true
+    else
+        : >"$conf"
+    fi
+    if grep -q '^\[criu\]' "$conf"; then
+        sed -i "/^\[criu\]/a $key = $value" "$conf"
+    else
+        printf '\n[criu]\n%s = %s\n' "$key" "$value" >>"$conf"
+    fi
+    printf '#!/bin/sh\nTRENV_CONFIG=%s exec %s "$@"\n' "$conf" "$shim" >"$wrapper"
+    chmod 0755 "$wrapper"
+}
+
 # Nearest-rank percentile P of column C of FILE.
 pct() { sort -n -k"$2","$2" "$1" | awk -v p="$3" -v c="$2" '{v[NR]=$c} END {i=int((p*NR+99)/100); if (i<1) i=1; print v[i]}'; }

@@ -72,19 +72,7 @@ node_config="${TRENV_CONFIG:-/etc/trenv/config.toml}"
 configured=$(sed -n 's/^[[:space:]]*binary[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$node_config" 2>/dev/null | head -n1)
 printf '#!/bin/sh\nunset CRIU_FAULT\nexec %s "$@"\n' "${configured:-$criu}" >"$wrappers/criu"
 chmod 0755 "$wrappers/criu"
-conf="$wrappers/breakpoints.toml"
-if [[ -f "$node_config" ]]; then
-    grep -v '^[[:space:]]*binary[[:space:]]*=' "$node_config" >"$conf" || true
-else
-    : >"$conf"
-fi
-if grep -q '^\[criu\]' "$conf"; then
-    sed -i "/^\[criu\]/a binary = \"$wrappers/criu\"" "$conf"
-else
-    printf '\n[criu]\nbinary = "%s"\n' "$wrappers/criu" >>"$conf"
-fi
-printf '#!/bin/sh\nTRENV_CONFIG=%s exec %s "$@"\n' "$conf" "$shim" >"$wrappers/containerd-shim-trenvbp-v1"
-chmod 0755 "$wrappers/containerd-shim-trenvbp-v1"
+criu_key_shim "$wrappers/containerd-shim-trenvbp-v1" "$shim" binary "\"$wrappers/criu\""
 declare -A runtime_of=([none]=io.containerd.trenv.v1 [breakpoints]="$wrappers/containerd-shim-trenvbp-v1")
 
 env=(--env "FN_STATE_MB=$mb" --env FN_LOG=/tmp/fn.log)

@@ -77,24 +77,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Each arm's config: the node's, with [criu] start_ahead set.
-node_config="${TRENV_CONFIG:-/etc/trenv/config.toml}"
+# Each arm's config: the node's, with [criu] start_ahead set; kept where a shared shim
+# that lingers from an earlier run finds it again.
 for arm in on off; do
-    value=$([[ $arm == on ]] && echo true || echo false)
-    # Kept where a shared shim that lingers from an earlier run finds it again.
-    conf="$wrappers/$arm.toml"
-    if [[ -f "$node_config" ]]; then
-        grep -v '^[[:space:]]*start_ahead[[:space:]]*=' "$node_config" >"$conf" || true
-    else
-        : >"$conf"
-    fi
-    if grep -q '^\[criu\]' "$conf"; then
-        sed -i "/^\[criu\]/a start_ahead = $value" "$conf"
-    else
-        printf '\n[criu]\nstart_ahead = %s\n' "$value" >>"$conf"
-    fi
-    printf '#!/bin/sh\nTRENV_CONFIG=%s exec %s "$@"\n' "$conf" "$shim" >"$wrappers/containerd-shim-trenv$arm-v1"
-    chmod 0755 "$wrappers/containerd-shim-trenv$arm-v1"
+    criu_key_shim "$wrappers/containerd-shim-trenv$arm-v1" "$shim" start_ahead \
+        "$([[ $arm == on ]] && echo true || echo false)"
 done
 
 env=(--env "FN_STATE_MB=$mb" --env FN_LOG=/tmp/fn.log)

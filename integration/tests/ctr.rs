@@ -762,13 +762,7 @@ fn a_systemd_style_cgroups_path_without_systemd_cgroup_is_a_cgroupfs_path() {
 fn oom_kill_is_reported_before_exit() {
     let c = ctr();
     let id = unique_id("oom");
-    let mut events = c
-        .cmd(&["events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ctr events");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut events = subscribe(&c);
     let r = run_rm(
         &c,
         &["--memory-limit", "33554432"],
@@ -797,13 +791,7 @@ fn oom_kill_is_reported_before_exit() {
 #[test]
 fn lifecycle_events_are_published() {
     let c = ctr();
-    let mut events = c
-        .cmd(&["events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ctr events");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut events = subscribe(&c);
     {
         let d = Detached::start(&c, "ev", &[], &["sleep", "300"]);
         c.run(&["task", "pause", &d.id]).ok();
@@ -838,13 +826,7 @@ fn lifecycle_events_are_published() {
 #[test]
 fn an_idle_shim_does_not_poll_containerd_and_its_later_events_arrive() {
     let c = ctr();
-    let mut events = c
-        .cmd(&["events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ctr events");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut events = subscribe(&c);
     let d = Detached::start(&c, "idle", &[], &["sleep", "300"]);
     let stat = fs::read_to_string(format!("/proc/{}/stat", d.init_pid())).unwrap();
     let shim: i32 = stat
@@ -910,6 +892,18 @@ fn set_nonblocking(fd: i32) {
         let flags = libc::fcntl(fd, libc::F_GETFL);
         libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
     }
+}
+
+/// `ctr events`, its output piped, once it had time to subscribe.
+fn subscribe(c: &Ctr) -> std::process::Child {
+    let events = c
+        .cmd(&["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
+    events
 }
 
 /// Nothing of container `id` may remain: no container, no shim, no mount, no cgroup.
