@@ -211,6 +211,19 @@ fn a_killed_shared_shim_reports_each_of_its_containers_exited_and_leaves_nothing
     let s = shim_of(&c, &a);
     assert_eq!(shim_of(&c, &b), s);
     let inits = [init_pid(&c, &a), init_pid(&c, &b)];
+    let cmdline = fs::read(format!("/proc/{s}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let socket = args
+        .iter()
+        .skip_while(|a| *a != "-socket")
+        .nth(1)
+        .and_then(|a| a.strip_prefix("unix://"))
+        .map(std::path::PathBuf::from)
+        .expect("the shim's -socket");
+    assert!(socket.exists());
     // SAFETY: kill(2) of a pid this test found.
     assert_eq!(unsafe { libc::kill(s, libc::SIGKILL) }, 0);
     for id in [&a, &b] {
@@ -238,6 +251,11 @@ fn a_killed_shared_shim_reports_each_of_its_containers_exited_and_leaves_nothing
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
         assert!(!mounts.contains(&format!("/{id}/")), "a mount of {id} left");
     }
+    // Nor the killed shim's socket, which it could not remove itself.
+    assert!(
+        !socket.exists(),
+        "the killed shim's socket {socket:?} is left"
+    );
     drop(run);
     c.remove_namespace();
 }

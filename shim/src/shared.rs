@@ -77,6 +77,30 @@ pub fn socket_path(address: &str) -> PathBuf {
     PathBuf::from(address.strip_prefix("unix://").unwrap_or(address))
 }
 
+/// Removes the socket at `socket` if no server listens on it any more: a server that was
+/// killed never removed it (containerd-shim's framework removes it only when the server
+/// exits), and containerd's `delete` after a dead shim does not either. A socket that
+/// answers, or a path that is not a socket, stays.
+pub fn remove_if_dead(socket: &Path) {
+    let Ok(before) = fs::symlink_metadata(socket) else {
+        return;
+    };
+    if !std::os::unix::fs::FileTypeExt::is_socket(&before.file_type()) {
+        return;
+    }
+    let refused = matches!(
+        std::os::unix::net::UnixStream::connect(socket),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    );
+    // Not if a new server bound the name meanwhile (a start of the same group).
+    if refused && fs::symlink_metadata(socket).is_ok_and(|m| m.ino() == before.ino()) {
+        match fs::remove_file(socket) {
+            Ok(()) => log::info!("removed the dead shim's socket {}", socket.display()),
+            Err(e) => log::warn!("removing the dead shim's socket {}: {e}", socket.display()),
+        }
+    }
+}
+
 fn lease_path(socket: &Path) -> PathBuf {
     let mut p = socket.as_os_str().to_owned();
     p.push(".lease");
@@ -404,6 +428,22 @@ mod tests {
         fs::write(&sock, b"").unwrap();
         let linger = Linger::new(&sock, Duration::from_millis(300));
         (dir, sock, linger)
+    }
+
+    #[test]
+    fn a_socket_nobody_listens_on_is_removed_and_a_served_one_or_a_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead");
+        drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+        let served = dir.path().join("served");
+        let _listener = std::os::unix::net::UnixListener::bind(&served).unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        for p in [&dead, &served, &file, &dir.path().join("missing")] {
+            remove_if_dead(p);
+        }
+        assert!(!dead.exists(), "a dead server's socket stays");
+        assert!(served.exists() && file.exists());
     }
 
     #[test]

@@ -194,7 +194,11 @@ impl Shim for TrenvShim {
 
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         // containerd runs this in the bundle once the shim is gone: remove what is left
-        // (processes, cgroup, state, rootfs mount) if the shim could not.
+        // (processes, cgroup, state, rootfs mount, a killed server's socket) if the shim
+        // could not.
+        if let Ok(address) = std::fs::read_to_string("address") {
+            crate::shared::remove_if_dead(&crate::shared::socket_path(address.trim()));
+        }
         if let Some(runtime) = crate::runtime_if_forked() {
             let bundle = std::env::current_dir()
                 .map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
